@@ -1,0 +1,55 @@
+# berth — build, test and generate. Only Go is needed: buf and the protoc
+# plugins run pinned through `go run`.
+BUF_VERSION := v1.75.0
+BUF := go run github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+GO_TEST_FLAGS ?= -race -timeout 15m
+
+.PHONY: all build run test unit e2e bench generate checkgenerate lint fmt vet clean
+
+all: build
+
+build:
+	go build -o bin/berth ./cmd/berth
+
+## run: the all-in-one dev cluster (embedded etcd, control plane, two groups of two executors)
+run: build
+	./bin/berth dev
+
+## test: every test (unit, integration on embedded etcd, e2e with real processes) and the checks
+test: vet lint checkgenerate
+	go test $(GO_TEST_FLAGS) ./...
+
+unit:
+	go test $(GO_TEST_FLAGS) -short ./...
+
+e2e:
+	go test $(GO_TEST_FLAGS) -count=1 ./e2e/...
+
+## bench: the benchmarks the README quotes
+bench: build
+	./bin/berth bench assign
+	./bin/berth bench streams --devices 10000
+
+generate:
+	rm -rf gen
+	$(BUF) generate
+
+## checkgenerate: fails when gen/ is not what the protos generate
+checkgenerate:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(BUF) generate -o $$tmp && \
+	diff -r $$tmp/gen gen >/dev/null || { echo "gen/ is stale: run 'make generate'"; exit 1; }
+
+lint:
+	$(BUF) lint
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	[ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
+
+vet:
+	go vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

@@ -1,0 +1,258 @@
+// Package token mints and verifies assignment tokens: short-lived JWS
+// signatures (EdDSA over Ed25519) that bind a device to the processing group
+// the control plane assigned it to. The control plane holds the private key
+// and signs; executors hold only the public key and verify.
+package token
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Errors returned by Verify. Callers branch on them with errors.Is.
+var (
+	// ErrMissing means the token is empty.
+	ErrMissing = errors.New("token: missing")
+	// ErrInvalid means the token is malformed or its signature does not verify.
+	ErrInvalid = errors.New("token: invalid signature or format")
+	// ErrExpired means the token was valid but its expiry has passed.
+	ErrExpired = errors.New("token: expired")
+)
+
+// issuer is the "iss" claim of every berth assignment token.
+const issuer = "berth-controlplane"
+
+// Claims are what an assignment token asserts.
+type Claims struct {
+	// DeviceID is the device the token was minted for ("sub").
+	DeviceID string
+	// GroupID is the processing group the device was assigned to.
+	GroupID string
+	// Label is the label the placement picked.
+	Label string
+	// IssuedAt and ExpiresAt bound the token's validity.
+	IssuedAt, ExpiresAt time.Time
+	// ID is unique per token ("jti").
+	ID string
+}
+
+// jwtClaims is the wire form of Claims.
+type jwtClaims struct {
+	jwt.RegisteredClaims
+	Group string `json:"grp"`
+	Label string `json:"lbl,omitempty"`
+}
+
+// Signer mints tokens with a private key.
+type Signer struct {
+	key ed25519.PrivateKey
+	kid string
+	now func() time.Time
+}
+
+// NewSigner returns a Signer for key. now may be nil (time.Now).
+func NewSigner(key ed25519.PrivateKey, now func() time.Time) (*Signer, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("token: private key has %d bytes, want %d", len(key), ed25519.PrivateKeySize)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Signer{key: key, kid: KeyID(key.Public().(ed25519.PublicKey)), now: now}, nil
+}
+
+// Sign mints a token for device in group, valid for ttl from now. It returns
+// the token and its expiry.
+func (s *Signer) Sign(deviceID, groupID, label string, ttl time.Duration) (string, time.Time, error) {
+	now := s.now()
+	exp := now.Add(ttl)
+	var jti [12]byte
+	if _, err := rand.Read(jti[:]); err != nil {
+		return "", time.Time{}, fmt.Errorf("token: random id: %w", err)
+	}
+	c := jwtClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    issuer,
+			Subject:   deviceID,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(exp),
+			ID:        hex.EncodeToString(jti[:]),
+		},
+		Group: groupID,
+		Label: label,
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	t.Header["kid"] = s.kid
+	signed, err := t.SignedString(s.key)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("token: sign: %w", err)
+	}
+	// The wire expiry has second precision; report that one.
+	return signed, c.ExpiresAt.Time, nil
+}
+
+// Verifier checks tokens with one or more public keys (several during a key
+// rotation).
+type Verifier struct {
+	keys   map[string]ed25519.PublicKey
+	now    func() time.Time
+	parser *jwt.Parser
+}
+
+// NewVerifier returns a Verifier that accepts tokens signed by any of keys.
+// now may be nil (time.Now).
+func NewVerifier(now func() time.Time, keys ...ed25519.PublicKey) (*Verifier, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("token: verifier needs at least one public key")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	m := make(map[string]ed25519.PublicKey, len(keys))
+	for _, k := range keys {
+		if len(k) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("token: public key has %d bytes, want %d", len(k), ed25519.PublicKeySize)
+		}
+		m[KeyID(k)] = k
+	}
+	v := &Verifier{keys: m, now: now}
+	// Expiry is checked by Verify itself, so that an expired but authentic
+	// token can be told apart from a forged one.
+	v.parser = jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}),
+		jwt.WithIssuer(issuer),
+		jwt.WithoutClaimsValidation(),
+	)
+	return v, nil
+}
+
+// Verify checks raw's signature and expiry and returns its claims. Errors wrap
+// ErrMissing, ErrInvalid or ErrExpired.
+func (v *Verifier) Verify(raw string) (Claims, error) {
+	if raw == "" {
+		return Claims{}, ErrMissing
+	}
+	var c jwtClaims
+	_, err := v.parser.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		k, ok := v.keys[kid]
+		if !ok {
+			return nil, fmt.Errorf("unknown key id %q", kid)
+		}
+		return k, nil
+	})
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if c.Issuer != issuer || c.Subject == "" || c.Group == "" || c.ExpiresAt == nil {
+		return Claims{}, fmt.Errorf("%w: incomplete claims", ErrInvalid)
+	}
+	out := Claims{
+		DeviceID:  c.Subject,
+		GroupID:   c.Group,
+		Label:     c.Label,
+		ExpiresAt: c.ExpiresAt.Time,
+		ID:        c.ID,
+	}
+	if c.IssuedAt != nil {
+		out.IssuedAt = c.IssuedAt.Time
+	}
+	if !v.now().Before(out.ExpiresAt) {
+		return out, fmt.Errorf("%w at %s", ErrExpired, out.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return out, nil
+}
+
+// KeyID names a public key: the first 8 bytes of it, in hex. It travels in
+// the token header so that a verifier with several keys picks the right one.
+func KeyID(pub ed25519.PublicKey) string {
+	return hex.EncodeToString(pub[:8])
+}
+
+// GenerateKey returns a fresh Ed25519 key pair.
+func GenerateKey() (ed25519.PrivateKey, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("token: generate key: %w", err)
+	}
+	return priv, nil
+}
+
+// MarshalPrivateKey encodes key as a PKCS #8 PEM block.
+func MarshalPrivateKey(key ed25519.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("token: marshal private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// MarshalPublicKey encodes key as a PKIX PEM block.
+func MarshalPublicKey(key ed25519.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("token: marshal public key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// ParsePrivateKey decodes a PKCS #8 PEM Ed25519 private key.
+func ParsePrivateKey(data []byte) (ed25519.PrivateKey, error) {
+	b, _ := pem.Decode(data)
+	if b == nil {
+		return nil, errors.New("token: no PEM block in private key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("token: parse private key: %w", err)
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("token: private key is %T, want Ed25519", k)
+	}
+	return priv, nil
+}
+
+// ParsePublicKey decodes a PKIX PEM Ed25519 public key.
+func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
+	b, _ := pem.Decode(data)
+	if b == nil {
+		return nil, errors.New("token: no PEM block in public key")
+	}
+	k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("token: parse public key: %w", err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("token: public key is %T, want Ed25519", k)
+	}
+	return pub, nil
+}
+
+// ReadPrivateKeyFile reads a PEM private key from path.
+func ReadPrivateKeyFile(path string) (ed25519.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("token: %w", err)
+	}
+	return ParsePrivateKey(data)
+}
+
+// ReadPublicKeyFile reads a PEM public key from path.
+func ReadPublicKeyFile(path string) (ed25519.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("token: %w", err)
+	}
+	return ParsePublicKey(data)
+}
