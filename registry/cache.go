@@ -262,3 +262,17 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 	}
 	c.snap.Store(newSnapshot(rev, groups, execs))
 }
+
+// NewSnapshot builds a snapshot from lists, for tests and tools that make
+// one without a cache.
+func NewSnapshot(rev int64, groups []Group, execs []Executor) *Snapshot {
+	gm := make(map[string]Group, len(groups))
+	for _, g := range groups {
+		gm[g.ID] = g
+	}
+	em := make(map[string]Executor, len(execs))
+	for _, e := range execs {
+		em[e.ID] = e
+	}
+	return newSnapshot(rev, gm, em)
+}

@@ -1,0 +1,81 @@
+package controlplane
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/berthproject/berth/internal/rpcserver"
+)
+
+// Config tunes a control plane.
+type Config struct {
+	// TokenTTL is how long an assignment token is valid. A device calls
+	// Assign again after that, so it bounds how long a stale decision lasts.
+	TokenTTL time.Duration
+	// ReservationGrace is how long after an executor's count was observed a
+	// device sent to it is still counted as pending: at least the time from
+	// Assign to the device's Hello plus the executor's write interval.
+	ReservationGrace time.Duration
+	// ReservationMaxAge forgets a reservation whose device never connected.
+	ReservationMaxAge time.Duration
+	// MaxInFlight bounds concurrent Assigns; above it Assign sheds with
+	// RESOURCE_EXHAUSTED and a retry hint of RetryAfter.
+	MaxInFlight int
+	// RetryAfter is the retry hint given when shedding.
+	RetryAfter time.Duration
+	// WriteTimeout bounds the write of an assignment record.
+	WriteTimeout time.Duration
+	// Reconnect are the backoff hints sent to devices.
+	Reconnect Backoff
+	// RPC tunes the gRPC server.
+	RPC rpcserver.Config
+}
+
+// Backoff are reconnect hints: gRPC's connection backoff parameters.
+type Backoff struct {
+	BaseDelay  time.Duration
+	Multiplier float64
+	Jitter     float64
+	MaxDelay   time.Duration
+}
+
+// DefaultConfig returns the settings of `berth controlplane`.
+func DefaultConfig() Config {
+	return Config{
+		TokenTTL:          15 * time.Minute,
+		ReservationGrace:  time.Second,
+		ReservationMaxAge: 30 * time.Second,
+		MaxInFlight:       4096,
+		RetryAfter:        time.Second,
+		WriteTimeout:      5 * time.Second,
+		// gRPC's own connection backoff defaults.
+		Reconnect: Backoff{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 120 * time.Second},
+		RPC:       rpcserver.DefaultConfig(),
+	}
+}
+
+// Validate checks c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.TokenTTL < time.Second {
+		errs = append(errs, fmt.Errorf("token TTL %v: want at least 1s", c.TokenTTL))
+	}
+	if c.ReservationGrace < 0 || c.ReservationMaxAge <= c.ReservationGrace {
+		errs = append(errs, fmt.Errorf("reservation grace %v and max age %v: want 0 <= grace < max age", c.ReservationGrace, c.ReservationMaxAge))
+	}
+	if c.MaxInFlight <= 0 {
+		errs = append(errs, fmt.Errorf("max in flight %d: want > 0", c.MaxInFlight))
+	}
+	if c.WriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("write timeout %v: want > 0", c.WriteTimeout))
+	}
+	b := c.Reconnect
+	if b.BaseDelay <= 0 || b.MaxDelay < b.BaseDelay || b.Multiplier < 1 || b.Jitter < 0 || b.Jitter > 1 {
+		errs = append(errs, fmt.Errorf("reconnect backoff %+v: want 0 < base <= max, multiplier >= 1, 0 <= jitter <= 1", b))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("controlplane: invalid config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,220 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
+)
+
+// Snapshotter is the read side of the registry the control plane needs: a
+// watch-fed cache. *registry.Cache implements it.
+type Snapshotter interface {
+	// Snapshot returns the current immutable snapshot.
+	Snapshot() *registry.Snapshot
+	// Assignment returns a device's cached assignment record.
+	Assignment(deviceID string) (registry.Assignment, bool)
+	// Run keeps the cache in sync until ctx is done.
+	Run(ctx context.Context) error
+	// WaitReady blocks until the first load completed.
+	WaitReady(ctx context.Context) error
+}
+
+// AssignmentStore writes assignment records. *registry.Registry implements it.
+type AssignmentStore interface {
+	PutAssignment(ctx context.Context, a registry.Assignment) error
+}
+
+// Signer mints assignment tokens. *token.Signer implements it.
+type Signer interface {
+	Sign(deviceID, groupID, label string, ttl time.Duration) (string, time.Time, error)
+}
+
+var (
+	_ Snapshotter     = (*registry.Cache)(nil)
+	_ AssignmentStore = (*registry.Registry)(nil)
+)
+
+// Server is a control plane replica.
+type Server struct {
+	controlplanev1.UnimplementedControlPlaneServiceServer
+
+	cfg    Config
+	cache  Snapshotter
+	store  AssignmentStore
+	signer Signer
+	log    *slog.Logger
+	now    func() time.Time
+
+	res      *reservations
+	inFlight atomic.Int64
+	stats    counters
+}
+
+// counters are the control plane's statistics.
+type counters struct {
+	assigns, writes, writeErrors, shed, refused atomic.Int64
+}
+
+// Stats is a copy of the control plane's counters.
+type Stats struct {
+	// Assigns answered with a destination.
+	Assigns int64
+	// Writes of assignment records (changed assignments).
+	Writes int64
+	// WriteErrors of assignment records.
+	WriteErrors int64
+	// Shed Assigns refused with RESOURCE_EXHAUSTED because of load.
+	Shed int64
+	// Refused Assigns for bad input or no usable group.
+	Refused int64
+}
+
+// New wires a control plane. It starts nothing and does no I/O.
+func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cache == nil || store == nil || signer == nil {
+		return nil, errors.New("controlplane: cache, store and signer are required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log, now: time.Now}
+	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
+	return s, nil
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Assigns: s.stats.assigns.Load(), Writes: s.stats.writes.Load(), WriteErrors: s.stats.writeErrors.Load(),
+		Shed: s.stats.shed.Load(), Refused: s.stats.refused.Load(),
+	}
+}
+
+// Run serves ControlPlaneService on lis until ctx is cancelled. It reports
+// SERVING through the health service once the registry cache is loaded, and
+// returns nil after a clean stop.
+func (s *Server) Run(ctx context.Context, lis net.Listener) error {
+	rpc := rpcserver.New(s.cfg.RPC, s.log)
+	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.cache.Run(ctx) })
+	g.Go(func() error {
+		if err := rpc.GRPC.Serve(lis); err != nil {
+			return fmt.Errorf("controlplane: serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.cache.WaitReady(ctx); err == nil {
+			rpc.SetServing(true, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName)
+			s.log.Info("control plane serving", "addr", lis.Addr().String())
+		}
+		<-ctx.Done()
+		rpc.SetServing(false, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName)
+		rpc.Stop(5 * time.Second)
+		return nil
+	})
+	return g.Wait()
+}
+
+// Assign implements ControlPlaneService.Assign.
+func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
+	if n := s.inFlight.Add(1); n > int64(s.cfg.MaxInFlight) {
+		s.inFlight.Add(-1)
+		s.stats.shed.Add(1)
+		return nil, shedStatus(s.cfg.RetryAfter)
+	}
+	defer s.inFlight.Add(-1)
+	if err := validateAssign(req); err != nil {
+		s.stats.refused.Add(1)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	resp, err := s.assign(ctx, req)
+	if err != nil {
+		s.stats.refused.Add(1)
+		return nil, toStatus(err, s.cfg.RetryAfter)
+	}
+	s.stats.assigns.Add(1)
+	return resp, nil
+}
+
+// assign decides, reserves, records and signs.
+func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
+	snap := s.cache.Snapshot()
+	var d Decision
+	var err error
+	s.res.locked(func() {
+		d, err = Place(snap, s.res)
+		if err == nil {
+			s.res.addLocked(d.Endpoints[0].Executor.ID)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.record(ctx, req.GetDeviceId(), d); err != nil {
+		return nil, err
+	}
+	tok, exp, err := s.signer.Sign(req.GetDeviceId(), d.Group.ID, d.Label, s.cfg.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
+	for i, e := range d.Endpoints {
+		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
+	}
+	b := s.cfg.Reconnect
+	return &controlplanev1.AssignResponse{
+		Destination: &controlplanev1.Destination{
+			GroupId:        d.Group.ID,
+			Label:          d.Label,
+			Endpoints:      eps,
+			Token:          tok,
+			TokenExpiresAt: timestamppb.New(exp),
+		},
+		Reconnect: &controlplanev1.ReconnectHints{
+			BaseDelay:  durationpb.New(b.BaseDelay),
+			Multiplier: b.Multiplier,
+			Jitter:     b.Jitter,
+			MaxDelay:   durationpb.New(b.MaxDelay),
+		},
+		Reason: d.Reason,
+	}, nil
+}
+
+// record writes the device's assignment record if it changed.
+func (s *Server) record(ctx context.Context, deviceID string, d Decision) error {
+	if cur, ok := s.cache.Assignment(deviceID); ok && cur.GroupID == d.Group.ID && cur.Label == d.Label {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+	defer cancel()
+	err := s.store.PutAssignment(wctx, registry.Assignment{DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC()})
+	if err != nil {
+		s.stats.writeErrors.Add(1)
+		s.log.Warn("writing assignment record", "device", deviceID, "group", d.Group.ID, "err", err)
+		return fmt.Errorf("%w: %v", errRegistryWrite, err)
+	}
+	s.stats.writes.Add(1)
+	return nil
+}
+
+// errRegistryWrite wraps a failed assignment write.
+var errRegistryWrite = errors.New("controlplane: registry write failed")

@@ -1,0 +1,271 @@
+package controlplane_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/berthproject/berth/controlplane"
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
+)
+
+// fakeCache is a Snapshotter over a fixed snapshot.
+type fakeCache struct {
+	mu      sync.Mutex
+	snap    *registry.Snapshot
+	records map[string]registry.Assignment
+}
+
+var _ controlplane.Snapshotter = (*fakeCache)(nil)
+
+func (f *fakeCache) Snapshot() *registry.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snap
+}
+
+func (f *fakeCache) Assignment(id string) (registry.Assignment, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.records[id]
+	return a, ok
+}
+
+func (f *fakeCache) Run(ctx context.Context) error       { <-ctx.Done(); return nil }
+func (f *fakeCache) WaitReady(ctx context.Context) error { return nil }
+
+// fakeStore records writes into the fake cache, as the watch would; block,
+// when set, holds every write until it is closed.
+type fakeStore struct {
+	cache  *fakeCache
+	writes int
+	block  chan struct{}
+	fail   error
+}
+
+var _ controlplane.AssignmentStore = (*fakeStore)(nil)
+
+func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
+	if s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if s.fail != nil {
+		return s.fail
+	}
+	s.cache.mu.Lock()
+	defer s.cache.mu.Unlock()
+	s.writes++
+	s.cache.records[a.DeviceID] = a
+	return nil
+}
+
+type fixture struct {
+	client   controlplanev1.ControlPlaneServiceClient
+	cache    *fakeCache
+	store    *fakeStore
+	verifier *token.Verifier
+}
+
+func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs []registry.Executor) *fixture {
+	t.Helper()
+	priv, err := token.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := token.NewSigner(priv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := token.NewVerifier(nil, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := &fakeCache{snap: registry.NewSnapshot(1, groups, execs), records: map[string]registry.Assignment{}}
+	store := &fakeStore{cache: cache}
+	srv, err := controlplane.New(cfg, cache, store, signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := bufconn.Listen(1 << 20)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, lis) }()
+	cc, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return &fixture{client: controlplanev1.NewControlPlaneServiceClient(cc), cache: cache, store: store, verifier: verifier}
+}
+
+func twoGroups() ([]registry.Group, []registry.Executor) {
+	return []registry.Group{
+			{ID: "g1", Capacity: 100, State: registry.GroupActive},
+			{ID: "g2", Capacity: 100, State: registry.GroupActive},
+		}, []registry.Executor{
+			{ID: "g1-a", GroupID: "g1", Address: "10.0.0.1:1", Capacity: 50, Connections: 30},
+			{ID: "g1-b", GroupID: "g1", Address: "10.0.0.2:1", Capacity: 50, Connections: 10},
+			{ID: "g2-a", GroupID: "g2", Address: "10.0.0.3:1", Capacity: 100, Connections: 60},
+		}
+}
+
+func TestAssign(t *testing.T) {
+	groups, execs := twoGroups()
+	f := start(t, controlplane.DefaultConfig(), groups, execs)
+	ctx := context.Background()
+	resp, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1", Spec: &controlplanev1.DeviceSpec{Model: "m"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := resp.GetDestination()
+	if d.GetGroupId() != "g1" {
+		t.Errorf("group = %s, want g1 (40%% used against 60%%)", d.GetGroupId())
+	}
+	var got []string
+	for _, e := range d.GetEndpoints() {
+		got = append(got, e.GetExecutorId()+"@"+e.GetAddress())
+	}
+	if want := "g1-b@10.0.0.2:1,g1-a@10.0.0.1:1"; strings.Join(got, ",") != want {
+		t.Errorf("endpoints = %v, want %s (least utilized first)", got, want)
+	}
+	c, err := f.verifier.Verify(d.GetToken())
+	if err != nil {
+		t.Fatalf("token does not verify: %v", err)
+	}
+	if c.DeviceID != "dev-1" || c.GroupID != "g1" {
+		t.Errorf("token claims %s/%s, want dev-1/g1", c.DeviceID, c.GroupID)
+	}
+	if exp := d.GetTokenExpiresAt().AsTime(); !exp.Equal(c.ExpiresAt) || time.Until(exp) < 14*time.Minute {
+		t.Errorf("token expiry %v (claims %v), want about 15 minutes ahead", exp, c.ExpiresAt)
+	}
+	if resp.GetReconnect().GetBaseDelay().AsDuration() != time.Second || resp.GetReason() == "" {
+		t.Errorf("reconnect hints %v, reason %q: want gRPC defaults and a reason", resp.GetReconnect(), resp.GetReason())
+	}
+	if f.store.writes != 1 {
+		t.Errorf("writes after first Assign = %d, want 1", f.store.writes)
+	}
+	// The same decision again writes nothing.
+	if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if f.store.writes != 1 {
+		t.Errorf("writes after an unchanged Assign = %d, want 1", f.store.writes)
+	}
+}
+
+func TestAssignRefusals(t *testing.T) {
+	groups, execs := twoGroups()
+	long := strings.Repeat("x", 129)
+	tests := []struct {
+		name     string
+		groups   []registry.Group
+		execs    []registry.Executor
+		req      *controlplanev1.AssignRequest
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"no device id", groups, execs, &controlplanev1.AssignRequest{}, codes.InvalidArgument, "device_id is required"},
+		{"long device id", groups, execs, &controlplanev1.AssignRequest{DeviceId: long}, codes.InvalidArgument, "device_id is 129 bytes"},
+		{"slash in device id", groups, execs, &controlplanev1.AssignRequest{DeviceId: "a/b"}, codes.InvalidArgument, "device_id"},
+		{"long model", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", Spec: &controlplanev1.DeviceSpec{Model: long}}, codes.InvalidArgument, "spec.model"},
+		{"big attribute", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", Spec: &controlplanev1.DeviceSpec{Attributes: map[string]string{"k": strings.Repeat("v", 1025)}}}, codes.InvalidArgument, "spec.attributes"},
+		{"empty service", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", Services: []string{""}}, codes.InvalidArgument, "services[0]"},
+		{"long tenant", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", TenantId: long}, codes.InvalidArgument, "tenant_id"},
+		{"no groups", nil, nil, &controlplanev1.AssignRequest{DeviceId: "d"}, codes.Unavailable, "no healthy processing group"},
+		{"all full", groups[:1], []registry.Executor{{ID: "x", GroupID: "g1", Address: "a:1", Capacity: 10, Connections: 10}},
+			&controlplanev1.AssignRequest{DeviceId: "d"}, codes.ResourceExhausted, "full"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := start(t, controlplane.DefaultConfig(), tt.groups, tt.execs)
+			_, err := f.client.Assign(context.Background(), tt.req)
+			st := status.Convert(err)
+			if st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
+				t.Fatalf("Assign = %v %q, want %v containing %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+			if f.store.writes != 0 {
+				t.Errorf("a refused Assign wrote %d records", f.store.writes)
+			}
+		})
+	}
+}
+
+func TestAssignRegistryDown(t *testing.T) {
+	groups, execs := twoGroups()
+	f := start(t, controlplane.DefaultConfig(), groups, execs)
+	f.store.fail = errors.New("etcdserver: request timed out")
+	_, err := f.client.Assign(context.Background(), &controlplanev1.AssignRequest{DeviceId: "d"})
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || strings.Contains(st.Message(), "etcdserver") {
+		t.Fatalf("Assign = %v %q, want UNAVAILABLE without the raw etcd error", st.Code(), st.Message())
+	}
+}
+
+func TestAssignSheds(t *testing.T) {
+	groups, execs := twoGroups()
+	cfg := controlplane.DefaultConfig()
+	cfg.MaxInFlight = 1
+	cfg.RetryAfter = 3 * time.Second
+	f := start(t, cfg, groups, execs)
+	f.store.block = make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := f.client.Assign(context.Background(), &controlplanev1.AssignRequest{DeviceId: "slow"})
+		first <- err
+	}()
+	// Wait until the first Assign holds the only slot: then the second is
+	// shed. Retry the second until it is shed, bounded.
+	deadline := time.Now().Add(10 * time.Second)
+	var st *status.Status
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "other"})
+		cancel()
+		st = status.Convert(err)
+		if st.Code() == codes.ResourceExhausted || time.Now().After(deadline) {
+			break
+		}
+	}
+	close(f.store.block)
+	if err := <-first; err != nil {
+		t.Fatalf("first Assign: %v", err)
+	}
+	if st.Code() != codes.ResourceExhausted {
+		t.Fatalf("second Assign = %v, want RESOURCE_EXHAUSTED", st.Code())
+	}
+	var retry time.Duration
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			retry = ri.GetRetryDelay().AsDuration()
+		}
+	}
+	if retry != 3*time.Second {
+		t.Errorf("retry hint = %v, want 3s", retry)
+	}
+}

@@ -1,0 +1,109 @@
+package controlplane
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/registry"
+)
+
+// Input limits of Assign.
+const (
+	maxIDLen         = 128
+	maxSpecField     = 128
+	maxAttributes    = 64
+	maxAttrKey       = 128
+	maxAttrValue     = 1024
+	maxServices      = 32
+	maxServiceName   = 64
+	maxTenantOrUser  = 128
+	maxPreviousField = 128
+)
+
+// validateAssign checks an AssignRequest and says what is wrong.
+func validateAssign(r *controlplanev1.AssignRequest) error {
+	id := r.GetDeviceId()
+	switch {
+	case id == "":
+		return errors.New("device_id is required")
+	case len(id) > maxIDLen:
+		return fmt.Errorf("device_id is %d bytes; at most %d", len(id), maxIDLen)
+	case !registry.ValidID(id):
+		return fmt.Errorf("device_id %q: want [A-Za-z0-9._:@-]", id)
+	}
+	if n := len(r.GetSpec().GetModel()); n > maxSpecField {
+		return fmt.Errorf("spec.model is %d bytes; at most %d", n, maxSpecField)
+	}
+	if n := len(r.GetSpec().GetFirmware()); n > maxSpecField {
+		return fmt.Errorf("spec.firmware is %d bytes; at most %d", n, maxSpecField)
+	}
+	attrs := r.GetSpec().GetAttributes()
+	if len(attrs) > maxAttributes {
+		return fmt.Errorf("spec.attributes has %d entries; at most %d", len(attrs), maxAttributes)
+	}
+	for k, v := range attrs {
+		if len(k) == 0 || len(k) > maxAttrKey {
+			return fmt.Errorf("spec.attributes key of %d bytes: want 1 to %d", len(k), maxAttrKey)
+		}
+		if len(v) > maxAttrValue {
+			return fmt.Errorf("spec.attributes[%q] is %d bytes; at most %d", k, len(v), maxAttrValue)
+		}
+	}
+	if n := len(r.GetTenantId()); n > maxTenantOrUser {
+		return fmt.Errorf("tenant_id is %d bytes; at most %d", n, maxTenantOrUser)
+	}
+	if n := len(r.GetUserId()); n > maxTenantOrUser {
+		return fmt.Errorf("user_id is %d bytes; at most %d", n, maxTenantOrUser)
+	}
+	if n := len(r.GetServices()); n > maxServices {
+		return fmt.Errorf("services has %d entries; at most %d", n, maxServices)
+	}
+	for i, s := range r.GetServices() {
+		if s == "" || len(s) > maxServiceName {
+			return fmt.Errorf("services[%d] is %d bytes: want 1 to %d", i, len(s), maxServiceName)
+		}
+	}
+	if n := len(r.GetPrevious().GetGroupId()); n > maxPreviousField {
+		return fmt.Errorf("previous.group_id is %d bytes; at most %d", n, maxPreviousField)
+	}
+	if n := len(r.GetPrevious().GetLabel()); n > maxPreviousField {
+		return fmt.Errorf("previous.label is %d bytes; at most %d", n, maxPreviousField)
+	}
+	return nil
+}
+
+// toStatus maps the control plane's errors to gRPC statuses; it is the only
+// place that does.
+func toStatus(err error, retry time.Duration) error {
+	switch {
+	case errors.Is(err, ErrNoCapacity):
+		return withRetry(codes.ResourceExhausted, "no capacity: every healthy group is full; retry later", retry)
+	case errors.Is(err, ErrNoGroup):
+		return withRetry(codes.Unavailable, "no healthy processing group (active, with a live executor that is not draining)", retry)
+	case errors.Is(err, errRegistryWrite):
+		return withRetry(codes.Unavailable, "registry unavailable: the assignment could not be recorded", retry)
+	default:
+		return status.Error(codes.Internal, "internal error")
+	}
+}
+
+// shedStatus is the answer when the control plane is overloaded.
+func shedStatus(retry time.Duration) error {
+	return withRetry(codes.ResourceExhausted, "control plane overloaded; retry later", retry)
+}
+
+// withRetry makes a status carrying a RetryInfo detail.
+func withRetry(c codes.Code, msg string, retry time.Duration) error {
+	st := status.New(c, msg)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
