@@ -117,12 +117,14 @@ func (c *Cache) WaitReady(ctx context.Context) error {
 // etcd errors are retried, never returned.
 func (c *Cache) Run(ctx context.Context) error {
 	delay := 100 * time.Millisecond
-	for loads := 0; ; loads++ {
+	for loaded := false; ; {
 		rev, err := c.load(ctx)
 		if err == nil {
-			if loads > 0 {
+			// A failed first attempt makes the next one no relist.
+			if loaded {
 				c.relists.Add(1)
 			}
+			loaded = true
 			c.ready.Store(true)
 			c.once.Do(func() { close(c.first) })
 			delay = 100 * time.Millisecond
@@ -166,26 +168,37 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 }
 
 // decode files one key into the maps. Values that do not decode are logged
-// and skipped: one bad key must not blind the control plane.
+// and skipped: one bad key must not blind the control plane. A skipped key
+// is removed, so that a bad value replacing a good one reads as absent, as
+// it does after a fresh load.
 func (c *Cache) decode(key string, value []byte, groups map[string]Group, execs map[string]Executor, assigns map[string]Assignment, now time.Time) {
 	rest := strings.TrimPrefix(key, c.reg.prefix)
 	var err error
 	switch {
 	case strings.HasPrefix(rest, groupsDir):
+		id := strings.TrimPrefix(rest, groupsDir)
 		var g Group
 		if err = json.Unmarshal(value, &g); err == nil {
-			groups[strings.TrimPrefix(rest, groupsDir)] = g
+			groups[id] = g
+		} else {
+			delete(groups, id)
 		}
 	case strings.HasPrefix(rest, executorsDir):
+		id := strings.TrimPrefix(rest, executorsDir)
 		var e Executor
 		if err = json.Unmarshal(value, &e); err == nil {
 			e.ObservedAt = now
-			execs[strings.TrimPrefix(rest, executorsDir)] = e
+			execs[id] = e
+		} else {
+			delete(execs, id)
 		}
 	case strings.HasPrefix(rest, assignmentsDir):
+		id := strings.TrimPrefix(rest, assignmentsDir)
 		var a Assignment
 		if err = json.Unmarshal(value, &a); err == nil {
-			assigns[strings.TrimPrefix(rest, assignmentsDir)] = a
+			assigns[id] = a
+		} else {
+			delete(assigns, id)
 		}
 	}
 	if err != nil {

@@ -114,7 +114,7 @@ func (g *Registration) Run(ctx context.Context) error {
 			return nil
 		}
 		g.lost.Add(1)
-		g.log.Warn("executor registration lost; registering again", "executor", g.cur.ID, "err", err)
+		g.log.Warn("executor registration lost; registering again", "err", err)
 		t := time.NewTimer(g.cfg.RetryDelay)
 		select {
 		case <-ctx.Done():
@@ -130,18 +130,28 @@ var errLeaseLost = errors.New("registry: lease lost")
 
 // session holds one lease until it is lost or ctx is done.
 func (g *Registration) session(ctx context.Context) error {
+	// The lease is granted under ctx: with etcd unreachable a grant waits
+	// for it, and cancelling ctx must still stop Run.
+	cli := g.reg.client()
+	lease, err := cli.Grant(ctx, int64(g.cfg.TTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("registry: grant lease: %w", err)
+	}
 	// The session outlives ctx by the time it takes to revoke its lease.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	s, err := concurrency.NewSession(g.reg.client(), concurrency.WithTTL(int(g.cfg.TTL/time.Second)), concurrency.WithContext(sctx))
+	s, err := concurrency.NewSession(cli, concurrency.WithLease(lease.ID), concurrency.WithContext(sctx))
 	if err != nil {
-		return fmt.Errorf("registry: grant lease: %w", err)
+		rctx, rcancel := context.WithTimeout(sctx, 2*time.Second)
+		defer rcancel()
+		_, _ = cli.Revoke(rctx, lease.ID)
+		return fmt.Errorf("registry: keep lease alive: %w", err)
 	}
 	defer func() {
 		rctx, rcancel := context.WithTimeout(sctx, 2*time.Second)
 		defer rcancel()
 		s.Orphan()
-		if _, err := g.reg.client().Revoke(rctx, s.Lease()); err != nil && ctx.Err() != nil {
+		if _, err := cli.Revoke(rctx, s.Lease()); err != nil && ctx.Err() != nil {
 			g.log.Warn("revoking executor lease", "err", err)
 		}
 	}()
@@ -150,11 +160,13 @@ func (g *Registration) session(ctx context.Context) error {
 		return err
 	}
 	g.registered.Store(true)
-	g.log.Info("executor registered", "executor", g.cur.ID, "lease", fmt.Sprintf("%x", s.Lease()))
+	g.log.Info("executor registered", "lease", fmt.Sprintf("%x", s.Lease()))
 
+	// The registration is a write too: the first update waits MinInterval
+	// after it like any other.
+	last := time.Now()
 	refresh := time.NewTicker(g.cfg.Refresh)
 	defer refresh.Stop()
-	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():

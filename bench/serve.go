@@ -1,0 +1,342 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/executor"
+	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
+)
+
+// Server modes of Serve.
+const (
+	// ModeBerth runs a real executor: registry registration, token
+	// verification, admission, pings.
+	ModeBerth = "berth"
+	// ModeBare runs a bare grpc-go ExecutorService on the same server stack
+	// whose Connect reads the first frame, answers Welcome and blocks in
+	// Recv.
+	ModeBare = "bare"
+)
+
+// Lines a Serve child understands on its input.
+const (
+	cmdStats = "stats"
+	cmdQuit  = "quit"
+)
+
+// ServeConfig is what a Serve child is told on its command line.
+type ServeConfig struct {
+	// Mode is ModeBerth or ModeBare.
+	Mode string
+	// Listen is the address to serve on ("127.0.0.1:0" picks a port).
+	Listen string
+	// Etcd is the etcd endpoint the executor registers with (berth mode).
+	Etcd string
+	// Prefix is the registry prefix (berth mode).
+	Prefix string
+	// PublicKeyFile holds the token verification key, PEM (berth mode).
+	PublicKeyFile string
+	// ExecutorID and GroupID name the executor (berth mode; bare mode puts
+	// them in its Welcome).
+	ExecutorID, GroupID string
+	// Capacity is the most streams the executor admits (berth mode).
+	Capacity int
+	// LogLevel is the child's log level.
+	LogLevel string
+}
+
+// Args returns the command-line flags that ParseServeArgs turns back into c.
+func (c ServeConfig) Args() []string {
+	return []string{
+		"--mode=" + c.Mode,
+		"--listen=" + c.Listen,
+		"--etcd=" + c.Etcd,
+		"--prefix=" + c.Prefix,
+		"--pubkey=" + c.PublicKeyFile,
+		"--id=" + c.ExecutorID,
+		"--group=" + c.GroupID,
+		fmt.Sprintf("--capacity=%d", c.Capacity),
+		"--log-level=" + c.LogLevel,
+	}
+}
+
+// ParseServeArgs parses the flags of a Serve child and validates them.
+func ParseServeArgs(args []string) (ServeConfig, error) {
+	var c ServeConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Mode, "mode", ModeBerth, "berth or bare")
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:0", "address to serve on")
+	fs.StringVar(&c.Etcd, "etcd", "", "etcd endpoint (berth mode)")
+	fs.StringVar(&c.Prefix, "prefix", registry.DefaultPrefix, "registry prefix (berth mode)")
+	fs.StringVar(&c.PublicKeyFile, "pubkey", "", "PEM token verification key (berth mode)")
+	fs.StringVar(&c.ExecutorID, "id", "bench-exec-1", "executor id")
+	fs.StringVar(&c.GroupID, "group", "group-1", "group id")
+	fs.IntVar(&c.Capacity, "capacity", executor.DefaultConfig().Capacity, "most streams admitted (berth mode)")
+	fs.StringVar(&c.LogLevel, "log-level", "warn", "log level")
+	if err := fs.Parse(args); err != nil {
+		return c, fmt.Errorf("bench serve: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("bench serve: unexpected arguments %q", fs.Args())
+	}
+	return c, c.Validate()
+}
+
+// Validate checks c.
+func (c ServeConfig) Validate() error {
+	switch c.Mode {
+	case ModeBare:
+		return nil
+	case ModeBerth:
+		if c.Etcd == "" || c.PublicKeyFile == "" {
+			return errors.New("bench serve: berth mode needs --etcd and --pubkey")
+		}
+		return nil
+	}
+	return fmt.Errorf("bench serve: --mode %q: want %s or %s", c.Mode, ModeBerth, ModeBare)
+}
+
+// ServerStats is what a Serve child reports about itself.
+type ServerStats struct {
+	// RSS is VmRSS, in bytes, after a GC that returned free memory to the
+	// operating system.
+	RSS int64 `json:"rss_bytes"`
+	// HeapInuse, HeapAlloc and StackInuse come from runtime.MemStats after
+	// that GC, in bytes.
+	HeapInuse  uint64 `json:"heap_inuse_bytes"`
+	HeapAlloc  uint64 `json:"heap_alloc_bytes"`
+	StackInuse uint64 `json:"stack_inuse_bytes"`
+	// Goroutines is runtime.NumGoroutine().
+	Goroutines int `json:"goroutines"`
+	// Streams is the number of open device streams.
+	Streams int `json:"streams"`
+}
+
+// add returns s + o, field by field.
+func (s ServerStats) add(o ServerStats) ServerStats {
+	return ServerStats{
+		RSS: s.RSS + o.RSS, HeapInuse: s.HeapInuse + o.HeapInuse, HeapAlloc: s.HeapAlloc + o.HeapAlloc,
+		StackInuse: s.StackInuse + o.StackInuse, Goroutines: s.Goroutines + o.Goroutines, Streams: s.Streams + o.Streams,
+	}
+}
+
+// readyLine is the first line a Serve child prints.
+type readyLine struct {
+	Addr string `json:"addr"`
+}
+
+// collectStats measures this process; streams counts the open streams.
+func collectStats(streams int) (ServerStats, error) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, err := readRSS()
+	if err != nil {
+		return ServerStats{}, err
+	}
+	return ServerStats{
+		RSS: rss, HeapInuse: ms.HeapInuse, HeapAlloc: ms.HeapAlloc, StackInuse: ms.StackInuse,
+		Goroutines: runtime.NumGoroutine(), Streams: streams,
+	}, nil
+}
+
+// Serve is the body of a benchmark child (`berth bench serve`): it serves
+// ExecutorService in cfg.Mode, prints {"addr": "host:port"} on out once it
+// is ready (for berth mode: registered in etcd through reg), then answers
+// each "stats" line of in with one ServerStats JSON line. It stops when in
+// says "quit" or ends, or ctx ends, and returns nil after a clean stop. reg
+// is only used in berth mode.
+func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.Reader, out io.Writer, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if _, err := RaiseFileLimit(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	lis, err := rpcserver.Listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+
+	var streams func() int
+	var ready func() bool
+	switch cfg.Mode {
+	case ModeBerth:
+		if reg == nil {
+			lis.Close()
+			return errors.New("bench serve: berth mode needs a registry")
+		}
+		srv, rr, err := newBenchExecutor(cfg, lis.Addr().String(), reg, log)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		g.Go(func() error { return srv.Run(gctx, lis) })
+		streams, ready = srv.Sessions, rr.Registered
+	default:
+		bare := &bareServer{executorID: cfg.ExecutorID, groupID: cfg.GroupID}
+		rpc := rpcserver.New(rpcserver.DefaultConfig(), log)
+		executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
+		rpc.SetServing(true, executor.ServiceName)
+		g.Go(func() error {
+			if err := rpc.GRPC.Serve(lis); err != nil {
+				return fmt.Errorf("bench serve: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			rpc.Stop(2 * time.Second)
+			return nil
+		})
+		streams, ready = func() int { return int(bare.streams.Load()) }, func() bool { return true }
+	}
+
+	g.Go(func() error {
+		if err := poll(gctx, 30*time.Second, "registration", ready); err != nil {
+			return err
+		}
+		if err := json.NewEncoder(out).Encode(readyLine{Addr: lis.Addr().String()}); err != nil {
+			return fmt.Errorf("bench serve: %w", err)
+		}
+		return answer(gctx, in, out, streams, cancel)
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// answer serves the input's commands until it says quit or ends, then calls
+// stop. A read blocked in in is abandoned when ctx ends (the process is
+// about to exit).
+func answer(ctx context.Context, in io.Reader, out io.Writer, streams func() int, stop func()) error {
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(in)
+		for sc.Scan() {
+			select {
+			case lines <- strings.TrimSpace(sc.Text()):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	enc := json.NewEncoder(out)
+	for {
+		var line string
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case line, ok = <-lines:
+		}
+		switch {
+		case !ok || line == cmdQuit:
+			stop()
+			return nil
+		case line == cmdStats:
+			st, err := collectStats(streams())
+			if err != nil {
+				return err
+			}
+			if err := enc.Encode(st); err != nil {
+				return fmt.Errorf("bench serve: %w", err)
+			}
+		case line == "":
+		default:
+			if err := enc.Encode(map[string]string{"error": "unknown command " + line}); err != nil {
+				return fmt.Errorf("bench serve: %w", err)
+			}
+		}
+	}
+}
+
+// benchDrainTimeout bounds the drain of a berth child; the parent closes its
+// streams before stopping it, so the drain has nothing to wait for.
+const benchDrainTimeout = 2 * time.Second
+
+// newBenchExecutor wires a real executor with its registration.
+func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log *slog.Logger) (*executor.Server, *registry.Registration, error) {
+	pub, err := token.ReadPublicKeyFile(cfg.PublicKeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := token.NewVerifier(nil, pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	ec := executor.DefaultConfig()
+	ec.ID, ec.GroupID, ec.Address, ec.Capacity = cfg.ExecutorID, cfg.GroupID, addr, cfg.Capacity
+	ec.DrainTimeout = benchDrainTimeout
+	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: addr, Capacity: ec.Capacity}, ec.Registration, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := executor.New(ec, v, rr, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, rr, nil
+}
+
+// bareServer is the baseline: the least a grpc-go server does to hold an
+// idle device stream.
+type bareServer struct {
+	executorv1.UnimplementedExecutorServiceServer
+	executorID, groupID string
+	streams             atomic.Int64
+}
+
+// Connect reads the first frame, answers Welcome and blocks in Recv.
+func (b *bareServer) Connect(stream executorv1.ExecutorService_ConnectServer) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	// Counted before the Welcome leaves, so that a client that saw its
+	// Welcome also sees the stream counted.
+	b.streams.Add(1)
+	defer b.streams.Add(-1)
+	err := stream.Send(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Welcome{Welcome: &executorv1.Welcome{
+		SessionId: rand.Text(), ExecutorId: b.executorID, GroupId: b.groupID,
+	}}})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}

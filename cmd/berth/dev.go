@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/berthproject/berth/internal/devcluster"
+)
+
+func newDevCmd(g *globals) *cobra.Command {
+	cfg := devcluster.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run an all-in-one cluster: embedded etcd, a control plane, two groups of two executors",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return devcluster.Run(cmd.Context(), cfg, log, func(info devcluster.Info) {
+				ids := make([]string, 0, len(info.Executors))
+				for id := range info.Executors {
+					ids = append(ids, id)
+				}
+				sort.Strings(ids)
+				var ex []string
+				for _, id := range ids {
+					ex = append(ex, id+"="+info.Executors[id])
+				}
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s\n",
+					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "", "where etcd keeps its data (default: a temporary directory, removed on exit)")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "control plane address")
+	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "number of processing groups")
+	f.IntVar(&cfg.ExecutorsPerGroup, "executors-per-group", cfg.ExecutorsPerGroup, "executors in each group")
+	f.IntVar(&cfg.GroupCapacity, "group-capacity", cfg.GroupCapacity, "devices each group is sized for")
+	return cmd
+}

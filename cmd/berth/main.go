@@ -1,0 +1,31 @@
+// Command berth is the one binary of berth: `berth dev` runs a whole cluster
+// on an embedded etcd; `berth controlplane` and `berth executor` are the
+// production servers; `berth ctl` is for operators; `berth simulate` runs a
+// fleet of devices; `berth bench` measures.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "berth:", err)
+		os.Exit(1)
+	}
+}
+
+// run is main without the process: it parses args and runs the command.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	return root.ExecuteContext(ctx)
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/berthproject/berth/registry"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	stdout, stderr io.Writer
+	logLevel       string
+	logFormat      string
+	etcd           string
+	prefix         string
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "berth",
+		Short:         "Keep fleets of devices on always-on gRPC connections",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.AddCommand(
+		newDevCmd(g),
+		newControlPlaneCmd(g),
+		newExecutorCmd(g),
+		newKeygenCmd(g),
+		newCtlCmd(g),
+		newSimulateCmd(g),
+		// BENCH-PENDING newBenchCmd(g),
+	)
+	return root
+}
+
+// etcdFlags adds --etcd and --prefix to cmd.
+func (g *globals) etcdFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&g.etcd, "etcd", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
+	cmd.Flags().StringVar(&g.prefix, "prefix", registry.DefaultPrefix, "key prefix of berth's data in etcd")
+}
+
+// logger builds the process logger from the flags.
+func (g *globals) logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", g.logLevel, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(g.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(g.stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", g.logFormat)
+}
+
+// etcdClient connects to the --etcd endpoints.
+func (g *globals) etcdClient() (*clientv3.Client, error) {
+	var eps []string
+	for _, e := range strings.Split(g.etcd, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, fmt.Errorf("--etcd: no endpoint")
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", g.etcd, err)
+	}
+	return cli, nil
+}

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/berthproject/berth/simulate"
+)
+
+func newSimulateCmd(g *globals) *cobra.Command {
+	cfg := simulate.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "simulate",
+		Short: "Run a fleet of devices against a control plane, with a live summary",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return simulate.Run(cmd.Context(), cfg, g.stdout, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ControlPlane, "controlplane", cfg.ControlPlane, "control plane address")
+	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "number of devices")
+	f.StringVar(&cfg.IDPrefix, "id-prefix", cfg.IDPrefix, "prefix of device ids")
+	f.StringSliceVar(&cfg.Models, "models", cfg.Models, "device models, given in turn")
+	f.IntVar(&cfg.Tenants, "tenants", cfg.Tenants, "number of tenants the devices belong to")
+	f.DurationVar(&cfg.Every, "every", cfg.Every, "summary interval")
+	f.IntVar(&cfg.StartRate, "start-rate", cfg.StartRate, "device starts per second (0: all at once)")
+	f.DurationVar(&cfg.Backoff.BaseDelay, "backoff-base", 0, "reconnect backoff base delay (0: gRPC default 1s)")
+	f.DurationVar(&cfg.Backoff.MaxDelay, "backoff-max", 0, "reconnect backoff cap (0: gRPC default 120s)")
+	return cmd
+}

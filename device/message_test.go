@@ -1,0 +1,74 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+)
+
+func TestDedupe(t *testing.T) {
+	d := newDedupe(3)
+	steps := []struct {
+		op   string // "add" or "remove"
+		id   string
+		want bool // for add: is it new
+	}{
+		{"add", "a", true},
+		{"add", "a", false},
+		{"add", "b", true},
+		{"add", "c", true},
+		{"add", "b", false},
+		{"add", "d", true}, // evicts a
+		{"add", "a", true}, // a was forgotten; evicts b
+		{"add", "b", true},
+		{"remove", "d", false},
+		{"add", "d", true},  // abandoned delivery: accepted again
+		{"add", "c", true},  // c was evicted by b
+		{"add", "d", false}, // the re-added d survives its old slot's eviction
+	}
+	for i, s := range steps {
+		switch s.op {
+		case "add":
+			if got := d.add(s.id); got != s.want {
+				t.Errorf("step %d: add(%q) = %v, want %v", i, s.id, got, s.want)
+			}
+		case "remove":
+			d.remove(s.id)
+		}
+	}
+}
+
+func TestDedupeWindowSize(t *testing.T) {
+	d := newDedupe(dedupeWindow)
+	for i := range dedupeWindow {
+		d.add(fmt.Sprint(i))
+	}
+	if d.add("0") {
+		t.Fatalf("id 0 forgotten within the window of %d", dedupeWindow)
+	}
+	d.add("new") // the window is full: the oldest id, 0, is forgotten
+	if !d.add("0") {
+		t.Errorf("id 0 still remembered after %d newer ids", dedupeWindow)
+	}
+	if d.add("2") {
+		t.Errorf("id 2 forgotten while within the window")
+	}
+}
+
+func TestAckWithoutStream(t *testing.T) {
+	var m Message
+	if err := m.Ack(); err == nil {
+		t.Errorf("Ack() on a Message not from a Device = nil, want an error")
+	}
+	s := &stream{done: closedChan(), sendq: make(chan sendReq)}
+	m = Message{ID: "m", s: s}
+	if err := m.Ack(); !errors.Is(err, ErrStreamClosed) {
+		t.Errorf("Ack() on a closed stream = %v, want ErrStreamClosed", err)
+	}
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}

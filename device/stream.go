@@ -1,0 +1,278 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"google.golang.org/grpc"
+)
+
+// ErrStreamClosed is returned when a frame cannot be sent because the stream
+// it belongs to has ended.
+var ErrStreamClosed = errors.New("device: stream closed")
+
+// ErrHelloTimeout reports that an executor did not welcome a stream within
+// Config.HelloTimeout. It reaches the application as StateChange.Err.
+var ErrHelloTimeout = errors.New("device: no Welcome within HelloTimeout")
+
+// ErrSilentStream reports that no frame arrived on a stream for three of the
+// executor's heartbeat intervals, so the Device gave it up. It reaches the
+// application as StateChange.Err.
+var ErrSilentStream = errors.New("device: stream silent for 3 heartbeat intervals")
+
+var (
+	errClosing   = errors.New("device: stream closed by the device")
+	errStreamEOF = errors.New("device: executor ended the stream")
+)
+
+// GoodbyeError reports that an executor closed the stream on purpose with a
+// Goodbye frame. It reaches the application as StateChange.Err.
+type GoodbyeError struct {
+	// Reason is the executor's reason.
+	Reason executorv1.GoodbyeReason
+	// Message is the executor's human-readable detail.
+	Message string
+}
+
+// Error implements error.
+func (e *GoodbyeError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("device: goodbye from executor: %s", e.Reason)
+	}
+	return fmt.Sprintf("device: goodbye from executor: %s: %s", e.Reason, e.Message)
+}
+
+// watchdogIntervals is how many heartbeat intervals of silence end a stream.
+const watchdogIntervals = 3
+
+// sendQueue is the capacity of a stream's send queue.
+const sendQueue = 16
+
+// stream is one welcomed Connect stream and the two goroutines that serve it:
+// recvLoop reads every frame (answering pings and delivering messages
+// itself), sendLoop is the only goroutine that calls Send.
+type stream struct {
+	d    *Device
+	conn *grpc.ClientConn
+	cs   grpc.BidiStreamingClient[executorv1.ConnectRequest, executorv1.ConnectResponse]
+	info SessionInfo
+
+	cancel context.CancelCauseFunc
+	done   <-chan struct{} // the stream context's Done
+	sendq  chan sendReq
+	// redirects holds at most one pending Redirect for the run loop.
+	redirects chan *executorv1.Redirect
+	// ended is closed when recvLoop returns; err then says why.
+	ended chan struct{}
+	err   error
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type sendReq struct {
+	frame *executorv1.ConnectRequest
+	res   chan error
+}
+
+// openStream dials ep, sends Hello with dest's token and waits for Welcome,
+// all within HelloTimeout. On success the stream's goroutines are running
+// and the caller must close it.
+func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destination, ep *controlplanev1.Endpoint) (*stream, error) {
+	addr := ep.GetAddress()
+	conn, err := grpc.NewClient(addr, d.dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("device: executor %s: %w", addr, err)
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	fail := func(err error) (*stream, error) {
+		cancel(err)
+		_ = conn.Close()
+		return nil, fmt.Errorf("device: executor %s: %w", addr, err)
+	}
+	timer := time.AfterFunc(d.cfg.HelloTimeout, func() { cancel(ErrHelloTimeout) })
+
+	cs, err := executorv1.NewExecutorServiceClient(conn).Connect(sctx)
+	if err != nil {
+		timer.Stop()
+		return fail(causeOf(sctx, err))
+	}
+	hello := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Hello{
+		Hello: &executorv1.Hello{Token: dest.GetToken(), DeviceId: d.cfg.DeviceID},
+	}}
+	// io.EOF from Send means the stream is over; Recv tells why.
+	if err := cs.Send(hello); err != nil && !errors.Is(err, io.EOF) {
+		timer.Stop()
+		return fail(causeOf(sctx, err))
+	}
+	resp, err := cs.Recv()
+	if !timer.Stop() {
+		return fail(ErrHelloTimeout)
+	}
+	if err != nil {
+		return fail(causeOf(sctx, err))
+	}
+	w := resp.GetWelcome()
+	if w == nil {
+		return fail(fmt.Errorf("first frame is %T, not a Welcome", resp.GetFrame()))
+	}
+
+	s := &stream{
+		d:    d,
+		conn: conn,
+		cs:   cs,
+		info: SessionInfo{
+			GroupID:           firstNonEmpty(w.GetGroupId(), dest.GetGroupId()),
+			Label:             dest.GetLabel(),
+			ExecutorID:        firstNonEmpty(w.GetExecutorId(), ep.GetExecutorId()),
+			Address:           addr,
+			SessionID:         w.GetSessionId(),
+			HeartbeatInterval: max(w.GetHeartbeatInterval().AsDuration(), 0),
+			ConnectedSince:    time.Now(),
+		},
+		cancel:    cancel,
+		done:      sctx.Done(),
+		sendq:     make(chan sendReq, sendQueue),
+		redirects: make(chan *executorv1.Redirect, 1),
+		ended:     make(chan struct{}),
+	}
+	s.wg.Add(2)
+	go s.recvLoop(sctx)
+	go s.sendLoop(sctx)
+	return s, nil
+}
+
+// causeOf returns why sctx was cancelled when the SDK cancelled it (hello
+// timeout, watchdog, close), and err otherwise.
+func causeOf(sctx context.Context, err error) error {
+	if cause := context.Cause(sctx); cause != nil {
+		return cause
+	}
+	if errors.Is(err, io.EOF) {
+		return errStreamEOF
+	}
+	return err
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// recvLoop reads frames until the stream ends. A watchdog cancels the stream
+// when no frame arrives for watchdogIntervals heartbeat intervals; it runs
+// only while recvLoop waits in Recv, so a slow application (blocking message
+// delivery) does not count as silence.
+func (s *stream) recvLoop(ctx context.Context) {
+	defer s.wg.Done()
+	defer close(s.ended)
+
+	var watchdog *time.Timer
+	silence := watchdogIntervals * s.info.HeartbeatInterval
+	if silence > 0 {
+		watchdog = time.AfterFunc(silence, func() { s.cancel(ErrSilentStream) })
+		defer watchdog.Stop()
+	}
+	for {
+		if watchdog != nil {
+			watchdog.Reset(silence)
+		}
+		resp, err := s.cs.Recv()
+		if watchdog != nil {
+			watchdog.Stop()
+		}
+		if err != nil {
+			s.err = causeOf(ctx, err)
+			s.cancel(s.err)
+			return
+		}
+		switch f := resp.GetFrame().(type) {
+		case *executorv1.ConnectResponse_Ping:
+			pong := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Pong{
+				Pong: &executorv1.Pong{Nonce: f.Ping.GetNonce()},
+			}}
+			if err := s.send(ctx, pong); err != nil {
+				s.d.log.Debug("pong not sent", "err", err)
+			}
+		case *executorv1.ConnectResponse_Message:
+			s.d.deliver(ctx, s, f.Message)
+		case *executorv1.ConnectResponse_Redirect:
+			s.d.stats.redirects.Add(1)
+			select {
+			case s.redirects <- f.Redirect:
+			default: // one is already pending; the device is leaving anyway
+			}
+		case *executorv1.ConnectResponse_Goodbye:
+			s.err = &GoodbyeError{Reason: f.Goodbye.GetReason(), Message: f.Goodbye.GetMessage()}
+			s.cancel(s.err)
+			return
+		default:
+			// A second Welcome or a frame this SDK does not know: ignore,
+			// so that new frames are an additive change.
+		}
+	}
+}
+
+// sendLoop is the only goroutine that calls Send on the stream.
+func (s *stream) sendLoop(ctx context.Context) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-s.sendq:
+			r.res <- s.cs.Send(r.frame)
+		}
+	}
+}
+
+// send queues frame and waits until it is handed to the transport, the
+// stream ends or ctx is done.
+func (s *stream) send(ctx context.Context, frame *executorv1.ConnectRequest) error {
+	r := sendReq{frame: frame, res: make(chan error, 1)}
+	select {
+	case s.sendq <- r:
+	case <-s.done:
+		return ErrStreamClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.res:
+		return sendErr(err)
+	case <-s.done:
+		select {
+		case err := <-r.res:
+			return sendErr(err)
+		default:
+			return ErrStreamClosed
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func sendErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return ErrStreamClosed
+	}
+	return err
+}
+
+// close cancels the stream, joins its goroutines and closes its connection.
+// It is idempotent.
+func (s *stream) close() {
+	s.closeOnce.Do(func() {
+		s.cancel(errClosing)
+		s.wg.Wait()
+		_ = s.conn.Close()
+	})
+}

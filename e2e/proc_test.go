@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berthproject/berth/internal/embedetcd"
+)
+
+// binary is the berth binary built once by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "berth-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "berth")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/berth")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building berth:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// proc is a berth process under test. Its stdout lines are kept so that the
+// test can wait for one; stderr goes to a log file shown on failure.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+
+	mu    sync.Mutex
+	lines []string
+	cond  *sync.Cond
+}
+
+// start runs `berth args...`; Cleanup kills it if it still runs.
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = logFile
+	p := &proc{t: t, name: name, cmd: cmd, done: make(chan struct{})}
+	p.cond = sync.NewCond(&p.mu)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			p.cond.Broadcast()
+			p.mu.Unlock()
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		p.err = cmd.Wait()
+		logFile.Close()
+		p.mu.Lock()
+		close(p.done)
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGKILL)
+		<-p.done
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("--- %s stderr (tail) ---\n%s", name, b)
+		}
+	})
+	return p
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// wait waits for the process to exit, bounded, and returns its error.
+func (p *proc) wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.t.Fatalf("%s did not exit within %v", p.name, timeout)
+		return nil
+	}
+}
+
+// waitLine waits until a stdout line (a new one, or any seen so far when
+// fromStart) satisfies match, and returns it. It fails the test after
+// timeout, showing the last line seen.
+func (p *proc) waitLine(timeout time.Duration, what string, match func(string) bool) string {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer timer.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := 0
+	for {
+		for ; next < len(p.lines); next++ {
+			if match(p.lines[next]) {
+				return p.lines[next]
+			}
+		}
+		select {
+		case <-p.done:
+			p.t.Fatalf("%s exited (%v) while waiting for %s", p.name, p.err, what)
+		default:
+		}
+		if time.Now().After(deadline) {
+			last := "(none)"
+			if len(p.lines) > 0 {
+				last = p.lines[len(p.lines)-1]
+			}
+			p.t.Fatalf("%s: no %s within %v; last line: %s", p.name, what, timeout, last)
+		}
+		p.cond.Wait()
+	}
+}
+
+var listenRE = regexp.MustCompile(`listening on (\S+)`)
+
+// addr waits for the process's "listening on ADDR" line.
+func (p *proc) addr() string {
+	p.t.Helper()
+	line := p.waitLine(30*time.Second, "listening line", listenRE.MatchString)
+	return listenRE.FindStringSubmatch(line)[1]
+}
+
+// startEtcd runs a real etcd server (embedded in the test process, as the
+// binaries only ever reach it over the network).
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return srv.Endpoint()
+}
+
+// ctl runs `berth ctl args...` to completion and returns its stdout.
+func ctl(t *testing.T, etcd string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"ctl", "--etcd", etcd}, args...)
+	out, err := exec.CommandContext(ctx, binary, full...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("berth %s: %v\n%s", strings.Join(full, " "), err, out)
+	}
+	return string(out)
+}

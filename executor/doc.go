@@ -1,0 +1,53 @@
+// Package executor is berth's stream server: it holds the long-lived
+// ExecutorService.Connect streams of the devices assigned to one processing
+// group.
+//
+// A stream is accepted with a deadline, verified, registered, and served by
+// two goroutines until it ends:
+//
+//   - Accept: the first frame must be a Hello and must arrive within
+//     Config.HelloTimeout. Its assignment token must verify, be minted for
+//     the device named in the Hello and for this executor's group. A
+//     draining executor refuses with UNAVAILABLE, a full one with
+//     RESOURCE_EXHAUSTED. Nothing is registered for a refused stream.
+//   - Register: the device's session is put in a map keyed by device id. A
+//     second stream of the same device replaces the first on purpose: the
+//     old stream gets Goodbye{REPLACED} and is closed, and the device counts
+//     once against Config.Capacity. The old stream's deferred unregister
+//     leaves the map alone, because the map no longer points at it.
+//   - Send: the RPC handler goroutine is the stream's only sender. It sends
+//     Welcome, then the frames of a bounded queue (Config.SendQueue frames:
+//     Messages from Server.Deliver and Redirects), a Ping every
+//     Config.PingInterval with an increasing nonce, and a Goodbye when the
+//     executor closes the stream.
+//   - Receive: one goroutine per stream reads Acks, Pongs and Publishes and
+//     hands Acks and Publishes to Config.Hooks. A stream from which nothing
+//     arrives for PingMisses*PingInterval is closed with Goodbye{TIMEOUT}.
+//
+// Overflow policy: enqueueing never blocks. When a stream's send queue is
+// full the device is not reading fast enough; the stream is considered stuck
+// and is closed at once (without a Goodbye, which could not get through
+// either), so that one slow device never holds up the executor. Frames still
+// queued on a closed stream are dropped: delivery is confirmed by Acks, not
+// by Deliver returning nil.
+//
+// A gRPC handler blocked in Send cannot be interrupted by the server, so the
+// Server installs a tap (grpc.InTapHandle) that gives every Connect stream a
+// context the executor can cancel: that is how a stuck stream, or one whose
+// Goodbye cannot be written within a second, is cut.
+//
+// # Lifecycle
+//
+// New validates the Config and wires the dependencies; it does no I/O. Run
+// serves on a listener, marks the gRPC health service SERVING (overall and
+// for berth.executor.v1.ExecutorService) and keeps the executor's record in
+// the registry through a Registrar, whose Connections, Load and Draining
+// fields it updates as streams come and go. Cancelling Run's context shuts
+// down in this order: health NOT_SERVING; the record marked Draining; a
+// Redirect{DRAINING} with max_delay Config.RedirectSpread to every stream;
+// a wait until every device has left or Config.DrainTimeout has passed;
+// Goodbye{SHUTDOWN} to the streams that remain; the gRPC server stopped
+// with a short deadline; and last the Registrar stopped, which revokes its
+// lease so the record disappears after the streams are gone. Drain does the
+// redirect part on demand without stopping.
+package executor

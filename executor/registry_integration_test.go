@@ -1,0 +1,123 @@
+package executor_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/berthproject/berth/executor"
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
+)
+
+// TestRegistrationInEtcd runs an executor with a real Registration on an
+// embedded etcd: its record appears with the connection count, and is gone
+// as soon as Run returns.
+func TestRegistrationInEtcd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an embedded etcd")
+	}
+	etcd := testutil.StartEtcd(t)
+	cli := testutil.EtcdClient(t, etcd)
+	reg := registry.New(cli, "/executor-test")
+
+	cfg := testConfig()
+	cfg.Registration = registry.RegistrationConfig{TTL: 2 * time.Second, Refresh: time.Second, MinInterval: 20 * time.Millisecond, RetryDelay: 100 * time.Millisecond}
+	rr, err := reg.NewRegistration(registry.Executor{ID: cfg.ID, GroupID: cfg.GroupID, Address: cfg.Address, Capacity: cfg.Capacity}, cfg.Registration, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := token.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := token.NewSigner(key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := token.NewVerifier(nil, key.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := executor.New(cfg, verifier, rr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := bufconn.Listen(1 << 20)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, lis) }()
+
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := executorv1.NewExecutorServiceClient(conn)
+
+	record := func() (registry.Executor, bool) {
+		es, err := reg.Executors(context.Background())
+		if err != nil || len(es) != 1 {
+			return registry.Executor{}, false
+		}
+		return es[0], true
+	}
+	for _, id := range []string{"d1", "d2"} {
+		sctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		s, err := client.Connect(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := signer.Sign(id, cfg.GroupID, "default", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(helloFrame(id, tok)); err != nil {
+			t.Fatal(err)
+		}
+		if f, err := s.Recv(); err != nil || f.GetWelcome() == nil {
+			t.Fatalf("device %s: first frame %v, %v; want Welcome", id, f, err)
+		}
+	}
+	testutil.WaitFor(t, waitTimeout, "the record with 2 connections in etcd", func() bool {
+		e, ok := record()
+		return ok && e.Connections == 2 && e.Address == cfg.Address && e.GroupID == cfg.GroupID && !e.Draining
+	})
+	testutil.WaitFor(t, waitTimeout, "Stats().Registered", func() bool { return srv.Stats().Registered })
+
+	// Shut down. While the devices are still connected the record says
+	// Draining; then they go (here: their connection closes).
+	stop()
+	testutil.WaitFor(t, waitTimeout, "the record marked draining", func() bool {
+		e, ok := record()
+		return ok && e.Draining
+	})
+	conn.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v; want nil", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not return")
+	}
+	es, err := reg.Executors(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 0 {
+		t.Errorf("executors in etcd after Run returned: %+v; want none (lease revoked)", es)
+	}
+}

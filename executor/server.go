@@ -1,0 +1,266 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
+)
+
+// ServiceName is the health-checked name of the service an executor serves.
+const ServiceName = "berth.executor.v1.ExecutorService"
+
+// stopTimeout bounds the graceful part of stopping the gRPC server, after
+// the drain; streams still open then (only ones that never sent a Hello)
+// are cut.
+const stopTimeout = time.Second
+
+// Server holds the Connect streams of one executor. Create it with New and
+// start it with Run; its methods are safe for concurrent use.
+type Server struct {
+	cfg      Config
+	verifier Verifier
+	reg      Registrar
+	log      *slog.Logger
+
+	running atomic.Bool
+	// group owns every goroutine of Run, including the receive loops of
+	// the streams. Set by Run before the server serves.
+	group *errgroup.Group
+
+	mu       sync.Mutex
+	sessions map[string]*session // by device id
+	left     chan struct{}       // closed and renewed whenever a session leaves
+	draining bool
+	rpc      *rpcserver.Server // set by Run
+	reported report            // last counts given to the Registrar
+
+	stats counters
+	load  loadMeter
+}
+
+// New validates cfg and wires the dependencies. It starts nothing and does
+// no I/O. log may be nil.
+func New(cfg Config, v Verifier, r Registrar, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if v == nil || r == nil {
+		return nil, fmt.Errorf("%w: a Verifier and a Registrar are required", ErrInvalidConfig)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		cfg:      cfg,
+		verifier: v,
+		reg:      r,
+		log:      log,
+		sessions: make(map[string]*session),
+		left:     make(chan struct{}),
+	}, nil
+}
+
+// Run serves ExecutorService on lis until ctx is cancelled, then shuts down
+// in the order the package documentation gives and returns nil. It returns
+// an error if serving or the Registrar fails. lis is closed when Run
+// returns. Run may be called once; later calls return an error at once.
+func (s *Server) Run(ctx context.Context, lis net.Listener) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errRunTwice
+	}
+	rpc := rpcserver.New(s.cfg.RPC, s.log, grpc.InTapHandle(tapAbort))
+	executorv1.RegisterExecutorServiceServer(rpc.GRPC, service{s: s})
+
+	var g errgroup.Group
+	s.group = &g
+	// runCtx ends serving: cancelled with ctx, or when a part fails.
+	runCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	// The Registrar outlives the streams: its lease is revoked last.
+	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReg()
+
+	s.mu.Lock()
+	s.rpc = rpc
+	s.reg.Update(func(e *registry.Executor) {
+		e.ID, e.GroupID, e.Address, e.Capacity = s.cfg.ID, s.cfg.GroupID, s.cfg.Address, s.cfg.Capacity
+		e.Connections, e.Load, e.Draining = s.reported.conns, s.reported.load, s.draining
+	})
+	s.mu.Unlock()
+
+	g.Go(func() error {
+		// ErrServerStopped: the shutdown came before Serve started.
+		if err := rpc.GRPC.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			stop(err)
+			return fmt.Errorf("executor: serve: %w", err)
+		}
+		return nil
+	})
+	s.mu.Lock()
+	if !s.draining {
+		rpc.SetServing(true, ServiceName)
+	}
+	s.mu.Unlock()
+	s.log.Info("executor serving", "address", s.cfg.Address, "listen", lis.Addr().String(), "group", s.cfg.GroupID, "capacity", s.cfg.Capacity)
+
+	g.Go(func() error {
+		if err := s.reg.Run(regCtx); err != nil {
+			stop(err)
+			return fmt.Errorf("executor: registration: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		s.reportLoad(runCtx)
+		return nil
+	})
+	g.Go(func() error {
+		<-runCtx.Done()
+		s.shutdown(rpc)
+		stopReg()
+		return nil
+	})
+	return g.Wait()
+}
+
+// shutdown drains, closes what remains and stops the gRPC server.
+func (s *Server) shutdown(rpc *rpcserver.Server) {
+	s.log.Info("executor shutting down: draining", "streams", s.Sessions(), "timeout", s.cfg.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	err := s.Drain(ctx)
+	cancel()
+	if err != nil {
+		n := s.closeAll()
+		s.log.Warn("executor drain timed out; closing the remaining streams", "streams", n)
+	}
+	rpc.Stop(stopTimeout)
+	s.log.Info("executor stopped")
+}
+
+// closeAll closes every session with Goodbye{SHUTDOWN} and returns how many
+// there were.
+func (s *Server) closeAll() int {
+	all := s.snapshot()
+	const msg = "executor shutting down"
+	for _, ss := range all {
+		ss.close(closeReason{
+			err:     streamErrorf(errShutdown, msg),
+			goodbye: &executorv1.Goodbye{Reason: executorv1.GoodbyeReason_GOODBYE_REASON_SHUTDOWN, Message: msg},
+		}, closeGrace)
+	}
+	return len(all)
+}
+
+// Drain stops admitting streams (new ones get UNAVAILABLE "executor
+// draining"), marks the executor NOT_SERVING and its registry record
+// Draining, and sends every open stream a Redirect{DRAINING} with max_delay
+// RedirectSpread. It then waits until every device has left and returns nil,
+// or returns an error when ctx is done first. The executor keeps serving the
+// devices that stay. Drain may be called more than once; each stream gets
+// one Redirect.
+func (s *Server) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.draining {
+		s.draining = true
+		if s.rpc != nil {
+			s.rpc.SetServing(false, ServiceName)
+		}
+		s.reg.Update(func(e *registry.Executor) { e.Draining = true })
+		s.log.Info("executor draining", "streams", len(s.sessions))
+	}
+	s.mu.Unlock()
+
+	redirect := &executorv1.Redirect{
+		Reason:   executorv1.RedirectReason_REDIRECT_REASON_DRAINING,
+		Message:  fmt.Sprintf("executor %s is draining; call Assign again", s.cfg.ID),
+		MaxDelay: durationpb.New(s.cfg.RedirectSpread),
+	}
+	for _, ss := range s.snapshot() {
+		if ss.redirected.CompareAndSwap(false, true) {
+			// A full queue closes the stream: the device leaves either way.
+			_ = ss.enqueue(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Redirect{Redirect: redirect}})
+		}
+	}
+	return s.waitEmpty(ctx)
+}
+
+// Deliver queues m for deviceID's stream. It never blocks: it returns an
+// error wrapping ErrNotConnected when the device has no open stream here,
+// and ErrSendQueueFull when the stream's queue was full (the stream is then
+// closed, see the package documentation). A nil error means queued, not
+// delivered: the device confirms with an Ack (Hooks.OnAck). Deliver takes
+// ownership of m.
+func (s *Server) Deliver(ctx context.Context, deviceID string, m *executorv1.Message) error {
+	if m == nil {
+		return errors.New("executor: deliver: nil message")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ss := s.sessions[deviceID]
+	s.mu.Unlock()
+	if ss == nil {
+		return fmt.Errorf("%w: %s", ErrNotConnected, deviceID)
+	}
+	if err := ss.enqueue(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Message{Message: m}}); err != nil {
+		return fmt.Errorf("%w: %s", err, deviceID)
+	}
+	return nil
+}
+
+// Sessions returns the number of devices with an open stream.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Stats returns the executor's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	n, draining := len(s.sessions), s.draining
+	s.mu.Unlock()
+	return Stats{
+		Sessions:       n,
+		Accepted:       s.stats.accepted.Load(),
+		Refused:        s.stats.refusedCopy(),
+		Replaced:       s.stats.replaced.Load(),
+		Timeouts:       s.stats.timeouts.Load(),
+		Stuck:          s.stats.stuck.Load(),
+		FramesReceived: s.stats.frames.Load(),
+		Draining:       draining,
+		Registered:     s.reg.Registered(),
+	}
+}
+
+// reportLoad refreshes the load in the registry record every
+// Registration.Refresh, so that it does not go stale while no device comes
+// or goes.
+func (s *Server) reportLoad(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Registration.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.reportLocked()
+			s.mu.Unlock()
+		}
+	}
+}

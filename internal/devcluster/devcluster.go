@@ -1,0 +1,266 @@
+// Package devcluster runs a whole berth cluster in one process: an embedded
+// etcd, a control plane and groups of executors on free loopback ports, with
+// a fresh signing key. It is `berth dev`, and the fixture of benchmarks.
+package devcluster
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/executor"
+	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
+)
+
+// Config describes the cluster.
+type Config struct {
+	// DataDir holds etcd's data; empty means a temporary directory removed
+	// on exit.
+	DataDir string
+	// Listen is the control plane's address.
+	Listen string
+	// Prefix is the registry prefix.
+	Prefix string
+	// Groups and ExecutorsPerGroup shape the fleet of executors.
+	Groups, ExecutorsPerGroup int
+	// GroupCapacity is each group's capacity; each executor gets an equal
+	// share of it.
+	GroupCapacity int
+	// Executor tunes every executor; ID, GroupID, Address and Capacity are
+	// filled in per executor.
+	Executor executor.Config
+	// ControlPlane tunes the control plane.
+	ControlPlane controlplane.Config
+}
+
+// DefaultConfig is what `berth dev` runs: two groups of two executors.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            "127.0.0.1:7070",
+		Prefix:            registry.DefaultPrefix,
+		Groups:            2,
+		ExecutorsPerGroup: 2,
+		GroupCapacity:     10000,
+		Executor:          executor.DefaultConfig(),
+		ControlPlane:      controlplane.DefaultConfig(),
+	}
+}
+
+// Info tells where the pieces of a running cluster are.
+type Info struct {
+	// Etcd is the embedded etcd's client URL.
+	Etcd string
+	// ControlPlane is the control plane's address.
+	ControlPlane string
+	// Executors are the executors' addresses by id.
+	Executors map[string]string
+	// PublicKeyFile holds the token verification key (PEM).
+	PublicKeyFile string
+}
+
+// Run starts the cluster, calls ready once every server serves and every
+// executor is registered, and runs until ctx is cancelled; then it stops
+// executors (draining them), the control plane and etcd, in that order.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) error {
+	if cfg.Groups <= 0 || cfg.ExecutorsPerGroup <= 0 || cfg.GroupCapacity < cfg.ExecutorsPerGroup {
+		return fmt.Errorf("devcluster: need at least one group of one executor, and capacity >= executors")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir := cfg.DataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "berth-dev-")
+		if err != nil {
+			return fmt.Errorf("devcluster: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	etcd, err := embedetcd.Start(ctx, embedetcd.Config{Dir: filepath.Join(dir, "etcd"), AutoCompactionRetention: time.Hour})
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	cli, err := etcd.Client()
+	if err != nil {
+		return fmt.Errorf("devcluster: etcd client: %w", err)
+	}
+	defer cli.Close()
+	reg := registry.New(cli, cfg.Prefix)
+
+	priv, err := token.GenerateKey()
+	if err != nil {
+		return err
+	}
+	pubFile, err := writePublicKey(dir, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		return err
+	}
+	signer, err := token.NewSigner(priv, nil)
+	if err != nil {
+		return err
+	}
+	verifier, err := token.NewVerifier(nil, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		return err
+	}
+
+	cpLis, err := rpcserver.Listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	cp, err := controlplane.New(cfg.ControlPlane, reg.NewCache(log.With("component", "cache")), reg, signer, log.With("component", "controlplane"))
+	if err != nil {
+		cpLis.Close()
+		return err
+	}
+	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile}
+
+	type exec struct {
+		srv *executor.Server
+		lis net.Listener
+	}
+	var execs []exec
+	defer func() {
+		for _, e := range execs {
+			e.lis.Close()
+		}
+	}()
+	for g := range cfg.Groups {
+		gid := fmt.Sprintf("group-%d", g+1)
+		if err := reg.PutGroup(ctx, registry.Group{ID: gid, Labels: []string{"default"}, Capacity: cfg.GroupCapacity, State: registry.GroupActive}); err != nil {
+			cpLis.Close()
+			return err
+		}
+		for i := range cfg.ExecutorsPerGroup {
+			lis, err := rpcserver.Listen("127.0.0.1:0")
+			if err != nil {
+				cpLis.Close()
+				return err
+			}
+			ec := cfg.Executor
+			ec.ID = fmt.Sprintf("%s-exec-%d", gid, i+1)
+			ec.GroupID = gid
+			ec.Address = lis.Addr().String()
+			ec.Capacity = cfg.GroupCapacity / cfg.ExecutorsPerGroup
+			elog := log.With("component", "executor", "executor", ec.ID)
+			rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: gid, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, elog)
+			if err == nil {
+				var srv *executor.Server
+				srv, err = executor.New(ec, verifier, rr, elog)
+				execs = append(execs, exec{srv, lis})
+			}
+			if err != nil {
+				lis.Close()
+				cpLis.Close()
+				return err
+			}
+			info.Executors[ec.ID] = ec.Address
+		}
+	}
+
+	// Executors stop before the control plane, so that devices they redirect
+	// find it still answering.
+	cpCtx, stopCP := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCP()
+	var cpGroup errgroup.Group
+	cpGroup.Go(func() error { return cp.Run(cpCtx, cpLis) })
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, e := range execs {
+		g.Go(func() error { return e.srv.Run(gctx, e.lis) })
+	}
+	g.Go(func() error {
+		if err := waitReady(gctx, reg, info); err != nil {
+			return err
+		}
+		if ready != nil {
+			ready(info)
+		}
+		return nil
+	})
+	err = g.Wait()
+	stopCP()
+	if cerr := cpGroup.Wait(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// waitReady waits until every server reports SERVING and every executor is
+// registered.
+func waitReady(ctx context.Context, reg *registry.Registry, info Info) error {
+	addrs := []string{info.ControlPlane}
+	for _, a := range info.Executors {
+		addrs = append(addrs, a)
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := allServing(ctx, addrs)
+		if err != nil {
+			return err
+		}
+		if ok {
+			es, err := reg.Executors(ctx)
+			if err == nil && len(es) >= len(info.Executors) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// allServing reports whether every address answers SERVING to a health check.
+func allServing(ctx context.Context, addrs []string) (bool, error) {
+	for _, a := range addrs {
+		cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return false, fmt.Errorf("devcluster: %w", err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := healthpb.NewHealthClient(cc).Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		cc.Close()
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// writePublicKey stores the verification key where operators can find it.
+func writePublicKey(dir string, pub ed25519.PublicKey) (string, error) {
+	b, err := token.MarshalPublicKey(pub)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, "token-public.pem")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		return "", fmt.Errorf("devcluster: %w", err)
+	}
+	return p, nil
+}

@@ -1,0 +1,76 @@
+// Package testutil holds helpers shared by berth's tests: an embedded etcd
+// per test, a client of it, and bounded waits. Nothing outside _test.go files
+// imports it.
+package testutil
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/embedetcd"
+)
+
+// Bounded waits of tests, after grpc-go's test/timeouts.go.
+const (
+	// DefaultTimeout bounds a wait for something that is expected to
+	// happen; reaching it fails the test.
+	DefaultTimeout = 10 * time.Second
+	// DefaultShortTimeout bounds a wait for something that is expected not
+	// to happen; reaching it is the success case, so keep it short.
+	DefaultShortTimeout = 50 * time.Millisecond
+)
+
+// tick is how often WaitFor checks its condition.
+const tick = 5 * time.Millisecond
+
+// StartEtcd starts a single-member etcd in t.TempDir on free loopback ports
+// and stops it when the test ends. It fails the test if etcd does not serve
+// within DefaultTimeout.
+func StartEtcd(t testing.TB) *embedetcd.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultTimeout)
+	defer cancel()
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start embedded etcd: %v", err)
+	}
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// EtcdClient returns a client of srv that is closed when the test ends.
+// Cleanups run last-in first-out, so a client made after StartEtcd is closed
+// before the server stops.
+func EtcdClient(t testing.TB, srv *embedetcd.Server) *clientv3.Client {
+	t.Helper()
+	cli, err := srv.Client()
+	if err != nil {
+		t.Fatalf("etcd client of %s: %v", srv.Endpoint(), err)
+	}
+	t.Cleanup(func() {
+		if err := cli.Close(); err != nil {
+			t.Errorf("close etcd client: %v", err)
+		}
+	})
+	return cli
+}
+
+// WaitFor polls cond every few milliseconds until it returns true, and fails
+// the test with what was awaited if that takes longer than timeout. It is the
+// one polling helper of berth's tests: prefer a channel or a blocking call
+// when the code under test offers one.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tk.C
+	}
+}

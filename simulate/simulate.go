@@ -1,0 +1,232 @@
+// Package simulate runs a fleet of devices with the device SDK in one
+// process, acknowledging every message they receive, and reports a live
+// summary of where they are. It is `berth simulate`.
+package simulate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/device"
+)
+
+// Config describes the fleet.
+type Config struct {
+	// ControlPlane is host:port of a control plane.
+	ControlPlane string
+	// Devices is the fleet size.
+	Devices int
+	// IDPrefix starts every device id; ids are IDPrefix + index.
+	IDPrefix string
+	// Models are given to devices in turn.
+	Models []string
+	// Tenants spreads devices over this many tenants ("tenant-0"...).
+	Tenants int
+	// Every is how often a summary line is printed (0: only at the end).
+	Every time.Duration
+	// Backoff overrides the base and maximum delays of the devices'
+	// reconnect backoff (zero fields: gRPC's defaults).
+	Backoff backoff.Config
+	// StartRate bounds device starts per second (0: all at once).
+	StartRate int
+}
+
+// DefaultConfig is what `berth simulate` runs.
+func DefaultConfig() Config {
+	return Config{
+		ControlPlane: "127.0.0.1:7070",
+		Devices:      100,
+		IDPrefix:     "sim-",
+		Models:       []string{"printer-a", "printer-b", "sensor-x"},
+		Tenants:      10,
+		Every:        time.Second,
+	}
+}
+
+// Summary is a count of the fleet at one moment.
+type Summary struct {
+	// Devices in the fleet.
+	Devices int
+	// ByState counts devices per SDK state.
+	ByState map[device.State]int
+	// ByGroup and ByExecutor count connected devices.
+	ByGroup, ByExecutor map[string]int
+	// Connects counts stream establishments, Messages the messages received
+	// and acknowledged.
+	Connects, Messages int64
+}
+
+// String is the summary line, `key=value` fields that scripts can parse.
+func (s Summary) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "devices=%d", s.Devices)
+	for _, st := range []device.State{device.Connected, device.Connecting, device.Assigning, device.Backoff, device.Idle} {
+		fmt.Fprintf(&b, " %s=%d", strings.ToLower(st.String()), s.ByState[st])
+	}
+	fmt.Fprintf(&b, " connects=%d messages=%d groups=%s executors=%s", s.Connects, s.Messages, kv(s.ByGroup), kv(s.ByExecutor))
+	return b.String()
+}
+
+func kv(m map[string]int) string {
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s:%d", k, m[k])
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
+
+// fleet tracks the devices.
+type fleet struct {
+	mu       sync.Mutex
+	state    []device.State
+	group    []string
+	executor []string
+	connects int64
+	messages int64
+}
+
+func (f *fleet) summary() Summary {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := Summary{Devices: len(f.state), ByState: map[device.State]int{}, ByGroup: map[string]int{}, ByExecutor: map[string]int{},
+		Connects: f.connects, Messages: f.messages}
+	for i, st := range f.state {
+		s.ByState[st]++
+		if st == device.Connected {
+			s.ByGroup[f.group[i]]++
+			s.ByExecutor[f.executor[i]]++
+		}
+	}
+	return s
+}
+
+// Run starts the fleet, prints a summary line to out every cfg.Every, and
+// stops every device when ctx is cancelled, printing a last summary.
+func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error {
+	if cfg.Devices <= 0 {
+		return errors.New("simulate: --devices must be positive")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cc, err := grpc.NewClient(cfg.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("simulate: %w", err)
+	}
+	defer cc.Close()
+
+	f := &fleet{state: make([]device.State, cfg.Devices), group: make([]string, cfg.Devices), executor: make([]string, cfg.Devices)}
+	devs := make([]*device.Device, 0, cfg.Devices)
+	var wg sync.WaitGroup
+	defer func() {
+		for _, d := range devs {
+			d.Close()
+		}
+		wg.Wait()
+		fmt.Fprintf(out, "simulate: final %s\n", f.summary())
+	}()
+
+	var startTick *time.Ticker
+	if cfg.StartRate > 0 {
+		startTick = time.NewTicker(time.Second / time.Duration(cfg.StartRate))
+		defer startTick.Stop()
+	}
+	report := make(<-chan time.Time)
+	if cfg.Every > 0 {
+		t := time.NewTicker(cfg.Every)
+		defer t.Stop()
+		report = t.C
+	}
+	for i := range cfg.Devices {
+		if startTick != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-startTick.C:
+			}
+		}
+		select {
+		case <-report:
+			fmt.Fprintf(out, "simulate: %s\n", f.summary())
+		default:
+		}
+		dc := deviceConfig(cfg, i, cc, f, log)
+		d, err := device.Connect(ctx, dc)
+		if err != nil {
+			return fmt.Errorf("simulate: device %d: %w", i, err)
+		}
+		devs = append(devs, d)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range d.Messages() {
+				if err := m.Ack(); err == nil {
+					f.mu.Lock()
+					f.messages++
+					f.mu.Unlock()
+				}
+			}
+		}()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-report:
+			fmt.Fprintf(out, "simulate: %s\n", f.summary())
+		}
+	}
+}
+
+// deviceConfig builds the SDK config of device i.
+func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log *slog.Logger) device.Config {
+	dc := device.DefaultConfig()
+	dc.ControlPlaneConn = cc
+	dc.DeviceID = fmt.Sprintf("%s%06d", cfg.IDPrefix, i)
+	dc.Spec = &controlplanev1.DeviceSpec{Model: "generic"}
+	if len(cfg.Models) > 0 {
+		dc.Spec.Model = cfg.Models[i%len(cfg.Models)]
+	}
+	dc.Spec.Firmware = "1.0.0"
+	if cfg.Tenants > 0 {
+		dc.TenantID = fmt.Sprintf("tenant-%d", i%cfg.Tenants)
+	}
+	if cfg.Backoff.BaseDelay > 0 || cfg.Backoff.MaxDelay > 0 {
+		b := backoff.DefaultConfig
+		if cfg.Backoff.BaseDelay > 0 {
+			b.BaseDelay = cfg.Backoff.BaseDelay
+		}
+		if cfg.Backoff.MaxDelay > 0 {
+			b.MaxDelay = max(cfg.Backoff.MaxDelay, b.BaseDelay)
+		}
+		dc.Backoff = b
+	}
+	dc.Logger = log
+	dc.OnStateChange = func(sc device.StateChange) {
+		f.mu.Lock()
+		f.state[i] = sc.To
+		if sc.To == device.Connected {
+			f.group[i], f.executor[i] = sc.GroupID, sc.ExecutorID
+			f.connects++
+		}
+		f.mu.Unlock()
+	}
+	return dc
+}
