@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
-	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/device"
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 )
 
 // Config describes the fleet.
