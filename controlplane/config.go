@@ -1,15 +1,21 @@
 package controlplane
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
 )
 
 // Config tunes a control plane.
 type Config struct {
+	// ReplicaID names this control plane replica in the assignment records
+	// it writes. Unique per replica.
+	ReplicaID string
 	// TokenTTL is how long an assignment token is valid. A device calls
 	// Assign again after that, so it bounds how long a stale decision lasts.
 	TokenTTL time.Duration
@@ -42,7 +48,10 @@ type Backoff struct {
 
 // DefaultConfig returns the settings of `berth controlplane`.
 func DefaultConfig() Config {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
 	return Config{
+		ReplicaID:         "cp-" + hex.EncodeToString(b[:]),
 		TokenTTL:          15 * time.Minute,
 		ReservationGrace:  time.Second,
 		ReservationMaxAge: 30 * time.Second,
@@ -58,6 +67,9 @@ func DefaultConfig() Config {
 // Validate checks c.
 func (c Config) Validate() error {
 	var errs []error
+	if !registry.ValidID(c.ReplicaID) {
+		errs = append(errs, fmt.Errorf("replica id %q: want 1-128 of [A-Za-z0-9._:@-]", c.ReplicaID))
+	}
 	if c.TokenTTL < time.Second {
 		errs = append(errs, fmt.Errorf("token TTL %v: want at least 1s", c.TokenTTL))
 	}

@@ -4,40 +4,59 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"math"
 	"slices"
+	"strings"
 	"time"
 
+	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
+	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
 
 // Errors of the placement. The RPC edge turns them into statuses.
 var (
-	// ErrNoGroup means no group is healthy (active, with a live executor
-	// that is not draining).
-	ErrNoGroup = errors.New("controlplane: no healthy group")
-	// ErrNoCapacity means healthy groups exist but all are full.
-	ErrNoCapacity = errors.New("controlplane: every healthy group is full")
+	// ErrNoGroup means no group carrying the device's label (or one of its
+	// fallbacks) is usable.
+	ErrNoGroup = errors.New("controlplane: no usable group")
+	// ErrNoCapacity means usable groups exist but all are full.
+	ErrNoCapacity = errors.New("controlplane: every usable group is full")
 )
 
-// Pending tells how many devices were sent to an executor but may not yet be
-// in the connection count it last reported (observed at countedAt).
+// Pending tells how much was sent somewhere but may not yet be in the
+// counts executors reported (observed at countedAt): devices this replica
+// sent to an executor, and devices other replicas sent to a group.
 type Pending interface {
-	Pending(executorID string, countedAt time.Time) int
+	Pending(executorID string, countedAt time.Time) float64
+	GroupPending(groupID string, countedAt time.Time) float64
 }
 
 // noPending is a Pending with nothing reserved.
 type noPending struct{}
 
-func (noPending) Pending(string, time.Time) int { return 0 }
+func (noPending) Pending(string, time.Time) float64      { return 0 }
+func (noPending) GroupPending(string, time.Time) float64 { return 0 }
+
+// Request is what the placement knows about one device.
+type Request struct {
+	// Input is what policy expressions see.
+	Input *policyv1.Input
+	// Weight is the device's load weight (1 for an average device).
+	Weight float64
+}
 
 // Candidate is a group the placement considered, with what it saw.
 type Candidate struct {
 	// Group is the group.
 	Group registry.Group
-	// Connections is the live connection count of its usable executors.
-	Connections int
-	// Pending counts devices assigned but not yet counted.
-	Pending int
+	// Label is the label under which it was considered.
+	Label string
+	// Used is what the group holds: live connections, or load in load
+	// mode, plus pending devices.
+	Used float64
+	// Pending is the part of Used not yet in executor counts.
+	Pending float64
 	// Capacity is the effective capacity: the group's own, bounded by the
 	// sum of its usable executors' capacities.
 	Capacity int
@@ -47,105 +66,213 @@ type Candidate struct {
 	Dropped string
 }
 
-// Utilization is (connections + pending) / capacity.
+// Utilization is Used / Capacity.
 func (c Candidate) Utilization() float64 {
 	if c.Capacity <= 0 {
-		return 1
+		return math.Inf(1)
 	}
-	return float64(c.Connections+c.Pending) / float64(c.Capacity)
+	return c.Used / float64(c.Capacity)
 }
 
 // Endpoint is a usable executor with its utilization.
 type Endpoint struct {
 	// Executor is the executor's record.
 	Executor registry.Executor
-	// Pending counts devices sent to it but not yet counted.
-	Pending int
+	// Pending is what was sent to it but not yet counted.
+	Pending float64
 }
 
 // Utilization is (connections + pending) / capacity of the executor.
 func (e Endpoint) Utilization() float64 {
-	return float64(e.Executor.Connections+e.Pending) / float64(e.Executor.Capacity)
+	return (float64(e.Executor.Connections) + e.Pending) / float64(e.Executor.Capacity)
 }
 
-// Decision is the outcome of a placement.
+// Decision is the outcome of a placement, with everything needed to explain
+// it.
 type Decision struct {
 	// Group is the chosen group.
 	Group registry.Group
-	// Label is the label the device was assigned.
-	Label string
+	// Label is the device's assigned label; FromLabel the label it was
+	// placed under (differs when a fallback was used).
+	Label, FromLabel string
+	// Rule names the rule that matched ("" for the default label).
+	Rule string
+	// Method says how the group was picked: "sticky", "affinity" or
+	// "balance".
+	Method string
 	// Endpoints of the chosen group, least utilized first.
 	Endpoints []Endpoint
-	// Reason says in a few words why.
+	// Reason says in a line why.
 	Reason string
-	// Candidates are every group considered, kept or dropped, sorted by id.
+	// AffinityKey is the device's affinity key, if any.
+	AffinityKey string
+	// Candidates are every group considered, kept or dropped, by label in
+	// the order tried, then by id.
 	Candidates []Candidate
+	// PolicyVersion is the version of the policy that decided.
+	PolicyVersion int64
+	// RuleErrors are evaluation errors of rules that were skipped.
+	RuleErrors error
 }
 
-// Place chooses a group for a device from snap: among healthy groups that
-// are not full it picks the one with the lowest utilization, counting
-// devices already sent there but not yet connected (pending). Ties go to the
-// group with more free room, then to the lower id, so the choice is
-// deterministic. It is a pure function of its inputs.
-func Place(snap *registry.Snapshot, pending Pending) (Decision, error) {
+// Reasons a group is dropped.
+const (
+	droppedDraining = "group draining"
+	droppedDisabled = "group disabled"
+	droppedState    = "unknown group state"
+	droppedNoExec   = "no live executor"
+	droppedAllDrain = "every executor draining"
+	droppedFull     = "full"
+)
+
+// Decide places one device: the policy's first matching rule gives its
+// label (else the default); groups that carry the label, or else each
+// fallback label in order, and pass the filter are the candidates; then
+// sticky, affinity and balance pick among them, in that order. It is a pure
+// function of its inputs.
+func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending Pending) (Decision, error) {
 	if pending == nil {
 		pending = noPending{}
 	}
-	cands := make([]Candidate, 0, len(snap.Groups))
-	best := -1
-	healthy := 0
-	for _, g := range snap.SortedGroups() {
-		c := evaluate(g, snap.GroupExecutors(g.ID), pending)
-		if c.Dropped == "" || c.Dropped == droppedFull {
-			healthy++
+	if req.Weight <= 0 {
+		req.Weight = 1
+	}
+	w := 1.0
+	if pol.BalanceByLoad() {
+		w = req.Weight
+	}
+	m, ruleErrs := pol.Label(req.Input)
+	d := Decision{Label: m.Label, Rule: m.Rule, PolicyVersion: pol.Version(), RuleErrors: ruleErrs}
+
+	groups := snap.SortedGroups()
+	var cands []Candidate
+	full := 0
+	for _, label := range pol.Chain(m.Label) {
+		for _, g := range groups {
+			if !g.HasLabel(label) {
+				continue
+			}
+			c := evaluate(g, snap.GroupExecutors(g.ID), pending, pol, w)
+			c.Label = label
+			d.Candidates = append(d.Candidates, c)
+			switch c.Dropped {
+			case "":
+				cands = append(cands, c)
+			case droppedFull:
+				full++
+			}
 		}
-		cands = append(cands, c)
-		if c.Dropped != "" {
-			continue
-		}
-		if best < 0 || better(c, cands[best]) {
-			best = len(cands) - 1
+		if len(cands) > 0 {
+			d.FromLabel = label
+			break
 		}
 	}
-	if best < 0 {
-		if healthy > 0 {
-			return Decision{Candidates: cands}, fmt.Errorf("%w (%d groups)", ErrNoCapacity, healthy)
+	if len(cands) == 0 {
+		chain := strings.Join(pol.Chain(m.Label), ", then ")
+		if full > 0 {
+			return d, fmt.Errorf("%w: label %s (%d full groups; tried %s)", ErrNoCapacity, m.Label, full, chain)
 		}
-		return Decision{Candidates: cands}, fmt.Errorf("%w among %d groups", ErrNoGroup, len(cands))
+		return d, fmt.Errorf("%w for label %s (tried %s)", ErrNoGroup, m.Label, chain)
 	}
-	b := cands[best]
-	return Decision{
-		Group:      b.Group,
-		Endpoints:  b.Endpoints,
-		Reason:     fmt.Sprintf("least utilized of %d healthy groups (%.0f%% of %d)", healthy, 100*b.Utilization(), b.Capacity),
-		Candidates: cands,
-	}, nil
+
+	var used, capacity float64
+	for _, c := range cands {
+		used += c.Used
+		capacity += float64(c.Capacity)
+	}
+	fair := (used + w) / capacity // mean utilization once this device is placed
+
+	var pick *Candidate
+	if sticky, margin := pol.Sticky(); sticky {
+		last := req.Input.GetHistory().GetLastGroup()
+		for i := range cands {
+			c := &cands[i]
+			if c.Group.ID == last && (c.Used+w)/float64(c.Capacity) <= fair*(1+margin) {
+				pick, d.Method = c, "sticky"
+				d.Reason = fmt.Sprintf("sticky: back to %s at %.0f%% (fair share %.0f%% +%.0f%%)", c.Group.ID, 100*c.Utilization(), 100*fair, 100*margin)
+				break
+			}
+		}
+	}
+	if pick == nil && pol.HasAffinity() {
+		key, err := pol.AffinityKey(req.Input)
+		if err == nil && key != "" {
+			d.AffinityKey = key
+			bound := fair * (1 + pol.LoadFactor())
+			for _, i := range rendezvous(key, cands) {
+				c := &cands[i]
+				if (c.Used+w)/float64(c.Capacity) <= bound {
+					pick, d.Method = c, "affinity"
+					d.Reason = fmt.Sprintf("affinity %q: %s at %.0f%% (bound %.0f%%)", key, c.Group.ID, 100*c.Utilization(), 100*bound)
+					break
+				}
+			}
+		}
+	}
+	if pick == nil {
+		best := 0
+		for i := 1; i < len(cands); i++ {
+			if better(cands[i], cands[best], w) {
+				best = i
+			}
+		}
+		pick, d.Method = &cands[best], "balance"
+		d.Reason = fmt.Sprintf("balance: least utilized of %d candidates, %s at %.0f%% of %d", len(cands), pick.Group.ID, 100*pick.Utilization(), pick.Capacity)
+	}
+	d.Group, d.Endpoints = pick.Group, pick.Endpoints
+	prefix := "default label " + m.Label
+	if m.Rule != "" {
+		prefix = fmt.Sprintf("rule %s: label %s", m.Rule, m.Label)
+	}
+	if d.FromLabel != m.Label {
+		prefix += " (fallback " + d.FromLabel + ")"
+	}
+	d.Reason = prefix + "; " + d.Reason
+	return d, nil
 }
 
-// better orders candidates: lower utilization, then more free room, then id.
-func better(a, b Candidate) bool {
-	if ua, ub := a.Utilization(), b.Utilization(); ua != ub {
+// better orders candidates by utilization once the device is added, then
+// by free room, then by id.
+func better(a, b Candidate, w float64) bool {
+	ua, ub := (a.Used+w)/float64(a.Capacity), (b.Used+w)/float64(b.Capacity)
+	if ua != ub {
 		return ua < ub
 	}
-	fa, fb := a.Capacity-a.Connections-a.Pending, b.Capacity-b.Connections-b.Pending
+	fa, fb := float64(a.Capacity)-a.Used, float64(b.Capacity)-b.Used
 	if fa != fb {
 		return fa > fb
 	}
 	return a.Group.ID < b.Group.ID
 }
 
-// Reasons a group is dropped.
-const (
-	droppedDraining  = "group draining"
-	droppedDisabled  = "group disabled"
-	droppedNoExec    = "no live executor"
-	droppedAllDrain  = "every executor draining"
-	droppedFull      = "full"
-	droppedUnknownSt = "unknown state"
-)
+// rendezvous orders candidates for key by weighted rendezvous hashing
+// (highest random weight, scaled by capacity): the order depends only on
+// the key, the group ids and capacities, so every replica computes the same
+// one, across restarts, and adding a group moves only the keys it wins.
+func rendezvous(key string, cands []Candidate) []int {
+	type scored struct {
+		i int
+		s float64
+	}
+	ss := make([]scored, len(cands))
+	for i, c := range cands {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write([]byte(c.Group.ID))
+		u := (float64(h.Sum64()>>11) + 0.5) / (1 << 53) // uniform in (0,1)
+		ss[i] = scored{i, -float64(c.Capacity) / math.Log(u)}
+	}
+	slices.SortFunc(ss, func(a, b scored) int { return cmp.Compare(b.s, a.s) })
+	out := make([]int, len(ss))
+	for i, s := range ss {
+		out[i] = s.i
+	}
+	return out
+}
 
 // evaluate measures one group.
-func evaluate(g registry.Group, execs []registry.Executor, pending Pending) Candidate {
+func evaluate(g registry.Group, execs []registry.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
 	c := Candidate{Group: g}
 	switch g.State {
 	case registry.GroupActive:
@@ -154,21 +281,29 @@ func evaluate(g registry.Group, execs []registry.Executor, pending Pending) Cand
 	case registry.GroupDisabled:
 		c.Dropped = droppedDisabled
 	default:
-		c.Dropped = droppedUnknownSt
+		c.Dropped = droppedState
 	}
 	if len(execs) == 0 && c.Dropped == "" {
 		c.Dropped = droppedNoExec
 	}
 	execCap := 0
+	var oldest time.Time
 	for _, e := range execs {
 		if e.Draining || e.Capacity <= 0 {
 			continue
 		}
 		ep := Endpoint{Executor: e, Pending: pending.Pending(e.ID, e.ObservedAt)}
 		c.Endpoints = append(c.Endpoints, ep)
-		c.Connections += e.Connections
+		if pol.BalanceByLoad() {
+			c.Used += e.Load
+		} else {
+			c.Used += float64(e.Connections)
+		}
 		c.Pending += ep.Pending
 		execCap += e.Capacity
+		if oldest.IsZero() || e.ObservedAt.Before(oldest) {
+			oldest = e.ObservedAt
+		}
 	}
 	if c.Dropped != "" {
 		return c
@@ -177,11 +312,13 @@ func evaluate(g registry.Group, execs []registry.Executor, pending Pending) Cand
 		c.Dropped = droppedAllDrain
 		return c
 	}
+	c.Pending += pending.GroupPending(g.ID, oldest)
+	c.Used += c.Pending
 	c.Capacity = min(g.Capacity, execCap)
 	slices.SortStableFunc(c.Endpoints, func(a, b Endpoint) int {
 		return cmp.Or(cmp.Compare(a.Utilization(), b.Utilization()), cmp.Compare(a.Executor.ID, b.Executor.ID))
 	})
-	if c.Connections+c.Pending >= c.Capacity || c.Endpoints[0].Utilization() >= 1 {
+	if (c.Used+w)/float64(c.Capacity) > pol.MaxUtilization() || c.Endpoints[0].Utilization() >= 1 {
 		c.Dropped = droppedFull
 	}
 	return c

@@ -17,6 +17,7 @@ import (
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -31,6 +32,9 @@ type Snapshotter interface {
 	Run(ctx context.Context) error
 	// WaitReady blocks until the first load completed.
 	WaitReady(ctx context.Context) error
+	// OnAssignment registers a callback for assignment records the watch
+	// delivers; called before Run.
+	OnAssignment(fn func(registry.Assignment))
 }
 
 // AssignmentStore writes assignment records. *registry.Registry implements it.
@@ -62,6 +66,7 @@ type Server struct {
 	res      *reservations
 	inFlight atomic.Int64
 	stats    counters
+	policy   atomic.Pointer[policy.Compiled]
 }
 
 // counters are the control plane's statistics.
@@ -94,8 +99,10 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log, now: time.Now}
+	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log.With("replica", cfg.ReplicaID), now: time.Now}
 	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
+	s.policy.Store(policy.Default())
+	cache.OnAssignment(s.learn)
 	return s, nil
 }
 
@@ -155,22 +162,82 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	return resp, nil
 }
 
-// assign decides, reserves, records and signs.
-func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
-	snap := s.cache.Snapshot()
-	var d Decision
-	var err error
-	s.res.locked(func() {
-		d, err = Place(snap, s.res)
-		if err == nil {
-			s.res.addLocked(d.Endpoints[0].Executor.ID)
-		}
-	})
+// learn counts a device another replica assigned as pending on its group,
+// so that replicas do not herd into one group between executor heartbeats.
+func (s *Server) learn(a registry.Assignment) {
+	if a.Writer == "" || a.Writer == s.cfg.ReplicaID {
+		return
+	}
+	w := 1.0
+	if a.Inputs != nil && a.Inputs.Weight > 0 && s.policy.Load().BalanceByLoad() {
+		w = a.Inputs.Weight
+	}
+	s.res.addGroup(a.GroupID, w)
+}
+
+// policyFor returns the compiled policy of snap, compiling it once per
+// version. A stored document that does not compile (it was validated before
+// it was stored, so only a hand edit of etcd does that) is logged and the
+// last good policy stays in force.
+func (s *Server) policyFor(snap *registry.Snapshot) *policy.Compiled {
+	cur := s.policy.Load()
+	if snap.Policy == nil || snap.Policy.Version == cur.Version() {
+		return cur
+	}
+	c, err := CompileStored(*snap.Policy)
+	if err != nil {
+		s.log.Error("stored placement policy does not compile; keeping the previous one", "version", snap.Policy.Version, "in_force", cur.Version(), "err", err)
+		// Remember the failure so it is not compiled again per Assign.
+		c = cur.WithVersion(snap.Policy.Version)
+	} else {
+		s.log.Info("placement policy in force", "version", c.Version())
+	}
+	s.policy.CompareAndSwap(cur, c)
+	return c
+}
+
+// CompileStored parses and compiles a stored policy document.
+func CompileStored(sp registry.StoredPolicy) (*policy.Compiled, error) {
+	p, err := policy.Parse(sp.Document)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.record(ctx, req.GetDeviceId(), d); err != nil {
+	c, err := policy.Compile(p)
+	if err != nil {
 		return nil, err
+	}
+	return c.WithVersion(sp.Version), nil
+}
+
+// assign decides, reserves, records and signs.
+func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
+	snap := s.cache.Snapshot()
+	pol := s.policyFor(snap)
+	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
+	in := inputsOf(req)
+	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious()), Weight: in.Weight}
+	w := 1.0
+	if pol.BalanceByLoad() {
+		w = in.Weight
+	}
+	var d Decision
+	var err error
+	s.res.locked(func() {
+		d, err = Decide(snap, pol, preq, s.res)
+		if err == nil {
+			s.res.addLocked(d.Endpoints[0].Executor.ID, w)
+		}
+	})
+	if d.RuleErrors != nil {
+		s.log.Debug("policy rules failed to evaluate", "device", req.GetDeviceId(), "err", d.RuleErrors)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) {
+		if err := s.record(ctx, req.GetDeviceId(), d, in); err != nil {
+			return nil, err
+		}
 	}
 	tok, exp, err := s.signer.Sign(req.GetDeviceId(), d.Group.ID, d.Label, s.cfg.TokenTTL)
 	if err != nil {
@@ -199,14 +266,14 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	}, nil
 }
 
-// record writes the device's assignment record if it changed.
-func (s *Server) record(ctx context.Context, deviceID string, d Decision) error {
-	if cur, ok := s.cache.Assignment(deviceID); ok && cur.GroupID == d.Group.ID && cur.Label == d.Label {
-		return nil
-	}
+// record writes the device's assignment record.
+func (s *Server) record(ctx context.Context, deviceID string, d Decision, in *registry.DeviceInputs) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
-	err := s.store.PutAssignment(wctx, registry.Assignment{DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC()})
+	err := s.store.PutAssignment(wctx, registry.Assignment{
+		DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC(),
+		Rule: d.Rule, Reason: d.Reason, PolicyVersion: d.PolicyVersion, Writer: s.cfg.ReplicaID, Inputs: in,
+	})
 	if err != nil {
 		s.stats.writeErrors.Add(1)
 		s.log.Warn("writing assignment record", "device", deviceID, "group", d.Group.ID, "err", err)

@@ -45,21 +45,26 @@ func (f *fakeCache) Assignment(id string) (registry.Assignment, bool) {
 	return a, ok
 }
 
-func (f *fakeCache) Run(ctx context.Context) error       { <-ctx.Done(); return nil }
-func (f *fakeCache) WaitReady(ctx context.Context) error { return nil }
+func (f *fakeCache) Run(ctx context.Context) error          { <-ctx.Done(); return nil }
+func (f *fakeCache) WaitReady(ctx context.Context) error    { return nil }
+func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
 
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
 type fakeStore struct {
 	cache  *fakeCache
 	writes int
-	block  chan struct{}
-	fail   error
+	block   chan struct{}
+	entered chan struct{} // receives when a write starts, if set
+	fail    error
 }
 
 var _ controlplane.AssignmentStore = (*fakeStore)(nil)
 
 func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
+	if s.entered != nil {
+		s.entered <- struct{}{}
+	}
 	if s.block != nil {
 		select {
 		case <-s.block:
@@ -126,8 +131,8 @@ func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs
 
 func twoGroups() ([]registry.Group, []registry.Executor) {
 	return []registry.Group{
-			{ID: "g1", Capacity: 100, State: registry.GroupActive},
-			{ID: "g2", Capacity: 100, State: registry.GroupActive},
+			{ID: "g1", Capacity: 100, State: registry.GroupActive, Labels: []string{"default"}},
+			{ID: "g2", Capacity: 100, State: registry.GroupActive, Labels: []string{"default"}},
 		}, []registry.Executor{
 			{ID: "g1-a", GroupID: "g1", Address: "10.0.0.1:1", Capacity: 50, Connections: 30},
 			{ID: "g1-b", GroupID: "g1", Address: "10.0.0.2:1", Capacity: 50, Connections: 10},
@@ -170,12 +175,19 @@ func TestAssign(t *testing.T) {
 	if f.store.writes != 1 {
 		t.Errorf("writes after first Assign = %d, want 1", f.store.writes)
 	}
-	// The same decision again writes nothing.
-	if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1"}); err != nil {
+	// The same decision for the same inputs writes nothing.
+	if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1", Spec: &controlplanev1.DeviceSpec{Model: "m"}}); err != nil {
 		t.Fatal(err)
 	}
 	if f.store.writes != 1 {
 		t.Errorf("writes after an unchanged Assign = %d, want 1", f.store.writes)
+	}
+	// New inputs (a firmware upgrade) are recorded, so dry runs see them.
+	if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1", Spec: &controlplanev1.DeviceSpec{Model: "m", Firmware: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if f.store.writes != 2 || f.cache.records["dev-1"].Inputs.Firmware != "2" {
+		t.Errorf("writes after new inputs = %d (firmware %q), want 2 and firmware 2", f.store.writes, f.cache.records["dev-1"].Inputs.Firmware)
 	}
 }
 
@@ -197,7 +209,7 @@ func TestAssignRefusals(t *testing.T) {
 		{"big attribute", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", Spec: &controlplanev1.DeviceSpec{Attributes: map[string]string{"k": strings.Repeat("v", 1025)}}}, codes.InvalidArgument, "spec.attributes"},
 		{"empty service", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", Services: []string{""}}, codes.InvalidArgument, "services[0]"},
 		{"long tenant", groups, execs, &controlplanev1.AssignRequest{DeviceId: "d", TenantId: long}, codes.InvalidArgument, "tenant_id"},
-		{"no groups", nil, nil, &controlplanev1.AssignRequest{DeviceId: "d"}, codes.Unavailable, "no healthy processing group"},
+		{"no groups", nil, nil, &controlplanev1.AssignRequest{DeviceId: "d"}, codes.Unavailable, "no usable group for label default"},
 		{"all full", groups[:1], []registry.Executor{{ID: "x", GroupID: "g1", Address: "a:1", Capacity: 10, Connections: 10}},
 			&controlplanev1.AssignRequest{DeviceId: "d"}, codes.ResourceExhausted, "full"},
 	}
@@ -234,24 +246,19 @@ func TestAssignSheds(t *testing.T) {
 	cfg.RetryAfter = 3 * time.Second
 	f := start(t, cfg, groups, execs)
 	f.store.block = make(chan struct{})
+	f.store.entered = make(chan struct{}, 1)
 	first := make(chan error, 1)
 	go func() {
 		_, err := f.client.Assign(context.Background(), &controlplanev1.AssignRequest{DeviceId: "slow"})
 		first <- err
 	}()
-	// Wait until the first Assign holds the only slot: then the second is
-	// shed. Retry the second until it is shed, bounded.
-	deadline := time.Now().Add(10 * time.Second)
-	var st *status.Status
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		_, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "other"})
-		cancel()
-		st = status.Convert(err)
-		if st.Code() == codes.ResourceExhausted || time.Now().After(deadline) {
-			break
-		}
+	select {
+	case <-f.store.entered: // the first Assign holds the only slot
+	case <-time.After(10 * time.Second):
+		t.Fatal("first Assign never reached the store")
 	}
+	_, err := f.client.Assign(context.Background(), &controlplanev1.AssignRequest{DeviceId: "other"})
+	st := status.Convert(err)
 	close(f.store.block)
 	if err := <-first; err != nil {
 		t.Fatalf("first Assign: %v", err)

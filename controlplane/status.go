@@ -3,6 +3,7 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -84,9 +85,9 @@ func validateAssign(r *controlplanev1.AssignRequest) error {
 func toStatus(err error, retry time.Duration) error {
 	switch {
 	case errors.Is(err, ErrNoCapacity):
-		return withRetry(codes.ResourceExhausted, "no capacity: every healthy group is full; retry later", retry)
+		return withRetry(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "controlplane: ")+"; retry later", retry)
 	case errors.Is(err, ErrNoGroup):
-		return withRetry(codes.Unavailable, "no healthy processing group (active, with a live executor that is not draining)", retry)
+		return withRetry(codes.Unavailable, strings.TrimPrefix(err.Error(), "controlplane: ")+" (usable: active, with a live executor that is not draining)", retry)
 	case errors.Is(err, errRegistryWrite):
 		return withRetry(codes.Unavailable, "registry unavailable: the assignment could not be recorded", retry)
 	default:

@@ -24,17 +24,27 @@
 //     hands Acks and Publishes to Config.Hooks. A stream from which nothing
 //     arrives for PingMisses*PingInterval is closed with Goodbye{TIMEOUT}.
 //
+// Streams the executor closes on purpose end with a status after their
+// Goodbye: ABORTED when replaced, DEADLINE_EXCEEDED after the ping timeout,
+// UNAVAILABLE at shutdown; INVALID_ARGUMENT for a second Hello. A device
+// that closes its side (CloseSend) ends its stream with OK.
+//
 // Overflow policy: enqueueing never blocks. When a stream's send queue is
 // full the device is not reading fast enough; the stream is considered stuck
 // and is closed at once (without a Goodbye, which could not get through
-// either), so that one slow device never holds up the executor. Frames still
-// queued on a closed stream are dropped: delivery is confirmed by Acks, not
-// by Deliver returning nil.
+// either; the device sees CANCELLED), so that one slow device never holds
+// up the executor. Frames still queued on a closed stream are dropped:
+// delivery is confirmed by Acks, not by Deliver returning nil.
 //
-// A gRPC handler blocked in Send cannot be interrupted by the server, so the
-// Server installs a tap (grpc.InTapHandle) that gives every Connect stream a
-// context the executor can cancel: that is how a stuck stream, or one whose
-// Goodbye cannot be written within a second, is cut.
+// Why the handler sends and another goroutine receives: a gRPC handler can
+// only end its stream with a status of its choosing by returning, so it must
+// never sit in Recv (a stream that sends nothing would keep it there), and a
+// handler blocked in Send on a device that does not read cannot return at
+// all. The receive goroutine ends by itself once the handler has returned;
+// Run's errgroup owns it. For a blocked Send the Server installs a tap
+// (grpc.InTapHandle) that gives every Connect stream a context the executor
+// can cancel: that is how a stuck stream, or one whose Goodbye cannot be
+// written within a second, is cut.
 //
 // # Lifecycle
 //

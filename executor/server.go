@@ -75,8 +75,9 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger) (*Server, error)
 
 // Run serves ExecutorService on lis until ctx is cancelled, then shuts down
 // in the order the package documentation gives and returns nil. It returns
-// an error if serving or the Registrar fails. lis is closed when Run
-// returns. Run may be called once; later calls return an error at once.
+// an error if serving or the Registrar fails, after the same shutdown. Run
+// closes lis. It may be called once; later calls return an error at once
+// and leave their listener alone.
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errRunTwice

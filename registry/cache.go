@@ -25,7 +25,11 @@ type Snapshot struct {
 	Groups map[string]Group
 	// Executors by id.
 	Executors map[string]Executor
-	byGroup   map[string][]Executor
+	// Tenants by id.
+	Tenants map[string]Tenant
+	// Policy is the stored placement policy, nil when none was applied.
+	Policy  *StoredPolicy
+	byGroup map[string][]Executor
 }
 
 // GroupExecutors returns the executors registered for group, sorted by id.
@@ -38,15 +42,23 @@ func (s *Snapshot) SortedGroups() []Group {
 	return out
 }
 
-func newSnapshot(rev int64, groups map[string]Group, execs map[string]Executor) *Snapshot {
+// parts are the pieces of a snapshot while it is being built.
+type parts struct {
+	groups  map[string]Group
+	execs   map[string]Executor
+	tenants map[string]Tenant
+	policy  *StoredPolicy
+}
+
+func newSnapshot(rev int64, p parts) *Snapshot {
 	by := make(map[string][]Executor)
-	for _, e := range execs {
+	for _, e := range p.execs {
 		by[e.GroupID] = append(by[e.GroupID], e)
 	}
 	for _, es := range by {
 		slices.SortFunc(es, func(a, b Executor) int { return strings.Compare(a.ID, b.ID) })
 	}
-	return &Snapshot{Revision: rev, Groups: groups, Executors: execs, byGroup: by}
+	return &Snapshot{Revision: rev, Groups: p.groups, Executors: p.execs, Tenants: p.tenants, Policy: p.policy, byGroup: by}
 }
 
 // Cache is a watch-fed, in-memory copy of the registry: it lists everything
@@ -63,8 +75,9 @@ type Cache struct {
 	first chan struct{}
 	once  sync.Once
 
-	mu          sync.RWMutex
-	assignments map[string]Assignment
+	mu           sync.RWMutex
+	assignments  map[string]Assignment
+	onAssignment func(Assignment)
 
 	relists atomic.Int64
 }
@@ -75,7 +88,7 @@ func (r *Registry) NewCache(log *slog.Logger) *Cache {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Cache{reg: r, log: log, now: time.Now, first: make(chan struct{}), assignments: map[string]Assignment{}}
-	c.snap.Store(newSnapshot(0, map[string]Group{}, map[string]Executor{}))
+	c.snap.Store(newSnapshot(0, parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}))
 	return c
 }
 
@@ -149,12 +162,11 @@ func (c *Cache) Run(ctx context.Context) error {
 // load lists the whole prefix at one revision and replaces the cache's
 // contents.
 func (c *Cache) load(ctx context.Context) (int64, error) {
-	groups := map[string]Group{}
-	execs := map[string]Executor{}
+	p := parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}
 	assigns := map[string]Assignment{}
 	now := c.now()
-	rev, err := c.reg.listRange(ctx, c.reg.prefix+"/", func(key string, value []byte) error {
-		c.decode(key, value, groups, execs, assigns, now)
+	rev, err := c.reg.listKVs(ctx, c.reg.prefix+"/", func(kv *mvccpb.KeyValue) error {
+		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
 		return nil
 	})
 	if err != nil {
@@ -163,47 +175,72 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	c.mu.Lock()
 	c.assignments = assigns
 	c.mu.Unlock()
-	c.snap.Store(newSnapshot(rev, groups, execs))
+	c.snap.Store(newSnapshot(rev, p))
 	return rev, nil
 }
 
-// decode files one key into the maps. Values that do not decode are logged
-// and skipped: one bad key must not blind the control plane. A skipped key
-// is removed, so that a bad value replacing a good one reads as absent, as
-// it does after a fresh load.
-func (c *Cache) decode(key string, value []byte, groups map[string]Group, execs map[string]Executor, assigns map[string]Assignment, now time.Time) {
+// kind tells which part of the keyspace a key belongs to, and its id.
+func (c *Cache) kind(key string) (dir, id string) {
 	rest := strings.TrimPrefix(key, c.reg.prefix)
+	if rest == policyKey {
+		return policyKey, ""
+	}
+	for _, d := range []string{groupsDir, executorsDir, assignmentsDir, tenantsDir} {
+		if strings.HasPrefix(rest, d) {
+			return d, strings.TrimPrefix(rest, d)
+		}
+	}
+	return "", ""
+}
+
+// decode files one key into p or assigns (value nil: a deletion). Values
+// that do not decode are logged and skipped: one bad key must not blind the
+// control plane. A skipped key is removed, so that a bad value replacing a
+// good one reads as absent, as it does after a fresh load.
+func (c *Cache) decode(key string, value []byte, modRev int64, p *parts, assigns map[string]Assignment, now time.Time) {
+	dir, id := c.kind(key)
 	var err error
-	switch {
-	case strings.HasPrefix(rest, groupsDir):
-		id := strings.TrimPrefix(rest, groupsDir)
-		var g Group
-		if err = json.Unmarshal(value, &g); err == nil {
-			groups[id] = g
-		} else {
-			delete(groups, id)
-		}
-	case strings.HasPrefix(rest, executorsDir):
-		id := strings.TrimPrefix(rest, executorsDir)
-		var e Executor
-		if err = json.Unmarshal(value, &e); err == nil {
-			e.ObservedAt = now
-			execs[id] = e
-		} else {
-			delete(execs, id)
-		}
-	case strings.HasPrefix(rest, assignmentsDir):
-		id := strings.TrimPrefix(rest, assignmentsDir)
-		var a Assignment
-		if err = json.Unmarshal(value, &a); err == nil {
-			assigns[id] = a
-		} else {
-			delete(assigns, id)
+	switch dir {
+	case groupsDir:
+		err = decodeInto(p.groups, id, value, nil)
+	case executorsDir:
+		err = decodeInto(p.execs, id, value, func(e *Executor) { e.ObservedAt = now })
+	case tenantsDir:
+		err = decodeInto(p.tenants, id, value, nil)
+	case assignmentsDir:
+		err = decodeInto(assigns, id, value, nil)
+	case policyKey:
+		p.policy = nil
+		if value != nil {
+			var sp StoredPolicy
+			if err = json.Unmarshal(value, &sp); err == nil {
+				sp.Version = modRev
+				p.policy = &sp
+			}
 		}
 	}
 	if err != nil {
 		c.log.Warn("registry: skipping undecodable value", "key", key, "err", err)
 	}
+}
+
+// decodeInto sets m[id] from a JSON value, or deletes it when value is nil
+// or does not decode.
+func decodeInto[T any](m map[string]T, id string, value []byte, fix func(*T)) error {
+	if value == nil {
+		delete(m, id)
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal(value, &v); err != nil {
+		delete(m, id)
+		return err
+	}
+	if fix != nil {
+		fix(&v)
+	}
+	m[id] = v
+	return nil
 }
 
 // watch applies changes from rev+1 until the watch fails.
@@ -230,50 +267,46 @@ var errWatchClosed = errors.New("registry: watch closed")
 // snapshot for it.
 func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 	old := c.snap.Load()
-	var groups map[string]Group
-	var execs map[string]Executor
+	p := parts{groups: old.Groups, execs: old.Executors, tenants: old.Tenants, policy: old.Policy}
+	changed := false
 	now := c.now()
+	var hook []Assignment
 	for _, ev := range events {
-		rest := strings.TrimPrefix(string(ev.Kv.Key), c.reg.prefix)
-		switch {
-		case strings.HasPrefix(rest, groupsDir):
-			if groups == nil {
-				groups = maps.Clone(old.Groups)
-			}
-			if ev.Type == mvccpb.DELETE {
-				delete(groups, strings.TrimPrefix(rest, groupsDir))
-				continue
-			}
-			c.decode(string(ev.Kv.Key), ev.Kv.Value, groups, nil, nil, now)
-		case strings.HasPrefix(rest, executorsDir):
-			if execs == nil {
-				execs = maps.Clone(old.Executors)
-			}
-			if ev.Type == mvccpb.DELETE {
-				delete(execs, strings.TrimPrefix(rest, executorsDir))
-				continue
-			}
-			c.decode(string(ev.Kv.Key), ev.Kv.Value, nil, execs, nil, now)
-		case strings.HasPrefix(rest, assignmentsDir):
+		key := string(ev.Kv.Key)
+		value := ev.Kv.Value
+		if ev.Type == mvccpb.DELETE {
+			value = nil
+		}
+		dir, _ := c.kind(key)
+		switch dir {
+		case "":
+			continue
+		case assignmentsDir:
 			c.mu.Lock()
-			if ev.Type == mvccpb.DELETE {
-				delete(c.assignments, strings.TrimPrefix(rest, assignmentsDir))
-			} else {
-				c.decode(string(ev.Kv.Key), ev.Kv.Value, nil, nil, c.assignments, now)
+			c.decode(key, value, ev.Kv.ModRevision, &p, c.assignments, now)
+			if value != nil && c.onAssignment != nil {
+				if _, id := c.kind(key); id != "" {
+					hook = append(hook, c.assignments[id])
+				}
 			}
 			c.mu.Unlock()
+			continue
+		}
+		if !changed {
+			// Copy on first write: the published snapshot stays immutable.
+			p = parts{groups: maps.Clone(old.Groups), execs: maps.Clone(old.Executors), tenants: maps.Clone(old.Tenants), policy: old.Policy}
+			changed = true
+		}
+		c.decode(key, value, ev.Kv.ModRevision, &p, nil, now)
+	}
+	if changed {
+		c.snap.Store(newSnapshot(rev, p))
+	}
+	for _, a := range hook {
+		if a.DeviceID != "" {
+			c.onAssignment(a)
 		}
 	}
-	if groups == nil && execs == nil {
-		return
-	}
-	if groups == nil {
-		groups = old.Groups
-	}
-	if execs == nil {
-		execs = old.Executors
-	}
-	c.snap.Store(newSnapshot(rev, groups, execs))
 }
 
 // NewSnapshot builds a snapshot from lists, for tests and tools that make
@@ -287,5 +320,20 @@ func NewSnapshot(rev int64, groups []Group, execs []Executor) *Snapshot {
 	for _, e := range execs {
 		em[e.ID] = e
 	}
-	return newSnapshot(rev, gm, em)
+	return newSnapshot(rev, parts{groups: gm, execs: em, tenants: map[string]Tenant{}})
 }
+
+// WithPolicy returns a copy of s with the given policy and tenants, for
+// tests and tools.
+func (s *Snapshot) WithPolicy(p *StoredPolicy, tenants []Tenant) *Snapshot {
+	tm := make(map[string]Tenant, len(tenants))
+	for _, t := range tenants {
+		tm[t.ID] = t
+	}
+	return newSnapshot(s.Revision, parts{groups: s.Groups, execs: s.Executors, tenants: tm, policy: p})
+}
+
+// OnAssignment registers fn to be called, from the watch goroutine, with
+// every assignment record the watch delivers (not those of a full load).
+// Call it before Run; fn must not block.
+func (c *Cache) OnAssignment(fn func(Assignment)) { c.onAssignment = fn }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -132,6 +133,11 @@ const listPageSize = 1000
 // listRange calls fn for every key under dir, as of one revision, in pages.
 // It returns that revision.
 func (r *Registry) listRange(ctx context.Context, dir string, fn func(key string, value []byte) error) (int64, error) {
+	return r.listKVs(ctx, dir, func(kv *mvccpb.KeyValue) error { return fn(string(kv.Key), kv.Value) })
+}
+
+// listKVs is listRange with the whole key-value, revisions included.
+func (r *Registry) listKVs(ctx context.Context, dir string, fn func(kv *mvccpb.KeyValue) error) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(dir)
 	key := dir
 	var rev int64
@@ -148,7 +154,7 @@ func (r *Registry) listRange(ctx context.Context, dir string, fn func(key string
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if err := fn(string(kv.Key), kv.Value); err != nil {
+			if err := fn(kv); err != nil {
 				return 0, err
 			}
 		}

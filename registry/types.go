@@ -97,6 +97,34 @@ type Assignment struct {
 	Label string `json:"label"`
 	// AssignedAt is when the assignment was made.
 	AssignedAt time.Time `json:"assigned_at"`
+	// Rule names the policy rule that gave the label ("" for the default).
+	Rule string `json:"rule,omitempty"`
+	// Reason says why the group was chosen.
+	Reason string `json:"reason,omitempty"`
+	// PolicyVersion is the version of the policy that decided.
+	PolicyVersion int64 `json:"policy_version,omitempty"`
+	// Writer names the control plane replica that wrote the record; other
+	// replicas count the device as pending on its group until executor
+	// counts include it.
+	Writer string `json:"writer,omitempty"`
+	// Inputs are what the device declared when the record was written, so
+	// that dry runs and explanations can decide again without the device.
+	Inputs *DeviceInputs `json:"inputs,omitempty"`
+}
+
+// DeviceInputs are what a device declares in Assign.
+type DeviceInputs struct {
+	// Model, Firmware and Attributes are its spec.
+	Model      string            `json:"model,omitempty"`
+	Firmware   string            `json:"firmware,omitempty"`
+	Attributes map[string]string `json:"attributes,omitempty"`
+	// Tenant and User it belongs to.
+	Tenant string `json:"tenant,omitempty"`
+	User   string `json:"user,omitempty"`
+	// Services it asks for.
+	Services []string `json:"services,omitempty"`
+	// Weight is its load weight (1 for an average device).
+	Weight float64 `json:"weight,omitempty"`
 }
 
 // idPattern is what ids of groups, executors and devices may look like: they

@@ -1,0 +1,140 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// policyKey holds the placement policy in force.
+const policyKey = "/policy"
+
+// StoredPolicy is the placement policy document as stored in etcd. The
+// registry does not interpret the document; package policy does.
+type StoredPolicy struct {
+	// Document is the policy as protojson (berth.policy.v1.Policy).
+	Document json.RawMessage `json:"document"`
+	// AppliedAt is when it was stored.
+	AppliedAt time.Time `json:"applied_at"`
+	// AppliedBy says who stored it (user, host), free text.
+	AppliedBy string `json:"applied_by,omitempty"`
+	// Version is the etcd revision that stored it; set by reads, never
+	// stored. Applying a policy is a compare-and-swap on it.
+	Version int64 `json:"-"`
+}
+
+// Policy reads the stored policy; ErrNotFound when none was ever applied.
+func (r *Registry) Policy(ctx context.Context) (StoredPolicy, error) {
+	resp, err := r.cli.Get(ctx, r.prefix+policyKey)
+	if err != nil {
+		return StoredPolicy{}, fmt.Errorf("registry: get policy: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return StoredPolicy{}, fmt.Errorf("%w: policy", ErrNotFound)
+	}
+	var p StoredPolicy
+	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil {
+		return StoredPolicy{}, fmt.Errorf("registry: decode policy: %w", err)
+	}
+	p.Version = resp.Kvs[0].ModRevision
+	return p, nil
+}
+
+// PutPolicy stores p if the stored policy is still at version basedOn (0:
+// no policy stored yet), atomically; otherwise it returns ErrConflict and
+// changes nothing. It returns the new version.
+func (r *Registry) PutPolicy(ctx context.Context, p StoredPolicy, basedOn int64) (int64, error) {
+	if len(p.Document) == 0 || !json.Valid(p.Document) {
+		return 0, fmt.Errorf("%w: policy document is not JSON", ErrInvalid)
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return 0, fmt.Errorf("registry: encode policy: %w", err)
+	}
+	key := r.prefix + policyKey
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", basedOn)).
+		Then(clientv3.OpPut(key, string(b))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("registry: put policy: %w", err)
+	}
+	if !resp.Succeeded {
+		cur := int64(0)
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			cur = kvs[0].ModRevision
+		}
+		return 0, fmt.Errorf("%w: policy is at version %d, not %d; get it again and reapply", ErrConflict, cur, basedOn)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Tenant is what operators store about a tenant: attributes the placement
+// policy may read, and the services it is entitled to.
+type Tenant struct {
+	// ID names the tenant.
+	ID string `json:"id"`
+	// Attributes are free-form (tier, region, contract...).
+	Attributes map[string]string `json:"attributes,omitempty"`
+	// Services the tenant is entitled to.
+	Services []string `json:"services,omitempty"`
+}
+
+// Validate checks t before it is written.
+func (t Tenant) Validate() error {
+	if !ValidID(t.ID) {
+		return fmt.Errorf("%w: tenant id %q", ErrInvalid, t.ID)
+	}
+	if len(t.Attributes) > 64 {
+		return fmt.Errorf("%w: tenant %s: %d attributes; at most 64", ErrInvalid, t.ID, len(t.Attributes))
+	}
+	for k, v := range t.Attributes {
+		if k == "" || len(k) > 128 || len(v) > 1024 {
+			return fmt.Errorf("%w: tenant %s: attribute %q: keys 1-128 bytes, values at most 1024", ErrInvalid, t.ID, k)
+		}
+	}
+	for _, s := range t.Services {
+		if s == "" || len(s) > 64 {
+			return fmt.Errorf("%w: tenant %s: service %q: want 1-64 bytes", ErrInvalid, t.ID, s)
+		}
+	}
+	return nil
+}
+
+const tenantsDir = "/tenants/"
+
+func (r *Registry) tenantKey(id string) string { return r.prefix + tenantsDir + id }
+
+// PutTenant creates or replaces a tenant.
+func (r *Registry) PutTenant(ctx context.Context, t Tenant) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	t.Attributes = maps.Clone(t.Attributes)
+	return r.putJSON(ctx, r.tenantKey(t.ID), t)
+}
+
+// Tenant reads one tenant.
+func (r *Registry) Tenant(ctx context.Context, id string) (Tenant, error) {
+	var t Tenant
+	err := r.getJSON(ctx, r.tenantKey(id), &t)
+	return t, err
+}
+
+// Tenants lists every tenant, sorted by id.
+func (r *Registry) Tenants(ctx context.Context) ([]Tenant, error) {
+	return listJSON[Tenant](ctx, r, r.prefix+tenantsDir)
+}
+
+// DeleteTenant removes a tenant. It is not an error if it does not exist.
+func (r *Registry) DeleteTenant(ctx context.Context, id string) error {
+	if _, err := r.cli.Delete(ctx, r.tenantKey(id)); err != nil {
+		return fmt.Errorf("registry: delete tenant %s: %w", id, err)
+	}
+	return nil
+}
