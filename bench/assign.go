@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -373,24 +372,4 @@ func poll(ctx context.Context, timeout time.Duration, what string, cond func() b
 		}
 	}
 	return nil
-}
-
-// onceErr keeps the first error it is given.
-type onceErr struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (o *onceErr) set(err error) {
-	o.mu.Lock()
-	if o.err == nil {
-		o.err = err
-	}
-	o.mu.Unlock()
-}
-
-func (o *onceErr) get() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.err
 }

@@ -52,8 +52,8 @@ func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
 type fakeStore struct {
-	cache  *fakeCache
-	writes int
+	cache   *fakeCache
+	writes  int
 	block   chan struct{}
 	entered chan struct{} // receives when a write starts, if set
 	fail    error
