@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/policy"
@@ -35,11 +36,15 @@ type Snapshotter interface {
 	// OnAssignment registers a callback for assignment records the watch
 	// delivers; called before Run.
 	OnAssignment(fn func(registry.Assignment))
+	// RangeAssignments calls fn for every cached assignment record.
+	RangeAssignments(fn func(registry.Assignment) bool)
 }
 
-// AssignmentStore writes assignment records. *registry.Registry implements it.
+// AssignmentStore writes assignment records and policies.
+// *registry.Registry implements it.
 type AssignmentStore interface {
 	PutAssignment(ctx context.Context, a registry.Assignment) error
+	PutPolicy(ctx context.Context, p registry.StoredPolicy, basedOn int64) (int64, error)
 }
 
 // Signer mints assignment tokens. *token.Signer implements it.
@@ -120,6 +125,7 @@ func (s *Server) Stats() Stats {
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	rpc := rpcserver.New(s.cfg.RPC, s.log)
 	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
+	adminv1.RegisterAdminServiceServer(rpc.GRPC, &adminServer{s: s})
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.cache.Run(ctx) })
 	g.Go(func() error {
@@ -130,11 +136,11 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error {
 		if err := s.cache.WaitReady(ctx); err == nil {
-			rpc.SetServing(true, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName)
+			rpc.SetServing(true, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName)
 			s.log.Info("control plane serving", "addr", lis.Addr().String())
 		}
 		<-ctx.Done()
-		rpc.SetServing(false, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName)
+		rpc.SetServing(false, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName)
 		rpc.Stop(5 * time.Second)
 		return nil
 	})

@@ -49,6 +49,16 @@ func (f *fakeCache) Run(ctx context.Context) error          { <-ctx.Done(); retu
 func (f *fakeCache) WaitReady(ctx context.Context) error    { return nil }
 func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
 
+func (f *fakeCache) RangeAssignments(fn func(registry.Assignment) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range f.records {
+		if !fn(a) {
+			return
+		}
+	}
+}
+
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
 type fakeStore struct {
@@ -60,6 +70,10 @@ type fakeStore struct {
 }
 
 var _ controlplane.AssignmentStore = (*fakeStore)(nil)
+
+func (s *fakeStore) PutPolicy(context.Context, registry.StoredPolicy, int64) (int64, error) {
+	return 0, errors.New("fake store keeps no policy")
+}
 
 func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
 	if s.entered != nil {

@@ -103,6 +103,18 @@ func (c *Cache) Assignment(deviceID string) (Assignment, bool) {
 	return a, ok
 }
 
+// RangeAssignments calls fn for every cached assignment record, in no
+// order, until fn returns false. fn must not call back into the cache.
+func (c *Cache) RangeAssignments(fn func(Assignment) bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, a := range c.assignments {
+		if !fn(a) {
+			return
+		}
+	}
+}
+
 // AssignmentCount returns how many assignment records are cached.
 func (c *Cache) AssignmentCount() int {
 	c.mu.RLock()

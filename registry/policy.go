@@ -3,10 +3,12 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -137,4 +139,32 @@ func (r *Registry) DeleteTenant(ctx context.Context, id string) error {
 		return fmt.Errorf("registry: delete tenant %s: %w", id, err)
 	}
 	return nil
+}
+
+// LoadSnapshot reads groups, executors, tenants and the policy straight
+// from etcd into a snapshot (assignment records are not part of it), for
+// tools that have no cache.
+func (r *Registry) LoadSnapshot(ctx context.Context) (*Snapshot, error) {
+	p := parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}
+	c := r.NewCache(nil)
+	now := time.Now()
+	var rev int64
+	for _, dir := range []string{groupsDir, executorsDir, tenantsDir} {
+		rv, err := r.listKVs(ctx, r.prefix+dir, func(kv *mvccpb.KeyValue) error {
+			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, nil, now)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		rev = max(rev, rv)
+	}
+	sp, err := r.Policy(ctx)
+	switch {
+	case err == nil:
+		p.policy = &sp
+	case !errors.Is(err, ErrNotFound):
+		return nil, err
+	}
+	return newSnapshot(rev, p), nil
 }

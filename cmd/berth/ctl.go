@@ -110,6 +110,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(groups, groupCmd, executors, devices)
+	cmd.AddCommand(newCtlPolicyCmds(c)...)
 	return cmd
 }
 
