@@ -49,7 +49,7 @@ type AssignmentStore interface {
 
 // Signer mints assignment tokens. *token.Signer implements it.
 type Signer interface {
-	Sign(deviceID, groupID, label string, ttl time.Duration) (string, time.Time, error)
+	SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error)
 }
 
 var (
@@ -245,7 +245,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 			return nil, err
 		}
 	}
-	tok, exp, err := s.signer.Sign(req.GetDeviceId(), d.Group.ID, d.Label, s.cfg.TokenTTL)
+	tok, exp, err := s.signer.SignWeighted(req.GetDeviceId(), d.Group.ID, d.Label, in.Weight, s.cfg.TokenTTL)
 	if err != nil {
 		return nil, err
 	}

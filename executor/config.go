@@ -51,8 +51,8 @@ type Config struct {
 	RPC rpcserver.Config
 	// Registration tunes the registry record's lease and writes. The
 	// executor does not build its Registrar itself; this is where callers
-	// keep the settings they build it with. Load is reported every
-	// Registration.Refresh.
+	// keep the settings they build it with. The load reported is the sum of
+	// the connected devices' weights, from their tokens.
 	Registration registry.RegistrationConfig
 	// Hooks receive what devices send upstream. Nil hooks are skipped.
 	Hooks Hooks

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/token"
 )
 
 // connectStream is the server side of one Connect stream.
@@ -76,9 +77,11 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := s.verify(hello); err != nil {
+	claims, err := s.verify(hello)
+	if err != nil {
 		return false, err
 	}
+	ss.weight = claims.Weight
 	ss.id = rand.Text()
 	ss.deviceID = hello.GetDeviceId()
 	ss.lastRecv.Store(time.Now().UnixNano())
@@ -134,19 +137,23 @@ func (s *Server) awaitHello(ctx context.Context, first <-chan recvResult) (*exec
 	return hello, nil
 }
 
-// verify checks hello's token against its device and this executor's group.
-func (s *Server) verify(hello *executorv1.Hello) error {
+// verify checks hello's token against its device and this executor's group,
+// and returns its claims.
+func (s *Server) verify(hello *executorv1.Hello) (token.Claims, error) {
 	claims, err := s.verifier.Verify(hello.GetToken())
 	if err != nil {
-		return err
+		return claims, err
 	}
 	if claims.DeviceID != hello.GetDeviceId() {
-		return streamErrorf(errWrongDevice, "token was minted for another device")
+		return claims, streamErrorf(errWrongDevice, "token was minted for another device")
 	}
 	if claims.GroupID != s.cfg.GroupID {
-		return streamErrorf(errWrongGroup, "token is for group %s, this executor serves group %s", claims.GroupID, s.cfg.GroupID)
+		return claims, streamErrorf(errWrongGroup, "token is for group %s, this executor serves group %s", claims.GroupID, s.cfg.GroupID)
 	}
-	return nil
+	if claims.Weight <= 0 {
+		claims.Weight = 1
+	}
+	return claims, nil
 }
 
 // send is the stream's send loop, on the handler goroutine: queued frames,

@@ -48,7 +48,9 @@ type Server struct {
 	reported report            // last counts given to the Registrar
 
 	stats counters
-	load  loadMeter
+	// weight is the sum of the load weights of the sessions, reported
+	// as the executor's load.
+	weight float64
 }
 
 // New validates cfg and wires the dependencies. It starts nothing and does
@@ -122,10 +124,6 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 			stop(err)
 			return fmt.Errorf("executor: registration: %w", err)
 		}
-		return nil
-	})
-	g.Go(func() error {
-		s.reportLoad(runCtx)
 		return nil
 	})
 	g.Go(func() error {
@@ -248,20 +246,3 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// reportLoad refreshes the load in the registry record every
-// Registration.Refresh, so that it does not go stale while no device comes
-// or goes.
-func (s *Server) reportLoad(ctx context.Context) {
-	t := time.NewTicker(s.cfg.Registration.Refresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.mu.Lock()
-			s.reportLocked()
-			s.mu.Unlock()
-		}
-	}
-}

@@ -37,6 +37,8 @@ type session struct {
 	lastRecv atomic.Int64
 	// redirected is set once a Redirect has been queued.
 	redirected atomic.Bool
+	// weight is the device's load weight, from its token.
+	weight float64
 
 	once   sync.Once
 	done   chan struct{} // closed by close
@@ -119,8 +121,10 @@ func (s *Server) admit(ss *session) (*session, error) {
 		return nil, streamErrorf(errAtCapacity, "executor at capacity (%d streams); try another endpoint", s.cfg.Capacity)
 	}
 	s.sessions[ss.deviceID] = ss
+	s.weight += ss.weight
 	s.stats.accepted.Add(1)
 	if old != nil {
+		s.weight -= old.weight
 		s.stats.replaced.Add(1)
 		msg := "a newer stream of the same device replaced this one"
 		old.close(closeReason{
@@ -141,6 +145,7 @@ func (s *Server) leave(ss *session) {
 		return
 	}
 	delete(s.sessions, ss.deviceID)
+	s.weight -= ss.weight
 	close(s.left)
 	s.left = make(chan struct{})
 	s.reportLocked()
@@ -156,7 +161,7 @@ type report struct {
 // they changed. It is called with s.mu held, so that updates reach the
 // Registrar in order.
 func (s *Server) reportLocked() {
-	r := report{conns: len(s.sessions), load: s.load.sample(time.Now(), s.stats.frames.Load())}
+	r := report{conns: len(s.sessions), load: s.weight}
 	if r == s.reported {
 		return
 	}

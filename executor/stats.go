@@ -4,7 +4,6 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc/codes"
 )
@@ -59,33 +58,4 @@ func (c *counters) refusedCopy() map[codes.Code]uint64 {
 	out := make(map[codes.Code]uint64, len(c.refused))
 	maps.Copy(out, c.refused)
 	return out
-}
-
-// loadWindow is the shortest period a load sample covers; samples taken more
-// often return the previous rate.
-const loadWindow = time.Second
-
-// loadMeter turns a growing frame count into a rate (frames per second over
-// the last sampled window). It is rough on purpose: it feeds placement, not
-// billing.
-type loadMeter struct {
-	mu    sync.Mutex
-	start time.Time
-	count uint64
-	rate  float64
-}
-
-// sample returns the rate at now given the running total n.
-func (m *loadMeter) sample(now time.Time, n uint64) float64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.start.IsZero() {
-		m.start, m.count = now, n
-		return 0
-	}
-	if d := now.Sub(m.start); d >= loadWindow {
-		m.rate = float64(n-m.count) / d.Seconds()
-		m.start, m.count = now, n
-	}
-	return m.rate
 }

@@ -43,13 +43,17 @@ type Claims struct {
 	IssuedAt, ExpiresAt time.Time
 	// ID is unique per token ("jti").
 	ID string
+	// Weight is the device's load weight ("wgt"; 1 when absent): executors
+	// sum it into the load they report.
+	Weight float64
 }
 
 // jwtClaims is the wire form of Claims.
 type jwtClaims struct {
 	jwt.RegisteredClaims
-	Group string `json:"grp"`
-	Label string `json:"lbl,omitempty"`
+	Group  string  `json:"grp"`
+	Label  string  `json:"lbl,omitempty"`
+	Weight float64 `json:"wgt,omitempty"`
 }
 
 // Signer mints tokens with a private key.
@@ -70,9 +74,17 @@ func NewSigner(key ed25519.PrivateKey, now func() time.Time) (*Signer, error) {
 	return &Signer{key: key, kid: KeyID(key.Public().(ed25519.PublicKey)), now: now}, nil
 }
 
-// Sign mints a token for device in group, valid for ttl from now. It returns
-// the token and its expiry.
+// Sign mints a token for device in group, valid for ttl from now, for a
+// device of weight 1. It returns the token and its expiry.
 func (s *Signer) Sign(deviceID, groupID, label string, ttl time.Duration) (string, time.Time, error) {
+	return s.SignWeighted(deviceID, groupID, label, 1, ttl)
+}
+
+// SignWeighted is Sign for a device of the given load weight.
+func (s *Signer) SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error) {
+	if weight == 1 {
+		weight = 0 // the default; kept off the wire
+	}
 	now := s.now()
 	exp := now.Add(ttl)
 	var jti [12]byte
@@ -87,8 +99,9 @@ func (s *Signer) Sign(deviceID, groupID, label string, ttl time.Duration) (strin
 			ExpiresAt: jwt.NewNumericDate(exp),
 			ID:        hex.EncodeToString(jti[:]),
 		},
-		Group: groupID,
-		Label: label,
+		Group:  groupID,
+		Label:  label,
+		Weight: weight,
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
 	t.Header["kid"] = s.kid
@@ -162,6 +175,10 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		Label:     c.Label,
 		ExpiresAt: c.ExpiresAt.Time,
 		ID:        c.ID,
+		Weight:    c.Weight,
+	}
+	if out.Weight <= 0 {
+		out.Weight = 1
 	}
 	if c.IssuedAt != nil {
 		out.IssuedAt = c.IssuedAt.Time

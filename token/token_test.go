@@ -110,3 +110,31 @@ func TestKeyRoundTrip(t *testing.T) {
 		t.Error("ParsePrivateKey accepted junk")
 	}
 }
+
+func TestWeight(t *testing.T) {
+	priv, err := token.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := token.NewSigner(priv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := token.NewVerifier(nil, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []float64{1, 2.5} {
+		raw, _, err := s.SignWeighted("d", "g", "l", w, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := v.Verify(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Weight != w {
+			t.Errorf("weight %v came back as %v", w, c.Weight)
+		}
+	}
+}
