@@ -71,12 +71,12 @@ func (c AssignConfig) Validate() error {
 	return nil
 }
 
-// Shape of the cluster RunAssign measures. The control plane does not yet
-// use a device's history (AssignRequest.previous), so with two balanced
-// groups a known device would change group about every other Assign and
-// have its record rewritten. To measure the steady-state reconnect (no
-// record write), group-2 reports itself half full and the placement keeps
-// choosing group-1; both groups are still evaluated on every Assign.
+// Shape of the cluster RunAssign measures. assign-known must measure the
+// steady-state reconnect, where the decision matches the device's record
+// and nothing is written, whatever the placement policy's stickiness: so
+// group-1 is nearly empty with a very large capacity and group-2 reports
+// itself half full, and every placement picks group-1. Both groups are
+// still evaluated on every Assign.
 const (
 	assignGroups        = 2
 	assignExecsPerGroup = 2

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 )
 
@@ -20,6 +21,9 @@ type Env struct {
 	CPUs int
 	// CPUModel is the processor's name when the system tells it.
 	CPUModel string
+	// LoadAvg is the 1-minute load average when the run started (-1 when
+	// unknown): other work on the machine skews the timings.
+	LoadAvg float64
 }
 
 // CurrentEnv describes this process.
@@ -31,6 +35,7 @@ func CurrentEnv() Env {
 		GOMAXPROCS: runtime.GOMAXPROCS(0),
 		CPUs:       runtime.NumCPU(),
 		CPUModel:   cpuModel(),
+		LoadAvg:    loadAvg(),
 	}
 }
 
@@ -48,4 +53,21 @@ func cpuModel() string {
 		}
 	}
 	return ""
+}
+
+// loadAvg reads the 1-minute load average of /proc/loadavg; -1 elsewhere.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }

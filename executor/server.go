@@ -245,4 +245,3 @@ func (s *Server) Stats() Stats {
 		Registered:     s.reg.Registered(),
 	}
 }
-

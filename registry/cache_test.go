@@ -163,10 +163,22 @@ type snapshotCopy struct {
 	Groups    map[string]registry.Group
 	Executors map[string]registry.Executor
 	ByGroup   map[string][]registry.Executor
+	Tenants   map[string]registry.Tenant
+	Policy    *registry.StoredPolicy
 }
 
 func copySnapshot(s *registry.Snapshot) snapshotCopy {
-	c := snapshotCopy{Revision: s.Revision, Groups: map[string]registry.Group{}, Executors: maps.Clone(s.Executors), ByGroup: map[string][]registry.Executor{}}
+	c := snapshotCopy{Revision: s.Revision, Groups: map[string]registry.Group{}, Executors: maps.Clone(s.Executors), ByGroup: map[string][]registry.Executor{}, Tenants: map[string]registry.Tenant{}}
+	for id, tn := range s.Tenants {
+		tn.Attributes = maps.Clone(tn.Attributes)
+		tn.Services = slices.Clone(tn.Services)
+		c.Tenants[id] = tn
+	}
+	if s.Policy != nil {
+		p := *s.Policy
+		p.Document = slices.Clone(p.Document)
+		c.Policy = &p
+	}
 	for id, g := range s.Groups {
 		g.Labels = slices.Clone(g.Labels)
 		c.Groups[id] = g
@@ -225,6 +237,30 @@ func TestCacheFollowsChanges(t *testing.T) {
 	}
 	testutil.WaitFor(t, testutil.DefaultTimeout, "g1 with capacity 99", func() bool {
 		return c.Snapshot().Groups["g1"].Capacity == 99
+	})
+	keep()
+
+	if err := e.reg.PutTenant(ctx, registry.Tenant{ID: "t1", Attributes: map[string]string{"tier": "gold"}, Services: []string{"video"}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "tenant t1 in the snapshot", func() bool {
+		return c.Snapshot().Tenants["t1"].Attributes["tier"] == "gold"
+	})
+	keep()
+	version, err := e.reg.PutPolicy(ctx, registry.StoredPolicy{Document: []byte(`{"rules":[]}`), AppliedBy: "test"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "the policy in the snapshot", func() bool {
+		p := c.Snapshot().Policy
+		return p != nil && p.Version == version && p.AppliedBy == "test"
+	})
+	keep()
+	if err := e.reg.DeleteTenant(ctx, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "tenant t1 gone from the snapshot", func() bool {
+		return len(c.Snapshot().Tenants) == 0
 	})
 	keep()
 

@@ -25,7 +25,8 @@ import (
 
 // Config describes the fleet.
 type Config struct {
-	// ControlPlane is host:port of a control plane.
+	// ControlPlane is host:port of a control plane, or several separated by
+	// commas: devices are spread over them in turn.
 	ControlPlane string
 	// Devices is the fleet size.
 	Devices int
@@ -35,6 +36,9 @@ type Config struct {
 	Models []string
 	// Tenants spreads devices over this many tenants ("tenant-0"...).
 	Tenants int
+	// Services are given to devices in turn, one set each; a set is a
+	// "+"-separated list ("print+scan").
+	Services []string
 	// Every is how often a summary line is printed (0: only at the end).
 	Every time.Duration
 	// Backoff overrides the base and maximum delays of the devices'
@@ -126,11 +130,25 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cc, err := grpc.NewClient(cfg.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("simulate: %w", err)
+	var conns []*grpc.ClientConn
+	defer func() {
+		for _, cc := range conns {
+			cc.Close()
+		}
+	}()
+	for _, addr := range strings.Split(cfg.ControlPlane, ",") {
+		if addr = strings.TrimSpace(addr); addr == "" {
+			continue
+		}
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("simulate: %w", err)
+		}
+		conns = append(conns, cc)
 	}
-	defer cc.Close()
+	if len(conns) == 0 {
+		return errors.New("simulate: no control plane address")
+	}
 
 	f := &fleet{state: make([]device.State, cfg.Devices), group: make([]string, cfg.Devices), executor: make([]string, cfg.Devices)}
 	devs := make([]*device.Device, 0, cfg.Devices)
@@ -167,7 +185,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 			fmt.Fprintf(out, "simulate: %s\n", f.summary())
 		default:
 		}
-		dc := deviceConfig(cfg, i, cc, f, log)
+		dc := deviceConfig(cfg, i, conns[i%len(conns)], f, log)
 		d, err := device.Connect(ctx, dc)
 		if err != nil {
 			return fmt.Errorf("simulate: device %d: %w", i, err)
@@ -207,6 +225,11 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	dc.Spec.Firmware = "1.0.0"
 	if cfg.Tenants > 0 {
 		dc.TenantID = fmt.Sprintf("tenant-%d", i%cfg.Tenants)
+	}
+	if len(cfg.Services) > 0 {
+		if set := cfg.Services[i%len(cfg.Services)]; set != "" {
+			dc.Services = strings.Split(set, "+")
+		}
 	}
 	if cfg.Backoff.BaseDelay > 0 || cfg.Backoff.MaxDelay > 0 {
 		b := backoff.DefaultConfig

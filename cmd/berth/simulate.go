@@ -21,7 +21,8 @@ func newSimulateCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ControlPlane, "controlplane", cfg.ControlPlane, "control plane address")
+	f.StringVar(&cfg.ControlPlane, "controlplane", cfg.ControlPlane, "control plane address; several, comma separated, spread devices over replicas")
+	f.StringSliceVar(&cfg.Services, "services", nil, "service sets given to devices in turn, each '+'-separated (print+scan,telemetry)")
 	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "number of devices")
 	f.StringVar(&cfg.IDPrefix, "id-prefix", cfg.IDPrefix, "prefix of device ids")
 	f.StringSliceVar(&cfg.Models, "models", cfg.Models, "device models, given in turn")

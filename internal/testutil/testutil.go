@@ -28,7 +28,9 @@ const tick = 5 * time.Millisecond
 
 // StartEtcd starts a single-member etcd in t.TempDir on free loopback ports
 // and stops it when the test ends. It fails the test if etcd does not serve
-// within DefaultTimeout.
+// within DefaultTimeout. Do not Close the server yourself: Close may be
+// called only once, and the cleanup calls it. A test that stops etcd on
+// purpose starts it with embedetcd.Start.
 func StartEtcd(t testing.TB) *embedetcd.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultTimeout)
