@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// policyDoc is the placement policy of TestPolicyPlacesFleet.
+const policyDoc = `
+default_label: std
+rules:
+  - name: gold-tenants
+    when: '"tier" in tenant.attributes && tenant.attributes["tier"] == "gold"'
+    label: gold
+  - name: eu-tenants
+    when: '"region" in tenant.attributes && tenant.attributes["region"] == "eu"'
+    label: eu
+  - name: sensors
+    when: device.model == "sensor-x" || "telemetry" in services.requested
+    label: sensors
+fallbacks:
+  eu: {labels: [std]}
+sticky: {enabled: true, margin: 0.1}
+`
+
+// TestPolicyPlacesFleet runs three control plane replicas, five groups with
+// different labels and capacities, and 2,000 devices with varied models,
+// tenants and services, and checks that every device landed on a group
+// carrying the label the policy gives it, and that groups sharing a label
+// are balanced relative to their capacities.
+func TestPolicyPlacesFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const devices = 2000
+	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
+	dir := t.TempDir()
+	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
+	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	groups := []struct {
+		id       string
+		labels   string
+		capacity int
+	}{
+		{"g-gold", "gold", 700},
+		{"g-std-1", "std,default", 900},
+		{"g-std-2", "std,default", 450},
+		{"g-sensors", "sensors", 900},
+		{"g-eu", "eu", 450},
+	}
+	labelsOf := map[string][]string{}
+	capOf := map[string]int{}
+	for _, g := range groups {
+		ctl(t, c.etcd, "group", "put", g.id, "--labels", g.labels, "--capacity", strconv.Itoa(g.capacity))
+		labelsOf[g.id] = strings.Split(g.labels, ",")
+		capOf[g.id] = g.capacity
+	}
+	// Tenants: 1 and 3 are gold, 5 is in the EU.
+	ctl(t, c.etcd, "tenant", "put", "tenant-1", "--attr", "tier=gold")
+	ctl(t, c.etcd, "tenant", "put", "tenant-3", "--attr", "tier=gold,region=eu")
+	ctl(t, c.etcd, "tenant", "put", "tenant-5", "--attr", "region=eu", "--services", "print")
+	polFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(polFile, []byte(policyDoc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := ctl(t, c.etcd, "policy", "apply", "-f", polFile)
+	if !strings.Contains(out, "policy applied") {
+		t.Fatalf("policy apply: %s", out)
+	}
+
+	var cps []string
+	for i := 1; i <= 3; i++ {
+		p := start(t, fmt.Sprintf("controlplane-%d", i), "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
+		cps = append(cps, p.addr())
+	}
+	for _, g := range groups {
+		id := g.id + "-exec"
+		c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", g.id, "--id", id,
+			"--capacity", strconv.Itoa(g.capacity), "--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
+		c.executors[id].addr()
+	}
+
+	models := []string{"printer-a", "printer-b", "sensor-x", "printer-c"}
+	services := []string{"print", "print+scan", "print", "telemetry", "scan"}
+	sim := start(t, "simulate", "simulate", "--controlplane", strings.Join(cps, ","), "--devices", strconv.Itoa(devices),
+		"--models", strings.Join(models, ","), "--tenants", "10", "--services", strings.Join(services, ","),
+		"--every", "250ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	line := sim.waitLine(90*time.Second, "all devices connected", func(l string) bool {
+		s, ok := parseSummary(l)
+		return ok && s.fields["connected"] == devices
+	})
+	t.Logf("connected: %s", line)
+
+	// Every assignment record must agree with the policy, computed here
+	// independently of berth's engine.
+	var recs []struct {
+		Device string `json:"device"`
+		Group  string `json:"group"`
+		Label  string `json:"label"`
+		Rule   string `json:"rule"`
+	}
+	if err := json.Unmarshal([]byte(ctl(t, c.etcd, "devices", "-o", "json")), &recs); err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != devices {
+		t.Fatalf("%d assignment records, want %d", len(recs), devices)
+	}
+	perGroup := map[string]int{}
+	wrong := 0
+	for _, r := range recs {
+		i, err := strconv.Atoi(strings.TrimPrefix(r.Device, "sim-"))
+		if err != nil {
+			t.Fatalf("device id %q", r.Device)
+		}
+		want, placed := expectedLabel(i%10, models[i%len(models)], services[i%len(services)])
+		if r.Label != want || !slices.Contains(labelsOf[r.Group], placed) {
+			if wrong < 10 {
+				t.Errorf("device %s (tenant-%d, %s, %s): label %s in group %s (rule %q), want label %s in a group carrying %s",
+					r.Device, i%10, models[i%len(models)], services[i%len(services)], r.Label, r.Group, r.Rule, want, placed)
+			}
+			wrong++
+		}
+		perGroup[r.Group]++
+	}
+	if wrong > 0 {
+		t.Fatalf("%d of %d devices placed against the policy", wrong, devices)
+	}
+	// Groups sharing a label are balanced relative to capacity.
+	u1 := float64(perGroup["g-std-1"]) / float64(capOf["g-std-1"])
+	u2 := float64(perGroup["g-std-2"]) / float64(capOf["g-std-2"])
+	if math.Abs(u1-u2) > 0.10 {
+		t.Errorf("std groups at %.2f and %.2f of capacity: more than 10%% apart (%v)", u1, u2, perGroup)
+	}
+	t.Logf("devices per group: %v", perGroup)
+
+	// Explain tells the same story for one device.
+	ex := ctl(t, c.etcd, "explain", "sim-000001")
+	if !strings.Contains(ex, "rule gold-tenants -> label gold") || !strings.Contains(ex, "CHOSEN") {
+		t.Errorf("explain sim-000001 does not show the gold rule and a choice:\n%s", ex)
+	}
+
+	sim.signal(syscall.SIGINT)
+	if err := sim.wait(30 * time.Second); err != nil {
+		t.Errorf("simulate exited with %v", err)
+	}
+}
+
+// expectedLabel is the policy of TestPolicyPlacesFleet written out by hand:
+// the assigned label and the label of the group the device must be in.
+func expectedLabel(tenant int, model, services string) (label, placed string) {
+	switch {
+	case tenant == 1 || tenant == 3:
+		return "gold", "gold"
+	case tenant == 5:
+		return "eu", "eu"
+	case model == "sensor-x" || slices.Contains(strings.Split(services, "+"), "telemetry"):
+		return "sensors", "sensors"
+	}
+	return "std", "std"
+}
