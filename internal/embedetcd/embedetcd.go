@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,6 +18,7 @@ import (
 // Server is a running embedded etcd.
 type Server struct {
 	etcd *embed.Etcd
+	once sync.Once
 }
 
 // Config says where the server keeps its data and how it logs.
@@ -94,8 +96,10 @@ func (s *Server) Client() (*clientv3.Client, error) {
 // Err reports a fatal server error.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
 
-// Close stops the server and waits for it.
+// Close stops the server and waits for it. It may be called more than once.
 func (s *Server) Close() {
-	s.etcd.Close()
-	<-s.etcd.Server.StopNotify()
+	s.once.Do(func() {
+		s.etcd.Close()
+		<-s.etcd.Server.StopNotify()
+	})
 }
