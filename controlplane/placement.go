@@ -145,7 +145,8 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 	d := Decision{Label: m.Label, Rule: m.Rule, PolicyVersion: pol.Version(), RuleErrors: ruleErrs}
 
 	groups := snap.SortedGroups()
-	var cands []Candidate
+	d.Candidates = make([]Candidate, 0, len(groups))
+	cands := make([]Candidate, 0, len(groups))
 	full := 0
 	for _, label := range pol.Chain(m.Label) {
 		for _, g := range groups {
@@ -273,7 +274,7 @@ func rendezvous(key string, cands []Candidate) []int {
 
 // evaluate measures one group.
 func evaluate(g registry.Group, execs []registry.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
-	c := Candidate{Group: g}
+	c := Candidate{Group: g, Endpoints: make([]Endpoint, 0, len(execs))}
 	switch g.State {
 	case registry.GroupActive:
 	case registry.GroupDraining:

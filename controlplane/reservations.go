@@ -26,6 +26,9 @@ type reservations struct {
 type reservation struct {
 	at time.Time
 	w  float64
+	// cum is the running sum of w up to and including this reservation,
+	// so that the weight after any point is a subtraction, not a loop.
+	cum float64
 }
 
 func newReservations(grace, maxAge time.Duration, now func() time.Time) *reservations {
@@ -62,11 +65,10 @@ func (r *reservations) pending(key string, countedAt time.Time) float64 {
 	}
 	cut := countedAt.Add(-r.grace)
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(cut) })
-	var sum float64
-	for _, x := range rs[i:] {
-		sum += x.w
+	if i == len(rs) {
+		return 0
 	}
-	return sum
+	return rs[len(rs)-1].cum - rs[i].cum + rs[i].w
 }
 
 // locked runs fn with the reservations locked, so that a placement and the
@@ -93,9 +95,13 @@ func (r *reservations) addGroup(group string, w float64) {
 
 func (r *reservations) append(key string, x reservation) {
 	rs := r.byKey[key]
-	// Keep the slice ordered even if the clock stepped back.
-	if n := len(rs); n > 0 && x.at.Before(rs[n-1].at) {
-		x.at = rs[n-1].at
+	x.cum = x.w
+	if n := len(rs); n > 0 {
+		// Keep the slice ordered even if the clock stepped back.
+		if x.at.Before(rs[n-1].at) {
+			x.at = rs[n-1].at
+		}
+		x.cum += rs[n-1].cum
 	}
 	r.byKey[key] = append(rs, x)
 }

@@ -72,6 +72,7 @@ type Server struct {
 	inFlight atomic.Int64
 	stats    counters
 	policy   atomic.Pointer[policy.Compiled]
+	tokens   *tokenCache
 }
 
 // counters are the control plane's statistics.
@@ -107,6 +108,9 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log.With("replica", cfg.ReplicaID), now: time.Now}
 	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policy.Store(policy.Default())
+	if cfg.TokenCacheSize > 0 {
+		s.tokens = newTokenCache(cfg.TokenCacheSize)
+	}
 	cache.OnAssignment(s.learn)
 	return s, nil
 }
@@ -245,7 +249,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 			return nil, err
 		}
 	}
-	tok, exp, err := s.signer.SignWeighted(req.GetDeviceId(), d.Group.ID, d.Label, in.Weight, s.cfg.TokenTTL)
+	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight)
 	if err != nil {
 		return nil, err
 	}
@@ -270,6 +274,21 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 		},
 		Reason: d.Reason,
 	}, nil
+}
+
+// token returns a token for the decision: the device's cached one when it
+// still fits, else a fresh signature.
+func (s *Server) token(device string, d Decision, weight float64) (string, time.Time, error) {
+	now := s.now()
+	if tok, exp, ok := s.tokens.get(device, d.Group.ID, d.Label, weight, now, s.cfg.TokenTTL); ok {
+		return tok, exp, nil
+	}
+	tok, exp, err := s.signer.SignWeighted(device, d.Group.ID, d.Label, weight, s.cfg.TokenTTL)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	s.tokens.put(device, cachedToken{group: d.Group.ID, label: d.Label, weight: weight, token: tok, exp: exp})
+	return tok, exp, nil
 }
 
 // record writes the device's assignment record.

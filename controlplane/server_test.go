@@ -290,3 +290,47 @@ func TestAssignSheds(t *testing.T) {
 		t.Errorf("retry hint = %v, want 3s", retry)
 	}
 }
+
+// TestAssignReusesTokens: an unchanged decision gets the same token back
+// without a new signature; a changed one gets a fresh token.
+func TestAssignReusesTokens(t *testing.T) {
+	groups, execs := twoGroups()
+	f := start(t, controlplane.DefaultConfig(), groups, execs)
+	ctx := context.Background()
+	req := &controlplanev1.AssignRequest{DeviceId: "dev-1"}
+	first, err := f.client.Assign(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.client.Assign(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetDestination().GetToken() != first.GetDestination().GetToken() {
+		t.Error("an unchanged decision got a new token")
+	}
+	// Move the device: make its group the fuller one.
+	g := first.GetDestination().GetGroupId()
+	moved := make([]registry.Executor, len(execs))
+	copy(moved, execs)
+	for i := range moved {
+		if moved[i].GroupID == g {
+			moved[i].Connections = moved[i].Capacity - 1
+		}
+	}
+	f.cache.mu.Lock()
+	f.cache.snap = registry.NewSnapshot(2, groups, moved)
+	f.cache.mu.Unlock()
+	third, err := f.client.Assign(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.GetDestination().GetGroupId() == g || third.GetDestination().GetToken() == first.GetDestination().GetToken() {
+		t.Errorf("after the move: group %s (was %s), token reused = %v; want another group and a new token",
+			third.GetDestination().GetGroupId(), g, third.GetDestination().GetToken() == first.GetDestination().GetToken())
+	}
+	c, err := f.verifier.Verify(third.GetDestination().GetToken())
+	if err != nil || c.GroupID != third.GetDestination().GetGroupId() {
+		t.Errorf("new token claims %+v, %v; want group %s", c, err, third.GetDestination().GetGroupId())
+	}
+}

@@ -30,17 +30,14 @@ type Snapshot struct {
 	// Policy is the stored placement policy, nil when none was applied.
 	Policy  *StoredPolicy
 	byGroup map[string][]Executor
+	sorted  []Group
 }
 
 // GroupExecutors returns the executors registered for group, sorted by id.
 func (s *Snapshot) GroupExecutors(group string) []Executor { return s.byGroup[group] }
 
-// SortedGroups returns the groups sorted by id.
-func (s *Snapshot) SortedGroups() []Group {
-	out := slices.Collect(maps.Values(s.Groups))
-	slices.SortFunc(out, func(a, b Group) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
+// SortedGroups returns the groups sorted by id. Do not modify the slice.
+func (s *Snapshot) SortedGroups() []Group { return s.sorted }
 
 // parts are the pieces of a snapshot while it is being built.
 type parts struct {
@@ -58,7 +55,9 @@ func newSnapshot(rev int64, p parts) *Snapshot {
 	for _, es := range by {
 		slices.SortFunc(es, func(a, b Executor) int { return strings.Compare(a.ID, b.ID) })
 	}
-	return &Snapshot{Revision: rev, Groups: p.groups, Executors: p.execs, Tenants: p.tenants, Policy: p.policy, byGroup: by}
+	sorted := slices.Collect(maps.Values(p.groups))
+	slices.SortFunc(sorted, func(a, b Group) int { return strings.Compare(a.ID, b.ID) })
+	return &Snapshot{Revision: rev, Groups: p.groups, Executors: p.execs, Tenants: p.tenants, Policy: p.policy, byGroup: by, sorted: sorted}
 }
 
 // Cache is a watch-fed, in-memory copy of the registry: it lists everything

@@ -1,0 +1,60 @@
+package controlplane
+
+import (
+	"sync"
+	"time"
+)
+
+// tokenCache keeps the last token minted per device, so that a device that
+// reconnects to the same group under the same label gets its token again
+// instead of a fresh signature, while the token has more than half of its
+// life left. Re-sending an unchanged token grants nothing new: it binds the
+// same device, group, label and weight, and expires when it would have.
+// The cache is bounded; when full, an arbitrary entry is dropped.
+type tokenCache struct {
+	max int
+
+	mu sync.Mutex
+	m  map[string]cachedToken
+}
+
+type cachedToken struct {
+	group, label string
+	weight       float64
+	token        string
+	exp          time.Time
+}
+
+func newTokenCache(max int) *tokenCache {
+	return &tokenCache{max: max, m: make(map[string]cachedToken)}
+}
+
+// get returns the cached token of device if it matches and is fresh enough.
+func (c *tokenCache) get(device, group, label string, weight float64, now time.Time, ttl time.Duration) (string, time.Time, bool) {
+	if c == nil {
+		return "", time.Time{}, false
+	}
+	c.mu.Lock()
+	t, ok := c.m[device]
+	c.mu.Unlock()
+	if !ok || t.group != group || t.label != label || t.weight != weight || t.exp.Sub(now) < ttl/2 {
+		return "", time.Time{}, false
+	}
+	return t.token, t.exp, true
+}
+
+// put remembers a token.
+func (c *tokenCache) put(device string, t cachedToken) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[device]; !ok && len(c.m) >= c.max {
+		for k := range c.m {
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[device] = t
+}
