@@ -43,7 +43,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newKeygenCmd(g),
 		newCtlCmd(g),
 		newSimulateCmd(g),
-		// BENCH-PENDING newBenchCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }
