@@ -1,0 +1,189 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+)
+
+// Units of the reports.
+const (
+	kib = 1024.0
+	mib = 1024.0 * 1024.0
+)
+
+// machineLine describes e in one line.
+func machineLine(e Env) string {
+	cpu := fmt.Sprintf("%d CPUs", e.CPUs)
+	if e.CPUModel != "" {
+		cpu += " (" + e.CPUModel + ")"
+	}
+	s := fmt.Sprintf("machine: %s, GOMAXPROCS %d, %s %s/%s", cpu, e.GOMAXPROCS, e.GoVersion, e.OS, e.Arch)
+	if e.LoadAvg >= 0 {
+		s += fmt.Sprintf(", load average %.2f (1 min) at start", e.LoadAvg)
+	}
+	return s
+}
+
+// fmtDur prints d with its unit: µs below a millisecond, ms below a second,
+// s above.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+}
+
+// ms prints d in milliseconds, without the unit (the column says it).
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
+
+// ratio prints a/b as "1.23x", or "n/a" when it has no meaning.
+func ratio(a, b float64) string {
+	if b <= 0 || a < 0 || math.IsNaN(a) || math.IsInf(a, 0) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// Format writes the report: the machine, the setup, a table of the cases
+// and one line per figure that can be quoted alone.
+func (r *AssignReport) Format(w io.Writer) error {
+	var b bytes.Buffer
+	c := r.Config
+	fmt.Fprintln(&b, "berth bench assign")
+	fmt.Fprintln(&b, machineLine(r.Env))
+	fmt.Fprintf(&b, "setup:   one process: embedded etcd, a control plane (shared server stack) with %d groups and %d executor records,\n", r.Groups, r.ExecutorRecords)
+	fmt.Fprintf(&b, "         %d workers calling back to back over %d shared client connections on loopback (clients and server share the CPUs);\n", c.Concurrency, c.Conns)
+	fmt.Fprintf(&b, "         per case %v warm-up, then %v measured; assign-known cycles over %d devices assigned beforehand\n", c.Warmup, c.Duration, c.Devices)
+	fmt.Fprintln(&b)
+
+	var noop float64
+	if n, ok := r.Case(CaseNoop); ok {
+		noop = n.OpsPerSec()
+	}
+	fmt.Fprintf(&b, "%-13s %10s %9s %9s %9s %10s %7s %16s %8s\n",
+		"case", "ops/s", "p50 (ms)", "p99 (ms)", "max (ms)", "ops", "errors", "records written", "vs noop")
+	for _, x := range r.Cases {
+		rec := "-"
+		if x.RecordsWritten >= 0 {
+			rec = fmt.Sprint(x.RecordsWritten)
+		}
+		fmt.Fprintf(&b, "%-13s %10.0f %9s %9s %9s %10d %7d %16s %8s\n",
+			x.Name, x.OpsPerSec(), ms(x.Latency.Quantile(0.50)), ms(x.Latency.Quantile(0.99)), ms(x.Latency.Max()),
+			x.Ops, x.Errors, rec, ratio(x.OpsPerSec(), noop))
+	}
+	fmt.Fprintln(&b, "(ops/s: successful calls per second; latencies in milliseconds, measured by the client; vs noop: ops/s over noop's ops/s)")
+	fmt.Fprintln(&b)
+	for _, x := range r.Cases {
+		fmt.Fprintln(&b, r.quote(x, noop))
+	}
+	for _, x := range r.Cases {
+		if x.FirstError != "" {
+			fmt.Fprintf(&b, "%s: %d calls failed; first: %s\n", x.Name, x.Errors, x.FirstError)
+		}
+	}
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+// quote is the one-line summary of a case.
+func (r *AssignReport) quote(x Result, noop float64) string {
+	var what string
+	switch x.Name {
+	case CaseNoop:
+		what = "gRPC health Check on the control plane's server stack"
+	case CaseAssignKnown:
+		what = "Assign of a known device"
+	case CaseAssignNew:
+		what = "Assign of a new device"
+	}
+	s := fmt.Sprintf("%s: %.0f ops/s", x.Name, x.OpsPerSec())
+	if x.Name != CaseNoop {
+		s += fmt.Sprintf(" (%s of noop)", ratio(x.OpsPerSec(), noop))
+	}
+	s += fmt.Sprintf(", p50 %s, p99 %s, %d concurrent callers", fmtDur(x.Latency.Quantile(0.50)), fmtDur(x.Latency.Quantile(0.99)), r.Config.Concurrency)
+	if x.RecordsWritten >= 0 {
+		s += fmt.Sprintf(", %d assignment records written", x.RecordsWritten)
+	}
+	return s + " — " + what
+}
+
+// Format writes the report: the machine, the setup, a table of both kinds
+// of server with their ratios, and one line per figure that can be quoted
+// alone.
+func (r *StreamsReport) Format(w io.Writer) error {
+	var b bytes.Buffer
+	fmt.Fprintln(&b, "berth bench streams")
+	fmt.Fprintln(&b, machineLine(r.Env))
+	addrs := "127.0.0.1"
+	if r.Addrs > 1 {
+		addrs = fmt.Sprintf("127.0.0.1 to 127.0.0.%d", r.Addrs)
+	}
+	fmt.Fprintf(&b, "setup:   %d idle device streams per kind of server, %d server process(es) per kind (%s), each its own child process;\n", r.Devices, r.Addrs, addrs)
+	if r.Plan.StreamsPerConn == 1 {
+		fmt.Fprintf(&b, "         one TCP connection per stream (%d connections), as separate devices would have;\n", r.Plan.Conns)
+	} else {
+		fmt.Fprintf(&b, "         streams share TCP connections: %d connections carrying up to %d streams each (the open-file limit does not allow one per stream);\n", r.Plan.Conns, r.Plan.StreamsPerConn)
+	}
+	limit := "unknown"
+	if r.Plan.FileLimit > 0 {
+		limit = fmt.Sprint(r.Plan.FileLimit)
+	}
+	fmt.Fprintf(&b, "         at most %d streams opening at once; open-file limit %s per process\n", r.InFlight, limit)
+	fmt.Fprintln(&b, "         connect time: wall time from the first stream opened to the last Welcome, clients and servers on the same machine")
+	fmt.Fprintln(&b, "         berth: a real executor (registered in etcd, token verified, admission, pings answered by the clients)")
+	fmt.Fprintln(&b, "         bare:  grpc-go ExecutorService on the same server stack, reads the Hello, sends Welcome, blocks in Recv")
+	fmt.Fprintln(&b, "         memory is read in the server processes after runtime.GC and debug.FreeOSMemory; per stream = (after - before) / streams")
+	fmt.Fprintln(&b)
+
+	fmt.Fprintf(&b, "%-10s %8s %12s %12s %12s %12s %14s %14s %13s %13s\n",
+		"server", "streams", "connect (s)", "RSS before", "RSS after", "RSS/stream", "heap-inuse/str", "heap-alloc/str", "stack/stream", "goroutines/")
+	fmt.Fprintf(&b, "%-10s %8s %12s %12s %12s %12s %14s %14s %13s %13s\n",
+		"", "", "", "(MiB)", "(MiB)", "(KiB)", "(KiB)", "(KiB)", "(KiB)", "stream")
+	for _, s := range r.Servers {
+		fmt.Fprintf(&b, "%-10s %8d %12.3f %12.1f %12.1f %12.2f %14.2f %14.2f %13.2f %13.2f\n",
+			s.Mode, s.Streams, s.ConnectTime.Seconds(), float64(s.Before.RSS)/mib, float64(s.After.RSS)/mib,
+			s.RSSPerStream()/kib, s.HeapInusePerStream()/kib, s.HeapAllocPerStream()/kib, s.StackPerStream()/kib, s.GoroutinesPerStream())
+	}
+	berth, okB := r.Server(ModeBerth)
+	bare, okR := r.Server(ModeBare)
+	if okB && okR {
+		fmt.Fprintf(&b, "%-10s %8s %12s %12s %12s %12s %14s %14s %13s %13s\n",
+			"berth/bare", "", ratio(berth.ConnectTime.Seconds(), bare.ConnectTime.Seconds()), "", "",
+			ratio(berth.RSSPerStream(), bare.RSSPerStream()), ratio(berth.HeapInusePerStream(), bare.HeapInusePerStream()),
+			ratio(berth.HeapAllocPerStream(), bare.HeapAllocPerStream()), ratio(berth.StackPerStream(), bare.StackPerStream()),
+			ratio(berth.GoroutinesPerStream(), bare.GoroutinesPerStream()))
+	}
+	fmt.Fprintln(&b)
+	for _, s := range r.Servers {
+		fmt.Fprintf(&b, "%s: %d idle streams cost %.1f KiB of RSS and %.1f KiB of heap in use per stream (%.1f KiB live heap, %.1f KiB stack, %.1f goroutines); opening them took %s (%.0f streams/s)\n",
+			s.Mode, s.Streams, s.RSSPerStream()/kib, s.HeapInusePerStream()/kib, s.HeapAllocPerStream()/kib, s.StackPerStream()/kib,
+			s.GoroutinesPerStream(), fmtDur(s.ConnectTime), float64(s.Streams)/max(s.ConnectTime.Seconds(), 1e-9))
+	}
+	if okB && okR {
+		fmt.Fprintf(&b, "berth/bare: %s the RSS per stream, %s the heap in use per stream, %s the connect time\n",
+			ratio(berth.RSSPerStream(), bare.RSSPerStream()), ratio(berth.HeapInusePerStream(), bare.HeapInusePerStream()),
+			ratio(berth.ConnectTime.Seconds(), bare.ConnectTime.Seconds()))
+	}
+	var warn []string
+	for _, s := range r.Servers {
+		if s.After.Streams != s.Streams {
+			warn = append(warn, fmt.Sprintf("WARNING: %s servers report %d open streams; %d were opened", s.Mode, s.After.Streams, s.Streams))
+		}
+		if s.EndedEarly > 0 {
+			warn = append(warn, fmt.Sprintf("WARNING: %s servers ended %d streams before the teardown", s.Mode, s.EndedEarly))
+		}
+	}
+	if len(warn) > 0 {
+		fmt.Fprintln(&b, strings.Join(warn, "\n"))
+	}
+	_, err := w.Write(b.Bytes())
+	return err
+}

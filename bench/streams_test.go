@@ -1,0 +1,70 @@
+package bench_test
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/berthproject/berth/bench"
+)
+
+func TestRunStreamsSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes; skipped in -short mode")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatalf("os.Executable: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := bench.DefaultStreamsConfig()
+	cfg.Devices, cfg.Addrs, cfg.InFlight = 50, 2, 16
+	cfg.Command = []string{exe}
+	cfg.Env = []string{childEnv + "=1"}
+	cfg.ChildStderr = testWriter{t}
+	cfg.TempDir = t.TempDir()
+	rep, err := bench.RunStreams(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("RunStreams: %v", err)
+	}
+	if rep.Plan.Conns != 50 || rep.Plan.StreamsPerConn != 1 {
+		t.Errorf("plan = %+v, want one connection per stream", rep.Plan)
+	}
+	for _, mode := range []string{bench.ModeBerth, bench.ModeBare} {
+		s, ok := rep.Server(mode)
+		if !ok {
+			t.Errorf("no result for %s", mode)
+			continue
+		}
+		if s.Streams != 50 || s.After.Streams != 50 || s.Before.Streams != 0 || s.Servers != 2 {
+			t.Errorf("%s: %d streams opened on %d servers, which report %d before and %d after; want 50 on 2, 0 before, 50 after",
+				mode, s.Streams, s.Servers, s.Before.Streams, s.After.Streams)
+		}
+		for name, v := range map[string]float64{
+			"RSS": s.RSSPerStream(), "heap in use": s.HeapInusePerStream(), "heap alloc": s.HeapAllocPerStream(),
+			"stack": s.StackPerStream(), "goroutines": s.GoroutinesPerStream(),
+		} {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				t.Errorf("%s: %s per stream = %v, want a finite number", mode, name, v)
+			}
+		}
+		if s.GoroutinesPerStream() <= 0 || s.ConnectTime <= 0 || s.After.RSS <= 0 {
+			t.Errorf("%s: %.1f goroutines per stream, connect time %v, RSS %d bytes; want all positive", mode, s.GoroutinesPerStream(), s.ConnectTime, s.After.RSS)
+		}
+		if s.EndedEarly != 0 {
+			t.Errorf("%s: %d streams ended before the teardown", mode, s.EndedEarly)
+		}
+	}
+}
+
+// testWriter sends the children's logs to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("child: %s", p)
+	return len(p), nil
+}
