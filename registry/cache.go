@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -170,18 +171,33 @@ func (c *Cache) Run(ctx context.Context) error {
 	}
 }
 
-// load lists the whole prefix at one revision and replaces the cache's
-// contents.
+// cachedDirs are the parts of the keyspace the cache holds; presence and
+// queues are read where they are needed, never cached.
+var cachedDirs = []string{groupsDir, executorsDir, tenantsDir, assignmentsDir}
+
+// load lists the cached directories and the policy at one revision and
+// replaces the cache's contents.
 func (c *Cache) load(ctx context.Context) (int64, error) {
 	p := parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}
 	assigns := map[string]Assignment{}
 	now := c.now()
-	rev, err := c.reg.listKVs(ctx, c.reg.prefix+"/", func(kv *mvccpb.KeyValue) error {
-		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
-		return nil
-	})
+	var rev int64
+	for _, dir := range cachedDirs {
+		rv, err := c.reg.listKVsAt(ctx, c.reg.prefix+dir, rev, func(kv *mvccpb.KeyValue) error {
+			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		rev = rv
+	}
+	resp, err := c.reg.client().Get(ctx, c.reg.prefix+policyKey, clientv3.WithRev(rev))
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("registry: get policy: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
 	}
 	c.mu.Lock()
 	c.assignments = assigns
@@ -254,21 +270,56 @@ func decodeInto[T any](m map[string]T, id string, value []byte, fix func(*T)) er
 	return nil
 }
 
-// watch applies changes from rev+1 until the watch fails.
+// watch applies changes from rev+1 until a watch fails. It watches each
+// cached directory and the policy key, not the whole prefix, so presence
+// and queue traffic never reaches control planes' caches.
 func (c *Cache) watch(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := c.reg.client().Watch(wctx, c.reg.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
-			return err
+	cli := c.reg.client()
+	chans := []clientv3.WatchChan{cli.Watch(wctx, c.reg.prefix+policyKey, clientv3.WithRev(rev+1))}
+	for _, dir := range cachedDirs {
+		chans = append(chans, cli.Watch(wctx, c.reg.prefix+dir, clientv3.WithPrefix(), clientv3.WithRev(rev+1)))
+	}
+	merged := make(chan clientv3.WatchResponse)
+	var wg sync.WaitGroup
+	for _, ch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for resp := range ch {
+				select {
+				case merged <- resp:
+				case <-wctx.Done():
+					return
+				}
+			}
+			// A closed channel ends the whole watch.
+			select {
+			case merged <- clientv3.WatchResponse{Canceled: true}:
+			case <-wctx.Done():
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer cancel()
+	for {
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return errWatchClosed
+		case resp := <-merged:
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			if resp.Canceled {
+				return errWatchClosed
+			}
+			c.apply(resp.Header.Revision, resp.Events)
 		}
-		c.apply(resp.Header.Revision, resp.Events)
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errWatchClosed
 }
 
 // errWatchClosed reports a watch channel closed without an error.

@@ -373,10 +373,15 @@ func TestCacheUndecodableValueReplacesGood(t *testing.T) {
 // and before it starts watching. If fail is set, that first Range fails
 // instead, after calling after.
 func rangeHook(fail bool, after func()) []grpc.DialOption {
-	var fired atomic.Bool
+	return rangeHookAt(1, fail, after)
+}
+
+// rangeHookAt is rangeHook firing at the nth Range instead of the first.
+func rangeHookAt(n int64, fail bool, after func()) []grpc.DialOption {
+	var calls atomic.Int64
 	return []grpc.DialOption{grpc.WithChainUnaryInterceptor(
 		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			if method != "/etcdserverpb.KV/Range" || !fired.CompareAndSwap(false, true) {
+			if method != "/etcdserverpb.KV/Range" || calls.Add(1) != n {
 				return invoker(ctx, method, req, reply, cc, opts...)
 			}
 			if fail {
@@ -417,7 +422,9 @@ func TestCacheRelistsAfterCompaction(t *testing.T) {
 	if err := e.reg.PutGroup(ctx, registry.Group{ID: "gone", Capacity: 1}); err != nil {
 		t.Fatal(err)
 	}
-	hook := rangeHook(false, func() {
+	// The first load reads each cached directory and then the policy key:
+	// compact right after its last read, so the watch starts compacted.
+	hook := rangeHookAt(5, false, func() {
 		if err := e.reg.DeleteGroup(ctx, "gone"); err != nil {
 			t.Error(err)
 		}

@@ -61,6 +61,12 @@ type Registration struct {
 
 	registered atomic.Bool
 	lost       atomic.Int64
+
+	// Presence of the devices held here (see presence.go).
+	pmu     sync.Mutex
+	present map[string]Presence
+	pdirty  map[string]bool
+	psignal chan struct{}
 }
 
 // NewRegistration prepares a registration for e. It does no I/O; Run does.
@@ -74,7 +80,8 @@ func (r *Registry) NewRegistration(e Executor, cfg RegistrationConfig, log *slog
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Registration{reg: r, cfg: cfg, log: log, cur: e, dirty: make(chan struct{}, 1)}, nil
+	return &Registration{reg: r, cfg: cfg, log: log, cur: e, dirty: make(chan struct{}, 1),
+		present: map[string]Presence{}, pdirty: map[string]bool{}, psignal: make(chan struct{}, 1)}, nil
 }
 
 // Update changes the record (for example the connection count); the change is
@@ -161,6 +168,16 @@ func (g *Registration) session(ctx context.Context) error {
 	}
 	g.registered.Store(true)
 	g.log.Info("executor registered", "lease", fmt.Sprintf("%x", s.Lease()))
+	pctx, pcancel := context.WithCancel(ctx)
+	pdone := make(chan struct{})
+	go func() {
+		defer close(pdone)
+		g.presenceLoop(pctx, s.Lease())
+	}()
+	defer func() {
+		pcancel()
+		<-pdone
+	}()
 
 	// The registration is a write too: the first update waits MinInterval
 	// after it like any other.

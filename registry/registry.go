@@ -138,9 +138,13 @@ func (r *Registry) listRange(ctx context.Context, dir string, fn func(key string
 
 // listKVs is listRange with the whole key-value, revisions included.
 func (r *Registry) listKVs(ctx context.Context, dir string, fn func(kv *mvccpb.KeyValue) error) (int64, error) {
+	return r.listKVsAt(ctx, dir, 0, fn)
+}
+
+// listKVsAt is listKVs as of revision rev (0: the current one).
+func (r *Registry) listKVsAt(ctx context.Context, dir string, rev int64, fn func(kv *mvccpb.KeyValue) error) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(dir)
 	key := dir
-	var rev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPageSize)}
 		if rev != 0 {

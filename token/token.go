@@ -46,7 +46,14 @@ type Claims struct {
 	// Weight is the device's load weight ("wgt"; 1 when absent): executors
 	// sum it into the load they report.
 	Weight float64
+	// Role is RoleControlPlane for service tokens, "" for assignment
+	// tokens.
+	Role string
 }
+
+// RoleControlPlane marks a service token: the bearer is a control plane,
+// which may call executors' internal service.
+const RoleControlPlane = "controlplane"
 
 // jwtClaims is the wire form of Claims.
 type jwtClaims struct {
@@ -54,6 +61,7 @@ type jwtClaims struct {
 	Group  string  `json:"grp"`
 	Label  string  `json:"lbl,omitempty"`
 	Weight float64 `json:"wgt,omitempty"`
+	Role   string  `json:"role,omitempty"`
 }
 
 // Signer mints tokens with a private key.
@@ -113,6 +121,29 @@ func (s *Signer) SignWeighted(deviceID, groupID, label string, weight float64, t
 	return signed, c.ExpiresAt.Time, nil
 }
 
+// SignService mints a service token for a control plane replica (subject),
+// valid for ttl: it lets the replica call executors' internal service.
+func (s *Signer) SignService(subject string, ttl time.Duration) (string, time.Time, error) {
+	now := s.now()
+	exp := now.Add(ttl)
+	c := jwtClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    issuer,
+			Subject:   subject,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(exp),
+		},
+		Role: RoleControlPlane,
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	t.Header["kid"] = s.kid
+	signed, err := t.SignedString(s.key)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("token: sign: %w", err)
+	}
+	return signed, c.ExpiresAt.Time, nil
+}
+
 // Verifier checks tokens with one or more public keys (several during a key
 // rotation).
 type Verifier struct {
@@ -166,7 +197,7 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if c.Issuer != issuer || c.Subject == "" || c.Group == "" || c.ExpiresAt == nil {
+	if c.Issuer != issuer || c.Subject == "" || (c.Group == "" && c.Role == "") || c.ExpiresAt == nil {
 		return Claims{}, fmt.Errorf("%w: incomplete claims", ErrInvalid)
 	}
 	out := Claims{
@@ -176,6 +207,7 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		ExpiresAt: c.ExpiresAt.Time,
 		ID:        c.ID,
 		Weight:    c.Weight,
+		Role:      c.Role,
 	}
 	if out.Weight <= 0 {
 		out.Weight = 1

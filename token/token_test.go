@@ -138,3 +138,33 @@ func TestWeight(t *testing.T) {
 		}
 	}
 }
+
+func TestServiceToken(t *testing.T) {
+	priv, err := token.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := token.NewSigner(priv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := token.NewVerifier(nil, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _, err := s.SignService("cp-1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := v.Verify(raw)
+	if err != nil || c.Role != token.RoleControlPlane || c.DeviceID != "cp-1" || c.GroupID != "" {
+		t.Errorf("service token claims %+v, %v; want role controlplane for cp-1 and no group", c, err)
+	}
+	dev, _, err := s.Sign("d", "g", "l", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := v.Verify(dev); c.Role != "" {
+		t.Errorf("an assignment token has role %q", c.Role)
+	}
+}

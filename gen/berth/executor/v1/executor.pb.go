@@ -145,6 +145,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Ack
 	//	*ConnectRequest_Pong
 	//	*ConnectRequest_Publish
+	//	*ConnectRequest_Reply
 	Frame         isConnectRequest_Frame `protobuf_oneof:"frame"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -223,6 +224,15 @@ func (x *ConnectRequest) GetPublish() *Publish {
 	return nil
 }
 
+func (x *ConnectRequest) GetReply() *Reply {
+	if x != nil {
+		if x, ok := x.Frame.(*ConnectRequest_Reply); ok {
+			return x.Reply
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Frame interface {
 	isConnectRequest_Frame()
 }
@@ -247,6 +257,11 @@ type ConnectRequest_Publish struct {
 	Publish *Publish `protobuf:"bytes,4,opt,name=publish,proto3,oneof"`
 }
 
+type ConnectRequest_Reply struct {
+	// Answers a Message that expects a reply (MessagingService.Call).
+	Reply *Reply `protobuf:"bytes,5,opt,name=reply,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Frame() {}
 
 func (*ConnectRequest_Ack) isConnectRequest_Frame() {}
@@ -254,6 +269,8 @@ func (*ConnectRequest_Ack) isConnectRequest_Frame() {}
 func (*ConnectRequest_Pong) isConnectRequest_Frame() {}
 
 func (*ConnectRequest_Publish) isConnectRequest_Frame() {}
+
+func (*ConnectRequest_Reply) isConnectRequest_Frame() {}
 
 // ConnectResponse is one frame from executor to device.
 type ConnectResponse struct {
@@ -532,7 +549,10 @@ type Message struct {
 	// MIME type of the payload, for example "application/json".
 	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// When the service sent it.
-	SentAt        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	SentAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	// Set when the service waits for a Reply (MessagingService.Call). The
+	// device answers with a Reply frame instead of an Ack.
+	ExpectsReply  bool `protobuf:"varint,5,opt,name=expects_reply,json=expectsReply,proto3" json:"expects_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -595,6 +615,87 @@ func (x *Message) GetSentAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Message) GetExpectsReply() bool {
+	if x != nil {
+		return x.ExpectsReply
+	}
+	return false
+}
+
+// Reply answers a Message that expects one; it also acknowledges it.
+type Reply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the Message answered.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Opaque payload.
+	Payload []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// MIME type of the payload.
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Set when the device could not handle the request; the caller gets it
+	// as the error message.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Reply) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *Reply) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *Reply) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Reply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Ack acknowledges that the device has taken a Message.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -606,7 +707,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +719,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[5]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +732,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{5}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Ack) GetMessageId() string {
@@ -652,7 +753,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +765,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[6]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +778,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{6}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -698,7 +799,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +811,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[7]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +824,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{7}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Pong) GetNonce() uint64 {
@@ -748,7 +849,7 @@ type Publish struct {
 
 func (x *Publish) Reset() {
 	*x = Publish{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +861,7 @@ func (x *Publish) String() string {
 func (*Publish) ProtoMessage() {}
 
 func (x *Publish) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[8]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +874,7 @@ func (x *Publish) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Publish.ProtoReflect.Descriptor instead.
 func (*Publish) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{8}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Publish) GetTopic() string {
@@ -814,7 +915,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +927,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[9]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +940,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{9}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Redirect) GetReason() RedirectReason {
@@ -883,7 +984,7 @@ type Goodbye struct {
 
 func (x *Goodbye) Reset() {
 	*x = Goodbye{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +996,7 @@ func (x *Goodbye) String() string {
 func (*Goodbye) ProtoMessage() {}
 
 func (x *Goodbye) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[10]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1009,7 @@ func (x *Goodbye) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Goodbye.ProtoReflect.Descriptor instead.
 func (*Goodbye) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{10}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Goodbye) GetReason() GoodbyeReason {
@@ -925,16 +1026,237 @@ func (x *Goodbye) GetMessage() string {
 	return ""
 }
 
+// DeliverRequest is one message for one device.
+type DeliverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The message; message_id must be set.
+	Message       *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeliverRequest) Reset() {
+	*x = DeliverRequest{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliverRequest) ProtoMessage() {}
+
+func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
+func (*DeliverRequest) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DeliverRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *DeliverRequest) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+// DeliverResponse says the device took the message.
+type DeliverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device's Reply, when the message expected one.
+	Reply *Reply `protobuf:"bytes,1,opt,name=reply,proto3" json:"reply,omitempty"`
+	// The session that took it.
+	SessionId     string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeliverResponse) Reset() {
+	*x = DeliverResponse{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliverResponse) ProtoMessage() {}
+
+func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
+func (*DeliverResponse) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeliverResponse) GetReply() *Reply {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+func (x *DeliverResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+// SubscribeRequest opens a stream of publishes.
+type SubscribeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeRequest) Reset() {
+	*x = SubscribeRequest{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeRequest) ProtoMessage() {}
+
+func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeRequest) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{14}
+}
+
+// SubscribeResponse is one Publish of one device.
+type SubscribeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// What it published.
+	Publish *Publish `protobuf:"bytes,2,opt,name=publish,proto3" json:"publish,omitempty"`
+	// When the executor received it.
+	ReceivedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	// The executor.
+	ExecutorId    string `protobuf:"bytes,4,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeResponse) Reset() {
+	*x = SubscribeResponse{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeResponse) ProtoMessage() {}
+
+func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
+func (*SubscribeResponse) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SubscribeResponse) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *SubscribeResponse) GetPublish() *Publish {
+	if x != nil {
+		return x.Publish
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetReceivedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReceivedAt
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetExecutorId() string {
+	if x != nil {
+		return x.ExecutorId
+	}
+	return ""
+}
+
 var File_berth_executor_v1_executor_proto protoreflect.FileDescriptor
 
 const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\n" +
-	" berth/executor/v1/executor.proto\x12\x11berth.executor.v1\x1a(berth/controlplane/v1/controlplane.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
+	" berth/executor/v1/executor.proto\x12\x11berth.executor.v1\x1a(berth/controlplane/v1/controlplane.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.berth.executor.v1.HelloH\x00R\x05hello\x12*\n" +
 	"\x03ack\x18\x02 \x01(\v2\x16.berth.executor.v1.AckH\x00R\x03ack\x12-\n" +
 	"\x04pong\x18\x03 \x01(\v2\x17.berth.executor.v1.PongH\x00R\x04pong\x126\n" +
-	"\apublish\x18\x04 \x01(\v2\x1a.berth.executor.v1.PublishH\x00R\apublishB\a\n" +
+	"\apublish\x18\x04 \x01(\v2\x1a.berth.executor.v1.PublishH\x00R\apublish\x120\n" +
+	"\x05reply\x18\x05 \x01(\v2\x18.berth.executor.v1.ReplyH\x00R\x05replyB\a\n" +
 	"\x05frame\"\xac\x02\n" +
 	"\x0fConnectResponse\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.berth.executor.v1.WelcomeH\x00R\awelcome\x126\n" +
@@ -952,13 +1274,20 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\vexecutor_id\x18\x02 \x01(\tR\n" +
 	"executorId\x12\x19\n" +
 	"\bgroup_id\x18\x03 \x01(\tR\agroupId\x12H\n" +
-	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\x9a\x01\n" +
+	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xbf\x01\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x123\n" +
-	"\asent_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"$\n" +
+	"\asent_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
+	"\rexpects_reply\x18\x05 \x01(\bR\fexpectsReply\"y\n" +
+	"\x05Reply\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"$\n" +
 	"\x03Ack\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\"\x1c\n" +
@@ -977,7 +1306,22 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\tmax_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bmaxDelay\"]\n" +
 	"\aGoodbye\x128\n" +
 	"\x06reason\x18\x01 \x01(\x0e2 .berth.executor.v1.GoodbyeReasonR\x06reason\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*n\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"c\n" +
+	"\x0eDeliverRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x124\n" +
+	"\amessage\x18\x02 \x01(\v2\x1a.berth.executor.v1.MessageR\amessage\"`\n" +
+	"\x0fDeliverResponse\x12.\n" +
+	"\x05reply\x18\x01 \x01(\v2\x18.berth.executor.v1.ReplyR\x05reply\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\"\x12\n" +
+	"\x10SubscribeRequest\"\xc4\x01\n" +
+	"\x11SubscribeResponse\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x124\n" +
+	"\apublish\x18\x02 \x01(\v2\x1a.berth.executor.v1.PublishR\apublish\x12;\n" +
+	"\vreceived_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"receivedAt\x12\x1f\n" +
+	"\vexecutor_id\x18\x04 \x01(\tR\n" +
+	"executorId*n\n" +
 	"\x0eRedirectReason\x12\x1f\n" +
 	"\x1bREDIRECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REDIRECT_REASON_DRAINING\x10\x01\x12\x1d\n" +
@@ -988,7 +1332,10 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\x17GOODBYE_REASON_SHUTDOWN\x10\x02\x12\x1a\n" +
 	"\x16GOODBYE_REASON_TIMEOUT\x10\x032g\n" +
 	"\x0fExecutorService\x12T\n" +
-	"\aConnect\x12!.berth.executor.v1.ConnectRequest\x1a\".berth.executor.v1.ConnectResponse(\x010\x01B\xcc\x01\n" +
+	"\aConnect\x12!.berth.executor.v1.ConnectRequest\x1a\".berth.executor.v1.ConnectResponse(\x010\x012\xc5\x01\n" +
+	"\x17ExecutorInternalService\x12P\n" +
+	"\aDeliver\x12!.berth.executor.v1.DeliverRequest\x1a\".berth.executor.v1.DeliverResponse\x12X\n" +
+	"\tSubscribe\x12#.berth.executor.v1.SubscribeRequest\x1a$.berth.executor.v1.SubscribeResponse0\x01B\xcc\x01\n" +
 	"\x15com.berth.executor.v1B\rExecutorProtoP\x01Z>github.com/berthproject/berth/gen/berth/executor/v1;executorv1\xa2\x02\x03BEX\xaa\x02\x11Berth.Executor.V1\xca\x02\x11Berth\\Executor\\V1\xe2\x02\x1dBerth\\Executor\\V1\\GPBMetadata\xea\x02\x13Berth::Executor::V1b\x06proto3"
 
 var (
@@ -1004,7 +1351,7 @@ func file_berth_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_berth_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_berth_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_berth_executor_v1_executor_proto_goTypes = []any{
 	(RedirectReason)(0),           // 0: berth.executor.v1.RedirectReason
 	(GoodbyeReason)(0),            // 1: berth.executor.v1.GoodbyeReason
@@ -1013,39 +1360,53 @@ var file_berth_executor_v1_executor_proto_goTypes = []any{
 	(*Hello)(nil),                 // 4: berth.executor.v1.Hello
 	(*Welcome)(nil),               // 5: berth.executor.v1.Welcome
 	(*Message)(nil),               // 6: berth.executor.v1.Message
-	(*Ack)(nil),                   // 7: berth.executor.v1.Ack
-	(*Ping)(nil),                  // 8: berth.executor.v1.Ping
-	(*Pong)(nil),                  // 9: berth.executor.v1.Pong
-	(*Publish)(nil),               // 10: berth.executor.v1.Publish
-	(*Redirect)(nil),              // 11: berth.executor.v1.Redirect
-	(*Goodbye)(nil),               // 12: berth.executor.v1.Goodbye
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*v1.Destination)(nil),        // 15: berth.controlplane.v1.Destination
+	(*Reply)(nil),                 // 7: berth.executor.v1.Reply
+	(*Ack)(nil),                   // 8: berth.executor.v1.Ack
+	(*Ping)(nil),                  // 9: berth.executor.v1.Ping
+	(*Pong)(nil),                  // 10: berth.executor.v1.Pong
+	(*Publish)(nil),               // 11: berth.executor.v1.Publish
+	(*Redirect)(nil),              // 12: berth.executor.v1.Redirect
+	(*Goodbye)(nil),               // 13: berth.executor.v1.Goodbye
+	(*DeliverRequest)(nil),        // 14: berth.executor.v1.DeliverRequest
+	(*DeliverResponse)(nil),       // 15: berth.executor.v1.DeliverResponse
+	(*SubscribeRequest)(nil),      // 16: berth.executor.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 17: berth.executor.v1.SubscribeResponse
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*v1.Destination)(nil),        // 20: berth.controlplane.v1.Destination
 }
 var file_berth_executor_v1_executor_proto_depIdxs = []int32{
 	4,  // 0: berth.executor.v1.ConnectRequest.hello:type_name -> berth.executor.v1.Hello
-	7,  // 1: berth.executor.v1.ConnectRequest.ack:type_name -> berth.executor.v1.Ack
-	9,  // 2: berth.executor.v1.ConnectRequest.pong:type_name -> berth.executor.v1.Pong
-	10, // 3: berth.executor.v1.ConnectRequest.publish:type_name -> berth.executor.v1.Publish
-	5,  // 4: berth.executor.v1.ConnectResponse.welcome:type_name -> berth.executor.v1.Welcome
-	6,  // 5: berth.executor.v1.ConnectResponse.message:type_name -> berth.executor.v1.Message
-	8,  // 6: berth.executor.v1.ConnectResponse.ping:type_name -> berth.executor.v1.Ping
-	11, // 7: berth.executor.v1.ConnectResponse.redirect:type_name -> berth.executor.v1.Redirect
-	12, // 8: berth.executor.v1.ConnectResponse.goodbye:type_name -> berth.executor.v1.Goodbye
-	13, // 9: berth.executor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	14, // 10: berth.executor.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
-	0,  // 11: berth.executor.v1.Redirect.reason:type_name -> berth.executor.v1.RedirectReason
-	15, // 12: berth.executor.v1.Redirect.destination:type_name -> berth.controlplane.v1.Destination
-	13, // 13: berth.executor.v1.Redirect.max_delay:type_name -> google.protobuf.Duration
-	1,  // 14: berth.executor.v1.Goodbye.reason:type_name -> berth.executor.v1.GoodbyeReason
-	2,  // 15: berth.executor.v1.ExecutorService.Connect:input_type -> berth.executor.v1.ConnectRequest
-	3,  // 16: berth.executor.v1.ExecutorService.Connect:output_type -> berth.executor.v1.ConnectResponse
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	8,  // 1: berth.executor.v1.ConnectRequest.ack:type_name -> berth.executor.v1.Ack
+	10, // 2: berth.executor.v1.ConnectRequest.pong:type_name -> berth.executor.v1.Pong
+	11, // 3: berth.executor.v1.ConnectRequest.publish:type_name -> berth.executor.v1.Publish
+	7,  // 4: berth.executor.v1.ConnectRequest.reply:type_name -> berth.executor.v1.Reply
+	5,  // 5: berth.executor.v1.ConnectResponse.welcome:type_name -> berth.executor.v1.Welcome
+	6,  // 6: berth.executor.v1.ConnectResponse.message:type_name -> berth.executor.v1.Message
+	9,  // 7: berth.executor.v1.ConnectResponse.ping:type_name -> berth.executor.v1.Ping
+	12, // 8: berth.executor.v1.ConnectResponse.redirect:type_name -> berth.executor.v1.Redirect
+	13, // 9: berth.executor.v1.ConnectResponse.goodbye:type_name -> berth.executor.v1.Goodbye
+	18, // 10: berth.executor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	19, // 11: berth.executor.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	0,  // 12: berth.executor.v1.Redirect.reason:type_name -> berth.executor.v1.RedirectReason
+	20, // 13: berth.executor.v1.Redirect.destination:type_name -> berth.controlplane.v1.Destination
+	18, // 14: berth.executor.v1.Redirect.max_delay:type_name -> google.protobuf.Duration
+	1,  // 15: berth.executor.v1.Goodbye.reason:type_name -> berth.executor.v1.GoodbyeReason
+	6,  // 16: berth.executor.v1.DeliverRequest.message:type_name -> berth.executor.v1.Message
+	7,  // 17: berth.executor.v1.DeliverResponse.reply:type_name -> berth.executor.v1.Reply
+	11, // 18: berth.executor.v1.SubscribeResponse.publish:type_name -> berth.executor.v1.Publish
+	19, // 19: berth.executor.v1.SubscribeResponse.received_at:type_name -> google.protobuf.Timestamp
+	2,  // 20: berth.executor.v1.ExecutorService.Connect:input_type -> berth.executor.v1.ConnectRequest
+	14, // 21: berth.executor.v1.ExecutorInternalService.Deliver:input_type -> berth.executor.v1.DeliverRequest
+	16, // 22: berth.executor.v1.ExecutorInternalService.Subscribe:input_type -> berth.executor.v1.SubscribeRequest
+	3,  // 23: berth.executor.v1.ExecutorService.Connect:output_type -> berth.executor.v1.ConnectResponse
+	15, // 24: berth.executor.v1.ExecutorInternalService.Deliver:output_type -> berth.executor.v1.DeliverResponse
+	17, // 25: berth.executor.v1.ExecutorInternalService.Subscribe:output_type -> berth.executor.v1.SubscribeResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_berth_executor_v1_executor_proto_init() }
@@ -1058,6 +1419,7 @@ func file_berth_executor_v1_executor_proto_init() {
 		(*ConnectRequest_Ack)(nil),
 		(*ConnectRequest_Pong)(nil),
 		(*ConnectRequest_Publish)(nil),
+		(*ConnectRequest_Reply)(nil),
 	}
 	file_berth_executor_v1_executor_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1072,9 +1434,9 @@ func file_berth_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_executor_v1_executor_proto_rawDesc), len(file_berth_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_berth_executor_v1_executor_proto_goTypes,
 		DependencyIndexes: file_berth_executor_v1_executor_proto_depIdxs,

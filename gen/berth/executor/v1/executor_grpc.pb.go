@@ -141,3 +141,176 @@ var ExecutorService_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "berth/executor/v1/executor.proto",
 }
+
+const (
+	ExecutorInternalService_Deliver_FullMethodName   = "/berth.executor.v1.ExecutorInternalService/Deliver"
+	ExecutorInternalService_Subscribe_FullMethodName = "/berth.executor.v1.ExecutorInternalService/Subscribe"
+)
+
+// ExecutorInternalServiceClient is the client API for ExecutorInternalService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// ExecutorInternalService is what control planes call on executors to reach
+// devices. Only control planes may call it: every call carries, in the
+// "authorization" metadata, a bearer service token signed with the control
+// planes' key; executors verify it with the public key they already hold.
+type ExecutorInternalServiceClient interface {
+	// Deliver hands a message to a device connected to this executor and
+	// waits, within the call's deadline, for the device's Ack (or Reply when
+	// the message expects one).
+	//
+	// Errors: NOT_FOUND when the device has no stream here;
+	// RESOURCE_EXHAUSTED when its send queue is full; DEADLINE_EXCEEDED when
+	// it did not acknowledge in time; UNAUTHENTICATED / PERMISSION_DENIED
+	// without a valid control plane token.
+	Deliver(ctx context.Context, in *DeliverRequest, opts ...grpc.CallOption) (*DeliverResponse, error)
+	// Subscribe streams what devices on this executor publish, from now on.
+	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
+}
+
+type executorInternalServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewExecutorInternalServiceClient(cc grpc.ClientConnInterface) ExecutorInternalServiceClient {
+	return &executorInternalServiceClient{cc}
+}
+
+func (c *executorInternalServiceClient) Deliver(ctx context.Context, in *DeliverRequest, opts ...grpc.CallOption) (*DeliverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeliverResponse)
+	err := c.cc.Invoke(ctx, ExecutorInternalService_Deliver_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *executorInternalServiceClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ExecutorInternalService_ServiceDesc.Streams[0], ExecutorInternalService_Subscribe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SubscribeRequest, SubscribeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ExecutorInternalService_SubscribeClient = grpc.ServerStreamingClient[SubscribeResponse]
+
+// ExecutorInternalServiceServer is the server API for ExecutorInternalService service.
+// All implementations must embed UnimplementedExecutorInternalServiceServer
+// for forward compatibility.
+//
+// ExecutorInternalService is what control planes call on executors to reach
+// devices. Only control planes may call it: every call carries, in the
+// "authorization" metadata, a bearer service token signed with the control
+// planes' key; executors verify it with the public key they already hold.
+type ExecutorInternalServiceServer interface {
+	// Deliver hands a message to a device connected to this executor and
+	// waits, within the call's deadline, for the device's Ack (or Reply when
+	// the message expects one).
+	//
+	// Errors: NOT_FOUND when the device has no stream here;
+	// RESOURCE_EXHAUSTED when its send queue is full; DEADLINE_EXCEEDED when
+	// it did not acknowledge in time; UNAUTHENTICATED / PERMISSION_DENIED
+	// without a valid control plane token.
+	Deliver(context.Context, *DeliverRequest) (*DeliverResponse, error)
+	// Subscribe streams what devices on this executor publish, from now on.
+	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
+	mustEmbedUnimplementedExecutorInternalServiceServer()
+}
+
+// UnimplementedExecutorInternalServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedExecutorInternalServiceServer struct{}
+
+func (UnimplementedExecutorInternalServiceServer) Deliver(context.Context, *DeliverRequest) (*DeliverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Deliver not implemented")
+}
+func (UnimplementedExecutorInternalServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error {
+	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedExecutorInternalServiceServer) mustEmbedUnimplementedExecutorInternalServiceServer() {
+}
+func (UnimplementedExecutorInternalServiceServer) testEmbeddedByValue() {}
+
+// UnsafeExecutorInternalServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ExecutorInternalServiceServer will
+// result in compilation errors.
+type UnsafeExecutorInternalServiceServer interface {
+	mustEmbedUnimplementedExecutorInternalServiceServer()
+}
+
+func RegisterExecutorInternalServiceServer(s grpc.ServiceRegistrar, srv ExecutorInternalServiceServer) {
+	// If the following call panics, it indicates UnimplementedExecutorInternalServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&ExecutorInternalService_ServiceDesc, srv)
+}
+
+func _ExecutorInternalService_Deliver_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeliverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorInternalServiceServer).Deliver(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExecutorInternalService_Deliver_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorInternalServiceServer).Deliver(ctx, req.(*DeliverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ExecutorInternalService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SubscribeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ExecutorInternalServiceServer).Subscribe(m, &grpc.GenericServerStream[SubscribeRequest, SubscribeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ExecutorInternalService_SubscribeServer = grpc.ServerStreamingServer[SubscribeResponse]
+
+// ExecutorInternalService_ServiceDesc is the grpc.ServiceDesc for ExecutorInternalService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var ExecutorInternalService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "berth.executor.v1.ExecutorInternalService",
+	HandlerType: (*ExecutorInternalServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Deliver",
+			Handler:    _ExecutorInternalService_Deliver_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Subscribe",
+			Handler:       _ExecutorInternalService_Subscribe_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "berth/executor/v1/executor.proto",
+}
