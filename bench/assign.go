@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,12 +25,27 @@ import (
 	"github.com/berthproject/berth/token"
 )
 
-// Case names of the assign benchmark, in the order they run.
+// Case names of the assign benchmark, in the order they are reported.
 const (
-	CaseNoop        = "noop"
-	CaseAssignKnown = "assign-known"
-	CaseAssignNew   = "assign-new"
+	CaseNoop            = "noop"
+	CaseAssignKnown     = "assign-known"
+	CaseAssignKnownSign = "assign-known-sign"
+	CaseAssignNew       = "assign-new"
 )
+
+// Targets the report checks: with the benchmark policy and token signing,
+// assign-known keeps at least TargetRatio of noop's throughput (AimRatio is
+// the aim), and its p99 stays within TargetPacedP99 when paced at
+// TargetPacedShare of its peak rate.
+const (
+	TargetRatio      = 0.60
+	AimRatio         = 0.80
+	TargetPacedP99   = 5 * time.Millisecond
+	TargetPacedShare = 0.5
+)
+
+// maxRules is the most label rules a policy may have.
+const maxRules = 1000
 
 // AssignConfig tunes RunAssign.
 type AssignConfig struct {
@@ -44,6 +60,17 @@ type AssignConfig struct {
 	Devices int
 	// Conns is the number of client connections the workers share.
 	Conns int
+	// Rules is the number of label rules of the placement policy applied
+	// before measuring: all but the last never match the benchmark
+	// devices, so every Assign evaluates all of them. 0 keeps the built-in
+	// default policy.
+	Rules int
+	// Rounds splits each case's warm-up and measured time in as many
+	// rounds; the cases measured together alternate round by round.
+	Rounds int
+	// PacedShare is the fraction of assign-known's peak rate at which the
+	// paced cases run, open loop; 0 skips them.
+	PacedShare float64
 	// TempDir is where the temporary etcd data directory is made ("" is
 	// the system's default).
 	TempDir string
@@ -51,7 +78,7 @@ type AssignConfig struct {
 
 // DefaultAssignConfig returns what `berth bench assign` runs.
 func DefaultAssignConfig() AssignConfig {
-	return AssignConfig{Duration: 5 * time.Second, Warmup: time.Second, Concurrency: 64, Devices: 10000, Conns: 4}
+	return AssignConfig{Duration: 5 * time.Second, Warmup: time.Second, Concurrency: 64, Devices: 10000, Conns: 4, Rules: 20, Rounds: 5, PacedShare: TargetPacedShare}
 }
 
 // Validate checks c.
@@ -67,6 +94,12 @@ func (c AssignConfig) Validate() error {
 		return fmt.Errorf("bench: devices %d: must be positive", c.Devices)
 	case c.Conns <= 0:
 		return fmt.Errorf("bench: conns %d: must be positive", c.Conns)
+	case c.Rounds <= 0 || c.Duration/time.Duration(c.Rounds) <= 0:
+		return fmt.Errorf("bench: rounds %d: want 1 to the duration in nanoseconds", c.Rounds)
+	case c.Rules < 0 || c.Rules > maxRules:
+		return fmt.Errorf("bench: rules %d: want 0 to %d", c.Rules, maxRules)
+	case !(c.PacedShare >= 0 && c.PacedShare <= 1): // also refuses NaN
+		return fmt.Errorf("bench: paced share %v: want 0 to 1", c.PacedShare)
 	}
 	return nil
 }
@@ -91,8 +124,27 @@ type AssignReport struct {
 	// Groups and ExecutorRecords describe the registry the control plane
 	// read.
 	Groups, ExecutorRecords int
-	// Cases are noop, assign-known and assign-new, in that order.
+	// Tenants is the number of tenants stored; Labels the number of labels
+	// each group carries.
+	Tenants, Labels int
+	// PolicyVersion is the version of the placement policy in force during
+	// the run, 0 for the built-in default.
+	PolicyVersion int64
+	// KnownByRule counts the known devices by the rule that gave their
+	// label when they were assigned beforehand ("" for the default label).
+	KnownByRule map[string]int
+	// TokenCacheSize is the token cache of the control plane of every case
+	// but assign-known-sign, which runs a second one without a cache.
+	TokenCacheSize int
+	// Cases are noop, assign-known, assign-known-sign and assign-new, in
+	// that order, each calling back to back.
 	Cases []Result
+	// Paced are noop and assign-known again, open loop at
+	// Config.PacedShare of assign-known's peak rate.
+	Paced []PacedResult
+	// LoadAvgEnd is the 1-minute load average when the run ended (-1 when
+	// unknown).
+	LoadAvgEnd float64
 }
 
 // Case returns the result named name.
@@ -105,11 +157,39 @@ func (r *AssignReport) Case(name string) (Result, bool) {
 	return Result{}, false
 }
 
+// PacedCase returns the paced result named name.
+func (r *AssignReport) PacedCase(name string) (PacedResult, bool) {
+	for _, c := range r.Paced {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return PacedResult{}, false
+}
+
+// RuleMatches returns how many known devices a rule (not the default
+// label) labelled.
+func (r *AssignReport) RuleMatches() int {
+	n := 0
+	for rule, c := range r.KnownByRule {
+		if rule != "" {
+			n += c
+		}
+	}
+	return n
+}
+
 // RunAssign starts an embedded etcd and a control plane with two groups of
-// two executor records, then measures, with the same clients, a health
-// Check (a no-op through the same server stack), Assign of known devices,
-// and Assign of new devices. Everything it started is stopped and removed
-// when it returns.
+// two executor records and a set of tenants, applies the benchmark policy
+// of cfg.Rules label rules and waits until the control plane decides with
+// it, assigns the known devices once, then measures with the same clients,
+// round after round: a health Check (a no-op through the same server
+// stack), Assign of known devices (their tokens re-sent from the token
+// cache) and Assign of known devices signing a token on every call (a
+// second control plane without a token cache, on the same etcd); then the
+// no-op and assign-known again, open loop at cfg.PacedShare of
+// assign-known's peak; then Assign of new devices. Everything it started
+// is stopped and removed when it returns.
 func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *AssignReport, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -145,108 +225,321 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		}
 	}()
 
-	if err := registerAssignCluster(ctx, bgCtx, &bg, reg, log); err != nil {
+	labels := benchLabels(cfg.Rules)
+	if err := registerAssignCluster(ctx, bgCtx, &bg, reg, labels, log); err != nil {
 		return nil, err
 	}
-	cp, cache, addr, err := startControlPlane(bgCtx, &bg, reg, log)
+	tenants := benchTenantRecords()
+	for _, t := range tenants {
+		if err := reg.PutTenant(ctx, t); err != nil {
+			return nil, fmt.Errorf("bench: storing tenant %s: %w", t.ID, err)
+		}
+	}
+	cpCfg := controlplane.DefaultConfig()
+	cp, cache, addr, err := startControlPlane(bgCtx, &bg, reg, cpCfg, log)
 	if err != nil {
 		return nil, err
 	}
-
-	conns := make([]*grpc.ClientConn, cfg.Conns)
-	defer func() {
-		for _, cc := range conns {
-			if cc != nil {
-				cc.Close()
-			}
-		}
-	}()
-	for i := range conns {
-		if conns[i], err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
-		}
-	}
-	healths := make([]healthpb.HealthClient, cfg.Concurrency)
-	assigns := make([]controlplanev1.ControlPlaneServiceClient, cfg.Concurrency)
-	for w := range cfg.Concurrency {
-		healths[w] = healthpb.NewHealthClient(conns[w%len(conns)])
-		assigns[w] = controlplanev1.NewControlPlaneServiceClient(conns[w%len(conns)])
-	}
-	if err := waitServing(ctx, healths[0], controlplanev1.ControlPlaneService_ServiceDesc.ServiceName); err != nil {
-		return nil, err
-	}
-
-	rep = &AssignReport{Env: CurrentEnv(), Config: cfg, Groups: assignGroups, ExecutorRecords: assignGroups * assignExecsPerGroup}
-	load := Load{Workers: cfg.Concurrency, Warmup: cfg.Warmup, Duration: cfg.Duration}
-
-	// noop: the standard health Check, through the same interceptors.
-	load.Op = func(ctx context.Context, w int) error {
-		_, err := healths[w].Check(ctx, &healthpb.HealthCheckRequest{})
-		return err
-	}
-	if err := rep.run(ctx, load, CaseNoop, nil); err != nil {
-		return nil, err
-	}
-
-	// assign-known: every device was assigned once before, so the decision
-	// matches its record and nothing is written.
-	known, err := primeDevices(ctx, assigns, cfg.Devices)
+	cl, err := dial(addr, cfg)
 	if err != nil {
 		return nil, err
 	}
+	defer cl.close()
+	if err := waitServing(ctx, cl.healths[0], controlplanev1.ControlPlaneService_ServiceDesc.ServiceName); err != nil {
+		return nil, err
+	}
+
+	rep = &AssignReport{
+		Env: CurrentEnv(), Config: cfg, Groups: assignGroups, ExecutorRecords: assignGroups * assignExecsPerGroup,
+		Tenants: len(tenants), Labels: len(labels), TokenCacheSize: cpCfg.TokenCacheSize,
+	}
+	// The policy is applied while the control plane runs, as an operator
+	// would, and measuring starts once an Assign names its last rule.
+	if cfg.Rules > 0 {
+		if rep.PolicyVersion, err = applyBenchPolicy(ctx, reg, cfg.Rules, log); err != nil {
+			return nil, err
+		}
+		if err := waitPolicy(ctx, cl.assigns[0]); err != nil {
+			return nil, err
+		}
+	}
+	// The known devices are assigned once, unmeasured: each remembers its
+	// group, and its record and token are in the control plane's caches.
+	known, byRule, err := primeDevices(ctx, cl.assigns, cfg.Devices)
+	if err != nil {
+		return nil, err
+	}
+	rep.KnownByRule = byRule
 	if err := waitAssignments(ctx, cache, cfg.Devices); err != nil {
 		return nil, err
 	}
 	var next atomic.Uint64
-	load.Op = func(ctx context.Context, w int) error {
-		_, err := assigns[w].Assign(ctx, known[next.Add(1)%uint64(len(known))])
+	assignKnown := func(cl *clients) func(ctx context.Context, w int) error {
+		return func(ctx context.Context, w int) error {
+			_, err := cl.assigns[w%len(cl.assigns)].Assign(ctx, known[next.Add(1)%uint64(len(known))])
+			return err
+		}
+	}
+	// noop: the standard health Check, through the same interceptors.
+	noop := func(ctx context.Context, w int) error {
+		_, err := cl.healths[w%len(cl.healths)].Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
-	if err := rep.run(ctx, load, CaseAssignKnown, cp); err != nil {
+
+	// noop, assign-known (the decision matches the device's record, nothing
+	// is written, its token is re-sent from the token cache) and
+	// assign-known-sign (the same on a second control plane without a
+	// token cache, so every Assign signs a token), round after round.
+	signCfg := controlplane.DefaultConfig()
+	signCfg.TokenCacheSize = 0
+	if err := rep.runSeparate(ctx, reg, signCfg, cfg, log, func(cl2 *clients, cp2 *controlplane.Server) error {
+		return rep.rounds(ctx, cfg.Rounds, []closedCase{
+			{CaseNoop, noop, nil},
+			{CaseAssignKnown, assignKnown(cl), cp},
+			{CaseAssignKnownSign, assignKnown(cl2), cp2},
+		})
+	}); err != nil {
 		return nil, err
 	}
 
-	// assign-new: every call is a device never seen, so each writes its
-	// assignment record to etcd.
+	// Paced: the no-op, then assign-known, open loop at a share (half) of
+	// assign-known's peak, round after round.
+	if peak, _ := rep.Case(CaseAssignKnown); cfg.PacedShare > 0 && peak.OpsPerSec() > 0 {
+		rate := peak.OpsPerSec() * cfg.PacedShare
+		if err := rep.pacedRounds(ctx, cfg.Rounds, rate, []closedCase{
+			{CaseNoop, noop, nil},
+			{CaseAssignKnown, assignKnown(cl), cp},
+		}); err != nil {
+			return nil, err
+		}
+	}
+
+	// assign-new, alone: every call is a device never seen, so each writes
+	// its assignment record to etcd.
 	var fresh atomic.Uint64
-	load.Op = func(ctx context.Context, w int) error {
-		id := strconv.AppendUint([]byte("bench-new-"), fresh.Add(1), 10)
-		_, err := assigns[w].Assign(ctx, assignRequest(string(id), nil))
+	assignNew := func(ctx context.Context, w int) error {
+		n := fresh.Add(1)
+		id := strconv.AppendUint([]byte("bench-new-"), n, 10)
+		_, err := cl.assigns[w].Assign(ctx, deviceRequest(string(id), int(n), nil))
 		return err
 	}
-	if err := rep.run(ctx, load, CaseAssignNew, cp); err != nil {
+	if err := rep.rounds(ctx, 1, []closedCase{{CaseAssignNew, assignNew, cp}}); err != nil {
 		return nil, err
 	}
+	rep.LoadAvgEnd = loadAvg()
 	return rep, nil
 }
 
-// run measures one case; with cp it counts the records written.
-func (r *AssignReport) run(ctx context.Context, l Load, name string, cp *controlplane.Server) error {
-	var before int64
-	if cp != nil {
-		before = cp.Stats().Writes
-	}
-	res, err := l.Run(ctx, name)
+// pacedWorkers is enough workers for a paced load at rate to keep its
+// schedule through latencies (or stalls) of 250ms.
+func pacedWorkers(rate float64, atLeast int) int {
+	return min(max(atLeast, 64, int(math.Ceil(rate*0.25))), 4096)
+}
+
+// runSeparate starts a second control plane with cpCfg on the same
+// registry, waits until it holds every known device and decides with the
+// benchmark policy, calls fn with clients of its own, and stops it.
+func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, cpCfg controlplane.Config, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlplane.Server) error) (err error) {
+	bgCtx, stop := context.WithCancel(ctx)
+	var bg errgroup.Group
+	defer func() {
+		stop()
+		if berr := bg.Wait(); berr != nil && err == nil {
+			err = berr
+		}
+	}()
+	cp, cache, addr, err := startControlPlane(bgCtx, &bg, reg, cpCfg, log.With("control_plane", "token-cache-off"))
 	if err != nil {
 		return err
 	}
-	if cp != nil {
-		res.RecordsWritten = cp.Stats().Writes - before
+	cl, err := dial(addr, cfg)
+	if err != nil {
+		return err
 	}
-	r.Cases = append(r.Cases, res)
+	defer cl.close()
+	if err := waitServing(ctx, cl.healths[0], controlplanev1.ControlPlaneService_ServiceDesc.ServiceName); err != nil {
+		return err
+	}
+	if err := waitAssignments(ctx, cache, cfg.Devices); err != nil {
+		return err
+	}
+	if cfg.Rules > 0 {
+		if err := waitPolicy(ctx, cl.assigns[0]); err != nil {
+			return err
+		}
+	}
+	return fn(cl, cp)
+}
+
+// clients are the benchmark's connections to a control plane and a health
+// and a ControlPlaneService client per worker.
+type clients struct {
+	conns   []*grpc.ClientConn
+	healths []healthpb.HealthClient
+	assigns []controlplanev1.ControlPlaneServiceClient
+}
+
+// dial connects cfg.Conns connections to addr, shared by cfg.Concurrency
+// workers.
+func dial(addr string, cfg AssignConfig) (*clients, error) {
+	cl := &clients{conns: make([]*grpc.ClientConn, cfg.Conns)}
+	for i := range cl.conns {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			cl.close()
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		cl.conns[i] = cc
+	}
+	for w := range cfg.Concurrency {
+		cl.healths = append(cl.healths, healthpb.NewHealthClient(cl.conns[w%len(cl.conns)]))
+		cl.assigns = append(cl.assigns, controlplanev1.NewControlPlaneServiceClient(cl.conns[w%len(cl.conns)]))
+	}
+	return cl, nil
+}
+
+func (cl *clients) close() {
+	for _, cc := range cl.conns {
+		if cc != nil {
+			cc.Close()
+		}
+	}
+}
+
+// applyBenchPolicy stores the benchmark policy of n rules and returns its
+// version.
+func applyBenchPolicy(ctx context.Context, reg *registry.Registry, n int, log *slog.Logger) (int64, error) {
+	doc, err := benchPolicyDoc(n)
+	if err != nil {
+		return 0, fmt.Errorf("bench: policy document: %w", err)
+	}
+	snap, err := reg.LoadSnapshot(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var based int64
+	if snap.Policy != nil {
+		based = snap.Policy.Version
+	}
+	v, warns, err := controlplane.ApplyPolicy(ctx, reg, snap, doc, based, "berth bench assign", time.Now())
+	for _, w := range warns {
+		log.Warn("benchmark policy", "warning", w)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bench: applying the benchmark policy: %w", err)
+	}
+	return v, nil
+}
+
+// waitPolicy waits until the control plane decides with the benchmark
+// policy: a device its last rule matches is labelled by that rule.
+func waitPolicy(ctx context.Context, c controlplanev1.ControlPlaneServiceClient) error {
+	var last string
+	err := poll(ctx, 30*time.Second, "the benchmark policy in force", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		resp, err := c.Assign(cctx, probeRequest("bench-probe"))
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		last = resp.GetReason()
+		return ruleOf(last) == officeRule
+	})
+	if err != nil && last != "" {
+		err = fmt.Errorf("%w (last answer: %s)", err, last)
+	}
+	return err
+}
+
+// closedCase is a case of the benchmark: its name, its call, and the
+// control plane whose records it counts (nil for none).
+type closedCase struct {
+	name string
+	op   func(ctx context.Context, w int) error
+	cp   *controlplane.Server
+}
+
+// segment is one round's share of the measured time and warm-up, in n
+// rounds.
+func (c AssignConfig) segment(n int) (warmup, measured time.Duration) {
+	d := time.Duration(max(n, 1))
+	return c.Warmup / d, c.Duration / d
+}
+
+// rounds measures cases closed loop, n times in turn, each time for its
+// share of the duration after its share of the warm-up, and appends their
+// totals to r.Cases. Taking turns keeps a change in the machine's load
+// from landing on one case only.
+func (r *AssignReport) rounds(ctx context.Context, n int, cases []closedCase) error {
+	warmup, measured := r.Config.segment(n)
+	totals := make([]Result, len(cases))
+	for i, c := range cases {
+		totals[i] = Result{Name: c.name, Latency: NewHistogram(), RecordsWritten: -1}
+	}
+	for range max(n, 1) {
+		for i, c := range cases {
+			l := Load{Workers: r.Config.Concurrency, Warmup: warmup, Duration: measured, Op: c.op}
+			before := writes(c.cp)
+			res, err := l.Run(ctx, c.name)
+			if err != nil {
+				return err
+			}
+			if c.cp != nil {
+				res.RecordsWritten = writes(c.cp) - before
+			}
+			totals[i].add(res)
+		}
+	}
+	r.Cases = append(r.Cases, totals...)
 	return nil
 }
 
-// registerAssignCluster writes the groups and keeps their executor records
+// pacedRounds measures cases open loop at rate, n times in turn like
+// rounds, and appends
+// their totals to r.Paced.
+func (r *AssignReport) pacedRounds(ctx context.Context, n int, rate float64, cases []closedCase) error {
+	warmup, measured := r.Config.segment(n)
+	totals := make([]PacedResult, len(cases))
+	for i, c := range cases {
+		totals[i] = PacedResult{Result: Result{Name: c.name, Latency: NewHistogram(), RecordsWritten: -1}, Rate: rate, Lag: NewHistogram()}
+	}
+	for range max(n, 1) {
+		for i, c := range cases {
+			p := Paced{Rate: rate, Workers: pacedWorkers(rate, r.Config.Concurrency), Warmup: warmup, Duration: measured, Op: c.op}
+			before := writes(c.cp)
+			res, err := p.Run(ctx, c.name)
+			if err != nil {
+				return err
+			}
+			if c.cp != nil {
+				res.RecordsWritten = writes(c.cp) - before
+			}
+			totals[i].add(res)
+		}
+	}
+	r.Paced = append(r.Paced, totals...)
+	return nil
+}
+
+// writes is the number of assignment records cp wrote (0 without cp).
+func writes(cp *controlplane.Server) int64 {
+	if cp == nil {
+		return 0
+	}
+	return cp.Stats().Writes
+}
+
+// registerAssignCluster writes the groups, carrying labels, and keeps their executor records
 // alive in bg until bgCtx ends; it returns once all are visible in etcd.
-func registerAssignCluster(ctx, bgCtx context.Context, bg *errgroup.Group, reg *registry.Registry, log *slog.Logger) error {
+func registerAssignCluster(ctx, bgCtx context.Context, bg *errgroup.Group, reg *registry.Registry, labels []string, log *slog.Logger) error {
 	for g := range assignGroups {
 		gid := fmt.Sprintf("group-%d", g+1)
 		capacity := bigCapacity
 		if g > 0 {
 			capacity = busyCapacity
 		}
-		if err := reg.PutGroup(ctx, registry.Group{ID: gid, Labels: []string{"default"}, Capacity: capacity, State: registry.GroupActive}); err != nil {
+		if err := reg.PutGroup(ctx, registry.Group{ID: gid, Labels: labels, Capacity: capacity, State: registry.GroupActive}); err != nil {
 			return err
 		}
 		for i := range assignExecsPerGroup {
@@ -272,8 +565,9 @@ func registerAssignCluster(ctx, bgCtx context.Context, bg *errgroup.Group, reg *
 	})
 }
 
-// startControlPlane runs a control plane on a free loopback port in bg.
-func startControlPlane(bgCtx context.Context, bg *errgroup.Group, reg *registry.Registry, log *slog.Logger) (*controlplane.Server, *registry.Cache, string, error) {
+// startControlPlane runs a control plane with cfg on a free loopback port
+// in bg.
+func startControlPlane(bgCtx context.Context, bg *errgroup.Group, reg *registry.Registry, cfg controlplane.Config, log *slog.Logger) (*controlplane.Server, *registry.Cache, string, error) {
 	priv, err := token.GenerateKey()
 	if err != nil {
 		return nil, nil, "", err
@@ -283,7 +577,7 @@ func startControlPlane(bgCtx context.Context, bg *errgroup.Group, reg *registry.
 		return nil, nil, "", err
 	}
 	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(controlplane.DefaultConfig(), cache, reg, signer, log.With("component", "controlplane"))
+	cp, err := controlplane.New(cfg, cache, reg, signer, log.With("component", "controlplane"))
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -295,19 +589,12 @@ func startControlPlane(bgCtx context.Context, bg *errgroup.Group, reg *registry.
 	return cp, cache, lis.Addr().String(), nil
 }
 
-// assignRequest is what a benchmark device sends.
-func assignRequest(id string, prev *controlplanev1.PreviousAssignment) *controlplanev1.AssignRequest {
-	return &controlplanev1.AssignRequest{
-		DeviceId: id,
-		Spec:     &controlplanev1.DeviceSpec{Model: "bench-printer", Firmware: "1.0.0"},
-		Previous: prev,
-	}
-}
-
 // primeDevices assigns n known devices once, with every worker, and
-// returns the requests they will send again: each remembers its group.
-func primeDevices(ctx context.Context, clients []controlplanev1.ControlPlaneServiceClient, n int) ([]*controlplanev1.AssignRequest, error) {
+// returns the requests they will send again (each remembers its group) and
+// how many devices each rule labelled ("" for the default label).
+func primeDevices(ctx context.Context, clients []controlplanev1.ControlPlaneServiceClient, n int) ([]*controlplanev1.AssignRequest, map[string]int, error) {
 	reqs := make([]*controlplanev1.AssignRequest, n)
+	rules := make([]string, n)
 	var next atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	for _, c := range clients {
@@ -318,16 +605,24 @@ func primeDevices(ctx context.Context, clients []controlplanev1.ControlPlaneServ
 					return nil
 				}
 				id := fmt.Sprintf("bench-dev-%06d", i)
-				resp, err := c.Assign(gctx, assignRequest(id, nil))
+				resp, err := c.Assign(gctx, deviceRequest(id, i, nil))
 				if err != nil {
 					return fmt.Errorf("bench: assigning known device %s: %w", id, err)
 				}
 				d := resp.GetDestination()
-				reqs[i] = assignRequest(id, &controlplanev1.PreviousAssignment{GroupId: d.GetGroupId(), Label: d.GetLabel()})
+				reqs[i] = deviceRequest(id, i, &controlplanev1.PreviousAssignment{GroupId: d.GetGroupId(), Label: d.GetLabel()})
+				rules[i] = ruleOf(resp.GetReason())
 			}
 		})
 	}
-	return reqs, g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	byRule := map[string]int{}
+	for _, r := range rules {
+		byRule[r]++
+	}
+	return reqs, byRule, nil
 }
 
 // waitAssignments waits until the control plane's cache holds n records.

@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +26,9 @@ type Result struct {
 	// RecordsWritten counts the assignment records the control plane wrote
 	// during the case, warm-up included (-1 when not applicable).
 	RecordsWritten int64
+	// RoundOpsPerSec is the throughput of each round, when the case was
+	// measured in rounds.
+	RoundOpsPerSec []float64
 }
 
 // OpsPerSec is the throughput of successful calls, in calls per second.
@@ -99,4 +105,172 @@ func (l Load) Run(ctx context.Context, name string) (Result, error) {
 		r.Latency.Merge(t.hist)
 	}
 	return r, nil
+}
+
+// PacedResult is what an open-loop (paced) case measured.
+type PacedResult struct {
+	Result
+	// Rate is the scheduled rate, in calls per second.
+	Rate float64
+	// Workers is the number of goroutines that made the calls.
+	Workers int
+	// Lag holds how late each measured call, failed or not, started after
+	// its scheduled start: timer granularity (about a millisecond), the
+	// process not running, or no worker free. Latency (Result.Latency) is
+	// measured from the scheduled start, so lag is included: a stall is
+	// not hidden by the calls it kept from being made (no coordinated
+	// omission).
+	Lag *Histogram
+	// Late counts measured calls whose scheduled start had passed by more
+	// than LateStart when a worker became free to make them: the load
+	// generator fell behind its schedule.
+	Late uint64
+}
+
+// LateStart is how long after a call's scheduled start a worker may take
+// it up before the call counts as late.
+const LateStart = time.Millisecond
+
+// KeptUp reports whether the schedule was kept: at most 1% of the measured
+// calls were late.
+func (r PacedResult) KeptUp() bool {
+	return r.Late*100 <= r.Ops+r.Errors
+}
+
+// Paced describes an open-loop load: calls start on a fixed schedule of
+// Rate per second, whatever the previous calls do, for Warmup, unmeasured,
+// then for Duration, measured. Workers goroutines take the scheduled starts
+// in order, each sleeping until its call's start; there must be enough of
+// them that one is free at each start (Rate × the longest latency
+// expected).
+type Paced struct {
+	Rate     float64
+	Workers  int
+	Warmup   time.Duration
+	Duration time.Duration
+	// Op makes one call as worker w.
+	Op func(ctx context.Context, w int) error
+}
+
+// Run applies the load. A call is measured when its scheduled start is in
+// the measured period; the run waits for every scheduled call. It returns
+// ctx's error if ctx ends first.
+func (p Paced) Run(ctx context.Context, name string) (PacedResult, error) {
+	if p.Rate <= 0 || p.Workers <= 0 {
+		return PacedResult{}, fmt.Errorf("bench: paced %s: rate %v and workers %d must be positive", name, p.Rate, p.Workers)
+	}
+	// Scheduled start i is start + i/Rate, computed from i so that errors
+	// do not accumulate.
+	at := func(i int64) time.Duration { return time.Duration(float64(i) * float64(time.Second) / p.Rate) }
+	total := int64((p.Warmup + p.Duration).Seconds() * p.Rate)
+	first := int64(math.Ceil(p.Warmup.Seconds() * p.Rate)) // first measured call
+	start := time.Now().Add(time.Millisecond)
+	// Workers share a few tallies (histograms are 58 KiB each, and there
+	// may be thousands of workers).
+	type tally struct {
+		mu              sync.Mutex
+		ops, errs, late uint64
+		first           error
+		hist, lag       *Histogram
+	}
+	tallies := make([]tally, min(p.Workers, 8))
+	for i := range tallies {
+		tallies[i].hist, tallies[i].lag = NewHistogram(), NewHistogram()
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range p.Workers {
+		wg.Go(func() {
+			t := &tallies[w%len(tallies)]
+			timer := time.NewTimer(time.Hour)
+			defer timer.Stop()
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= total {
+					break
+				}
+				sched := start.Add(at(i))
+				d := time.Until(sched)
+				late := d < -LateStart
+				if d > 0 {
+					timer.Reset(d)
+					select {
+					case <-ctx.Done():
+						continue
+					case <-timer.C:
+					}
+				}
+				t0 := time.Now()
+				err := p.Op(ctx, w)
+				done := time.Now()
+				if i < first {
+					continue
+				}
+				if err != nil && ctx.Err() != nil {
+					break
+				}
+				t.mu.Lock()
+				if late {
+					t.late++
+				}
+				t.lag.Record(t0.Sub(sched))
+				if err != nil {
+					t.errs++
+					if t.first == nil {
+						t.first = err
+					}
+				} else {
+					t.ops++
+					t.hist.Record(done.Sub(sched))
+				}
+				t.mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return PacedResult{}, err
+	}
+	r := PacedResult{
+		Result:  Result{Name: name, Elapsed: p.Duration, Latency: NewHistogram(), RecordsWritten: -1},
+		Rate:    p.Rate,
+		Workers: p.Workers,
+		Lag:     NewHistogram(),
+	}
+	for i := range tallies {
+		t := &tallies[i]
+		r.Ops += t.ops
+		r.Errors += t.errs
+		r.Late += t.late
+		if t.first != nil && r.FirstError == "" {
+			r.FirstError = t.first.Error()
+		}
+		r.Latency.Merge(t.hist)
+		r.Lag.Merge(t.lag)
+	}
+	return r, nil
+}
+
+// add accumulates o, one round of the same case, into r: counts,
+// latencies and measured time add up, and o's rate joins RoundOpsPerSec.
+func (r *Result) add(o Result) {
+	r.Ops += o.Ops
+	r.Errors += o.Errors
+	if r.FirstError == "" {
+		r.FirstError = o.FirstError
+	}
+	r.Elapsed += o.Elapsed
+	r.Latency.Merge(o.Latency)
+	if o.RecordsWritten >= 0 {
+		r.RecordsWritten = max(r.RecordsWritten, 0) + o.RecordsWritten
+	}
+	r.RoundOpsPerSec = append(r.RoundOpsPerSec, o.OpsPerSec())
+}
+
+// add accumulates o, one round of the same paced case, into r.
+func (r *PacedResult) add(o PacedResult) {
+	r.Result.add(o.Result)
+	r.Late += o.Late
+	r.Lag.Merge(o.Lag)
+	r.Workers = max(r.Workers, o.Workers)
 }

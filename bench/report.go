@@ -53,7 +53,8 @@ func ratio(a, b float64) string {
 }
 
 // Format writes the report: the machine, the setup, a table of the cases
-// and one line per figure that can be quoted alone.
+// and one line per figure that can be quoted alone, then the paced cases
+// and the targets, PASS or FAIL.
 func (r *AssignReport) Format(w io.Writer) error {
 	var b bytes.Buffer
 	c := r.Config
@@ -61,23 +62,27 @@ func (r *AssignReport) Format(w io.Writer) error {
 	fmt.Fprintln(&b, machineLine(r.Env))
 	fmt.Fprintf(&b, "setup:   one process: embedded etcd, a control plane (shared server stack) with %d groups and %d executor records,\n", r.Groups, r.ExecutorRecords)
 	fmt.Fprintf(&b, "         %d workers calling back to back over %d shared client connections on loopback (clients and server share the CPUs);\n", c.Concurrency, c.Conns)
-	fmt.Fprintf(&b, "         per case %v warm-up, then %v measured; assign-known cycles over %d devices assigned beforehand\n", c.Warmup, c.Duration, c.Devices)
+	if c.Rounds > 1 {
+		warmup, measured := c.segment(c.Rounds)
+		fmt.Fprintf(&b, "         per case %v measured in %d rounds of %v, each after %v of warm-up; assign-known cycles over %d devices assigned beforehand;\n", c.Duration, c.Rounds, measured, warmup, c.Devices)
+		fmt.Fprintln(&b, "         noop, assign-known and assign-known-sign take turns round by round (so do the paced cases): a change in the machine's load hits all;")
+		fmt.Fprintf(&b, "         assign-new runs last, alone: %v warm-up, then %v measured\n", c.Warmup, c.Duration)
+	} else {
+		fmt.Fprintf(&b, "         per case %v warm-up, then %v measured; assign-known cycles over %d devices assigned beforehand\n", c.Warmup, c.Duration, c.Devices)
+	}
+	r.formatPolicy(&b)
 	fmt.Fprintln(&b)
 
 	var noop float64
 	if n, ok := r.Case(CaseNoop); ok {
 		noop = n.OpsPerSec()
 	}
-	fmt.Fprintf(&b, "%-13s %10s %9s %9s %9s %10s %7s %16s %8s\n",
+	fmt.Fprintf(&b, "%-17s %10s %9s %9s %9s %10s %7s %16s %8s\n",
 		"case", "ops/s", "p50 (ms)", "p99 (ms)", "max (ms)", "ops", "errors", "records written", "vs noop")
 	for _, x := range r.Cases {
-		rec := "-"
-		if x.RecordsWritten >= 0 {
-			rec = fmt.Sprint(x.RecordsWritten)
-		}
-		fmt.Fprintf(&b, "%-13s %10.0f %9s %9s %9s %10d %7d %16s %8s\n",
+		fmt.Fprintf(&b, "%-17s %10.0f %9s %9s %9s %10d %7d %16s %8s\n",
 			x.Name, x.OpsPerSec(), ms(x.Latency.Quantile(0.50)), ms(x.Latency.Quantile(0.99)), ms(x.Latency.Max()),
-			x.Ops, x.Errors, rec, ratio(x.OpsPerSec(), noop))
+			x.Ops, x.Errors, records(x.RecordsWritten), ratio(x.OpsPerSec(), noop))
 	}
 	fmt.Fprintln(&b, "(ops/s: successful calls per second; latencies in milliseconds, measured by the client; vs noop: ops/s over noop's ops/s)")
 	fmt.Fprintln(&b)
@@ -89,8 +94,162 @@ func (r *AssignReport) Format(w io.Writer) error {
 			fmt.Fprintf(&b, "%s: %d calls failed; first: %s\n", x.Name, x.Errors, x.FirstError)
 		}
 	}
+	r.formatRounds(&b)
+	r.formatPaced(&b)
+	r.formatTargets(&b, noop)
+	if r.LoadAvgEnd >= 0 && r.Env.LoadAvg >= 0 {
+		fmt.Fprintf(&b, "load average (1 min): %.2f at start, %.2f at end (the run itself adds up to %d; more means other work competed for the CPUs)\n", r.Env.LoadAvg, r.LoadAvgEnd, r.Env.GOMAXPROCS)
+	}
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// formatRounds writes, for each case measured against noop in rounds, its
+// ratio to noop round by round: their spread shows how steady the machine
+// was.
+func (r *AssignReport) formatRounds(b *bytes.Buffer) {
+	n, ok := r.Case(CaseNoop)
+	if !ok || len(n.RoundOpsPerSec) < 2 {
+		return
+	}
+	for _, x := range r.Cases {
+		if x.Name == CaseNoop || len(x.RoundOpsPerSec) != len(n.RoundOpsPerSec) {
+			continue
+		}
+		rs := make([]string, len(x.RoundOpsPerSec))
+		for i, v := range x.RoundOpsPerSec {
+			rs[i] = ratio(v, n.RoundOpsPerSec[i])
+		}
+		fmt.Fprintf(b, "%s vs noop by round: %s\n", x.Name, strings.Join(rs, " "))
+	}
+}
+
+// records prints a count of records written, "-" when not applicable.
+func records(n int64) string {
+	if n < 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}
+
+// formatPolicy describes the placement policy and the tokens.
+func (r *AssignReport) formatPolicy(b *bytes.Buffer) {
+	c := r.Config
+	if c.Rules == 0 {
+		fmt.Fprintln(b, "policy:  the built-in default: every device label default, balanced by connections")
+	} else {
+		known := 0
+		for _, n := range r.KnownByRule {
+			known += n
+		}
+		if c.Rules > 1 {
+			fmt.Fprintf(b, "policy:  %d label rules, CEL over device, tenant, services and history (version %d); the first %d match no benchmark device,\n", c.Rules, r.PolicyVersion, c.Rules-1)
+			fmt.Fprintf(b, "         so every Assign evaluates all %d; the last (%s) labelled %d of the %d known devices, the default label the others;\n", c.Rules, officeRule, r.RuleMatches(), known)
+		} else {
+			fmt.Fprintf(b, "policy:  1 label rule, CEL over device, tenant, services and history (version %d);\n", r.PolicyVersion)
+			fmt.Fprintf(b, "         it (%s) labelled %d of the %d known devices, the default label the others;\n", officeRule, r.RuleMatches(), known)
+		}
+		fmt.Fprintf(b, "         sticky placement, affinity by tenant, utilization filter; %d tenants, %d labels per group\n", r.Tenants, r.Labels)
+	}
+	fmt.Fprintf(b, "tokens:  Ed25519-signed; assign-known re-sends a known device's still-fresh token from the control plane's token cache (%d devices),\n", r.TokenCacheSize)
+	fmt.Fprintln(b, "         assign-known-sign runs a second control plane on the same etcd without a token cache: a signature on every Assign")
+}
+
+// formatPaced writes the paced cases, if any.
+func (r *AssignReport) formatPaced(b *bytes.Buffer) {
+	if len(r.Paced) == 0 {
+		return
+	}
+	p := r.Paced[0]
+	fmt.Fprintln(b)
+	when := fmt.Sprintf("%v warm-up then %v measured", r.Config.Warmup, p.Elapsed)
+	if n := len(p.RoundOpsPerSec); n > 1 {
+		warmup, measured := r.Config.segment(n)
+		when = fmt.Sprintf("%v measured in %d rounds of %v after %v of warm-up", p.Elapsed, n, measured, warmup)
+	}
+	fmt.Fprintf(b, "paced:   open loop at %.2fx of assign-known's peak: %.0f calls/s on a fixed schedule, %s, %d workers;\n",
+		r.Config.PacedShare, p.Rate, when, p.Workers)
+	fmt.Fprintf(b, "         latency from each call's scheduled start (no coordinated omission); lag: start after the scheduled start;\n")
+	fmt.Fprintf(b, "         late: no worker was free within %s of the scheduled start (the schedule was not kept)\n", fmtDur(LateStart))
+	fmt.Fprintf(b, "%-17s %10s %10s %9s %9s %9s %10s %7s %7s %13s %16s\n",
+		"paced case", "target/s", "ops/s", "p50 (ms)", "p99 (ms)", "max (ms)", "ops", "errors", "late", "lag p99 (ms)", "records written")
+	for _, x := range r.Paced {
+		fmt.Fprintf(b, "%-17s %10.0f %10.0f %9s %9s %9s %10d %7d %7d %13s %16s\n",
+			x.Name, x.Rate, x.OpsPerSec(), ms(x.Latency.Quantile(0.50)), ms(x.Latency.Quantile(0.99)), ms(x.Latency.Max()),
+			x.Ops, x.Errors, x.Late, ms(x.Lag.Quantile(0.99)), records(x.RecordsWritten))
+	}
+	fmt.Fprintln(b)
+	for _, x := range r.Paced {
+		kept := "schedule kept"
+		if !x.KeptUp() {
+			kept = "FELL BEHIND its schedule"
+		}
+		fmt.Fprintf(b, "paced %s: %.0f calls/s scheduled, %.0f ops/s done, p50 %s, p99 %s, max %s; %d of %d calls late (start lag p99 %s, max %s) — %s\n",
+			x.Name, x.Rate, x.OpsPerSec(), fmtDur(x.Latency.Quantile(0.50)), fmtDur(x.Latency.Quantile(0.99)), fmtDur(x.Latency.Max()),
+			x.Late, x.Ops+x.Errors, fmtDur(x.Lag.Quantile(0.99)), fmtDur(x.Lag.Max()), kept)
+	}
+	for _, x := range r.Paced {
+		if x.FirstError != "" {
+			fmt.Fprintf(b, "paced %s: %d calls failed; first: %s\n", x.Name, x.Errors, x.FirstError)
+		}
+		if !x.KeptUp() {
+			fmt.Fprintf(b, "WARNING: paced %s fell behind: for %d of %d calls no worker was free within %s of the scheduled start; its latencies include that lag\n",
+				x.Name, x.Late, x.Ops+x.Errors, fmtDur(LateStart))
+		}
+	}
+}
+
+// formatTargets writes a PASS or FAIL line per target that was measured.
+func (r *AssignReport) formatTargets(b *bytes.Buffer, noop float64) {
+	known, okK := r.Case(CaseAssignKnown)
+	paced, okP := r.PacedCase(CaseAssignKnown)
+	if noop <= 0 || !okK {
+		return
+	}
+	fmt.Fprintln(b)
+	what := "the built-in default policy"
+	if r.Config.Rules > 0 {
+		what = fmt.Sprintf("a %d-rule policy", r.Config.Rules)
+	}
+	fmt.Fprintf(b, "targets (%s, token signing included):\n", what)
+	got := known.OpsPerSec() / noop
+	fmt.Fprintf(b, "%s  assign-known throughput %.2fx of noop >= %.2fx (required)\n", passFail(got >= TargetRatio), got, TargetRatio)
+	fmt.Fprintf(b, "%s  assign-known throughput %.2fx of noop >= %.2fx (aim)\n", passFail(got >= AimRatio), got, AimRatio)
+	if okP {
+		p99 := paced.Latency.Quantile(0.99)
+		verdict := passFail(p99 <= TargetPacedP99 && paced.Errors == 0)
+		if r.Config.PacedShare != TargetPacedShare {
+			verdict = "info" // the target is at another rate
+		}
+		line := fmt.Sprintf("%s  assign-known paced at %.0f calls/s (%.2fx of its peak): p99 %s <= %s", verdict, paced.Rate, r.Config.PacedShare, fmtDur(p99), fmtDur(TargetPacedP99))
+		if paced.Errors > 0 {
+			line += fmt.Sprintf(", %d calls failed", paced.Errors)
+		}
+		if !paced.KeptUp() {
+			line += " (the schedule was not kept)"
+		}
+		fmt.Fprintln(b, line)
+	}
+	if sign, ok := r.Case(CaseAssignKnownSign); ok {
+		g := sign.OpsPerSec() / noop
+		fmt.Fprintf(b, "info  assign-known-sign (a signature on every Assign, token cache off) %.2fx of noop: %s %.2fx\n", g, cmpWord(g, TargetRatio), TargetRatio)
+	}
+}
+
+// passFail is PASS when ok, else FAIL.
+func passFail(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// cmpWord says how x compares to the threshold t.
+func cmpWord(x, t float64) string {
+	if x >= t {
+		return "at or above"
+	}
+	return "below"
 }
 
 // quote is the one-line summary of a case.
@@ -100,7 +259,9 @@ func (r *AssignReport) quote(x Result, noop float64) string {
 	case CaseNoop:
 		what = "gRPC health Check on the control plane's server stack"
 	case CaseAssignKnown:
-		what = "Assign of a known device"
+		what = "Assign of a known device (its cached token re-sent)"
+	case CaseAssignKnownSign:
+		what = "Assign of a known device, a token signed on every call (token cache off)"
 	case CaseAssignNew:
 		what = "Assign of a new device"
 	}

@@ -301,7 +301,7 @@ func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log 
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := executor.New(ec, v, rr, log)
+	srv, err := executor.New(ec, v, rr, log, executor.WithQueue(reg))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -261,7 +261,7 @@ func rendezvous(key string, cands []Candidate) []int {
 		h.Write([]byte(key))
 		h.Write([]byte{0})
 		h.Write([]byte(c.Group.ID))
-		u := (float64(h.Sum64()>>11) + 0.5) / (1 << 53) // uniform in (0,1)
+		u := (float64(mix64(h.Sum64())>>11) + 0.5) / (1 << 53) // uniform in (0,1)
 		ss[i] = scored{i, -float64(c.Capacity) / math.Log(u)}
 	}
 	slices.SortFunc(ss, func(a, b scored) int { return cmp.Compare(b.s, a.s) })
@@ -270,6 +270,18 @@ func rendezvous(key string, cands []Candidate) []int {
 		out[i] = s.i
 	}
 	return out
+}
+
+// mix64 is MurmurHash3's 64-bit finalizer: FNV-1a alone leaves hashes of
+// keys that differ only at the end (group ids) too close together, and the
+// largest group would win nearly every key.
+func mix64(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb93e185323
+	x ^= x >> 33
+	return x
 }
 
 // evaluate measures one group.

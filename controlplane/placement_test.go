@@ -359,3 +359,24 @@ func TestReservationsBalanceABurst(t *testing.T) {
 		}
 	})
 }
+
+// TestRendezvousSpreadsByCapacity: keys spread over groups in proportion to
+// capacity, not all to the largest one.
+func TestRendezvousSpreadsByCapacity(t *testing.T) {
+	cands := []Candidate{
+		{Group: registry.Group{ID: "g1"}, Capacity: 100},
+		{Group: registry.Group{ID: "g2"}, Capacity: 100},
+		{Group: registry.Group{ID: "g3"}, Capacity: 100},
+		{Group: registry.Group{ID: "g4"}, Capacity: 101},
+	}
+	wins := make([]int, len(cands))
+	const keys = 10000
+	for i := range keys {
+		wins[rendezvous(fmt.Sprintf("tenant-%d", i), cands)[0]]++
+	}
+	for i, w := range wins {
+		if w < keys/4-500 || w > keys/4+500 {
+			t.Errorf("group %s won %d of %d keys, want about %d (all: %v)", cands[i].Group.ID, w, keys, keys/4, wins)
+		}
+	}
+}

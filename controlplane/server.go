@@ -17,6 +17,7 @@ import (
 
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
@@ -73,6 +74,7 @@ type Server struct {
 	stats    counters
 	policy   atomic.Pointer[policy.Compiled]
 	tokens   *tokenCache
+	msg      *messaging // nil without WithMessaging
 }
 
 // counters are the control plane's statistics.
@@ -94,8 +96,9 @@ type Stats struct {
 	Refused int64
 }
 
-// New wires a control plane. It starts nothing and does no I/O.
-func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger) (*Server, error) {
+// New wires a control plane. It starts nothing and does no I/O. Options add
+// to it: WithMessaging serves MessagingService.
+func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -110,6 +113,9 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	s.policy.Store(policy.Default())
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
+	}
+	if err := s.applyOptions(opts); err != nil {
+		return nil, err
 	}
 	cache.OnAssignment(s.learn)
 	return s, nil
@@ -130,8 +136,17 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	rpc := rpcserver.New(s.cfg.RPC, s.log)
 	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
 	adminv1.RegisterAdminServiceServer(rpc.GRPC, &adminServer{s: s})
+	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName}
+	if s.msg != nil {
+		messagingv1.RegisterMessagingServiceServer(rpc.GRPC, s.msg)
+		services = append(services, messagingv1.MessagingService_ServiceDesc.ServiceName)
+		defer s.msg.close() // after the server stopped
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.cache.Run(ctx) })
+	if s.msg != nil {
+		g.Go(func() error { return s.msg.run(ctx) })
+	}
 	g.Go(func() error {
 		if err := rpc.GRPC.Serve(lis); err != nil {
 			return fmt.Errorf("controlplane: serve: %w", err)
@@ -140,11 +155,11 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error {
 		if err := s.cache.WaitReady(ctx); err == nil {
-			rpc.SetServing(true, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName)
+			rpc.SetServing(true, services...)
 			s.log.Info("control plane serving", "addr", lis.Addr().String())
 		}
 		<-ctx.Done()
-		rpc.SetServing(false, controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName)
+		rpc.SetServing(false, services...)
 		rpc.Stop(5 * time.Second)
 		return nil
 	})

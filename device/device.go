@@ -179,7 +179,10 @@ func (d *Device) Session() SessionInfo {
 
 // Messages returns the channel of messages from services. Each message id is
 // delivered once (redeliveries within the last 1024 ids are acked again and
-// dropped). The Device never drops a message to make room: when the channel
+// dropped; for a request, see Message.ExpectsReply, that means a duplicate
+// is acked, not answered). Acknowledge each message with [Message.Ack], or
+// answer a request with [Message.Reply] or [Message.ReplyError]. The Device
+// never drops a message to make room: when the channel
 // is full, it stops reading the stream until the application receives, so the
 // application must keep draining the channel (a stalled reader eventually
 // gets the stream closed by the executor for missed pings, and unacked
@@ -256,8 +259,10 @@ func (d *Device) transition(to State, s *stream, err error, where SessionInfo) {
 }
 
 // deliver hands m to the application once. A duplicate is acked again on s
-// and dropped. Delivery blocks until the application receives or s ends; an
-// abandoned delivery forgets the id so that the redelivery gets through.
+// and dropped, even a request: the application answered (or will answer)
+// the first delivery, and cannot answer twice. Delivery blocks until the
+// application receives or s ends; an abandoned delivery forgets the id so
+// that the redelivery gets through.
 func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) {
 	id := m.GetMessageId()
 	if id != "" && !d.seen.add(id) {
@@ -268,11 +273,12 @@ func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) 
 		return
 	}
 	msg := &Message{
-		ID:          id,
-		Payload:     m.GetPayload(),
-		ContentType: m.GetContentType(),
-		SentAt:      timeOf(m.GetSentAt()),
-		s:           s,
+		ID:           id,
+		Payload:      m.GetPayload(),
+		ContentType:  m.GetContentType(),
+		SentAt:       timeOf(m.GetSentAt()),
+		ExpectsReply: m.GetExpectsReply(),
+		s:            s,
 	}
 	select {
 	case d.msgs <- msg:

@@ -228,6 +228,49 @@ func TestDevice(t *testing.T) {
 			},
 		},
 		{
+			name:  "request answered with a Reply frame, duplicate acked not answered",
+			execs: []execSpec{{id: "exec-a"}},
+			check: func(t *testing.T, h *harness, d *Device) {
+				c := recv(t, h.execs["exec-a"].conns, "stream on exec-a")
+				call := messageFrame("c1", "question")
+				call.GetMessage().ExpectsReply = true
+				c.send(t, call)
+				m := recv(t, d.Messages(), "request c1")
+				if m.ID != "c1" || !m.ExpectsReply {
+					t.Fatalf("message = %+v, want c1 expecting a reply", m)
+				}
+				if err := m.Reply([]byte("answer"), "text/plain"); err != nil {
+					t.Fatalf("Reply() = %v", err)
+				}
+				want := &executorv1.Reply{MessageId: "c1", Payload: []byte("answer"), ContentType: "text/plain"}
+				if got := c.next(t).GetReply(); !proto.Equal(got, want) {
+					t.Errorf("Reply frame = %v, want %v", got, want)
+				}
+				c.send(t, call)
+				if got := c.next(t).GetAck().GetMessageId(); got != "c1" {
+					t.Errorf("duplicate request acked %q, want c1", got)
+				}
+
+				c2 := messageFrame("c2", "question")
+				c2.GetMessage().ExpectsReply = true
+				c.send(t, c2)
+				m = recv(t, d.Messages(), "request c2")
+				if err := m.ReplyError("out of paper"); err != nil {
+					t.Fatalf("ReplyError() = %v", err)
+				}
+				want = &executorv1.Reply{MessageId: "c2", Error: "out of paper"}
+				if got := c.next(t).GetReply(); !proto.Equal(got, want) {
+					t.Errorf("Reply frame = %v, want %v", got, want)
+				}
+
+				// A plain message says it expects no reply.
+				c.send(t, messageFrame("m3", "plain"))
+				if m := recv(t, d.Messages(), "message m3"); m.ExpectsReply {
+					t.Errorf("message m3 ExpectsReply = true, want false")
+				}
+			},
+		},
+		{
 			name:  "publish sends a Publish frame",
 			execs: []execSpec{{id: "exec-a"}},
 			check: func(t *testing.T, h *harness, d *Device) {

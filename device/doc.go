@@ -18,6 +18,10 @@
 //	}
 //	defer d.Close()
 //	for m := range d.Messages() {
+//		if m.ExpectsReply { // a request: answer it (that acks it too)
+//			_ = m.Reply(answer(m), "application/json")
+//			continue
+//		}
 //		handle(m)
 //		_ = m.Ack()
 //	}

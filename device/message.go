@@ -24,6 +24,16 @@ type Message struct {
 	ContentType string
 	// SentAt is when the service sent the message (zero if unknown).
 	SentAt time.Time
+	// ExpectsReply is set for a request (MessagingService.Call): the
+	// service waits for the answer given with [Message.Reply] or
+	// [Message.ReplyError], which also acknowledges the message. An Ack
+	// alone does not answer it; the caller then waits until its deadline.
+	//
+	// The Device delivers each message id once: should a request come
+	// again (a redelivery of the same id), the duplicate is acked without
+	// being delivered, as for any message, and so is not answered a second
+	// time.
+	ExpectsReply bool
 
 	s *stream
 }
@@ -40,6 +50,45 @@ func (m *Message) Ack() error {
 	}
 	if err := m.s.send(context.Background(), ackFrame(m.ID)); err != nil {
 		return fmt.Errorf("device: ack %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Reply answers the message (a request, see ExpectsReply) with payload of
+// the MIME type contentType, on the stream that delivered it; the answer
+// also acknowledges the message, so Ack is not needed. It blocks like Ack
+// and, like Ack, returns an error wrapping [ErrStreamClosed] when that
+// stream is gone: the answer is lost, and the caller gets an error or
+// times out. Reply may be used on any message (it acknowledges it); only
+// the first answer to a request counts.
+func (m *Message) Reply(payload []byte, contentType string) error {
+	return m.reply(&executorv1.Reply{MessageId: m.id(), Payload: payload, ContentType: contentType})
+}
+
+// ReplyError answers the message with an error: the caller gets msg as the
+// error's message (MessagingService.Call fails with ABORTED). It behaves as
+// Reply otherwise. An empty msg is sent as "device reported an error".
+func (m *Message) ReplyError(msg string) error {
+	if msg == "" {
+		msg = "device reported an error"
+	}
+	return m.reply(&executorv1.Reply{MessageId: m.id(), Error: msg})
+}
+
+func (m *Message) id() string {
+	if m == nil {
+		return ""
+	}
+	return m.ID
+}
+
+func (m *Message) reply(r *executorv1.Reply) error {
+	if m == nil || m.s == nil {
+		return errors.New("device: reply: message was not delivered by a Device")
+	}
+	frame := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Reply{Reply: r}}
+	if err := m.s.send(context.Background(), frame); err != nil {
+		return fmt.Errorf("device: reply to %s: %w", m.ID, err)
 	}
 	return nil
 }

@@ -72,3 +72,38 @@ func closedChan() chan struct{} {
 	close(c)
 	return c
 }
+
+func TestReplyWithoutStream(t *testing.T) {
+	var m Message
+	if err := m.Reply([]byte("x"), "text/plain"); err == nil {
+		t.Errorf("Reply() on a Message not from a Device = nil, want an error")
+	}
+	var nilMsg *Message
+	if err := nilMsg.ReplyError("boom"); err == nil {
+		t.Errorf("ReplyError() on a nil Message = nil, want an error")
+	}
+	s := &stream{done: closedChan(), sendq: make(chan sendReq)}
+	m = Message{ID: "m", ExpectsReply: true, s: s}
+	if err := m.Reply(nil, ""); !errors.Is(err, ErrStreamClosed) {
+		t.Errorf("Reply() on a closed stream = %v, want ErrStreamClosed", err)
+	}
+	if err := m.ReplyError(""); !errors.Is(err, ErrStreamClosed) {
+		t.Errorf("ReplyError() on a closed stream = %v, want ErrStreamClosed", err)
+	}
+}
+
+func TestReplyErrorDefaultMessage(t *testing.T) {
+	sendq := make(chan sendReq, 1)
+	s := &stream{done: make(chan struct{}), sendq: sendq}
+	m := Message{ID: "m", s: s}
+	errc := make(chan error, 1)
+	go func() { errc <- m.ReplyError("") }()
+	r := recv(t, sendq, "the Reply frame")
+	r.res <- nil
+	if err := recv(t, errc, "ReplyError's result"); err != nil {
+		t.Fatalf("ReplyError() = %v", err)
+	}
+	if got := r.frame.GetReply(); got.GetMessageId() != "m" || got.GetError() != "device reported an error" {
+		t.Errorf("frame = %v, want a Reply to m with the default error", got)
+	}
+}

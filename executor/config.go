@@ -47,6 +47,11 @@ type Config struct {
 	// reconnects are spread. It is also the retry hint of the refusals for
 	// capacity and draining.
 	RedirectSpread time.Duration
+	// SubscribeBuffer is the number of publishes buffered for each
+	// ExecutorInternalService.Subscribe stream; when a subscriber's buffer
+	// is full, new publishes are dropped for it (and counted), so that a
+	// slow subscriber never slows the devices. 0 means 1024.
+	SubscribeBuffer int
 	// RPC tunes the gRPC server stack (message size limits, keepalive).
 	RPC rpcserver.Config
 	// Registration tunes the registry record's lease and writes. The
@@ -64,25 +69,29 @@ type Config struct {
 // A hook that panics closes the stream with INTERNAL.
 type Hooks struct {
 	// OnAck is called for every Ack, with the device and the acknowledged
-	// message id.
+	// message id, and for every Reply (which acknowledges its message too).
 	OnAck func(deviceID, messageID string)
 	// OnPublish is called for every Publish. p belongs to the hook.
 	OnPublish func(deviceID string, p *executorv1.Publish)
 }
 
+// defaultSubscribeBuffer is Config.SubscribeBuffer's default.
+const defaultSubscribeBuffer = 1024
+
 // DefaultConfig returns the settings used by `berth executor`; ID, GroupID
 // and Address have no default.
 func DefaultConfig() Config {
 	return Config{
-		Capacity:       10000,
-		HelloTimeout:   5 * time.Second,
-		PingInterval:   20 * time.Second,
-		PingMisses:     3,
-		SendQueue:      64,
-		DrainTimeout:   30 * time.Second,
-		RedirectSpread: 5 * time.Second,
-		RPC:            rpcserver.DefaultConfig(),
-		Registration:   registry.DefaultRegistrationConfig(),
+		Capacity:        10000,
+		HelloTimeout:    5 * time.Second,
+		PingInterval:    20 * time.Second,
+		PingMisses:      3,
+		SendQueue:       64,
+		DrainTimeout:    30 * time.Second,
+		RedirectSpread:  5 * time.Second,
+		SubscribeBuffer: defaultSubscribeBuffer,
+		RPC:             rpcserver.DefaultConfig(),
+		Registration:    registry.DefaultRegistrationConfig(),
 	}
 }
 
@@ -111,6 +120,8 @@ func (c Config) Validate() error {
 		return bad("DrainTimeout %v: must not be negative", c.DrainTimeout)
 	case c.RedirectSpread < 0:
 		return bad("RedirectSpread %v: must not be negative", c.RedirectSpread)
+	case c.SubscribeBuffer < 0:
+		return bad("SubscribeBuffer %d: must not be negative", c.SubscribeBuffer)
 	case c.RPC.MaxRecvMsgSize <= 0 || c.RPC.MaxSendMsgSize <= 0:
 		return bad("RPC message size limits (%d, %d): must be positive", c.RPC.MaxRecvMsgSize, c.RPC.MaxSendMsgSize)
 	}

@@ -14,12 +14,13 @@ import (
 func TestDefaultConfig(t *testing.T) {
 	c := executor.DefaultConfig()
 	want := map[string][2]any{
-		"HelloTimeout":   {c.HelloTimeout, 5 * time.Second},
-		"PingInterval":   {c.PingInterval, 20 * time.Second},
-		"PingMisses":     {c.PingMisses, 3},
-		"SendQueue":      {c.SendQueue, 64},
-		"DrainTimeout":   {c.DrainTimeout, 30 * time.Second},
-		"RedirectSpread": {c.RedirectSpread, 5 * time.Second},
+		"HelloTimeout":    {c.HelloTimeout, 5 * time.Second},
+		"PingInterval":    {c.PingInterval, 20 * time.Second},
+		"PingMisses":      {c.PingMisses, 3},
+		"SendQueue":       {c.SendQueue, 64},
+		"DrainTimeout":    {c.DrainTimeout, 30 * time.Second},
+		"RedirectSpread":  {c.RedirectSpread, 5 * time.Second},
+		"SubscribeBuffer": {c.SubscribeBuffer, 1024},
 	}
 	for name, v := range want {
 		if v[0] != v[1] {
@@ -53,6 +54,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative drain timeout", func(c *executor.Config) { c.DrainTimeout = -time.Second }, "DrainTimeout"},
 		{"zero drain timeout", func(c *executor.Config) { c.DrainTimeout = 0 }, ""},
 		{"negative redirect spread", func(c *executor.Config) { c.RedirectSpread = -time.Second }, "RedirectSpread"},
+		{"negative subscribe buffer", func(c *executor.Config) { c.SubscribeBuffer = -1 }, "SubscribeBuffer"},
+		{"zero subscribe buffer: the default", func(c *executor.Config) { c.SubscribeBuffer = 0 }, ""},
 		{"no message size limit", func(c *executor.Config) { c.RPC.MaxRecvMsgSize = 0 }, "RPC message size"},
 		{"bad registration", func(c *executor.Config) { c.Registration.TTL = time.Second }, "Registration"},
 	}

@@ -66,7 +66,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 		// Only without the tap, which Run always installs.
 		abort = func(error) {}
 	}
-	ss := newSession(s.cfg.SendQueue, abort)
+	ss := newSession(s.cfg.SendQueue, abort, &s.stats.waiting)
 	first := make(chan recvResult, 1)
 	s.group.Go(func() error {
 		s.receive(stream, ss, first)
@@ -104,6 +104,17 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 		log.Info("stream replaced an older one of the same device", "old_session", replaced.id)
 	} else {
 		log.Debug("stream admitted")
+	}
+	if s.queue != nil {
+		// The Welcome is queued already: queued messages follow it. The
+		// drain stops when the session ends (it waits on ss.done) and its
+		// registry calls when the handler returns.
+		qctx, stopQueue := context.WithCancel(ctx)
+		defer stopQueue()
+		s.group.Go(func() error {
+			s.drainQueue(qctx, ss, log)
+			return nil
+		})
 	}
 
 	err = s.send(stream, ss)
@@ -202,9 +213,9 @@ func (s *Server) send(stream connectStream, ss *session) error {
 }
 
 // receive is the stream's receive loop. It hands the first frame to the
-// handler, waits for the session to be admitted, then reads Acks, Pongs and
-// Publishes until the stream ends. It ends by itself once the handler has
-// returned, since gRPC then finishes the stream.
+// handler, waits for the session to be admitted, then reads Acks, Replies,
+// Pongs and Publishes until the stream ends. It ends by itself once the
+// handler has returned, since gRPC then finishes the stream.
 func (s *Server) receive(stream connectStream, ss *session, first chan<- recvResult) {
 	req, err := stream.Recv()
 	first <- recvResult{req: req, err: err}
@@ -246,13 +257,18 @@ func (s *Server) handle(ss *session, req *executorv1.ConnectRequest) (err error)
 	}()
 	switch f := req.GetFrame().(type) {
 	case *executorv1.ConnectRequest_Ack:
+		ss.resolve(f.Ack.GetMessageId(), nil)
 		if h := s.cfg.Hooks.OnAck; h != nil {
 			h(ss.deviceID, f.Ack.GetMessageId())
 		}
-	case *executorv1.ConnectRequest_Publish:
-		if h := s.cfg.Hooks.OnPublish; h != nil {
-			h(ss.deviceID, f.Publish)
+	case *executorv1.ConnectRequest_Reply:
+		// A Reply acknowledges its message too.
+		ss.resolve(f.Reply.GetMessageId(), f.Reply)
+		if h := s.cfg.Hooks.OnAck; h != nil {
+			h(ss.deviceID, f.Reply.GetMessageId())
 		}
+	case *executorv1.ConnectRequest_Publish:
+		s.publish(ss.deviceID, f.Publish)
 	case *executorv1.ConnectRequest_Hello:
 		return streamErrorf(errProtocol, "Hello sent twice on one stream")
 	case *executorv1.ConnectRequest_Pong:

@@ -7,14 +7,15 @@ import (
 	"github.com/berthproject/berth/token"
 )
 
-// Verifier checks assignment tokens. *token.Verifier is one. Verify's errors
-// wrap token.ErrMissing, token.ErrInvalid or token.ErrExpired.
+// Verifier checks assignment tokens and service tokens. *token.Verifier is
+// one. Verify's errors wrap token.ErrMissing, token.ErrInvalid or
+// token.ErrExpired.
 type Verifier interface {
 	Verify(raw string) (token.Claims, error)
 }
 
-// Registrar keeps the executor's record in the registry.
-// *registry.Registration is one.
+// Registrar keeps the executor's record, and the presence records of its
+// devices, in the registry. *registry.Registration is one.
 type Registrar interface {
 	// Run keeps the record registered until ctx is cancelled, then removes
 	// it. It returns nil after a clean stop.
@@ -24,9 +25,43 @@ type Registrar interface {
 	Update(fn func(e *registry.Executor))
 	// Registered reports whether the record is currently registered.
 	Registered() bool
+	// SetPresence records that p.DeviceID's stream (session p.SessionID) is
+	// held here. It must not block: the Registrar writes it later, under
+	// its lease.
+	SetPresence(p registry.Presence)
+	// ClearPresence removes the device's presence if it still names
+	// sessionID (a newer stream may have replaced it). It must not block.
+	ClearPresence(deviceID, sessionID string)
+}
+
+// Queue is the store of the messages waiting for devices, read when a
+// device connects. *registry.Registry is one.
+type Queue interface {
+	// Queue returns the device's waiting messages in order (by Seq), at
+	// most limit of them.
+	Queue(ctx context.Context, device string, limit int64) ([]registry.QueuedMessage, error)
+	// Dequeue removes an acknowledged (or expired) message; removing one
+	// that is already gone is not an error.
+	Dequeue(ctx context.Context, device string, seq int64) error
 }
 
 var (
 	_ Verifier  = (*token.Verifier)(nil)
 	_ Registrar = (*registry.Registration)(nil)
+	_ Queue     = (*registry.Registry)(nil)
 )
+
+// Option changes how New wires a Server.
+type Option func(*options)
+
+type options struct {
+	queue Queue
+}
+
+// WithQueue makes the executor deliver a device's queued messages when it
+// connects: in order, one at a time, each removed from q once the device
+// acknowledged it (see the package documentation). Without it, nothing is
+// read from a queue.
+func WithQueue(q Queue) Option {
+	return func(o *options) { o.queue = q }
+}

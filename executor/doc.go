@@ -20,9 +20,47 @@
 //     Messages from Server.Deliver and Redirects), a Ping every
 //     Config.PingInterval with an increasing nonce, and a Goodbye when the
 //     executor closes the stream.
-//   - Receive: one goroutine per stream reads Acks, Pongs and Publishes and
-//     hands Acks and Publishes to Config.Hooks. A stream from which nothing
-//     arrives for PingMisses*PingInterval is closed with Goodbye{TIMEOUT}.
+//   - Receive: one goroutine per stream reads Acks, Replies, Pongs and
+//     Publishes; it resolves the deliveries waiting for an Ack or Reply,
+//     hands Publishes to the subscribers, and Acks and Publishes to
+//     Config.Hooks. A stream from which nothing arrives for
+//     PingMisses*PingInterval is closed with Goodbye{TIMEOUT}.
+//   - Presence: an admitted session's presence (device, executor, group,
+//     address, session, since) is handed to the Registrar, which writes it
+//     under the executor's lease; it is cleared when the session leaves,
+//     unless a newer session of the device has replaced it.
+//   - Queue: with WithQueue, a goroutine per admitted session delivers the
+//     device's queued messages after the Welcome, in order and one at a
+//     time: each is sent as a Message (message_id the queued id, sent_at
+//     its enqueue time), the next waits for its Ack, and an acked message
+//     is removed from the queue. Expired messages are removed unsent. The
+//     goroutine stops when the queue is empty (messages queued later for
+//     the online device come through Deliver) or the session ends; a
+//     message not acked by then stays queued and comes again on the next
+//     stream (at least once; the device drops duplicates by id). Failed
+//     reads and removals are retried with backoff while the session lasts.
+//
+// # Control plane calls
+//
+// ExecutorInternalService is served on the same listener. Its calls must
+// carry "authorization: Bearer <token>" with a service token of a control
+// plane (token.RoleControlPlane), checked by the same Verifier as the
+// devices' tokens: UNAUTHENTICATED without a token or with one that does
+// not verify, PERMISSION_DENIED with any other token. ExecutorService
+// itself needs no metadata; its Hello carries the device's token.
+//
+//   - Deliver queues a Message on the device's stream and waits, within the
+//     call's deadline, for the device's Ack of it, or its Reply when the
+//     message expects one (a Reply also acknowledges; an Ack does not
+//     answer a call). NOT_FOUND when the device has no stream here,
+//     RESOURCE_EXHAUSTED when its send queue is full (the stream is then
+//     closed), DEADLINE_EXCEEDED when it did not acknowledge in time,
+//     UNAVAILABLE when its stream ended before it did.
+//   - Subscribe streams every Publish this executor receives from then on.
+//     Each subscriber has a buffer of Config.SubscribeBuffer publishes;
+//     when it is full, publishes are dropped for that subscriber and
+//     counted (Stats.PublishesDropped), never holding up a device.
+//     Subscribe streams end with UNAVAILABLE at shutdown.
 //
 // Streams the executor closes on purpose end with a status after their
 // Goodbye: ABORTED when replaced, DEADLINE_EXCEEDED after the ping timeout,
@@ -56,7 +94,8 @@
 // down in this order: health NOT_SERVING; the record marked Draining; a
 // Redirect{DRAINING} with max_delay Config.RedirectSpread to every stream;
 // a wait until every device has left or Config.DrainTimeout has passed;
-// Goodbye{SHUTDOWN} to the streams that remain; the gRPC server stopped
+// Goodbye{SHUTDOWN} to the streams that remain; the Subscribe streams
+// ended; the gRPC server stopped
 // with a short deadline; and last the Registrar stopped, which revokes its
 // lease so the record disappears after the streams are gone. Drain does the
 // redirect part on demand without stopping.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/berthproject/berth/executor"
@@ -37,6 +38,11 @@ type fakeRegistrar struct {
 	history []registry.Executor // the record after every Update
 	events  []string            // "draining", "run-stopped", in order
 	changed chan struct{}       // closed and renewed on every change
+	// presence is what SetPresence and ClearPresence left, by device;
+	// presenceLog is every call in order: "set:<device>:<session>" or
+	// "clear:<device>:<session>".
+	presence    map[string]registry.Presence
+	presenceLog []string
 
 	registered atomic.Bool
 	runErr     error // what Run returns after ctx is done
@@ -45,7 +51,65 @@ type fakeRegistrar struct {
 var _ executor.Registrar = (*fakeRegistrar)(nil)
 
 func newFakeRegistrar() *fakeRegistrar {
-	return &fakeRegistrar{changed: make(chan struct{})}
+	return &fakeRegistrar{changed: make(chan struct{}), presence: make(map[string]registry.Presence)}
+}
+
+// SetPresence records p, as a Registration does before writing it.
+func (f *fakeRegistrar) SetPresence(p registry.Presence) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.presence[p.DeviceID] = p
+	f.presenceLog = append(f.presenceLog, "set:"+p.DeviceID+":"+p.SessionID)
+	f.notifyLocked()
+}
+
+// ClearPresence removes the device's presence if it names session, as a
+// Registration does.
+func (f *fakeRegistrar) ClearPresence(deviceID, sessionID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p, ok := f.presence[deviceID]; ok && p.SessionID == sessionID {
+		delete(f.presence, deviceID)
+	}
+	f.presenceLog = append(f.presenceLog, "clear:"+deviceID+":"+sessionID)
+	f.notifyLocked()
+}
+
+// presenceOf returns the device's presence, if any.
+func (f *fakeRegistrar) presenceOf(deviceID string) (registry.Presence, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.presence[deviceID]
+	return p, ok
+}
+
+// presenceCalls returns the presence calls made so far.
+func (f *fakeRegistrar) presenceCalls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.presenceLog...)
+}
+
+// waitPresence waits until cond holds for the presence records.
+func (f *fakeRegistrar) waitPresence(t *testing.T, what string, cond func(map[string]registry.Presence) bool) {
+	t.Helper()
+	timer := time.NewTimer(waitTimeout)
+	defer timer.Stop()
+	for {
+		f.mu.Lock()
+		ok, ch := cond(f.presence), f.changed
+		f.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			t.Fatalf("timed out waiting for presence: %s; have %+v", what, f.presence)
+		}
+	}
 }
 
 func (f *fakeRegistrar) Run(ctx context.Context) error {
@@ -130,11 +194,15 @@ type harness struct {
 	reg    *fakeRegistrar
 	key    ed25519.PrivateKey
 	signer *token.Signer
+	lis    *bufconn.Listener
 	conn   *grpc.ClientConn
 	client executorv1.ExecutorServiceClient
-	health healthpb.HealthClient
-	stop   context.CancelFunc
-	done   chan error // Run's result
+	// internal is ExecutorInternalService on conn; calls need a token
+	// (see serviceCtx).
+	internal executorv1.ExecutorInternalServiceClient
+	health   healthpb.HealthClient
+	stop     context.CancelFunc
+	done     chan error // Run's result
 }
 
 // testConfig is a config with short but unhurried settings; pings are
@@ -156,6 +224,12 @@ func testConfig() executor.Config {
 // nil). It is stopped, and Run's result checked, when the test ends.
 func start(t *testing.T, mutate func(*executor.Config)) *harness {
 	t.Helper()
+	return startWith(t, mutate)
+}
+
+// startWith is start with options for New.
+func startWith(t *testing.T, mutate func(*executor.Config), opts ...executor.Option) *harness {
+	t.Helper()
 	cfg := testConfig()
 	if mutate != nil {
 		mutate(&cfg)
@@ -173,13 +247,13 @@ func start(t *testing.T, mutate func(*executor.Config)) *harness {
 		t.Fatal(err)
 	}
 	reg := newFakeRegistrar()
-	srv, err := executor.New(cfg, verifier, reg, nil)
+	srv, err := executor.New(cfg, verifier, reg, nil, opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	lis := bufconn.Listen(1 << 20)
 	ctx, stop := context.WithCancel(context.Background())
-	h := &harness{cfg: cfg, srv: srv, reg: reg, key: key, signer: signer, stop: stop, done: make(chan error, 1)}
+	h := &harness{cfg: cfg, srv: srv, reg: reg, key: key, signer: signer, lis: lis, stop: stop, done: make(chan error, 1)}
 	go func() { h.done <- srv.Run(ctx, lis) }()
 	t.Cleanup(func() {
 		stop()
@@ -187,17 +261,45 @@ func start(t *testing.T, mutate func(*executor.Config)) *harness {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	h.conn = h.dial(t)
+	h.client = executorv1.NewExecutorServiceClient(h.conn)
+	h.internal = executorv1.NewExecutorInternalServiceClient(h.conn)
+	h.health = healthpb.NewHealthClient(h.conn)
+	return h
+}
+
+// dial opens a client connection to the executor, closed when the test
+// ends.
+func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	h.conn = conn
-	h.client = executorv1.NewExecutorServiceClient(conn)
-	h.health = healthpb.NewHealthClient(conn)
-	return h
+	return conn
+}
+
+// serviceToken mints a control plane's service token.
+func (h *harness) serviceToken(t *testing.T) string {
+	t.Helper()
+	tok, _, err := h.signer.SignService("cp-1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// serviceCtx is a context, bounded by waitTimeout, whose calls carry a
+// control plane's service token.
+func (h *harness) serviceCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	t.Cleanup(cancel)
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+h.serviceToken(t))
 }
 
 // wait waits for Run to return and returns its error.
@@ -306,6 +408,28 @@ func (d *device) send(f *executorv1.ConnectRequest) error {
 	d.sendMu.Lock()
 	defer d.sendMu.Unlock()
 	return d.stream.Send(f)
+}
+
+// ack acknowledges message id.
+func (d *device) ack(t *testing.T, id string) {
+	t.Helper()
+	if err := d.send(&executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Ack{Ack: &executorv1.Ack{MessageId: id}}}); err != nil {
+		t.Fatalf("device %s: send Ack %s: %v", d.id, id, err)
+	}
+}
+
+// reply answers message id.
+func (d *device) reply(t *testing.T, r *executorv1.Reply) {
+	t.Helper()
+	if err := d.send(&executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Reply{Reply: r}}); err != nil {
+		t.Fatalf("device %s: send Reply %s: %v", d.id, r.GetMessageId(), err)
+	}
+}
+
+// message waits for the next Message frame.
+func (d *device) message(t *testing.T) *executorv1.Message {
+	t.Helper()
+	return d.next(t, "Message", func(f *executorv1.ConnectResponse) bool { return f.GetMessage() != nil }).GetMessage()
 }
 
 // leave closes the device's side of the stream, as a device does when it

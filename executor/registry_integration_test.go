@@ -3,6 +3,7 @@ package executor_test
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -18,9 +19,11 @@ import (
 	"github.com/berthproject/berth/token"
 )
 
-// TestRegistrationInEtcd runs an executor with a real Registration on an
-// embedded etcd: its record appears with the connection count, and is gone
-// as soon as Run returns.
+// TestRegistrationInEtcd runs an executor with a real Registration and a
+// real queue on an embedded etcd: its record appears with the connection
+// count, each device's presence appears with its session and goes when the
+// device leaves, a device's queued message is delivered on connect and
+// removed once acked, and the record is gone as soon as Run returns.
 func TestRegistrationInEtcd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an embedded etcd")
@@ -47,7 +50,15 @@ func TestRegistrationInEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := executor.New(cfg, verifier, rr, nil)
+	// Queued before d2 connects.
+	queued, _, err := reg.Enqueue(context.Background(), registry.QueuedMessage{
+		DeviceID: "d2", Payload: []byte("hello"), ContentType: "text/plain",
+		EnqueuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
+	}, registry.QueueLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := executor.New(cfg, verifier, rr, nil, executor.WithQueue(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +84,13 @@ func TestRegistrationInEtcd(t *testing.T) {
 		}
 		return es[0], true
 	}
+	sessions := map[string]string{}
+	streams := map[string]executorv1.ExecutorService_ConnectClient{}
+	cancels := map[string]context.CancelFunc{}
 	for _, id := range []string{"d1", "d2"} {
 		sctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
+		cancels[id] = cancel
 		s, err := client.Connect(sctx)
 		if err != nil {
 			t.Fatal(err)
@@ -87,13 +102,46 @@ func TestRegistrationInEtcd(t *testing.T) {
 		if err := s.Send(helloFrame(id, tok)); err != nil {
 			t.Fatal(err)
 		}
-		if f, err := s.Recv(); err != nil || f.GetWelcome() == nil {
+		f, err := s.Recv()
+		if err != nil || f.GetWelcome() == nil {
 			t.Fatalf("device %s: first frame %v, %v; want Welcome", id, f, err)
 		}
+		sessions[id], streams[id] = f.GetWelcome().GetSessionId(), s
 	}
+	for id, session := range sessions {
+		testutil.WaitFor(t, waitTimeout, "the presence of "+id+" in etcd", func() bool {
+			p, err := reg.Presence(context.Background(), id)
+			return err == nil && p.SessionID == session && p.ExecutorID == cfg.ID && p.GroupID == cfg.GroupID && p.Address == cfg.Address && !p.Since.IsZero()
+		})
+	}
+
 	testutil.WaitFor(t, waitTimeout, "the record with 2 connections in etcd", func() bool {
 		e, ok := record()
 		return ok && e.Connections == 2 && e.Address == cfg.Address && e.GroupID == cfg.GroupID && !e.Draining
+	})
+
+	// d2's queued message comes after its Welcome, and goes once acked.
+	f, err := streams["d2"].Recv()
+	if err != nil || f.GetMessage().GetMessageId() != queued.ID || string(f.GetMessage().GetPayload()) != "hello" {
+		t.Fatalf("d2: frame after Welcome %v, %v; want queued message %s", f, err, queued.ID)
+	}
+	if err := streams["d2"].Send(&executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Ack{Ack: &executorv1.Ack{MessageId: queued.ID}}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, waitTimeout, "d2's queue empty in etcd", func() bool {
+		n, err := reg.QueueLen(context.Background(), "d2")
+		return err == nil && n == 0
+	})
+
+	// d1 goes: its presence goes too.
+	cancels["d1"]()
+	testutil.WaitFor(t, waitTimeout, "d1's presence gone from etcd", func() bool {
+		_, err := reg.Presence(context.Background(), "d1")
+		return errors.Is(err, registry.ErrNotFound)
+	})
+	testutil.WaitFor(t, waitTimeout, "the record with 1 connection in etcd", func() bool {
+		e, ok := record()
+		return ok && e.Connections == 1
 	})
 	testutil.WaitFor(t, waitTimeout, "Stats().Registered", func() bool { return srv.Stats().Registered })
 

@@ -33,6 +33,7 @@ type Server struct {
 	cfg      Config
 	verifier Verifier
 	reg      Registrar
+	queue    Queue // nil: no queue drain on connect
 	log      *slog.Logger
 
 	running atomic.Bool
@@ -47,6 +48,14 @@ type Server struct {
 	rpc      *rpcserver.Server // set by Run
 	reported report            // last counts given to the Registrar
 
+	// subs are the open Subscribe streams; subsClosed is closed at
+	// shutdown, which ends them.
+	subMu      sync.RWMutex
+	subs       map[*subscriber]struct{}
+	subsClosed chan struct{}
+	// dropLogAt is when a dropped publish was last logged (Unix ns).
+	dropLogAt atomic.Int64
+
 	stats counters
 	// weight is the sum of the load weights of the sessions, reported
 	// as the executor's load.
@@ -54,8 +63,9 @@ type Server struct {
 }
 
 // New validates cfg and wires the dependencies. It starts nothing and does
-// no I/O. log may be nil.
-func New(cfg Config, v Verifier, r Registrar, log *slog.Logger) (*Server, error) {
+// no I/O. log may be nil. v verifies both the devices' assignment tokens
+// and the control planes' service tokens.
+func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -65,13 +75,25 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger) (*Server, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var o options
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if cfg.SubscribeBuffer == 0 {
+		cfg.SubscribeBuffer = defaultSubscribeBuffer
+	}
 	return &Server{
-		cfg:      cfg,
-		verifier: v,
-		reg:      r,
-		log:      log,
-		sessions: make(map[string]*session),
-		left:     make(chan struct{}),
+		cfg:        cfg,
+		verifier:   v,
+		reg:        r,
+		queue:      o.queue,
+		log:        log,
+		sessions:   make(map[string]*session),
+		left:       make(chan struct{}),
+		subs:       make(map[*subscriber]struct{}),
+		subsClosed: make(chan struct{}),
 	}, nil
 }
 
@@ -84,8 +106,13 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errRunTwice
 	}
-	rpc := rpcserver.New(s.cfg.RPC, s.log, grpc.InTapHandle(tapAbort))
+	rpc := rpcserver.New(s.cfg.RPC, s.log,
+		grpc.InTapHandle(tapAbort),
+		grpc.ChainUnaryInterceptor(s.internalUnaryAuth()),
+		grpc.ChainStreamInterceptor(s.internalStreamAuth()),
+	)
 	executorv1.RegisterExecutorServiceServer(rpc.GRPC, service{s: s})
+	executorv1.RegisterExecutorInternalServiceServer(rpc.GRPC, internalService{s: s})
 
 	var g errgroup.Group
 	s.group = &g
@@ -145,6 +172,7 @@ func (s *Server) shutdown(rpc *rpcserver.Server) {
 		n := s.closeAll()
 		s.log.Warn("executor drain timed out; closing the remaining streams", "streams", n)
 	}
+	s.closeSubscribers()
 	rpc.Stop(stopTimeout)
 	s.log.Info("executor stopped")
 }
@@ -196,9 +224,11 @@ func (s *Server) Drain(ctx context.Context) error {
 	return s.waitEmpty(ctx)
 }
 
-// Deliver queues m for deviceID's stream. It never blocks: it returns an
-// error wrapping ErrNotConnected when the device has no open stream here,
-// and ErrSendQueueFull when the stream's queue was full (the stream is then
+// Deliver queues m for deviceID's stream without waiting for the device
+// (fire and forget; ExecutorInternalService.Deliver is the delivery that
+// waits for the Ack). It never blocks: it returns an error wrapping
+// ErrNotConnected when the device has no open stream here, and
+// ErrSendQueueFull when the stream's queue was full (the stream is then
 // closed, see the package documentation). A nil error means queued, not
 // delivered: the device confirms with an Ack (Hooks.OnAck). Deliver takes
 // ownership of m.
@@ -233,15 +263,23 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n, draining := len(s.sessions), s.draining
 	s.mu.Unlock()
+	s.subMu.RLock()
+	subs := len(s.subs)
+	s.subMu.RUnlock()
 	return Stats{
-		Sessions:       n,
-		Accepted:       s.stats.accepted.Load(),
-		Refused:        s.stats.refusedCopy(),
-		Replaced:       s.stats.replaced.Load(),
-		Timeouts:       s.stats.timeouts.Load(),
-		Stuck:          s.stats.stuck.Load(),
-		FramesReceived: s.stats.frames.Load(),
-		Draining:       draining,
-		Registered:     s.reg.Registered(),
+		Sessions:         n,
+		Accepted:         s.stats.accepted.Load(),
+		Refused:          s.stats.refusedCopy(),
+		Replaced:         s.stats.replaced.Load(),
+		Timeouts:         s.stats.timeouts.Load(),
+		Stuck:            s.stats.stuck.Load(),
+		FramesReceived:   s.stats.frames.Load(),
+		Delivering:       int(s.stats.waiting.Load()),
+		Subscribers:      subs,
+		PublishesDropped: s.stats.dropped.Load(),
+		QueueDelivered:   s.stats.queueDelivered.Load(),
+		QueueExpired:     s.stats.queueExpired.Load(),
+		Draining:         draining,
+		Registered:       s.reg.Registered(),
 	}
 }

@@ -39,6 +39,15 @@ type session struct {
 	redirected atomic.Bool
 	// weight is the device's load weight, from its token.
 	weight float64
+	// since is when the session was admitted.
+	since time.Time
+
+	// waiters are the deliveries waiting for the device's Ack or Reply,
+	// by message id; resolved by the receive goroutine.
+	wmu     sync.Mutex
+	waiters map[string][]*waiter
+	// waiting counts the waiters of every session (the Server's counter).
+	waiting *atomic.Int64
 
 	once   sync.Once
 	done   chan struct{} // closed by close
@@ -55,12 +64,80 @@ type closeReason struct {
 
 // newSession returns a session with a queue of n frames whose stream is
 // aborted by abort.
-func newSession(n int, abort context.CancelCauseFunc) *session {
+func newSession(n int, abort context.CancelCauseFunc, waiting *atomic.Int64) *session {
 	return &session{
+		waiting:  waiting,
 		queue:    make(chan *executorv1.ConnectResponse, n),
 		abort:    abort,
 		admitted: make(chan struct{}),
 		done:     make(chan struct{}),
+		waiters:  make(map[string][]*waiter),
+	}
+}
+
+// waiter is one delivery waiting for the device to acknowledge a message.
+type waiter struct {
+	// reply is set when only a Reply resolves it (the message expects
+	// one); otherwise an Ack or a Reply does.
+	reply bool
+	// done receives the outcome once: the Reply, or nil for an Ack.
+	done chan *executorv1.Reply
+}
+
+// await registers a waiter for message id; the caller must call forget
+// with it once it stops waiting, on every path.
+func (ss *session) await(id string, reply bool) *waiter {
+	w := &waiter{reply: reply, done: make(chan *executorv1.Reply, 1)}
+	ss.wmu.Lock()
+	ss.waiters[id] = append(ss.waiters[id], w)
+	ss.waiting.Add(1)
+	ss.wmu.Unlock()
+	return w
+}
+
+// forget removes w, if it is still registered under id.
+func (ss *session) forget(id string, w *waiter) {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ws := ss.waiters[id]
+	for i, x := range ws {
+		if x == w {
+			ws = append(ws[:i], ws[i+1:]...)
+			ss.waiting.Add(-1)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(ss.waiters, id)
+	} else {
+		ss.waiters[id] = ws
+	}
+}
+
+// resolve hands an acknowledgement of message id to its waiters: r is the
+// device's Reply, or nil for an Ack (which leaves the waiters that want a
+// Reply waiting). It never blocks.
+func (ss *session) resolve(id string, r *executorv1.Reply) {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ws := ss.waiters[id]
+	if len(ws) == 0 {
+		return
+	}
+	keep := ws[:0]
+	for _, w := range ws {
+		if w.reply && r == nil {
+			keep = append(keep, w)
+			continue
+		}
+		w.done <- r // buffered, and each waiter is resolved once
+		ss.waiting.Add(-1)
+	}
+	clear(ws[len(keep):])
+	if len(keep) == 0 {
+		delete(ss.waiters, id)
+	} else {
+		ss.waiters[id] = keep
 	}
 }
 
@@ -123,6 +200,17 @@ func (s *Server) admit(ss *session) (*session, error) {
 	s.sessions[ss.deviceID] = ss
 	s.weight += ss.weight
 	s.stats.accepted.Add(1)
+	ss.since = time.Now()
+	// Under s.mu, so that presence changes reach the Registrar in the
+	// order sessions come and go.
+	s.reg.SetPresence(registry.Presence{
+		DeviceID:   ss.deviceID,
+		ExecutorID: s.cfg.ID,
+		GroupID:    s.cfg.GroupID,
+		Address:    s.cfg.Address,
+		SessionID:  ss.id,
+		Since:      ss.since,
+	})
 	if old != nil {
 		s.weight -= old.weight
 		s.stats.replaced.Add(1)
@@ -146,6 +234,7 @@ func (s *Server) leave(ss *session) {
 	}
 	delete(s.sessions, ss.deviceID)
 	s.weight -= ss.weight
+	s.reg.ClearPresence(ss.deviceID, ss.id)
 	close(s.left)
 	s.left = make(chan struct{})
 	s.reportLocked()

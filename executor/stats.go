@@ -26,6 +26,19 @@ type Stats struct {
 	Stuck uint64
 	// FramesReceived counts the frames received after Hello.
 	FramesReceived uint64
+	// Delivering counts the deliveries (ExecutorInternalService.Deliver
+	// and queued messages) waiting for the device's Ack or Reply now.
+	Delivering int
+	// Subscribers is the number of open ExecutorInternalService.Subscribe
+	// streams.
+	Subscribers int
+	// PublishesDropped counts publishes not given to a subscriber because
+	// its buffer was full (one per subscriber that missed it).
+	PublishesDropped uint64
+	// QueueDelivered counts queued messages delivered on connect,
+	// acknowledged and removed from the queue; QueueExpired those removed
+	// unsent because their time was over.
+	QueueDelivered, QueueExpired uint64
 	// Draining reports whether the executor is draining.
 	Draining bool
 	// Registered reports whether the Registrar says the record is in the
@@ -36,6 +49,9 @@ type Stats struct {
 // counters are the Server's statistics.
 type counters struct {
 	accepted, replaced, timeouts, stuck, frames atomic.Uint64
+	dropped, queueDelivered, queueExpired       atomic.Uint64
+	// waiting counts the registered waiters of every session.
+	waiting atomic.Int64
 
 	mu      sync.Mutex
 	refused map[codes.Code]uint64

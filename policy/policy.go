@@ -304,12 +304,12 @@ func Compile(p *policyv1.Policy) (*Compiled, error) {
 	switch {
 	case c.maxUtil == 0:
 		c.maxUtil = defaultMaxUtilization
-	case c.maxUtil < 0 || c.maxUtil > 1:
+	case !(c.maxUtil > 0 && c.maxUtil <= 1): // also refuses NaN
 		add("filter.max_utilization", "%v: want 0 < x <= 1", c.maxUtil)
 	}
 	c.sticky = p.GetSticky().GetEnabled()
 	c.stickyMargin = p.GetSticky().GetMargin()
-	if c.stickyMargin < 0 || c.stickyMargin > 10 {
+	if !(c.stickyMargin >= 0 && c.stickyMargin <= 10) { // also refuses NaN
 		add("sticky.margin", "%v: want 0 <= x <= 10", c.stickyMargin)
 	}
 	if k := p.GetAffinity().GetKey(); strings.TrimSpace(k) != "" {
@@ -323,7 +323,7 @@ func Compile(p *policyv1.Policy) (*Compiled, error) {
 	switch {
 	case c.loadFactor == 0:
 		c.loadFactor = defaultLoadFactor
-	case c.loadFactor < 0 || c.loadFactor > 10:
+	case !(c.loadFactor > 0 && c.loadFactor <= 10): // also refuses NaN
 		add("affinity.load_factor", "%v: want 0 < x <= 10", c.loadFactor)
 	}
 	switch m := p.GetBalance().GetMode(); m {

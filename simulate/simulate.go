@@ -1,5 +1,6 @@
 // Package simulate runs a fleet of devices with the device SDK in one
-// process, acknowledging every message they receive, and reports a live
+// process, acknowledging every message they receive and answering every
+// request (MessagingService.Call) with an echo of it, and reports a live
 // summary of where they are. It is `berth simulate`.
 package simulate
 
@@ -69,8 +70,9 @@ type Summary struct {
 	// ByGroup and ByExecutor count connected devices.
 	ByGroup, ByExecutor map[string]int
 	// Connects counts stream establishments, Messages the messages received
-	// and acknowledged.
-	Connects, Messages int64
+	// and acknowledged, Calls the requests answered (each with an echo:
+	// the request's payload and content type).
+	Connects, Messages, Calls int64
 }
 
 // String is the summary line, `key=value` fields that scripts can parse.
@@ -80,7 +82,7 @@ func (s Summary) String() string {
 	for _, st := range []device.State{device.Connected, device.Connecting, device.Assigning, device.Backoff, device.Idle} {
 		fmt.Fprintf(&b, " %s=%d", strings.ToLower(st.String()), s.ByState[st])
 	}
-	fmt.Fprintf(&b, " connects=%d messages=%d groups=%s executors=%s", s.Connects, s.Messages, kv(s.ByGroup), kv(s.ByExecutor))
+	fmt.Fprintf(&b, " connects=%d messages=%d calls=%d groups=%s executors=%s", s.Connects, s.Messages, s.Calls, kv(s.ByGroup), kv(s.ByExecutor))
 	return b.String()
 }
 
@@ -104,13 +106,14 @@ type fleet struct {
 	executor []string
 	connects int64
 	messages int64
+	calls    int64
 }
 
 func (f *fleet) summary() Summary {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := Summary{Devices: len(f.state), ByState: map[device.State]int{}, ByGroup: map[string]int{}, ByExecutor: map[string]int{},
-		Connects: f.connects, Messages: f.messages}
+		Connects: f.connects, Messages: f.messages, Calls: f.calls}
 	for i, st := range f.state {
 		s.ByState[st]++
 		if st == device.Connected {
@@ -119,6 +122,24 @@ func (f *fleet) summary() Summary {
 		}
 	}
 	return s
+}
+
+// handle acknowledges a message, or answers a request with an echo of it,
+// and counts it.
+func (f *fleet) handle(m *device.Message) {
+	if m.ExpectsReply {
+		if err := m.Reply(m.Payload, m.ContentType); err == nil {
+			f.mu.Lock()
+			f.calls++
+			f.mu.Unlock()
+		}
+		return
+	}
+	if err := m.Ack(); err == nil {
+		f.mu.Lock()
+		f.messages++
+		f.mu.Unlock()
+	}
 }
 
 // Run starts the fleet, prints a summary line to out every cfg.Every, and
@@ -195,11 +216,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		go func() {
 			defer wg.Done()
 			for m := range d.Messages() {
-				if err := m.Ack(); err == nil {
-					f.mu.Lock()
-					f.messages++
-					f.mu.Unlock()
-				}
+				f.handle(m)
 			}
 		}()
 	}

@@ -16,7 +16,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Measure berth: Assign throughput, and the memory an executor pays per idle stream",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g))
+	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
 	return cmd
 }
 
@@ -24,7 +24,7 @@ func newBenchAssignCmd(g *globals) *cobra.Command {
 	cfg := bench.DefaultAssignConfig()
 	cmd := &cobra.Command{
 		Use:   "assign",
-		Short: "Assign of known and new devices against a no-op RPC on the same server stack, in one process",
+		Short: "Assign of known and new devices under a placement policy against a no-op RPC on the same server stack, in one process",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -44,6 +44,9 @@ func newBenchAssignCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "concurrent callers")
 	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "known devices that assign-known cycles over")
 	f.IntVar(&cfg.Conns, "conns", cfg.Conns, "client connections the callers share")
+	f.IntVar(&cfg.Rules, "rules", cfg.Rules, "label rules of the placement policy applied before measuring; all but the last match no benchmark device (0 keeps the built-in default)")
+	f.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds each case's time is split in; noop, assign-known and assign-known-sign take turns round by round")
+	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of assign-known's peak rate at which noop and assign-known run again open loop (0 skips them)")
 	return cmd
 }
 
@@ -110,4 +113,31 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 			return bench.Serve(cmd.Context(), cfg, reg, cmd.InOrStdin(), g.stdout, log.With("mode", cfg.Mode))
 		},
 	}
+}
+
+func newBenchBalanceCmd(g *globals) *cobra.Command {
+	cfg := bench.DefaultBalanceConfig()
+	cmd := &cobra.Command{
+		Use:   "balance",
+		Short: "Simulate placing devices on groups of unequal capacities: berth's placement with late counts and several replicas against baselines",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := bench.Balance(cmd.Context(), cfg, g.stdout)
+			if err != nil {
+				return err
+			}
+			if !res.Pass() {
+				return fmt.Errorf("bench balance: a target was missed")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "devices assigned one by one")
+	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "groups, of capacities 5000 to 30000 scaled to the devices")
+	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of device ids, replica choice and the random baselines")
+	f.IntVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "assignments between two counts of an executor")
+	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "control plane replicas of the multi-replica case")
+	f.IntVar(&cfg.Delay, "delay", cfg.Delay, "assignments before a replica learns of another's assignment")
+	return cmd
 }

@@ -111,6 +111,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(groups, groupCmd, executors, devices)
 	cmd.AddCommand(newCtlPolicyCmds(c)...)
+	cmd.AddCommand(newCtlMessagingCmds(c)...)
 	return cmd
 }
 

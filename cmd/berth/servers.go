@@ -16,10 +16,11 @@ import (
 
 func newControlPlaneCmd(g *globals) *cobra.Command {
 	cfg := controlplane.DefaultConfig()
+	mcfg := controlplane.DefaultMessagingConfig()
 	var listen, keyFile string
 	cmd := &cobra.Command{
 		Use:   "controlplane",
-		Short: "Serve Assign against an external etcd",
+		Short: "Serve Assign and messaging against an external etcd",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -40,7 +41,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 			}
 			defer cli.Close()
 			reg := registry.New(cli, g.prefix)
-			srv, err := controlplane.New(cfg, reg.NewCache(log.With("component", "cache")), reg, signer, log)
+			srv, err := controlplane.New(cfg, reg.NewCache(log.With("component", "cache")), reg, signer, log,
+				controlplane.WithMessaging(reg), controlplane.WithMessagingConfig(mcfg))
 			if err != nil {
 				return err
 			}
@@ -58,6 +60,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.StringVar(&keyFile, "signing-key", "", "PEM Ed25519 private key for assignment tokens (berth keygen makes one)")
 	f.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of assignment tokens")
 	f.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "concurrent Assigns before shedding with RESOURCE_EXHAUSTED")
+	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
+	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	_ = cmd.MarkFlagRequired("signing-key")
 	return cmd
 }
@@ -111,7 +115,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				lis.Close()
 				return err
 			}
-			srv, err := executor.New(cfg, verifier, rr, log)
+			srv, err := executor.New(cfg, verifier, rr, log, executor.WithQueue(reg))
 			if err != nil {
 				lis.Close()
 				return err

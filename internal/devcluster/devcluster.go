@@ -125,7 +125,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if err != nil {
 		return err
 	}
-	cp, err := controlplane.New(cfg.ControlPlane, reg.NewCache(log.With("component", "cache")), reg, signer, log.With("component", "controlplane"))
+	cp, err := controlplane.New(cfg.ControlPlane, reg.NewCache(log.With("component", "cache")), reg, signer, log.With("component", "controlplane"),
+		controlplane.WithMessaging(reg))
 	if err != nil {
 		cpLis.Close()
 		return err
@@ -163,7 +164,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 			rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: gid, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, elog)
 			if err == nil {
 				var srv *executor.Server
-				srv, err = executor.New(ec, verifier, rr, elog)
+				srv, err = executor.New(ec, verifier, rr, elog, executor.WithQueue(reg))
 				execs = append(execs, exec{srv, lis})
 			}
 			if err != nil {

@@ -1,0 +1,120 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/berthproject/berth/registry"
+)
+
+// The statuses of MessagingService are made here and only here. None of
+// them carries a raw registry or etcd error: those are logged.
+
+// invalidArgument reports bad input.
+func invalidArgument(err error) error {
+	return status.Error(codes.InvalidArgument, strings.TrimPrefix(err.Error(), "registry: invalid value: "))
+}
+
+// offlineStatus says the device holds no stream.
+func offlineStatus(device string) error {
+	return status.Errorf(codes.Unavailable, "device %s is not connected", device)
+}
+
+// unknownDeviceStatus says nothing is known of a device.
+func unknownDeviceStatus(device string) error {
+	return status.Errorf(codes.NotFound, "device %s is unknown: not connected, no assignment record, no queued messages", device)
+}
+
+// queueFullStatus names the queue bound that was reached.
+func queueFullStatus(err error, retry time.Duration) error {
+	msg := strings.TrimPrefix(err.Error(), registry.ErrQueueFull.Error()+": ")
+	return withRetry(codes.ResourceExhausted, "queue full: "+msg+"; nothing was stored", retry)
+}
+
+// contextStatus is the status of a call that ended with its context.
+func contextStatus(err error) error {
+	return status.FromContextError(err).Err()
+}
+
+// registryStatus reports a registry failure without its raw error.
+func (m *messaging) registryStatus(ctx context.Context, err error, what string) error {
+	if ctx.Err() != nil {
+		return contextStatus(ctx.Err())
+	}
+	m.log.Warn("registry error", "what", what, "err", err)
+	return withRetry(codes.Unavailable, "registry unavailable: "+what, m.retry)
+}
+
+// deliverStatus maps the executor's answer to a Deliver into the caller's
+// status. call says the message expected a reply.
+func (m *messaging) deliverStatus(err error, p registry.Presence, messageID string, call bool) error {
+	verb := "acknowledge"
+	if call {
+		verb = "answer"
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, errPoolClosed) {
+			return status.Error(codes.Unavailable, "control plane stopping; retry on another replica")
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return contextStatus(err)
+		}
+		m.log.Warn("delivery failed", "device", p.DeviceID, "executor", p.ExecutorID, "err", err)
+		return withRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
+	}
+	switch st.Code() {
+	case codes.NotFound:
+		// The presence record was stale: the device left meanwhile.
+		return offlineStatus(p.DeviceID)
+	case codes.DeadlineExceeded:
+		return status.Errorf(codes.DeadlineExceeded, "device %s did not %s message %s in time", p.DeviceID, verb, messageID)
+	case codes.Canceled:
+		return status.Error(codes.Canceled, "the call was cancelled")
+	case codes.ResourceExhausted:
+		return withRetry(codes.ResourceExhausted, fmt.Sprintf("device %s: its send queue on executor %s is full", p.DeviceID, p.ExecutorID), m.retry)
+	case codes.Unauthenticated, codes.PermissionDenied:
+		m.log.Error("executor refused the service token; do executors verify with this control plane's public key?",
+			"executor", p.ExecutorID, "code", st.Code(), "err", st.Message())
+		return status.Errorf(codes.Internal, "executor %s refused this control plane's credentials", p.ExecutorID)
+	case codes.Unimplemented:
+		return status.Errorf(codes.Unavailable, "executor %s does not deliver messages (an older version?)", p.ExecutorID)
+	case codes.Unavailable:
+		return withRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
+	default:
+		m.log.Warn("delivery failed", "device", p.DeviceID, "executor", p.ExecutorID, "code", st.Code(), "err", st.Message())
+		return withRetry(codes.Unavailable, fmt.Sprintf("delivery to device %s failed at executor %s (%s)", p.DeviceID, p.ExecutorID, st.Code()), m.retry)
+	}
+}
+
+// noReplyStatus says an executor answered a Call without the reply.
+func noReplyStatus(device, executorID string) error {
+	return status.Errorf(codes.Internal, "executor %s returned no reply from device %s", executorID, device)
+}
+
+// replyErrorStatus carries the device's error message.
+func replyErrorStatus(device, msg string) error {
+	if len(msg) > maxReplyErrorLen {
+		msg = msg[:maxReplyErrorLen]
+		for !utf8.ValidString(msg) {
+			msg = msg[:len(msg)-1]
+		}
+		msg += "…"
+	}
+	return status.Errorf(codes.Aborted, "device %s: %s", device, msg)
+}
+
+// stoppingStatus ends subscriptions when the control plane stops.
+func stoppingStatus() error {
+	return status.Error(codes.Unavailable, "control plane stopping; subscribe again")
+}
+
+// statusMessage is err's status message.
+func statusMessage(err error) string { return status.Convert(err).Message() }

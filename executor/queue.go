@@ -1,0 +1,109 @@
+package executor
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/registry"
+)
+
+// queuePage is how many queued messages one read of a device's queue takes.
+const queuePage = 64
+
+// Bounds of the backoff between failed queue reads and removals.
+var (
+	queueRetryMin = 50 * time.Millisecond
+	queueRetryMax = 5 * time.Second
+)
+
+// drainQueue delivers the messages queued for ss's device, in order, one at
+// a time: each waits for the device's Ack and is then removed from the
+// queue. Expired messages are removed unsent. It returns when the queue is
+// empty (later messages for the online device come through Deliver), or
+// when the session or ctx ends: a message not acknowledged by then stays
+// queued for the next stream (at least once).
+func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) {
+	delivered := 0
+	for {
+		var page []registry.QueuedMessage
+		ok := s.retryQueue(ctx, ss, log, "read the queue", func() error {
+			var err error
+			page, err = s.queue.Queue(ctx, ss.deviceID, queuePage)
+			return err
+		})
+		if !ok {
+			return
+		}
+		if len(page) == 0 {
+			if delivered > 0 {
+				log.Debug("queued messages delivered", "messages", delivered)
+			}
+			return
+		}
+		for _, qm := range page {
+			if !qm.ExpiresAt.IsZero() && qm.ExpiresAt.Before(time.Now()) {
+				if !s.dequeue(ctx, ss, log, qm) {
+					return
+				}
+				s.stats.queueExpired.Add(1)
+				continue
+			}
+			m := &executorv1.Message{
+				MessageId:   qm.ID,
+				Payload:     qm.Payload,
+				ContentType: qm.ContentType,
+			}
+			if !qm.EnqueuedAt.IsZero() {
+				m.SentAt = timestamppb.New(qm.EnqueuedAt)
+			}
+			if _, err := s.deliverWait(ctx, ss, m); err != nil {
+				log.Debug("queued message not acknowledged; it stays queued", "message_id", qm.ID, "seq", qm.Seq, "err", err)
+				return
+			}
+			if !s.dequeue(ctx, ss, log, qm) {
+				return
+			}
+			s.stats.queueDelivered.Add(1)
+			delivered++
+		}
+	}
+}
+
+// dequeue removes qm, retrying while the session lasts. It reports whether
+// it did.
+func (s *Server) dequeue(ctx context.Context, ss *session, log *slog.Logger, qm registry.QueuedMessage) bool {
+	return s.retryQueue(ctx, ss, log, "remove a message from the queue", func() error {
+		return s.queue.Dequeue(ctx, ss.deviceID, qm.Seq)
+	})
+}
+
+// retryQueue calls fn until it succeeds, with a growing delay between
+// attempts, while ss and ctx last. It reports whether fn succeeded.
+func (s *Server) retryQueue(ctx context.Context, ss *session, log *slog.Logger, what string, fn func() error) bool {
+	delay := queueRetryMin
+	for {
+		err := fn()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil || ss.closed() {
+			return false
+		}
+		log.Warn("queue: cannot "+what+"; retrying", "retry_in", delay, "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ss.done:
+			t.Stop()
+			return false
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		}
+		delay = min(2*delay, queueRetryMax)
+	}
+}
