@@ -121,6 +121,10 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	return s, nil
 }
 
+// KnownExecutors returns how many executors the control plane's registry
+// cache holds: once it matches the fleet, Assign sees every executor.
+func (s *Server) KnownExecutors() int { return len(s.cache.Snapshot().Executors) }
+
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
 	return Stats{

@@ -188,7 +188,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		g.Go(func() error { return e.srv.Run(gctx, e.lis) })
 	}
 	g.Go(func() error {
-		if err := waitReady(gctx, reg, info); err != nil {
+		if err := waitReady(gctx, reg, cp, info); err != nil {
 			return err
 		}
 		if ready != nil {
@@ -207,9 +207,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	return err
 }
 
-// waitReady waits until every server reports SERVING and every executor is
-// registered.
-func waitReady(ctx context.Context, reg *registry.Registry, info Info) error {
+// waitReady waits until every server reports SERVING, every executor is
+// registered, and the control plane's cache has seen them all.
+func waitReady(ctx context.Context, reg *registry.Registry, cp *controlplane.Server, info Info) error {
 	addrs := []string{info.ControlPlane}
 	for _, a := range info.Executors {
 		addrs = append(addrs, a)
@@ -223,7 +223,7 @@ func waitReady(ctx context.Context, reg *registry.Registry, info Info) error {
 		}
 		if ok {
 			es, err := reg.Executors(ctx)
-			if err == nil && len(es) >= len(info.Executors) {
+			if err == nil && len(es) >= len(info.Executors) && cp.KnownExecutors() >= len(info.Executors) {
 				return nil
 			}
 		}
