@@ -44,6 +44,12 @@ type Request struct {
 	Input *policyv1.Input
 	// Weight is the device's load weight (1 for an average device).
 	Weight float64
+	// Match, when set, is the outcome of the policy's label rules for
+	// Input, computed beforehand (outside any lock); Decide uses it instead
+	// of evaluating the rules again.
+	Match *policy.Match
+	// MatchErr goes with Match: rules that failed to evaluate.
+	MatchErr error
 }
 
 // Candidate is a group the placement considered, with what it saw.
@@ -141,7 +147,13 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 	if pol.BalanceByLoad() {
 		w = req.Weight
 	}
-	m, ruleErrs := pol.Label(req.Input)
+	var m policy.Match
+	var ruleErrs error
+	if req.Match != nil {
+		m, ruleErrs = *req.Match, req.MatchErr
+	} else {
+		m, ruleErrs = pol.Label(req.Input)
+	}
 	d := Decision{Label: m.Label, Rule: m.Rule, PolicyVersion: pol.Version(), RuleErrors: ruleErrs}
 
 	groups := snap.SortedGroups()

@@ -245,6 +245,10 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
 	in := inputsOf(req)
 	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious()), Weight: in.Weight}
+	// The rules are the costly part of a decision: run them before taking
+	// the reservations lock, which serializes placements.
+	m, merr := pol.Label(preq.Input)
+	preq.Match, preq.MatchErr = &m, merr
 	w := 1.0
 	if pol.BalanceByLoad() {
 		w = in.Weight
