@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
-	"github.com/berthproject/berth/registry"
 )
 
 // Input limits of Assign.
@@ -30,14 +29,8 @@ const (
 
 // validateAssign checks an AssignRequest and says what is wrong.
 func validateAssign(r *controlplanev1.AssignRequest) error {
-	id := r.GetDeviceId()
-	switch {
-	case id == "":
-		return errors.New("device_id is required")
-	case len(id) > maxIDLen:
-		return fmt.Errorf("device_id is %d bytes; at most %d", len(id), maxIDLen)
-	case !registry.ValidID(id):
-		return fmt.Errorf("device_id %q: want [A-Za-z0-9._:@-]", id)
+	if err := validateDeviceID(r.GetDeviceId()); err != nil {
+		return err
 	}
 	if n := len(r.GetSpec().GetModel()); n > maxSpecField {
 		return fmt.Errorf("spec.model is %d bytes; at most %d", n, maxSpecField)

@@ -93,23 +93,27 @@ func (s *Signer) SignWeighted(deviceID, groupID, label string, weight float64, t
 	if weight == 1 {
 		weight = 0 // the default; kept off the wire
 	}
+	return s.sign(jwtClaims{
+		RegisteredClaims: jwt.RegisteredClaims{Subject: deviceID},
+		Group:            groupID,
+		Label:            label,
+		Weight:           weight,
+	}, ttl, true)
+}
+
+// sign completes c (issuer, times, and a random id when withID) and signs it.
+// It returns the token and its expiry, as the wire carries it (seconds).
+func (s *Signer) sign(c jwtClaims, ttl time.Duration, withID bool) (string, time.Time, error) {
 	now := s.now()
-	exp := now.Add(ttl)
-	var jti [12]byte
-	if _, err := rand.Read(jti[:]); err != nil {
-		return "", time.Time{}, fmt.Errorf("token: random id: %w", err)
-	}
-	c := jwtClaims{
-		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    issuer,
-			Subject:   deviceID,
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(exp),
-			ID:        hex.EncodeToString(jti[:]),
-		},
-		Group:  groupID,
-		Label:  label,
-		Weight: weight,
+	c.Issuer = issuer
+	c.IssuedAt = jwt.NewNumericDate(now)
+	c.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	if withID {
+		var jti [12]byte
+		if _, err := rand.Read(jti[:]); err != nil {
+			return "", time.Time{}, fmt.Errorf("token: random id: %w", err)
+		}
+		c.ID = hex.EncodeToString(jti[:])
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
 	t.Header["kid"] = s.kid
@@ -117,31 +121,13 @@ func (s *Signer) SignWeighted(deviceID, groupID, label string, weight float64, t
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("token: sign: %w", err)
 	}
-	// The wire expiry has second precision; report that one.
 	return signed, c.ExpiresAt.Time, nil
 }
 
 // SignService mints a service token for a control plane replica (subject),
 // valid for ttl: it lets the replica call executors' internal service.
 func (s *Signer) SignService(subject string, ttl time.Duration) (string, time.Time, error) {
-	now := s.now()
-	exp := now.Add(ttl)
-	c := jwtClaims{
-		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    issuer,
-			Subject:   subject,
-			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(exp),
-		},
-		Role: RoleControlPlane,
-	}
-	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
-	t.Header["kid"] = s.kid
-	signed, err := t.SignedString(s.key)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("token: sign: %w", err)
-	}
-	return signed, c.ExpiresAt.Time, nil
+	return s.sign(jwtClaims{RegisteredClaims: jwt.RegisteredClaims{Subject: subject}, Role: RoleControlPlane}, ttl, false)
 }
 
 // Verifier checks tokens with one or more public keys (several during a key
