@@ -12,19 +12,21 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/policy"
 )
 
-// Input limits of Assign.
+// Input limits of Assign: the policy's input bounds, on which the cost bound
+// of its expressions rests.
 const (
-	maxIDLen         = 128
-	maxSpecField     = 128
-	maxAttributes    = 64
-	maxAttrKey       = 128
-	maxAttrValue     = 1024
-	maxServices      = 32
-	maxServiceName   = 64
-	maxTenantOrUser  = 128
-	maxPreviousField = 128
+	maxIDLen         = policy.MaxIDLen
+	maxSpecField     = policy.MaxSpecField
+	maxAttributes    = policy.MaxAttributes
+	maxAttrKey       = policy.MaxAttrKey
+	maxAttrValue     = policy.MaxAttrValue
+	maxServices      = policy.MaxRequestedServices
+	maxServiceName   = policy.MaxServiceName
+	maxTenantOrUser  = policy.MaxIDLen
+	maxPreviousField = policy.MaxIDLen
 )
 
 // validateAssign checks an AssignRequest and says what is wrong.

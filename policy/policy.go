@@ -148,7 +148,7 @@ type Match struct {
 // not match; its error is returned alongside the eventual match so callers
 // can log it.
 func (c *Compiled) Label(in *policyv1.Input) (Match, error) {
-	act := activation(in)
+	act := newInputs(in)
 	var errs []error
 	for i, r := range c.rules {
 		out, _, err := r.prg.Eval(act)
@@ -169,7 +169,7 @@ func (c *Compiled) AffinityKey(in *policyv1.Input) (string, error) {
 	if c.affinity == nil {
 		return "", nil
 	}
-	out, _, err := c.affinity.Eval(activation(in))
+	out, _, err := c.affinity.Eval(newInputs(in))
 	if err != nil {
 		return "", fmt.Errorf("affinity key: %w", err)
 	}
@@ -177,26 +177,15 @@ func (c *Compiled) AffinityKey(in *policyv1.Input) (string, error) {
 	return s, nil
 }
 
-func activation(in *policyv1.Input) map[string]any {
-	return map[string]any{
-		"device":   orEmpty(in.GetDevice()),
-		"tenant":   orEmpty(in.GetTenant()),
-		"services": orEmpty(in.GetServices()),
-		"history":  orEmpty(in.GetHistory()),
-	}
-}
-
-func orEmpty[T any, P interface{ *T }](p P) P {
-	if p == nil {
-		return new(T)
-	}
-	return p
-}
-
 // celEnv is the CEL environment shared by every compilation, built once.
 var celEnv = sync.OnceValues(func() (*cel.Env, error) {
+	p, err := newInputProvider()
+	if err != nil {
+		return nil, err
+	}
 	return cel.NewEnv(
-		cel.Types(&policyv1.DeviceInput{}, &policyv1.TenantInput{}, &policyv1.ServicesInput{}, &policyv1.HistoryInput{}),
+		cel.CustomTypeProvider(p),
+		cel.CustomTypeAdapter(p.Registry),
 		cel.Variable("device", cel.ObjectType("berth.policy.v1.DeviceInput")),
 		cel.Variable("tenant", cel.ObjectType("berth.policy.v1.TenantInput")),
 		cel.Variable("services", cel.ObjectType("berth.policy.v1.ServicesInput")),
@@ -226,7 +215,12 @@ func compileExpr(expr string, want *cel.Type) (cel.Program, string) {
 	if !ast.OutputType().IsExactType(want) {
 		return nil, fmt.Sprintf("expression has type %s, want %s", ast.OutputType(), want)
 	}
-	prg, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(100000))
+	if c, err := estimateCost(env, ast); err != nil {
+		return nil, "estimating its cost: " + err.Error()
+	} else if c > MaxExprCost {
+		return nil, fmt.Sprintf("expression may cost %d on the largest inputs; at most %d (nested loops over attributes or services, or regular expressions over long strings, cost most)", c, MaxExprCost)
+	}
+	prg, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
 		return nil, err.Error()
 	}

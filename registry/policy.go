@@ -100,6 +100,9 @@ func (t Tenant) Validate() error {
 			return fmt.Errorf("%w: tenant %s: attribute %q: keys 1-128 bytes, values at most 1024", ErrInvalid, t.ID, k)
 		}
 	}
+	if len(t.Services) > 256 {
+		return fmt.Errorf("%w: tenant %s: %d services; at most 256", ErrInvalid, t.ID, len(t.Services))
+	}
 	for _, s := range t.Services {
 		if s == "" || len(s) > 64 {
 			return fmt.Errorf("%w: tenant %s: service %q: want 1-64 bytes", ErrInvalid, t.ID, s)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +18,29 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
+	var cpuProfile string
+	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file (go tool pprof reads it)")
+	var stop func()
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if cpuProfile == "" {
+			return nil
+		}
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		stop = func() { pprof.StopCPUProfile(); f.Close() }
+		return nil
+	}
+	cmd.PersistentPostRun = func(*cobra.Command, []string) {
+		if stop != nil {
+			stop()
+		}
+	}
 	return cmd
 }
 
