@@ -39,22 +39,22 @@ const MaxExprCost = 100_000
 // inputSizes is the size of each input the estimator may ask about, by path
 // from the variable.
 var inputSizes = map[string]uint64{
-	"device.id":                  MaxIDLen,
-	"device.model":               MaxSpecField,
-	"device.firmware":            MaxSpecField,
-	"device.attributes":          MaxAttributes,
-	"device.attributes.@keys":    MaxAttrKey,
-	"device.attributes.@values":  MaxAttrValue,
-	"tenant.id":                  MaxIDLen,
-	"tenant.attributes":          MaxAttributes,
-	"tenant.attributes.@keys":    MaxAttrKey,
-	"tenant.attributes.@values":  MaxAttrValue,
-	"services.requested":         MaxRequestedServices,
-	"services.requested.@items":  MaxServiceName,
-	"services.entitled":          MaxEntitledServices,
-	"services.entitled.@items":   MaxServiceName,
-	"history.last_group":         MaxIDLen,
-	"history.last_label":         MaxIDLen,
+	"device.id":                 MaxIDLen,
+	"device.model":              MaxSpecField,
+	"device.firmware":           MaxSpecField,
+	"device.attributes":         MaxAttributes,
+	"device.attributes.@keys":   MaxAttrKey,
+	"device.attributes.@values": MaxAttrValue,
+	"tenant.id":                 MaxIDLen,
+	"tenant.attributes":         MaxAttributes,
+	"tenant.attributes.@keys":   MaxAttrKey,
+	"tenant.attributes.@values": MaxAttrValue,
+	"services.requested":        MaxRequestedServices,
+	"services.requested.@items": MaxServiceName,
+	"services.entitled":         MaxEntitledServices,
+	"services.entitled.@items":  MaxServiceName,
+	"history.last_group":        MaxIDLen,
+	"history.last_label":        MaxIDLen,
 }
 
 // sizeEstimator gives the estimator the input bounds.
