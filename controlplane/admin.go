@@ -109,7 +109,7 @@ func stillCandidate(snap *registry.Snapshot, pol *policy.Compiled, label, group 
 			if !g.HasLabel(l) {
 				continue
 			}
-			c := evaluate(g, snap.GroupExecutors(g.ID), noPending{}, pol, 0)
+			c := evaluate(&g, snap.GroupExecutors(g.ID), noPending{}, pol, 0)
 			if c.Dropped == "" || c.Dropped == droppedFull {
 				usable = true
 				if g.ID == group {

@@ -54,8 +54,8 @@ type Request struct {
 
 // Candidate is a group the placement considered, with what it saw.
 type Candidate struct {
-	// Group is the group.
-	Group registry.Group
+	// Group is the group, in the snapshot (do not modify).
+	Group *registry.Group
 	// Label is the label under which it was considered.
 	Label string
 	// Used is what the group holds: live connections, or load in load
@@ -82,8 +82,8 @@ func (c Candidate) Utilization() float64 {
 
 // Endpoint is a usable executor with its utilization.
 type Endpoint struct {
-	// Executor is the executor's record.
-	Executor registry.Executor
+	// Executor is the executor's record, in the snapshot (do not modify).
+	Executor *registry.Executor
 	// Pending is what was sent to it but not yet counted.
 	Pending float64
 }
@@ -161,7 +161,8 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 	cands := make([]Candidate, 0, len(groups))
 	full := 0
 	for _, label := range pol.Chain(m.Label) {
-		for _, g := range groups {
+		for i := range groups {
+			g := &groups[i]
 			if !g.HasLabel(label) {
 				continue
 			}
@@ -232,7 +233,7 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 		pick, d.Method = &cands[best], "balance"
 		d.Reason = fmt.Sprintf("balance: least utilized of %d candidates, %s at %.0f%% of %d", len(cands), pick.Group.ID, 100*pick.Utilization(), pick.Capacity)
 	}
-	d.Group, d.Endpoints = pick.Group, pick.Endpoints
+	d.Group, d.Endpoints = *pick.Group, pick.Endpoints
 	prefix := "default label " + m.Label
 	if m.Rule != "" {
 		prefix = fmt.Sprintf("rule %s: label %s", m.Rule, m.Label)
@@ -297,7 +298,7 @@ func mix64(x uint64) uint64 {
 }
 
 // evaluate measures one group.
-func evaluate(g registry.Group, execs []registry.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
+func evaluate(g *registry.Group, execs []registry.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
 	c := Candidate{Group: g, Endpoints: make([]Endpoint, 0, len(execs))}
 	switch g.State {
 	case registry.GroupActive:
@@ -313,7 +314,8 @@ func evaluate(g registry.Group, execs []registry.Executor, pending Pending, pol 
 	}
 	execCap := 0
 	var oldest time.Time
-	for _, e := range execs {
+	for i := range execs {
+		e := &execs[i]
 		if e.Draining || e.Capacity <= 0 {
 			continue
 		}

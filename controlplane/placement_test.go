@@ -364,10 +364,10 @@ func TestReservationsBalanceABurst(t *testing.T) {
 // capacity, not all to the largest one.
 func TestRendezvousSpreadsByCapacity(t *testing.T) {
 	cands := []Candidate{
-		{Group: registry.Group{ID: "g1"}, Capacity: 100},
-		{Group: registry.Group{ID: "g2"}, Capacity: 100},
-		{Group: registry.Group{ID: "g3"}, Capacity: 100},
-		{Group: registry.Group{ID: "g4"}, Capacity: 101},
+		{Group: &registry.Group{ID: "g1"}, Capacity: 100},
+		{Group: &registry.Group{ID: "g2"}, Capacity: 100},
+		{Group: &registry.Group{ID: "g3"}, Capacity: 100},
+		{Group: &registry.Group{ID: "g4"}, Capacity: 101},
 	}
 	wins := make([]int, len(cands))
 	const keys = 10000

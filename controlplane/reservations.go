@@ -19,8 +19,13 @@ type reservations struct {
 	grace, maxAge time.Duration
 	now           func() time.Time
 
-	mu    sync.Mutex
-	byKey map[string][]reservation // ascending by at
+	mu sync.Mutex
+	// byExec and byGroup hold reservations by executor and by group id,
+	// each ascending by at.
+	byExec, byGroup map[string][]reservation
+	// lockedNow is the time taken when the lock was taken: one clock read
+	// serves a whole placement.
+	lockedNow time.Time
 }
 
 type reservation struct {
@@ -32,43 +37,38 @@ type reservation struct {
 }
 
 func newReservations(grace, maxAge time.Duration, now func() time.Time) *reservations {
-	return &reservations{grace: grace, maxAge: maxAge, now: now, byKey: map[string][]reservation{}}
+	return &reservations{grace: grace, maxAge: maxAge, now: now,
+		byExec: map[string][]reservation{}, byGroup: map[string][]reservation{}}
 }
-
-func execKey(id string) string  { return "e/" + id }
-func groupKey(id string) string { return "g/" + id }
 
 // Pending implements Pending for an executor. The caller holds the lock.
 func (r *reservations) Pending(exec string, countedAt time.Time) float64 {
-	return r.pending(execKey(exec), countedAt)
+	return r.pending(r.byExec, exec, countedAt)
 }
 
 // GroupPending implements Pending for devices other replicas sent to a
 // group. The caller holds the lock.
 func (r *reservations) GroupPending(group string, countedAt time.Time) float64 {
-	return r.pending(groupKey(group), countedAt)
+	return r.pending(r.byGroup, group, countedAt)
 }
 
-func (r *reservations) pending(key string, countedAt time.Time) float64 {
-	rs := r.byKey[key]
-	if len(rs) == 0 {
-		return 0
-	}
-	old := r.now().Add(-r.maxAge)
-	if i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(old) }); i > 0 {
-		rs = rs[i:]
-		if len(rs) == 0 {
-			delete(r.byKey, key)
-			return 0
-		}
-		r.byKey[key] = rs
-	}
+func (r *reservations) pending(m map[string][]reservation, key string, countedAt time.Time) float64 {
+	rs := m[key]
+	n := len(rs)
 	cut := countedAt.Add(-r.grace)
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(cut) })
-	if i == len(rs) {
+	if n == 0 || !rs[n-1].at.After(cut) {
 		return 0
 	}
-	return rs[len(rs)-1].cum - rs[i].cum + rs[i].w
+	// Reservations older than maxAge are pruned when the next one is made;
+	// until then they are skipped here.
+	if old := r.lockedNow.Add(-r.maxAge); old.After(cut) {
+		cut = old
+	}
+	i := sort.Search(n, func(i int) bool { return rs[i].at.After(cut) })
+	if i == n {
+		return 0
+	}
+	return rs[n-1].cum - rs[i].cum + rs[i].w
 }
 
 // locked runs fn with the reservations locked, so that a placement and the
@@ -76,13 +76,14 @@ func (r *reservations) pending(key string, countedAt time.Time) float64 {
 func (r *reservations) locked(fn func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.lockedNow = r.now()
 	fn()
 }
 
 // addLocked records a device of weight w sent to exec now; the caller is
 // inside locked.
 func (r *reservations) addLocked(exec string, w float64) {
-	r.append(execKey(exec), reservation{at: r.now(), w: w})
+	r.append(r.byExec, exec, reservation{at: r.lockedNow, w: w})
 }
 
 // addGroup records a device of weight w that another replica sent to group
@@ -90,11 +91,16 @@ func (r *reservations) addLocked(exec string, w float64) {
 func (r *reservations) addGroup(group string, w float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.append(groupKey(group), reservation{at: r.now(), w: w})
+	r.lockedNow = r.now()
+	r.append(r.byGroup, group, reservation{at: r.lockedNow, w: w})
 }
 
-func (r *reservations) append(key string, x reservation) {
-	rs := r.byKey[key]
+func (r *reservations) append(m map[string][]reservation, key string, x reservation) {
+	rs := m[key]
+	if old := x.at.Add(-r.maxAge); len(rs) > 0 && !rs[0].at.After(old) {
+		i := sort.Search(len(rs), func(i int) bool { return rs[i].at.After(old) })
+		rs = rs[i:]
+	}
 	x.cum = x.w
 	if n := len(rs); n > 0 {
 		// Keep the slice ordered even if the clock stepped back.
@@ -103,5 +109,5 @@ func (r *reservations) append(key string, x reservation) {
 		}
 		x.cum += rs[n-1].cum
 	}
-	r.byKey[key] = append(rs, x)
+	m[key] = append(rs, x)
 }
