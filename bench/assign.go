@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -20,9 +21,7 @@ import (
 	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/embedetcd"
-	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
-	"github.com/berthproject/berth/token"
 )
 
 // Case names of the assign benchmark, in the order they are reported.
@@ -74,6 +73,15 @@ type AssignConfig struct {
 	// TempDir is where the temporary etcd data directory is made ("" is
 	// the system's default).
 	TempDir string
+	// Command starts each control plane under test as a `bench serve`
+	// child once ServeConfig.Args() are appended, so that it has its
+	// process, scheduler and collector to itself as in production; empty
+	// runs them in this process, with etcd and the load.
+	Command []string
+	// Env is added to the children's environment (GOGC=200, say).
+	Env []string
+	// ChildStderr receives the children's standard error (nil discards it).
+	ChildStderr io.Writer
 }
 
 // DefaultAssignConfig returns what `berth bench assign` runs.
@@ -236,11 +244,16 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		}
 	}
 	cpCfg := controlplane.DefaultConfig()
-	cp, cache, addr, err := startControlPlane(bgCtx, &bg, reg, cpCfg, log)
+	cp, err := startControlPlaneUnderTest(bgCtx, cfg, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, log)
 	if err != nil {
 		return nil, err
 	}
-	cl, err := dial(addr, cfg)
+	defer func() {
+		if serr := cp.stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	cl, err := dial(cp.addr, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +283,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		return nil, err
 	}
 	rep.KnownByRule = byRule
-	if err := waitAssignments(ctx, cache, cfg.Devices); err != nil {
+	if err := waitAssignments(ctx, cp, cfg.Devices); err != nil {
 		return nil, err
 	}
 	var next atomic.Uint64
@@ -290,9 +303,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 	// is written, its token is re-sent from the token cache) and
 	// assign-known-sign (the same on a second control plane without a
 	// token cache, so every Assign signs a token), round after round.
-	signCfg := controlplane.DefaultConfig()
-	signCfg.TokenCacheSize = 0
-	if err := rep.runSeparate(ctx, reg, signCfg, cfg, log, func(cl2 *clients, cp2 *controlplane.Server) error {
+	if err := rep.runSeparate(ctx, reg, etcd.Endpoint(), 0, cfg, log, func(cl2 *clients, cp2 *controlPlaneUnderTest) error {
 		return rep.rounds(ctx, cfg.Rounds, []closedCase{
 			{CaseNoop, noop, nil},
 			{CaseAssignKnown, assignKnown(cl), cp},
@@ -336,23 +347,21 @@ func pacedWorkers(rate float64, atLeast int) int {
 	return min(max(atLeast, 64, int(math.Ceil(rate*0.25))), 4096)
 }
 
-// runSeparate starts a second control plane with cpCfg on the same
+// runSeparate starts a second control plane with a token cache of
+// tokenCache entries on the same
 // registry, waits until it holds every known device and decides with the
 // benchmark policy, calls fn with clients of its own, and stops it.
-func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, cpCfg controlplane.Config, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlplane.Server) error) (err error) {
-	bgCtx, stop := context.WithCancel(ctx)
-	var bg errgroup.Group
-	defer func() {
-		stop()
-		if berr := bg.Wait(); berr != nil && err == nil {
-			err = berr
-		}
-	}()
-	cp, cache, addr, err := startControlPlane(bgCtx, &bg, reg, cpCfg, log.With("control_plane", "token-cache-off"))
+func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, etcdAddr string, tokenCache int, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlPlaneUnderTest) error) (err error) {
+	cp, err := startControlPlaneUnderTest(ctx, cfg, reg, etcdAddr, tokenCache, log.With("control_plane", "token-cache-off"))
 	if err != nil {
 		return err
 	}
-	cl, err := dial(addr, cfg)
+	defer func() {
+		if serr := cp.stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	cl, err := dial(cp.addr, cfg)
 	if err != nil {
 		return err
 	}
@@ -360,7 +369,7 @@ func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, 
 	if err := waitServing(ctx, cl.healths[0], controlplanev1.ControlPlaneService_ServiceDesc.ServiceName); err != nil {
 		return err
 	}
-	if err := waitAssignments(ctx, cache, cfg.Devices); err != nil {
+	if err := waitAssignments(ctx, cp, cfg.Devices); err != nil {
 		return err
 	}
 	if cfg.Rules > 0 {
@@ -457,7 +466,7 @@ func waitPolicy(ctx context.Context, c controlplanev1.ControlPlaneServiceClient)
 type closedCase struct {
 	name string
 	op   func(ctx context.Context, w int) error
-	cp   *controlplane.Server
+	cp   *controlPlaneUnderTest
 }
 
 // segment is one round's share of the measured time and warm-up, in n
@@ -480,13 +489,20 @@ func (r *AssignReport) rounds(ctx context.Context, n int, cases []closedCase) er
 	for range max(n, 1) {
 		for i, c := range cases {
 			l := Load{Workers: r.Config.Concurrency, Warmup: warmup, Duration: measured, Op: c.op}
-			before := writes(c.cp)
+			before, err := writes(ctx, c.cp)
+			if err != nil {
+				return err
+			}
 			res, err := l.Run(ctx, c.name)
 			if err != nil {
 				return err
 			}
 			if c.cp != nil {
-				res.RecordsWritten = writes(c.cp) - before
+				after, err := writes(ctx, c.cp)
+				if err != nil {
+					return err
+				}
+				res.RecordsWritten = after - before
 			}
 			totals[i].add(res)
 		}
@@ -507,13 +523,20 @@ func (r *AssignReport) pacedRounds(ctx context.Context, n int, rate float64, cas
 	for range max(n, 1) {
 		for i, c := range cases {
 			p := Paced{Rate: rate, Workers: pacedWorkers(rate, r.Config.Concurrency), Warmup: warmup, Duration: measured, Op: c.op}
-			before := writes(c.cp)
+			before, err := writes(ctx, c.cp)
+			if err != nil {
+				return err
+			}
 			res, err := p.Run(ctx, c.name)
 			if err != nil {
 				return err
 			}
 			if c.cp != nil {
-				res.RecordsWritten = writes(c.cp) - before
+				after, err := writes(ctx, c.cp)
+				if err != nil {
+					return err
+				}
+				res.RecordsWritten = after - before
 			}
 			totals[i].add(res)
 		}
@@ -523,11 +546,12 @@ func (r *AssignReport) pacedRounds(ctx context.Context, n int, rate float64, cas
 }
 
 // writes is the number of assignment records cp wrote (0 without cp).
-func writes(cp *controlplane.Server) int64 {
+func writes(ctx context.Context, cp *controlPlaneUnderTest) (int64, error) {
 	if cp == nil {
-		return 0
+		return 0, nil
 	}
-	return cp.Stats().Writes
+	w, _, err := cp.counters(ctx)
+	return w, err
 }
 
 // registerAssignCluster writes the groups, carrying labels, and keeps their executor records
@@ -563,30 +587,6 @@ func registerAssignCluster(ctx, bgCtx context.Context, bg *errgroup.Group, reg *
 		es, err := reg.Executors(ctx)
 		return err == nil && len(es) == assignGroups*assignExecsPerGroup
 	})
-}
-
-// startControlPlane runs a control plane with cfg on a free loopback port
-// in bg.
-func startControlPlane(bgCtx context.Context, bg *errgroup.Group, reg *registry.Registry, cfg controlplane.Config, log *slog.Logger) (*controlplane.Server, *registry.Cache, string, error) {
-	priv, err := token.GenerateKey()
-	if err != nil {
-		return nil, nil, "", err
-	}
-	signer, err := token.NewSigner(priv, nil)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(cfg, cache, reg, signer, log.With("component", "controlplane"))
-	if err != nil {
-		return nil, nil, "", err
-	}
-	lis, err := rpcserver.Listen("127.0.0.1:0")
-	if err != nil {
-		return nil, nil, "", err
-	}
-	bg.Go(func() error { return cp.Run(bgCtx, lis) })
-	return cp, cache, lis.Addr().String(), nil
 }
 
 // primeDevices assigns n known devices once, with every worker, and
@@ -626,10 +626,17 @@ func primeDevices(ctx context.Context, clients []controlplanev1.ControlPlaneServ
 }
 
 // waitAssignments waits until the control plane's cache holds n records.
-func waitAssignments(ctx context.Context, cache *registry.Cache, n int) error {
-	return poll(ctx, 60*time.Second, fmt.Sprintf("%d assignment records in the control plane's cache", n), func() bool {
-		return cache.AssignmentCount() >= n
+func waitAssignments(ctx context.Context, cp *controlPlaneUnderTest, n int) error {
+	var last error
+	err := poll(ctx, 60*time.Second, fmt.Sprintf("%d assignment records in the control plane's cache", n), func() bool {
+		_, got, err := cp.counters(ctx)
+		last = err
+		return err == nil && got >= n
 	})
+	if err != nil && last != nil {
+		err = fmt.Errorf("%w (last answer: %v)", err, last)
+	}
+	return err
 }
 
 // waitServing waits until the health service says service is SERVING.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,12 @@ func TestRunAssignSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cfg := smallAssignConfig(t, 20)
+	// The control planes run as children, as `berth bench assign` runs them.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Command, cfg.Env, cfg.ChildStderr = []string{exe}, []string{childEnv + "=1"}, os.Stderr
 	rep, err := bench.RunAssign(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("RunAssign: %v", err)

@@ -34,6 +34,9 @@ const (
 	// whose Connect reads the first frame, answers Welcome and blocks in
 	// Recv.
 	ModeBare = "bare"
+	// ModeControlPlane runs a control plane (bench assign's server under
+	// test, in a process of its own).
+	ModeControlPlane = "controlplane"
 )
 
 // Lines a Serve child understands on its input.
@@ -61,6 +64,9 @@ type ServeConfig struct {
 	Capacity int
 	// LogLevel is the child's log level.
 	LogLevel string
+	// TokenCacheSize is the control plane's token cache size, 0 for none
+	// (controlplane mode; -1 keeps the default).
+	TokenCacheSize int
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -74,6 +80,7 @@ func (c ServeConfig) Args() []string {
 		"--id=" + c.ExecutorID,
 		"--group=" + c.GroupID,
 		fmt.Sprintf("--capacity=%d", c.Capacity),
+		fmt.Sprintf("--token-cache=%d", c.TokenCacheSize),
 		"--log-level=" + c.LogLevel,
 	}
 }
@@ -83,7 +90,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	var c ServeConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.Mode, "mode", ModeBerth, "berth or bare")
+	fs.StringVar(&c.Mode, "mode", ModeBerth, "berth, bare or controlplane")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:0", "address to serve on")
 	fs.StringVar(&c.Etcd, "etcd", "", "etcd endpoint (berth mode)")
 	fs.StringVar(&c.Prefix, "prefix", registry.DefaultPrefix, "registry prefix (berth mode)")
@@ -92,6 +99,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.StringVar(&c.GroupID, "group", "group-1", "group id")
 	fs.IntVar(&c.Capacity, "capacity", executor.DefaultConfig().Capacity, "most streams admitted (berth mode)")
 	fs.StringVar(&c.LogLevel, "log-level", "warn", "log level")
+	fs.IntVar(&c.TokenCacheSize, "token-cache", -1, "token cache size, 0 for none (controlplane mode; -1 keeps the default)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
 	}
@@ -111,8 +119,13 @@ func (c ServeConfig) Validate() error {
 			return errors.New("bench serve: berth mode needs --etcd and --pubkey")
 		}
 		return nil
+	case ModeControlPlane:
+		if c.Etcd == "" {
+			return errors.New("bench serve: controlplane mode needs --etcd")
+		}
+		return nil
 	}
-	return fmt.Errorf("bench serve: --mode %q: want %s or %s", c.Mode, ModeBerth, ModeBare)
+	return fmt.Errorf("bench serve: --mode %q: want %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeControlPlane)
 }
 
 // ServerStats is what a Serve child reports about itself.
@@ -129,6 +142,12 @@ type ServerStats struct {
 	Goroutines int `json:"goroutines"`
 	// Streams is the number of open device streams.
 	Streams int `json:"streams"`
+	// Writes is the number of assignment records a control plane wrote
+	// (controlplane mode).
+	Writes int64 `json:"writes,omitempty"`
+	// Assignments is the number of assignment records in a control
+	// plane's cache (controlplane mode).
+	Assignments int `json:"assignments,omitempty"`
 }
 
 // add returns s + o, field by field.
@@ -172,6 +191,9 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Mode == ModeControlPlane {
+		return serveControlPlane(ctx, cfg, reg, in, out, log)
 	}
 	if _, err := RaiseFileLimit(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return err
@@ -225,7 +247,7 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		if err := json.NewEncoder(out).Encode(readyLine{Addr: lis.Addr().String()}); err != nil {
 			return fmt.Errorf("bench serve: %w", err)
 		}
-		return answer(gctx, in, out, streams, cancel)
+		return answer(gctx, in, out, func() (ServerStats, error) { return collectStats(streams()) }, cancel)
 	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -237,7 +259,7 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 // answer serves the input's commands until it says quit or ends, then calls
 // stop. A read blocked in in is abandoned when ctx ends (the process is
 // about to exit).
-func answer(ctx context.Context, in io.Reader, out io.Writer, streams func() int, stop func()) error {
+func answer(ctx context.Context, in io.Reader, out io.Writer, stats func() (ServerStats, error), stop func()) error {
 	lines := make(chan string)
 	go func() {
 		defer close(lines)
@@ -264,7 +286,7 @@ func answer(ctx context.Context, in io.Reader, out io.Writer, streams func() int
 			stop()
 			return nil
 		case line == cmdStats:
-			st, err := collectStats(streams())
+			st, err := stats()
 			if err != nil {
 				return err
 			}

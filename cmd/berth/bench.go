@@ -46,14 +46,23 @@ func newBenchCmd(g *globals) *cobra.Command {
 
 func newBenchAssignCmd(g *globals) *cobra.Command {
 	cfg := bench.DefaultAssignConfig()
+	var inProcess bool
 	cmd := &cobra.Command{
 		Use:   "assign",
-		Short: "Assign of known and new devices under a placement policy against a no-op RPC on the same server stack, in one process",
+		Short: "Assign of known and new devices under a placement policy against a no-op RPC on the same server stack",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the berth binary to start control planes with: %w", err)
+			}
+			if !inProcess {
+				cfg.Command = []string{exe, "bench", "serve"}
+				cfg.ChildStderr = g.stderr
 			}
 			rep, err := bench.RunAssign(cmd.Context(), cfg, log)
 			if err != nil {
@@ -71,6 +80,7 @@ func newBenchAssignCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Rules, "rules", cfg.Rules, "label rules of the placement policy applied before measuring; all but the last match no benchmark device (0 keeps the built-in default)")
 	f.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds each case's time is split in; noop, assign-known and assign-known-sign take turns round by round")
 	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of assign-known's peak rate at which noop and assign-known run again open loop (0 skips them)")
+	f.BoolVar(&inProcess, "in-process", false, "run the control planes in this process, with etcd and the load, instead of a process each")
 	return cmd
 }
 
@@ -125,7 +135,7 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			var reg *registry.Registry
-			if cfg.Mode == bench.ModeBerth {
+			if cfg.Mode != bench.ModeBare {
 				g.etcd = cfg.Etcd
 				cli, err := g.etcdClient()
 				if err != nil {

@@ -1,0 +1,138 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
+)
+
+// serveControlPlane is Serve in controlplane mode: a control plane on the
+// registry, in this process alone, so that the load generator's and etcd's
+// goroutines and garbage do not share its two CPUs' scheduler and collector
+// (they do in production neither). It prints its address once its cache is
+// loaded; "stats" answers its counters, without forcing a collection.
+func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.Reader, out io.Writer, log *slog.Logger) error {
+	if reg == nil {
+		return errors.New("bench serve: controlplane mode needs a registry")
+	}
+	cpCfg := controlplane.DefaultConfig()
+	if cfg.TokenCacheSize >= 0 {
+		cpCfg.TokenCacheSize = cfg.TokenCacheSize
+	}
+	lis, err := rpcserver.Listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cp, cache, err := newBenchControlPlane(cpCfg, reg, log)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cp.Run(gctx, lis) })
+	g.Go(func() error {
+		if err := cache.WaitReady(gctx); err != nil {
+			return err
+		}
+		if err := json.NewEncoder(out).Encode(readyLine{Addr: lis.Addr().String()}); err != nil {
+			return fmt.Errorf("bench serve: %w", err)
+		}
+		return answer(gctx, in, out, func() (ServerStats, error) {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			return ServerStats{
+				HeapInuse: ms.HeapInuse, HeapAlloc: ms.HeapAlloc, StackInuse: ms.StackInuse, Goroutines: runtime.NumGoroutine(),
+				Writes: cp.Stats().Writes, Assignments: cache.AssignmentCount(),
+			}, nil
+		}, cancel)
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// newBenchControlPlane wires a control plane with a fresh signing key.
+func newBenchControlPlane(cfg controlplane.Config, reg *registry.Registry, log *slog.Logger) (*controlplane.Server, *registry.Cache, error) {
+	priv, err := token.GenerateKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, err := token.NewSigner(priv, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	cache := reg.NewCache(log.With("component", "cache"))
+	cp, err := controlplane.New(cfg, cache, reg, signer, log.With("component", "controlplane"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return cp, cache, nil
+}
+
+// controlPlaneUnderTest is a control plane the benchmark measures: in a
+// child process (Command set) or in this one.
+type controlPlaneUnderTest struct {
+	addr string
+	// counters returns its writes and cached assignment records.
+	counters func(ctx context.Context) (writes int64, assignments int, err error)
+	// stop stops it and waits.
+	stop func() error
+}
+
+// startControlPlaneUnderTest starts a control plane with the given token
+// cache size on the registry at etcdAddr: a `bench serve` child when
+// cfg.Command is set, else in this process.
+func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *registry.Registry, etcdAddr string, tokenCache int, log *slog.Logger) (*controlPlaneUnderTest, error) {
+	if len(cfg.Command) == 0 {
+		cpCfg := controlplane.DefaultConfig()
+		cpCfg.TokenCacheSize = tokenCache
+		cp, cache, err := newBenchControlPlane(cpCfg, reg, log)
+		if err != nil {
+			return nil, err
+		}
+		lis, err := rpcserver.Listen("127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- cp.Run(runCtx, lis) }()
+		return &controlPlaneUnderTest{
+			addr: lis.Addr().String(),
+			counters: func(context.Context) (int64, int, error) {
+				return cp.Stats().Writes, cache.AssignmentCount(), nil
+			},
+			stop: func() error { stop(); return <-done },
+		}, nil
+	}
+	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{
+		Mode: ModeControlPlane, Listen: "127.0.0.1:0", Etcd: etcdAddr, Prefix: registry.DefaultPrefix,
+		TokenCacheSize: tokenCache, LogLevel: "warn",
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &controlPlaneUnderTest{
+		addr: c.addr,
+		counters: func(ctx context.Context) (int64, int, error) {
+			st, err := c.stats(ctx)
+			return st.Writes, st.Assignments, err
+		},
+		stop: func() error { return c.stop() },
+	}, nil
+}
