@@ -23,7 +23,7 @@ func BenchmarkPolicyLabel(b *testing.B) {
 			in := controlplane.PolicyInput(snap, req.GetDeviceId(), &registry.DeviceInputs{
 				Model: req.GetSpec().GetModel(), Firmware: req.GetSpec().GetFirmware(), Attributes: req.GetSpec().GetAttributes(),
 				Tenant: req.GetTenantId(), Services: req.GetServices(), Weight: 1,
-			}, registry.Assignment{}, false, nil)
+			}, registry.Assignment{}, false, nil, registry.History{})
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := pol.Label(in); err != nil {

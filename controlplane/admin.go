@@ -55,8 +55,9 @@ type LabelCount struct {
 // DryRun applies pol to every record: the label it would assign, and
 // whether the recorded group would still be a candidate. Decisions among
 // candidates (balance, affinity) are not counted as moves: they only place
-// devices that connect.
-func DryRun(snap *registry.Snapshot, pol *policy.Compiled, records func(func(registry.Assignment) bool)) DryRunResult {
+// devices that connect. history returns a device's traffic history as of
+// now (nil: none).
+func DryRun(snap *registry.Snapshot, pol *policy.Compiled, records func(func(registry.Assignment) bool), history func(deviceID string) registry.History) DryRunResult {
 	var res DryRunResult
 	by := map[string]*LabelCount{}
 	records(func(a registry.Assignment) bool {
@@ -65,7 +66,11 @@ func DryRun(snap *registry.Snapshot, pol *policy.Compiled, records func(func(reg
 		if in == nil {
 			in = &registry.DeviceInputs{}
 		}
-		req := Request{Input: PolicyInput(snap, a.DeviceID, in, a, true, nil), Weight: in.Weight}
+		var h registry.History
+		if history != nil {
+			h = history(a.DeviceID)
+		}
+		req := Request{Input: PolicyInput(snap, a.DeviceID, in, a, true, nil, h), Weight: in.Weight}
 		m, _ := pol.Label(req.Input)
 		lc := by[m.Label]
 		if lc == nil {
@@ -124,13 +129,14 @@ func stillCandidate(snap *registry.Snapshot, pol *policy.Compiled, label, group 
 	return false
 }
 
-// Explain decides again for a recorded device with pol and snap, without
-// reserving anything, and returns the decision with every candidate. A
-// decision error (no usable group) is returned with the partial decision.
-func Explain(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment) (Decision, error) {
+// Explain decides again for a recorded device with pol and snap, and its
+// traffic history as of now, without reserving anything, and returns the
+// decision with every candidate. A decision error (no usable group) is
+// returned with the partial decision.
+func Explain(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment, traffic registry.History) (Decision, error) {
 	in := rec.Inputs
 	if in == nil {
 		in = &registry.DeviceInputs{}
 	}
-	return Decide(snap, pol, Request{Input: PolicyInput(snap, rec.DeviceID, in, rec, true, nil), Weight: in.Weight}, nil)
+	return Decide(snap, pol, Request{Input: PolicyInput(snap, rec.DeviceID, in, rec, true, nil, traffic), Weight: in.Weight}, nil)
 }

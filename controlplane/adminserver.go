@@ -55,7 +55,7 @@ func (a *adminServer) DryRunPolicy(_ context.Context, req *adminv1.DryRunPolicyR
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	r := DryRun(snap, pol, a.s.cache.RangeAssignments)
+	r := DryRun(snap, pol, a.s.cache.RangeAssignments, a.s.history)
 	out := &adminv1.DryRunPolicyResponse{Devices: int64(r.Devices), LabelChanges: int64(r.LabelChanges), GroupChanges: int64(r.GroupChanges), Warnings: warns}
 	for _, l := range r.ByLabel {
 		out.ByLabel = append(out.ByLabel, &adminv1.LabelChange{Label: l.Label, Devices: int64(l.Devices), LabelChanges: int64(l.LabelChanges), GroupChanges: int64(l.GroupChanges)})
@@ -73,19 +73,20 @@ func (a *adminServer) Explain(_ context.Context, req *adminv1.ExplainRequest) (*
 		return nil, status.Errorf(codes.NotFound, "device %s has no assignment record", req.GetDeviceId())
 	}
 	snap := a.s.cache.Snapshot()
-	return ExplainResponse(snap, a.s.policyFor(snap), rec), nil
+	return ExplainResponse(snap, a.s.policyFor(snap), rec, a.s.history(rec.DeviceID)), nil
 }
 
-// ExplainResponse decides again for rec and describes every step.
-func ExplainResponse(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment) *adminv1.ExplainResponse {
-	d, err := Explain(snap, pol, rec)
+// ExplainResponse decides again for rec, with its traffic history as of
+// now, and describes every step.
+func ExplainResponse(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment, traffic registry.History) *adminv1.ExplainResponse {
+	d, err := Explain(snap, pol, rec, traffic)
 	in := rec.Inputs
 	if in == nil {
 		in = &registry.DeviceInputs{}
 	}
 	out := &adminv1.ExplainResponse{
 		DeviceId:        rec.DeviceID,
-		Input:           PolicyInput(snap, rec.DeviceID, in, rec, true, nil),
+		Input:           PolicyInput(snap, rec.DeviceID, in, rec, true, nil, traffic),
 		Rule:            d.Rule,
 		Label:           d.Label,
 		FromLabel:       d.FromLabel,

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"maps"
+	"math"
 	"slices"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
@@ -33,12 +34,17 @@ func sameInputs(a, b *registry.DeviceInputs) bool {
 }
 
 // PolicyInput builds what policy expressions see for a device: its declared
-// inputs, its tenant's stored attributes and entitlements, and its history
-// from the assignment record (or, for a device without one, what it says it
-// remembers).
-func PolicyInput(snap *registry.Snapshot, deviceID string, in *registry.DeviceInputs, rec registry.Assignment, hasRec bool, prev *controlplanev1.PreviousAssignment) *policyv1.Input {
+// inputs, its tenant's stored attributes and entitlements, and its history:
+// last group and label from the assignment record (or, for a device without
+// one, what it says it remembers), traffic and connects from its history
+// record (decayed to the moment of the decision; zero when it has none).
+func PolicyInput(snap *registry.Snapshot, deviceID string, in *registry.DeviceInputs, rec registry.Assignment, hasRec bool, prev *controlplanev1.PreviousAssignment, traffic registry.History) *policyv1.Input {
 	t := snap.Tenants[in.Tenant]
-	hist := &policyv1.HistoryInput{}
+	hist := &policyv1.HistoryInput{
+		ConnectsLastDay: int64(math.Round(traffic.Connects)),
+		MessagesPerDay:  int64(math.Round(traffic.Messages)),
+		BytesPerDay:     int64(math.Round(traffic.Bytes)),
+	}
 	if hasRec {
 		hist.LastGroup, hist.LastLabel = rec.GroupID, rec.Label
 	} else if prev != nil {
@@ -58,4 +64,17 @@ func PolicyInput(snap *registry.Snapshot, deviceID string, in *registry.DeviceIn
 		Services: &policyv1.ServicesInput{Requested: in.Services, Entitled: t.Services},
 		History:  hist,
 	}
+}
+
+// MessagesPerWeightUnit is how many messages a day add 1 to a device's load
+// weight: weight = 1 + messages per day / MessagesPerWeightUnit.
+const MessagesPerWeightUnit = 1000
+
+// LoadWeight is a device's load weight from its history (1 without one).
+// It moves in steps of about 9% (eighths of a power of two), so that the
+// small drift of a decaying counter does not rewrite the device's
+// assignment record on every Assign.
+func LoadWeight(traffic registry.History) float64 {
+	w := 1 + max(traffic.Messages, 0)/MessagesPerWeightUnit
+	return math.Exp2(math.Round(8*math.Log2(w)) / 8)
 }

@@ -39,6 +39,8 @@ type Snapshotter interface {
 	OnAssignment(fn func(registry.Assignment))
 	// RangeAssignments calls fn for every cached assignment record.
 	RangeAssignments(fn func(registry.Assignment) bool)
+	// History returns a device's cached traffic history record.
+	History(deviceID string) (registry.History, bool)
 }
 
 // AssignmentStore writes assignment records and policies.
@@ -243,8 +245,10 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	snap := s.cache.Snapshot()
 	pol := s.policyFor(snap)
 	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
+	traffic := s.history(req.GetDeviceId())
 	in := inputsOf(req)
-	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious()), Weight: in.Weight}
+	in.Weight = LoadWeight(traffic)
+	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious(), traffic), Weight: in.Weight}
 	// The rules are the costly part of a decision: run them before taking
 	// the reservations lock, which serializes placements.
 	m, merr := pol.Label(preq.Input)
@@ -297,6 +301,16 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 		},
 		Reason: d.Reason,
 	}, nil
+}
+
+// history returns the device's traffic history as of now (zero without a
+// record).
+func (s *Server) history(deviceID string) registry.History {
+	h, ok := s.cache.History(deviceID)
+	if !ok {
+		return registry.History{}
+	}
+	return h.Decayed(s.now())
 }
 
 // token returns a token for the decision: the device's cached one when it

@@ -28,6 +28,7 @@ type fakeCache struct {
 	mu      sync.Mutex
 	snap    *registry.Snapshot
 	records map[string]registry.Assignment
+	history map[string]registry.History
 }
 
 var _ controlplane.Snapshotter = (*fakeCache)(nil)
@@ -43,6 +44,13 @@ func (f *fakeCache) Assignment(id string) (registry.Assignment, bool) {
 	defer f.mu.Unlock()
 	a, ok := f.records[id]
 	return a, ok
+}
+
+func (f *fakeCache) History(id string) (registry.History, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h, ok := f.history[id]
+	return h, ok
 }
 
 func (f *fakeCache) Run(ctx context.Context) error          { <-ctx.Done(); return nil }

@@ -181,6 +181,8 @@ func (s *Server) send(stream connectStream, ss *session) error {
 		case f := <-ss.queue:
 			if err := stream.Send(f); err != nil {
 				ss.close(closeReason{err: err}, 0)
+			} else {
+				ss.traffic.countSent(f)
 			}
 		case now := <-ping.C:
 			if quiet := now.Sub(time.Unix(0, ss.lastRecv.Load())); quiet >= silence {
@@ -268,6 +270,7 @@ func (s *Server) handle(ss *session, req *executorv1.ConnectRequest) (err error)
 			h(ss.deviceID, f.Reply.GetMessageId())
 		}
 	case *executorv1.ConnectRequest_Publish:
+		ss.traffic.countPublish(f.Publish)
 		s.publish(ss.deviceID, f.Publish)
 	case *executorv1.ConnectRequest_Hello:
 		return streamErrorf(errProtocol, "Hello sent twice on one stream")

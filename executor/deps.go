@@ -56,6 +56,7 @@ type Option func(*options)
 
 type options struct {
 	queue Queue
+	usage UsageRecorder
 }
 
 // WithQueue makes the executor deliver a device's queued messages when it

@@ -33,7 +33,8 @@ type Server struct {
 	cfg      Config
 	verifier Verifier
 	reg      Registrar
-	queue    Queue // nil: no queue drain on connect
+	queue    Queue         // nil: no queue drain on connect
+	usage    UsageRecorder // nil: usage is not reported
 	log      *slog.Logger
 
 	running atomic.Bool
@@ -89,6 +90,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		verifier:   v,
 		reg:        r,
 		queue:      o.queue,
+		usage:      o.usage,
 		log:        log,
 		sessions:   make(map[string]*session),
 		left:       make(chan struct{}),
@@ -151,6 +153,10 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 			stop(err)
 			return fmt.Errorf("executor: registration: %w", err)
 		}
+		return nil
+	})
+	g.Go(func() error {
+		s.reportUsage(runCtx, UsageInterval)
 		return nil
 	})
 	g.Go(func() error {

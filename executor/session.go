@@ -41,6 +41,8 @@ type session struct {
 	weight float64
 	// since is when the session was admitted.
 	since time.Time
+	// traffic is what went through the stream since it was last reported.
+	traffic traffic
 
 	// waiters are the deliveries waiting for the device's Ack or Reply,
 	// by message id; resolved by the receive goroutine.
@@ -234,6 +236,7 @@ func (s *Server) leave(ss *session) {
 	}
 	delete(s.sessions, ss.deviceID)
 	s.weight -= ss.weight
+	s.reportEnded(ss)
 	s.reg.ClearPresence(ss.deviceID, ss.id)
 	close(s.left)
 	s.left = make(chan struct{})

@@ -77,6 +77,7 @@ type Cache struct {
 
 	mu           sync.RWMutex
 	assignments  map[string]Assignment
+	history      map[string]History
 	onAssignment func(Assignment)
 
 	relists atomic.Int64
@@ -87,7 +88,7 @@ func (r *Registry) NewCache(log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{reg: r, log: log, now: time.Now, first: make(chan struct{}), assignments: map[string]Assignment{}}
+	c := &Cache{reg: r, log: log, now: time.Now, first: make(chan struct{}), assignments: map[string]Assignment{}, history: map[string]History{}}
 	c.snap.Store(newSnapshot(0, parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}))
 	return c
 }
@@ -113,6 +114,14 @@ func (c *Cache) RangeAssignments(fn func(Assignment) bool) {
 			return
 		}
 	}
+}
+
+// History returns the cached history record of a device.
+func (c *Cache) History(deviceID string) (History, bool) {
+	c.mu.RLock()
+	h, ok := c.history[deviceID]
+	c.mu.RUnlock()
+	return h, ok
 }
 
 // AssignmentCount returns how many assignment records are cached.
@@ -173,18 +182,24 @@ func (c *Cache) Run(ctx context.Context) error {
 
 // cachedDirs are the parts of the keyspace the cache holds; presence and
 // queues are read where they are needed, never cached.
-var cachedDirs = []string{groupsDir, executorsDir, tenantsDir, assignmentsDir}
+var cachedDirs = []string{groupsDir, executorsDir, tenantsDir, assignmentsDir, historyDir}
+
+// devices are the per-device records of the cache while they are loaded.
+type devices struct {
+	assigns map[string]Assignment
+	history map[string]History
+}
 
 // load lists the cached directories and the policy at one revision and
 // replaces the cache's contents.
 func (c *Cache) load(ctx context.Context) (int64, error) {
 	p := parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}
-	assigns := map[string]Assignment{}
+	devs := devices{assigns: map[string]Assignment{}, history: map[string]History{}}
 	now := c.now()
 	var rev int64
 	for _, dir := range cachedDirs {
 		rv, err := c.reg.listKVsAt(ctx, c.reg.prefix+dir, rev, func(kv *mvccpb.KeyValue) error {
-			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
+			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, devs, now)
 			return nil
 		})
 		if err != nil {
@@ -197,10 +212,10 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("registry: get policy: %w", err)
 	}
 	for _, kv := range resp.Kvs {
-		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, assigns, now)
+		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, devs, now)
 	}
 	c.mu.Lock()
-	c.assignments = assigns
+	c.assignments, c.history = devs.assigns, devs.history
 	c.mu.Unlock()
 	c.snap.Store(newSnapshot(rev, p))
 	return rev, nil
@@ -212,7 +227,7 @@ func (c *Cache) kind(key string) (dir, id string) {
 	if rest == policyKey {
 		return policyKey, ""
 	}
-	for _, d := range []string{groupsDir, executorsDir, assignmentsDir, tenantsDir} {
+	for _, d := range cachedDirs {
 		if strings.HasPrefix(rest, d) {
 			return d, strings.TrimPrefix(rest, d)
 		}
@@ -220,11 +235,11 @@ func (c *Cache) kind(key string) (dir, id string) {
 	return "", ""
 }
 
-// decode files one key into p or assigns (value nil: a deletion). Values
+// decode files one key into p or devs (value nil: a deletion). Values
 // that do not decode are logged and skipped: one bad key must not blind the
 // control plane. A skipped key is removed, so that a bad value replacing a
 // good one reads as absent, as it does after a fresh load.
-func (c *Cache) decode(key string, value []byte, modRev int64, p *parts, assigns map[string]Assignment, now time.Time) {
+func (c *Cache) decode(key string, value []byte, modRev int64, p *parts, devs devices, now time.Time) {
 	dir, id := c.kind(key)
 	var err error
 	switch dir {
@@ -235,7 +250,9 @@ func (c *Cache) decode(key string, value []byte, modRev int64, p *parts, assigns
 	case tenantsDir:
 		err = decodeInto(p.tenants, id, value, nil)
 	case assignmentsDir:
-		err = decodeInto(assigns, id, value, nil)
+		err = decodeInto(devs.assigns, id, value, nil)
+	case historyDir:
+		err = decodeInto(devs.history, id, value, nil)
 	case policyKey:
 		p.policy = nil
 		if value != nil {
@@ -343,9 +360,14 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 		switch dir {
 		case "":
 			continue
+		case historyDir:
+			c.mu.Lock()
+			c.decode(key, value, ev.Kv.ModRevision, &p, devices{history: c.history}, now)
+			c.mu.Unlock()
+			continue
 		case assignmentsDir:
 			c.mu.Lock()
-			c.decode(key, value, ev.Kv.ModRevision, &p, c.assignments, now)
+			c.decode(key, value, ev.Kv.ModRevision, &p, devices{assigns: c.assignments}, now)
 			if value != nil && c.onAssignment != nil {
 				if _, id := c.kind(key); id != "" {
 					hook = append(hook, c.assignments[id])
@@ -359,7 +381,7 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 			p = parts{groups: maps.Clone(old.Groups), execs: maps.Clone(old.Executors), tenants: maps.Clone(old.Tenants), policy: old.Policy}
 			changed = true
 		}
-		c.decode(key, value, ev.Kv.ModRevision, &p, nil, now)
+		c.decode(key, value, ev.Kv.ModRevision, &p, devices{}, now)
 	}
 	if changed {
 		c.snap.Store(newSnapshot(rev, p))

@@ -154,7 +154,7 @@ func (r *Registry) LoadSnapshot(ctx context.Context) (*Snapshot, error) {
 	var rev int64
 	for _, dir := range []string{groupsDir, executorsDir, tenantsDir} {
 		rv, err := r.listKVs(ctx, r.prefix+dir, func(kv *mvccpb.KeyValue) error {
-			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, nil, now)
+			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, devices{}, now)
 			return nil
 		})
 		if err != nil {

@@ -114,13 +114,18 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				if err != nil {
 					return err
 				}
+				hist, err := reg.Histories(ctx)
+				if err != nil {
+					return err
+				}
+				now := time.Now()
 				r := controlplane.DryRun(snap, pol, func(fn func(registry.Assignment) bool) {
 					for _, a := range recs {
 						if !fn(a) {
 							return
 						}
 					}
-				})
+				}, func(id string) registry.History { return hist[id].Decayed(now) })
 				if c.output == "json" {
 					return json.NewEncoder(c.stdout).Encode(r)
 				}
@@ -196,7 +201,11 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 						return err
 					}
 				}
-				r := controlplane.ExplainResponse(snap, pol, rec)
+				traffic, err := reg.History(ctx, args[0])
+				if err != nil && !errors.Is(err, registry.ErrNotFound) {
+					return err
+				}
+				r := controlplane.ExplainResponse(snap, pol, rec, traffic.Decayed(time.Now()))
 				if c.output == "json" {
 					b, err := protojson.MarshalOptions{Multiline: true}.Marshal(r)
 					if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"fmt"
 	"os"
@@ -115,13 +116,25 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				lis.Close()
 				return err
 			}
-			srv, err := executor.New(cfg, verifier, rr, log, executor.WithQueue(reg))
+			usage := reg.NewUsageRecorder(0, log.With("component", "usage"))
+			srv, err := executor.New(cfg, verifier, rr, log, executor.WithQueue(reg), executor.WithUsage(usage))
 			if err != nil {
 				lis.Close()
 				return err
 			}
+			// The usage recorder outlives the streams, so that the usage
+			// of the last ones is written too.
+			uctx, stopUsage := context.WithCancel(context.WithoutCancel(cmd.Context()))
+			usageDone := make(chan struct{})
+			go func() {
+				defer close(usageDone)
+				_ = usage.Run(uctx)
+			}()
 			fmt.Fprintf(g.stdout, "berth executor %s listening on %s\n", cfg.ID, lis.Addr())
-			return srv.Run(cmd.Context(), lis)
+			err = srv.Run(cmd.Context(), lis)
+			stopUsage()
+			<-usageDone
+			return err
 		},
 	}
 	g.etcdFlags(cmd)

@@ -137,6 +137,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		srv *executor.Server
 		lis net.Listener
 	}
+	usage := reg.NewUsageRecorder(0, log.With("component", "usage"))
 	var execs []exec
 	defer func() {
 		for _, e := range execs {
@@ -164,7 +165,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 			rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: gid, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, elog)
 			if err == nil {
 				var srv *executor.Server
-				srv, err = executor.New(ec, verifier, rr, elog, executor.WithQueue(reg))
+				srv, err = executor.New(ec, verifier, rr, elog, executor.WithQueue(reg), executor.WithUsage(usage))
 				execs = append(execs, exec{srv, lis})
 			}
 			if err != nil {
@@ -182,6 +183,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	defer stopCP()
 	var cpGroup errgroup.Group
 	cpGroup.Go(func() error { return cp.Run(cpCtx, cpLis) })
+
+	// The usage recorder outlives the executors, so that the usage of the
+	// last streams is written too.
+	uctx, stopUsage := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopUsage()
+	var usageGroup errgroup.Group
+	usageGroup.Go(func() error { return usage.Run(uctx) })
+	defer func() {
+		stopUsage()
+		_ = usageGroup.Wait()
+	}()
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, e := range execs {

@@ -1,0 +1,78 @@
+package controlplane_test
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/berthproject/berth/controlplane"
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/registry"
+)
+
+// A device's traffic history reaches the policy's rules and, in load mode,
+// its weight: a heavy sender is labelled by a history rule and carries a
+// heavier token; a device without history weighs 1.
+func TestAssignUsesHistory(t *testing.T) {
+	groups, execs := twoGroups()
+	groups[1].Labels = []string{"chatty"}
+	f := start(t, controlplane.DefaultConfig(), groups, execs)
+	doc := []byte(`{"defaultLabel": "default", "balance": {"mode": "BALANCE_MODE_LOAD"},
+	  "rules": [{"name": "heavy", "when": "history.messages_per_day > 5000 && history.connects_last_day >= 2", "label": "chatty"}]}`)
+	f.cache.mu.Lock()
+	f.cache.snap = f.cache.snap.WithPolicy(&registry.StoredPolicy{Document: doc, Version: 7}, nil)
+	f.cache.history = map[string]registry.History{
+		// Written a moment ago: decay changes nothing that matters.
+		"heavy": {Connects: 3, Messages: 9000, Bytes: 1 << 20, At: time.Now()},
+		"light": {Connects: 3, Messages: 10, At: time.Now()},
+	}
+	f.cache.mu.Unlock()
+
+	ctx := context.Background()
+	for _, tc := range []struct {
+		device, label string
+		weight        float64
+	}{
+		{"heavy", "chatty", controlplane.LoadWeight(registry.History{Messages: 9000})},
+		{"light", "default", 1},
+		{"new", "default", 1},
+	} {
+		resp, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: tc.device})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.device, err)
+		}
+		if got := resp.GetDestination().GetLabel(); got != tc.label {
+			t.Errorf("%s: label %s (%s), want %s", tc.device, got, resp.GetReason(), tc.label)
+		}
+		c, err := f.verifier.Verify(resp.GetDestination().GetToken())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Weight != tc.weight {
+			t.Errorf("%s: token weight %v, want %v", tc.device, c.Weight, tc.weight)
+		}
+	}
+	if w := controlplane.LoadWeight(registry.History{Messages: 9000}); w < 9 || w > 11 {
+		t.Errorf("weight of 9000 messages a day = %v, want about 10", w)
+	}
+}
+
+// LoadWeight moves in steps, so that a slowly decaying counter does not
+// give a new weight (and a record write) on every Assign.
+func TestLoadWeightSteps(t *testing.T) {
+	prev, changes := 0.0, 0
+	for m := 0.0; m <= 100000; m += 10 {
+		w := controlplane.LoadWeight(registry.History{Messages: m})
+		if want := 1 + m/controlplane.MessagesPerWeightUnit; math.Abs(w-want)/want > 0.05 {
+			t.Fatalf("LoadWeight(%v messages) = %v, want within 5%% of %v", m, w, want)
+		}
+		if w != prev {
+			changes++
+			prev = w
+		}
+	}
+	if changes > 60 {
+		t.Errorf("%d distinct weights from 0 to 100,000 messages a day; want at most 60 steps", changes)
+	}
+}
