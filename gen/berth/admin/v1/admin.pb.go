@@ -10,6 +10,7 @@ import (
 	v1 "github.com/berthproject/berth/gen/berth/policy/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -70,7 +71,10 @@ type GetPolicyResponse struct {
 	// When it was applied.
 	AppliedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
 	// Who applied it.
-	AppliedBy     string `protobuf:"bytes,4,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
+	AppliedBy string `protobuf:"bytes,4,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
+	// Whether it was applied with migrate: the rebalancer moves connected
+	// devices whose label it changed.
+	Migrate       bool `protobuf:"varint,5,opt,name=migrate,proto3" json:"migrate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -133,6 +137,13 @@ func (x *GetPolicyResponse) GetAppliedBy() string {
 	return ""
 }
 
+func (x *GetPolicyResponse) GetMigrate() bool {
+	if x != nil {
+		return x.Migrate
+	}
+	return false
+}
+
 // ApplyPolicyRequest stores a new policy.
 type ApplyPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -141,7 +152,10 @@ type ApplyPolicyRequest struct {
 	// The version it was based on (GetPolicy's version; 0 when none exists).
 	BasedOnVersion int64 `protobuf:"varint,2,opt,name=based_on_version,json=basedOnVersion,proto3" json:"based_on_version,omitempty"`
 	// Who applies it, for the record.
-	AppliedBy     string `protobuf:"bytes,3,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
+	AppliedBy string `protobuf:"bytes,3,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
+	// Let the rebalancer move the connected devices whose label the policy
+	// changes, at its rate. Without it they move only when they reconnect.
+	Migrate       bool `protobuf:"varint,4,opt,name=migrate,proto3" json:"migrate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -195,6 +209,13 @@ func (x *ApplyPolicyRequest) GetAppliedBy() string {
 		return x.AppliedBy
 	}
 	return ""
+}
+
+func (x *ApplyPolicyRequest) GetMigrate() bool {
+	if x != nil {
+		return x.Migrate
+	}
+	return false
 }
 
 // ApplyPolicyResponse confirms a stored policy.
@@ -756,24 +777,1101 @@ func (x *ExplainResponse) GetRecordedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// DrainGroupRequest names a group to drain.
+type DrainGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group.
+	GroupId       string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainGroupRequest) Reset() {
+	*x = DrainGroupRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainGroupRequest) ProtoMessage() {}
+
+func (x *DrainGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainGroupRequest.ProtoReflect.Descriptor instead.
+func (*DrainGroupRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DrainGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// DrainGroupResponse is the group as stored.
+type DrainGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's state now: "draining".
+	State         string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainGroupResponse) Reset() {
+	*x = DrainGroupResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainGroupResponse) ProtoMessage() {}
+
+func (x *DrainGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainGroupResponse.ProtoReflect.Descriptor instead.
+func (*DrainGroupResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DrainGroupResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+// UndrainGroupRequest names a group to make active.
+type UndrainGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group.
+	GroupId       string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainGroupRequest) Reset() {
+	*x = UndrainGroupRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainGroupRequest) ProtoMessage() {}
+
+func (x *UndrainGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainGroupRequest.ProtoReflect.Descriptor instead.
+func (*UndrainGroupRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UndrainGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// UndrainGroupResponse is the group as stored.
+type UndrainGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's state now: "active".
+	State         string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainGroupResponse) Reset() {
+	*x = UndrainGroupResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainGroupResponse) ProtoMessage() {}
+
+func (x *UndrainGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainGroupResponse.ProtoReflect.Descriptor instead.
+func (*UndrainGroupResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UndrainGroupResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+// DrainExecutorRequest names an executor to drain.
+type DrainExecutorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executor.
+	ExecutorId string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	// Who drains it, for the record.
+	DrainedBy     string `protobuf:"bytes,2,opt,name=drained_by,json=drainedBy,proto3" json:"drained_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainExecutorRequest) Reset() {
+	*x = DrainExecutorRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainExecutorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainExecutorRequest) ProtoMessage() {}
+
+func (x *DrainExecutorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainExecutorRequest.ProtoReflect.Descriptor instead.
+func (*DrainExecutorRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DrainExecutorRequest) GetExecutorId() string {
+	if x != nil {
+		return x.ExecutorId
+	}
+	return ""
+}
+
+func (x *DrainExecutorRequest) GetDrainedBy() string {
+	if x != nil {
+		return x.DrainedBy
+	}
+	return ""
+}
+
+// DrainExecutorResponse confirms the mark.
+type DrainExecutorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the executor is registered now (a mark may precede it).
+	Registered    bool `protobuf:"varint,1,opt,name=registered,proto3" json:"registered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainExecutorResponse) Reset() {
+	*x = DrainExecutorResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainExecutorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainExecutorResponse) ProtoMessage() {}
+
+func (x *DrainExecutorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainExecutorResponse.ProtoReflect.Descriptor instead.
+func (*DrainExecutorResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DrainExecutorResponse) GetRegistered() bool {
+	if x != nil {
+		return x.Registered
+	}
+	return false
+}
+
+// UndrainExecutorRequest names an executor whose mark goes.
+type UndrainExecutorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executor.
+	ExecutorId    string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainExecutorRequest) Reset() {
+	*x = UndrainExecutorRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainExecutorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainExecutorRequest) ProtoMessage() {}
+
+func (x *UndrainExecutorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainExecutorRequest.ProtoReflect.Descriptor instead.
+func (*UndrainExecutorRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UndrainExecutorRequest) GetExecutorId() string {
+	if x != nil {
+		return x.ExecutorId
+	}
+	return ""
+}
+
+// UndrainExecutorResponse confirms the removal.
+type UndrainExecutorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether there was a mark to remove.
+	WasDrained    bool `protobuf:"varint,1,opt,name=was_drained,json=wasDrained,proto3" json:"was_drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainExecutorResponse) Reset() {
+	*x = UndrainExecutorResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainExecutorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainExecutorResponse) ProtoMessage() {}
+
+func (x *UndrainExecutorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainExecutorResponse.ProtoReflect.Descriptor instead.
+func (*UndrainExecutorResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UndrainExecutorResponse) GetWasDrained() bool {
+	if x != nil {
+		return x.WasDrained
+	}
+	return false
+}
+
+// GetRebalanceStatusRequest asks for the rebalancer's state.
+type GetRebalanceStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRebalanceStatusRequest) Reset() {
+	*x = GetRebalanceStatusRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRebalanceStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRebalanceStatusRequest) ProtoMessage() {}
+
+func (x *GetRebalanceStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRebalanceStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetRebalanceStatusRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+// RebalancePlan counts the devices the rebalancer would move now, by
+// reason, in the order it moves them.
+type RebalancePlan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices to move now, every reason.
+	Total int64 `protobuf:"varint,1,opt,name=total,proto3" json:"total,omitempty"`
+	// Devices whose group is no longer a candidate under the policy in force
+	// (their label changed under a policy applied with migrate, or their
+	// group's labels changed).
+	Policy int64 `protobuf:"varint,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Devices on a draining or disabled group, or on a drained executor.
+	Drain int64 `protobuf:"varint,3,opt,name=drain,proto3" json:"drain,omitempty"`
+	// Devices to move off groups above their fair share by more than the
+	// thresholds, until the spread is within them.
+	Balance int64 `protobuf:"varint,4,opt,name=balance,proto3" json:"balance,omitempty"`
+	// Devices that should move but were moved less than the minimum interval
+	// ago, or whose move is still in flight.
+	Waiting int64 `protobuf:"varint,5,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Devices whose label changed under a policy applied without migrate:
+	// they move when they reconnect.
+	Unmigrated int64 `protobuf:"varint,6,opt,name=unmigrated,proto3" json:"unmigrated,omitempty"`
+	// The policy version the plan was computed with.
+	PolicyVersion int64 `protobuf:"varint,7,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// When it was computed.
+	ComputedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=computed_at,json=computedAt,proto3" json:"computed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalancePlan) Reset() {
+	*x = RebalancePlan{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalancePlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalancePlan) ProtoMessage() {}
+
+func (x *RebalancePlan) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalancePlan.ProtoReflect.Descriptor instead.
+func (*RebalancePlan) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RebalancePlan) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetPolicy() int64 {
+	if x != nil {
+		return x.Policy
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetDrain() int64 {
+	if x != nil {
+		return x.Drain
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetBalance() int64 {
+	if x != nil {
+		return x.Balance
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetWaiting() int64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetUnmigrated() int64 {
+	if x != nil {
+		return x.Unmigrated
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetPolicyVersion() int64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *RebalancePlan) GetComputedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ComputedAt
+	}
+	return nil
+}
+
+// RebalanceProgress is what the rebalancer did since its current migration
+// began (the first non-empty plan after an empty one); it carries over to a
+// new leader.
+type RebalanceProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the migration began; unset when there is nothing to do.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Moves confirmed: the device's presence names another executor.
+	Moved int64 `protobuf:"varint,2,opt,name=moved,proto3" json:"moved,omitempty"`
+	// Moves not confirmed within the move timeout, or refused by the
+	// executor.
+	Failed int64 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Moves asked for and not yet confirmed.
+	InFlight int64 `protobuf:"varint,4,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Moves per second over the last ten seconds.
+	Rate float64 `protobuf:"fixed64,5,opt,name=rate,proto3" json:"rate,omitempty"`
+	// Time left at the rate limit for the plan's total.
+	Eta           *durationpb.Duration `protobuf:"bytes,6,opt,name=eta,proto3" json:"eta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceProgress) Reset() {
+	*x = RebalanceProgress{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceProgress) ProtoMessage() {}
+
+func (x *RebalanceProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceProgress.ProtoReflect.Descriptor instead.
+func (*RebalanceProgress) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RebalanceProgress) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RebalanceProgress) GetMoved() int64 {
+	if x != nil {
+		return x.Moved
+	}
+	return 0
+}
+
+func (x *RebalanceProgress) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *RebalanceProgress) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *RebalanceProgress) GetRate() float64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+func (x *RebalanceProgress) GetEta() *durationpb.Duration {
+	if x != nil {
+		return x.Eta
+	}
+	return nil
+}
+
+// RebalanceSettings are the rebalancer's limits.
+type RebalanceSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Moves per second, cluster wide.
+	RateLimit float64 `protobuf:"fixed64,1,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// A group is over (under) its fair share when its connections differ
+	// from it by more than both relative_threshold x fair share and
+	// absolute_threshold.
+	RelativeThreshold float64 `protobuf:"fixed64,2,opt,name=relative_threshold,json=relativeThreshold,proto3" json:"relative_threshold,omitempty"`
+	// See relative_threshold.
+	AbsoluteThreshold int64 `protobuf:"varint,3,opt,name=absolute_threshold,json=absoluteThreshold,proto3" json:"absolute_threshold,omitempty"`
+	// A device is not moved again within this interval.
+	MinInterval   *durationpb.Duration `protobuf:"bytes,4,opt,name=min_interval,json=minInterval,proto3" json:"min_interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceSettings) Reset() {
+	*x = RebalanceSettings{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceSettings) ProtoMessage() {}
+
+func (x *RebalanceSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceSettings.ProtoReflect.Descriptor instead.
+func (*RebalanceSettings) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RebalanceSettings) GetRateLimit() float64 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *RebalanceSettings) GetRelativeThreshold() float64 {
+	if x != nil {
+		return x.RelativeThreshold
+	}
+	return 0
+}
+
+func (x *RebalanceSettings) GetAbsoluteThreshold() int64 {
+	if x != nil {
+		return x.AbsoluteThreshold
+	}
+	return 0
+}
+
+func (x *RebalanceSettings) GetMinInterval() *durationpb.Duration {
+	if x != nil {
+		return x.MinInterval
+	}
+	return nil
+}
+
+// GroupBalance is one group as the rebalancer sees it.
+type GroupBalance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group.
+	GroupId string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// Its state: active, draining or disabled.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// Devices connected to it (from their presence).
+	Connected int64 `protobuf:"varint,3,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Its fair share of connections among the groups it shares devices with;
+	// 0 when it takes none (draining, disabled, no executor).
+	Fair float64 `protobuf:"fixed64,4,opt,name=fair,proto3" json:"fair,omitempty"`
+	// Effective capacity.
+	Capacity      int64 `protobuf:"varint,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupBalance) Reset() {
+	*x = GroupBalance{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupBalance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupBalance) ProtoMessage() {}
+
+func (x *GroupBalance) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupBalance.ProtoReflect.Descriptor instead.
+func (*GroupBalance) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GroupBalance) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *GroupBalance) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *GroupBalance) GetConnected() int64 {
+	if x != nil {
+		return x.Connected
+	}
+	return 0
+}
+
+func (x *GroupBalance) GetFair() float64 {
+	if x != nil {
+		return x.Fair
+	}
+	return 0
+}
+
+func (x *GroupBalance) GetCapacity() int64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+// GetRebalanceStatusResponse is the rebalancer's state.
+type GetRebalanceStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The control plane replica leading the rebalancer ("" when none does).
+	Leader string `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	// When the leader last stored this state.
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Whether an operator paused it.
+	Paused bool `protobuf:"varint,3,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Who paused it, and why.
+	PausedBy string `protobuf:"bytes,4,opt,name=paused_by,json=pausedBy,proto3" json:"paused_by,omitempty"`
+	// Why it was paused.
+	PausedReason string `protobuf:"bytes,5,opt,name=paused_reason,json=pausedReason,proto3" json:"paused_reason,omitempty"`
+	// Why the leader holds moves by itself ("" when it does not): many
+	// devices reconnecting, etcd slow, its view of the registry not ready.
+	Held string `protobuf:"bytes,6,opt,name=held,proto3" json:"held,omitempty"`
+	// The plan.
+	Plan *RebalancePlan `protobuf:"bytes,7,opt,name=plan,proto3" json:"plan,omitempty"`
+	// The progress.
+	Progress *RebalanceProgress `protobuf:"bytes,8,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The limits the leader runs with.
+	Settings *RebalanceSettings `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
+	// Every group, by id.
+	Groups        []*GroupBalance `protobuf:"bytes,10,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRebalanceStatusResponse) Reset() {
+	*x = GetRebalanceStatusResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRebalanceStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRebalanceStatusResponse) ProtoMessage() {}
+
+func (x *GetRebalanceStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRebalanceStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetRebalanceStatusResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetRebalanceStatusResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *GetRebalanceStatusResponse) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *GetRebalanceStatusResponse) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *GetRebalanceStatusResponse) GetPausedBy() string {
+	if x != nil {
+		return x.PausedBy
+	}
+	return ""
+}
+
+func (x *GetRebalanceStatusResponse) GetPausedReason() string {
+	if x != nil {
+		return x.PausedReason
+	}
+	return ""
+}
+
+func (x *GetRebalanceStatusResponse) GetHeld() string {
+	if x != nil {
+		return x.Held
+	}
+	return ""
+}
+
+func (x *GetRebalanceStatusResponse) GetPlan() *RebalancePlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *GetRebalanceStatusResponse) GetProgress() *RebalanceProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+func (x *GetRebalanceStatusResponse) GetSettings() *RebalanceSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *GetRebalanceStatusResponse) GetGroups() []*GroupBalance {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// PauseRebalanceRequest pauses the rebalancer.
+type PauseRebalanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who pauses it.
+	PausedBy string `protobuf:"bytes,1,opt,name=paused_by,json=pausedBy,proto3" json:"paused_by,omitempty"`
+	// Why, for the status.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseRebalanceRequest) Reset() {
+	*x = PauseRebalanceRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseRebalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseRebalanceRequest) ProtoMessage() {}
+
+func (x *PauseRebalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseRebalanceRequest.ProtoReflect.Descriptor instead.
+func (*PauseRebalanceRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PauseRebalanceRequest) GetPausedBy() string {
+	if x != nil {
+		return x.PausedBy
+	}
+	return ""
+}
+
+func (x *PauseRebalanceRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PauseRebalanceResponse confirms the pause.
+type PauseRebalanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseRebalanceResponse) Reset() {
+	*x = PauseRebalanceResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseRebalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseRebalanceResponse) ProtoMessage() {}
+
+func (x *PauseRebalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseRebalanceResponse.ProtoReflect.Descriptor instead.
+func (*PauseRebalanceResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+// ResumeRebalanceRequest resumes the rebalancer.
+type ResumeRebalanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRebalanceRequest) Reset() {
+	*x = ResumeRebalanceRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRebalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRebalanceRequest) ProtoMessage() {}
+
+func (x *ResumeRebalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRebalanceRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRebalanceRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+// ResumeRebalanceResponse confirms it.
+type ResumeRebalanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRebalanceResponse) Reset() {
+	*x = ResumeRebalanceResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRebalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRebalanceResponse) ProtoMessage() {}
+
+func (x *ResumeRebalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRebalanceResponse.ProtoReflect.Descriptor instead.
+func (*ResumeRebalanceResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
 var File_berth_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1aberth/admin/v1/admin.proto\x12\x0eberth.admin.v1\x1a\x1cberth/policy/v1/policy.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
-	"\x10GetPolicyRequest\"\xa3\x01\n" +
+	"\x1aberth/admin/v1/admin.proto\x12\x0eberth.admin.v1\x1a\x1cberth/policy/v1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x10GetPolicyRequest\"\xbd\x01\n" +
 	"\x11GetPolicyResponse\x12\x1a\n" +
 	"\bdocument\x18\x01 \x01(\tR\bdocument\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x129\n" +
 	"\n" +
 	"applied_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12\x1d\n" +
 	"\n" +
-	"applied_by\x18\x04 \x01(\tR\tappliedBy\"y\n" +
+	"applied_by\x18\x04 \x01(\tR\tappliedBy\x12\x18\n" +
+	"\amigrate\x18\x05 \x01(\bR\amigrate\"\x93\x01\n" +
 	"\x12ApplyPolicyRequest\x12\x1a\n" +
 	"\bdocument\x18\x01 \x01(\tR\bdocument\x12(\n" +
 	"\x10based_on_version\x18\x02 \x01(\x03R\x0ebasedOnVersion\x12\x1d\n" +
 	"\n" +
-	"applied_by\x18\x03 \x01(\tR\tappliedBy\"K\n" +
+	"applied_by\x18\x03 \x01(\tR\tappliedBy\x12\x18\n" +
+	"\amigrate\x18\x04 \x01(\bR\amigrate\"K\n" +
 	"\x13ApplyPolicyResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x1a\n" +
 	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"1\n" +
@@ -818,12 +1916,95 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x0erecorded_label\x18\f \x01(\tR\rrecordedLabel\x12'\n" +
 	"\x0frecorded_reason\x18\r \x01(\tR\x0erecordedReason\x12;\n" +
 	"\vrecorded_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"recordedAt2\xdf\x02\n" +
+	"recordedAt\".\n" +
+	"\x11DrainGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"*\n" +
+	"\x12DrainGroupResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\"0\n" +
+	"\x13UndrainGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\",\n" +
+	"\x14UndrainGroupResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\"V\n" +
+	"\x14DrainExecutorRequest\x12\x1f\n" +
+	"\vexecutor_id\x18\x01 \x01(\tR\n" +
+	"executorId\x12\x1d\n" +
+	"\n" +
+	"drained_by\x18\x02 \x01(\tR\tdrainedBy\"7\n" +
+	"\x15DrainExecutorResponse\x12\x1e\n" +
+	"\n" +
+	"registered\x18\x01 \x01(\bR\n" +
+	"registered\"9\n" +
+	"\x16UndrainExecutorRequest\x12\x1f\n" +
+	"\vexecutor_id\x18\x01 \x01(\tR\n" +
+	"executorId\":\n" +
+	"\x17UndrainExecutorResponse\x12\x1f\n" +
+	"\vwas_drained\x18\x01 \x01(\bR\n" +
+	"wasDrained\"\x1b\n" +
+	"\x19GetRebalanceStatusRequest\"\x8b\x02\n" +
+	"\rRebalancePlan\x12\x14\n" +
+	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x16\n" +
+	"\x06policy\x18\x02 \x01(\x03R\x06policy\x12\x14\n" +
+	"\x05drain\x18\x03 \x01(\x03R\x05drain\x12\x18\n" +
+	"\abalance\x18\x04 \x01(\x03R\abalance\x12\x18\n" +
+	"\awaiting\x18\x05 \x01(\x03R\awaiting\x12\x1e\n" +
+	"\n" +
+	"unmigrated\x18\x06 \x01(\x03R\n" +
+	"unmigrated\x12%\n" +
+	"\x0epolicy_version\x18\a \x01(\x03R\rpolicyVersion\x12;\n" +
+	"\vcomputed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"computedAt\"\xda\x01\n" +
+	"\x11RebalanceProgress\x129\n" +
+	"\n" +
+	"started_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x14\n" +
+	"\x05moved\x18\x02 \x01(\x03R\x05moved\x12\x16\n" +
+	"\x06failed\x18\x03 \x01(\x03R\x06failed\x12\x1b\n" +
+	"\tin_flight\x18\x04 \x01(\x03R\binFlight\x12\x12\n" +
+	"\x04rate\x18\x05 \x01(\x01R\x04rate\x12+\n" +
+	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\"\xce\x01\n" +
+	"\x11RebalanceSettings\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x01 \x01(\x01R\trateLimit\x12-\n" +
+	"\x12relative_threshold\x18\x02 \x01(\x01R\x11relativeThreshold\x12-\n" +
+	"\x12absolute_threshold\x18\x03 \x01(\x03R\x11absoluteThreshold\x12<\n" +
+	"\fmin_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vminInterval\"\x8d\x01\n" +
+	"\fGroupBalance\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1c\n" +
+	"\tconnected\x18\x03 \x01(\x03R\tconnected\x12\x12\n" +
+	"\x04fair\x18\x04 \x01(\x01R\x04fair\x12\x1a\n" +
+	"\bcapacity\x18\x05 \x01(\x03R\bcapacity\"\xc4\x03\n" +
+	"\x1aGetRebalanceStatusResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\x129\n" +
+	"\n" +
+	"updated_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x16\n" +
+	"\x06paused\x18\x03 \x01(\bR\x06paused\x12\x1b\n" +
+	"\tpaused_by\x18\x04 \x01(\tR\bpausedBy\x12#\n" +
+	"\rpaused_reason\x18\x05 \x01(\tR\fpausedReason\x12\x12\n" +
+	"\x04held\x18\x06 \x01(\tR\x04held\x121\n" +
+	"\x04plan\x18\a \x01(\v2\x1d.berth.admin.v1.RebalancePlanR\x04plan\x12=\n" +
+	"\bprogress\x18\b \x01(\v2!.berth.admin.v1.RebalanceProgressR\bprogress\x12=\n" +
+	"\bsettings\x18\t \x01(\v2!.berth.admin.v1.RebalanceSettingsR\bsettings\x124\n" +
+	"\x06groups\x18\n" +
+	" \x03(\v2\x1c.berth.admin.v1.GroupBalanceR\x06groups\"L\n" +
+	"\x15PauseRebalanceRequest\x12\x1b\n" +
+	"\tpaused_by\x18\x01 \x01(\tR\bpausedBy\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x18\n" +
+	"\x16PauseRebalanceResponse\"\x18\n" +
+	"\x16ResumeRebalanceRequest\"\x19\n" +
+	"\x17ResumeRebalanceResponse2\x83\b\n" +
 	"\fAdminService\x12P\n" +
 	"\tGetPolicy\x12 .berth.admin.v1.GetPolicyRequest\x1a!.berth.admin.v1.GetPolicyResponse\x12V\n" +
 	"\vApplyPolicy\x12\".berth.admin.v1.ApplyPolicyRequest\x1a#.berth.admin.v1.ApplyPolicyResponse\x12Y\n" +
 	"\fDryRunPolicy\x12#.berth.admin.v1.DryRunPolicyRequest\x1a$.berth.admin.v1.DryRunPolicyResponse\x12J\n" +
-	"\aExplain\x12\x1e.berth.admin.v1.ExplainRequest\x1a\x1f.berth.admin.v1.ExplainResponseB\xb4\x01\n" +
+	"\aExplain\x12\x1e.berth.admin.v1.ExplainRequest\x1a\x1f.berth.admin.v1.ExplainResponse\x12S\n" +
+	"\n" +
+	"DrainGroup\x12!.berth.admin.v1.DrainGroupRequest\x1a\".berth.admin.v1.DrainGroupResponse\x12Y\n" +
+	"\fUndrainGroup\x12#.berth.admin.v1.UndrainGroupRequest\x1a$.berth.admin.v1.UndrainGroupResponse\x12\\\n" +
+	"\rDrainExecutor\x12$.berth.admin.v1.DrainExecutorRequest\x1a%.berth.admin.v1.DrainExecutorResponse\x12b\n" +
+	"\x0fUndrainExecutor\x12&.berth.admin.v1.UndrainExecutorRequest\x1a'.berth.admin.v1.UndrainExecutorResponse\x12k\n" +
+	"\x12GetRebalanceStatus\x12).berth.admin.v1.GetRebalanceStatusRequest\x1a*.berth.admin.v1.GetRebalanceStatusResponse\x12_\n" +
+	"\x0ePauseRebalance\x12%.berth.admin.v1.PauseRebalanceRequest\x1a&.berth.admin.v1.PauseRebalanceResponse\x12b\n" +
+	"\x0fResumeRebalance\x12&.berth.admin.v1.ResumeRebalanceRequest\x1a'.berth.admin.v1.ResumeRebalanceResponseB\xb4\x01\n" +
 	"\x12com.berth.admin.v1B\n" +
 	"AdminProtoP\x01Z8github.com/berthproject/berth/gen/berth/admin/v1;adminv1\xa2\x02\x03BAX\xaa\x02\x0eBerth.Admin.V1\xca\x02\x0eBerth\\Admin\\V1\xe2\x02\x1aBerth\\Admin\\V1\\GPBMetadata\xea\x02\x10Berth::Admin::V1b\x06proto3"
 
@@ -839,40 +2020,82 @@ func file_berth_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_berth_admin_v1_admin_proto_rawDescData
 }
 
-var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_berth_admin_v1_admin_proto_goTypes = []any{
-	(*GetPolicyRequest)(nil),      // 0: berth.admin.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 1: berth.admin.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),    // 2: berth.admin.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 3: berth.admin.v1.ApplyPolicyResponse
-	(*DryRunPolicyRequest)(nil),   // 4: berth.admin.v1.DryRunPolicyRequest
-	(*LabelChange)(nil),           // 5: berth.admin.v1.LabelChange
-	(*DryRunPolicyResponse)(nil),  // 6: berth.admin.v1.DryRunPolicyResponse
-	(*ExplainRequest)(nil),        // 7: berth.admin.v1.ExplainRequest
-	(*CandidateGroup)(nil),        // 8: berth.admin.v1.CandidateGroup
-	(*ExplainResponse)(nil),       // 9: berth.admin.v1.ExplainResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*v1.Input)(nil),              // 11: berth.policy.v1.Input
+	(*GetPolicyRequest)(nil),           // 0: berth.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 1: berth.admin.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),         // 2: berth.admin.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),        // 3: berth.admin.v1.ApplyPolicyResponse
+	(*DryRunPolicyRequest)(nil),        // 4: berth.admin.v1.DryRunPolicyRequest
+	(*LabelChange)(nil),                // 5: berth.admin.v1.LabelChange
+	(*DryRunPolicyResponse)(nil),       // 6: berth.admin.v1.DryRunPolicyResponse
+	(*ExplainRequest)(nil),             // 7: berth.admin.v1.ExplainRequest
+	(*CandidateGroup)(nil),             // 8: berth.admin.v1.CandidateGroup
+	(*ExplainResponse)(nil),            // 9: berth.admin.v1.ExplainResponse
+	(*DrainGroupRequest)(nil),          // 10: berth.admin.v1.DrainGroupRequest
+	(*DrainGroupResponse)(nil),         // 11: berth.admin.v1.DrainGroupResponse
+	(*UndrainGroupRequest)(nil),        // 12: berth.admin.v1.UndrainGroupRequest
+	(*UndrainGroupResponse)(nil),       // 13: berth.admin.v1.UndrainGroupResponse
+	(*DrainExecutorRequest)(nil),       // 14: berth.admin.v1.DrainExecutorRequest
+	(*DrainExecutorResponse)(nil),      // 15: berth.admin.v1.DrainExecutorResponse
+	(*UndrainExecutorRequest)(nil),     // 16: berth.admin.v1.UndrainExecutorRequest
+	(*UndrainExecutorResponse)(nil),    // 17: berth.admin.v1.UndrainExecutorResponse
+	(*GetRebalanceStatusRequest)(nil),  // 18: berth.admin.v1.GetRebalanceStatusRequest
+	(*RebalancePlan)(nil),              // 19: berth.admin.v1.RebalancePlan
+	(*RebalanceProgress)(nil),          // 20: berth.admin.v1.RebalanceProgress
+	(*RebalanceSettings)(nil),          // 21: berth.admin.v1.RebalanceSettings
+	(*GroupBalance)(nil),               // 22: berth.admin.v1.GroupBalance
+	(*GetRebalanceStatusResponse)(nil), // 23: berth.admin.v1.GetRebalanceStatusResponse
+	(*PauseRebalanceRequest)(nil),      // 24: berth.admin.v1.PauseRebalanceRequest
+	(*PauseRebalanceResponse)(nil),     // 25: berth.admin.v1.PauseRebalanceResponse
+	(*ResumeRebalanceRequest)(nil),     // 26: berth.admin.v1.ResumeRebalanceRequest
+	(*ResumeRebalanceResponse)(nil),    // 27: berth.admin.v1.ResumeRebalanceResponse
+	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
+	(*v1.Input)(nil),                   // 29: berth.policy.v1.Input
+	(*durationpb.Duration)(nil),        // 30: google.protobuf.Duration
 }
 var file_berth_admin_v1_admin_proto_depIdxs = []int32{
-	10, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
+	28, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
 	5,  // 1: berth.admin.v1.DryRunPolicyResponse.by_label:type_name -> berth.admin.v1.LabelChange
-	11, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
+	29, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
 	8,  // 3: berth.admin.v1.ExplainResponse.candidates:type_name -> berth.admin.v1.CandidateGroup
-	10, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
-	2,  // 6: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
-	4,  // 7: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
-	7,  // 8: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
-	1,  // 9: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
-	3,  // 10: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
-	6,  // 11: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
-	9,  // 12: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	28, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	28, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
+	28, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
+	30, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
+	30, // 8: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
+	28, // 9: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 10: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
+	20, // 11: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
+	21, // 12: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
+	22, // 13: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
+	0,  // 14: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
+	2,  // 15: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
+	4,  // 16: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
+	7,  // 17: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
+	10, // 18: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
+	12, // 19: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
+	14, // 20: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
+	16, // 21: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
+	18, // 22: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
+	24, // 23: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
+	26, // 24: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
+	1,  // 25: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
+	3,  // 26: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
+	6,  // 27: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
+	9,  // 28: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
+	11, // 29: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
+	13, // 30: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
+	15, // 31: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
+	17, // 32: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
+	23, // 33: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
+	25, // 34: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
+	27, // 35: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_berth_admin_v1_admin_proto_init() }
@@ -886,7 +2109,7 @@ func file_berth_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_admin_v1_admin_proto_rawDesc), len(file_berth_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,19 +19,27 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetPolicy_FullMethodName    = "/berth.admin.v1.AdminService/GetPolicy"
-	AdminService_ApplyPolicy_FullMethodName  = "/berth.admin.v1.AdminService/ApplyPolicy"
-	AdminService_DryRunPolicy_FullMethodName = "/berth.admin.v1.AdminService/DryRunPolicy"
-	AdminService_Explain_FullMethodName      = "/berth.admin.v1.AdminService/Explain"
+	AdminService_GetPolicy_FullMethodName          = "/berth.admin.v1.AdminService/GetPolicy"
+	AdminService_ApplyPolicy_FullMethodName        = "/berth.admin.v1.AdminService/ApplyPolicy"
+	AdminService_DryRunPolicy_FullMethodName       = "/berth.admin.v1.AdminService/DryRunPolicy"
+	AdminService_Explain_FullMethodName            = "/berth.admin.v1.AdminService/Explain"
+	AdminService_DrainGroup_FullMethodName         = "/berth.admin.v1.AdminService/DrainGroup"
+	AdminService_UndrainGroup_FullMethodName       = "/berth.admin.v1.AdminService/UndrainGroup"
+	AdminService_DrainExecutor_FullMethodName      = "/berth.admin.v1.AdminService/DrainExecutor"
+	AdminService_UndrainExecutor_FullMethodName    = "/berth.admin.v1.AdminService/UndrainExecutor"
+	AdminService_GetRebalanceStatus_FullMethodName = "/berth.admin.v1.AdminService/GetRebalanceStatus"
+	AdminService_PauseRebalance_FullMethodName     = "/berth.admin.v1.AdminService/PauseRebalance"
+	AdminService_ResumeRebalance_FullMethodName    = "/berth.admin.v1.AdminService/ResumeRebalance"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is for operators and their tools: the placement policy and
-// explanations of placement decisions. `berth ctl` offers the same commands
-// against etcd directly.
+// AdminService is for operators and their tools: the placement policy,
+// explanations of placement decisions, draining groups and executors, and
+// the rebalancer that moves connected devices. `berth ctl` offers the same
+// commands against etcd directly.
 type AdminServiceClient interface {
 	// GetPolicy returns the placement policy in force and its version.
 	// NOT_FOUND when none was ever applied (the built-in default is in force).
@@ -47,6 +55,28 @@ type AdminServiceClient interface {
 	// Explain decides again for a known device, with the policy in force and
 	// the current group state, and says why at every step.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
+	// DrainGroup marks a group draining: it takes no new device, and the
+	// rebalancer moves its connected devices to other groups, at its rate.
+	// NOT_FOUND for an unknown group.
+	DrainGroup(ctx context.Context, in *DrainGroupRequest, opts ...grpc.CallOption) (*DrainGroupResponse, error)
+	// UndrainGroup makes a draining or disabled group active again.
+	// NOT_FOUND for an unknown group.
+	UndrainGroup(ctx context.Context, in *UndrainGroupRequest, opts ...grpc.CallOption) (*UndrainGroupResponse, error)
+	// DrainExecutor marks an executor drained: Assign stops naming it and the
+	// rebalancer moves its devices to other executors, at its rate. The mark
+	// outlives restarts of the executor until UndrainExecutor removes it; an
+	// executor not registered now may be marked.
+	DrainExecutor(ctx context.Context, in *DrainExecutorRequest, opts ...grpc.CallOption) (*DrainExecutorResponse, error)
+	// UndrainExecutor removes an executor's drain mark.
+	UndrainExecutor(ctx context.Context, in *UndrainExecutorRequest, opts ...grpc.CallOption) (*UndrainExecutorResponse, error)
+	// GetRebalanceStatus returns the rebalancer's plan and progress as its
+	// leader last stored them, and the operator's pause.
+	GetRebalanceStatus(ctx context.Context, in *GetRebalanceStatusRequest, opts ...grpc.CallOption) (*GetRebalanceStatusResponse, error)
+	// PauseRebalance stops the rebalancer from moving devices until
+	// ResumeRebalance; the plan is still computed and shown.
+	PauseRebalance(ctx context.Context, in *PauseRebalanceRequest, opts ...grpc.CallOption) (*PauseRebalanceResponse, error)
+	// ResumeRebalance lifts an operator's pause.
+	ResumeRebalance(ctx context.Context, in *ResumeRebalanceRequest, opts ...grpc.CallOption) (*ResumeRebalanceResponse, error)
 }
 
 type adminServiceClient struct {
@@ -97,13 +127,84 @@ func (c *adminServiceClient) Explain(ctx context.Context, in *ExplainRequest, op
 	return out, nil
 }
 
+func (c *adminServiceClient) DrainGroup(ctx context.Context, in *DrainGroupRequest, opts ...grpc.CallOption) (*DrainGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainGroupResponse)
+	err := c.cc.Invoke(ctx, AdminService_DrainGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UndrainGroup(ctx context.Context, in *UndrainGroupRequest, opts ...grpc.CallOption) (*UndrainGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UndrainGroupResponse)
+	err := c.cc.Invoke(ctx, AdminService_UndrainGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DrainExecutor(ctx context.Context, in *DrainExecutorRequest, opts ...grpc.CallOption) (*DrainExecutorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainExecutorResponse)
+	err := c.cc.Invoke(ctx, AdminService_DrainExecutor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UndrainExecutor(ctx context.Context, in *UndrainExecutorRequest, opts ...grpc.CallOption) (*UndrainExecutorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UndrainExecutorResponse)
+	err := c.cc.Invoke(ctx, AdminService_UndrainExecutor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetRebalanceStatus(ctx context.Context, in *GetRebalanceStatusRequest, opts ...grpc.CallOption) (*GetRebalanceStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRebalanceStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRebalanceStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PauseRebalance(ctx context.Context, in *PauseRebalanceRequest, opts ...grpc.CallOption) (*PauseRebalanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseRebalanceResponse)
+	err := c.cc.Invoke(ctx, AdminService_PauseRebalance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResumeRebalance(ctx context.Context, in *ResumeRebalanceRequest, opts ...grpc.CallOption) (*ResumeRebalanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeRebalanceResponse)
+	err := c.cc.Invoke(ctx, AdminService_ResumeRebalance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is for operators and their tools: the placement policy and
-// explanations of placement decisions. `berth ctl` offers the same commands
-// against etcd directly.
+// AdminService is for operators and their tools: the placement policy,
+// explanations of placement decisions, draining groups and executors, and
+// the rebalancer that moves connected devices. `berth ctl` offers the same
+// commands against etcd directly.
 type AdminServiceServer interface {
 	// GetPolicy returns the placement policy in force and its version.
 	// NOT_FOUND when none was ever applied (the built-in default is in force).
@@ -119,6 +220,28 @@ type AdminServiceServer interface {
 	// Explain decides again for a known device, with the policy in force and
 	// the current group state, and says why at every step.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
+	// DrainGroup marks a group draining: it takes no new device, and the
+	// rebalancer moves its connected devices to other groups, at its rate.
+	// NOT_FOUND for an unknown group.
+	DrainGroup(context.Context, *DrainGroupRequest) (*DrainGroupResponse, error)
+	// UndrainGroup makes a draining or disabled group active again.
+	// NOT_FOUND for an unknown group.
+	UndrainGroup(context.Context, *UndrainGroupRequest) (*UndrainGroupResponse, error)
+	// DrainExecutor marks an executor drained: Assign stops naming it and the
+	// rebalancer moves its devices to other executors, at its rate. The mark
+	// outlives restarts of the executor until UndrainExecutor removes it; an
+	// executor not registered now may be marked.
+	DrainExecutor(context.Context, *DrainExecutorRequest) (*DrainExecutorResponse, error)
+	// UndrainExecutor removes an executor's drain mark.
+	UndrainExecutor(context.Context, *UndrainExecutorRequest) (*UndrainExecutorResponse, error)
+	// GetRebalanceStatus returns the rebalancer's plan and progress as its
+	// leader last stored them, and the operator's pause.
+	GetRebalanceStatus(context.Context, *GetRebalanceStatusRequest) (*GetRebalanceStatusResponse, error)
+	// PauseRebalance stops the rebalancer from moving devices until
+	// ResumeRebalance; the plan is still computed and shown.
+	PauseRebalance(context.Context, *PauseRebalanceRequest) (*PauseRebalanceResponse, error)
+	// ResumeRebalance lifts an operator's pause.
+	ResumeRebalance(context.Context, *ResumeRebalanceRequest) (*ResumeRebalanceResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -140,6 +263,27 @@ func (UnimplementedAdminServiceServer) DryRunPolicy(context.Context, *DryRunPoli
 }
 func (UnimplementedAdminServiceServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
+}
+func (UnimplementedAdminServiceServer) DrainGroup(context.Context, *DrainGroupRequest) (*DrainGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) UndrainGroup(context.Context, *UndrainGroupRequest) (*UndrainGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UndrainGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) DrainExecutor(context.Context, *DrainExecutorRequest) (*DrainExecutorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainExecutor not implemented")
+}
+func (UnimplementedAdminServiceServer) UndrainExecutor(context.Context, *UndrainExecutorRequest) (*UndrainExecutorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UndrainExecutor not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRebalanceStatus(context.Context, *GetRebalanceStatusRequest) (*GetRebalanceStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRebalanceStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) PauseRebalance(context.Context, *PauseRebalanceRequest) (*PauseRebalanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseRebalance not implemented")
+}
+func (UnimplementedAdminServiceServer) ResumeRebalance(context.Context, *ResumeRebalanceRequest) (*ResumeRebalanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeRebalance not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -234,6 +378,132 @@ func _AdminService_Explain_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_DrainGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DrainGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DrainGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DrainGroup(ctx, req.(*DrainGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UndrainGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndrainGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UndrainGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UndrainGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UndrainGroup(ctx, req.(*UndrainGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DrainExecutor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainExecutorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DrainExecutor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DrainExecutor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DrainExecutor(ctx, req.(*DrainExecutorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UndrainExecutor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndrainExecutorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UndrainExecutor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UndrainExecutor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UndrainExecutor(ctx, req.(*UndrainExecutorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetRebalanceStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRebalanceStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRebalanceStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRebalanceStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRebalanceStatus(ctx, req.(*GetRebalanceStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PauseRebalance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseRebalanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PauseRebalance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PauseRebalance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PauseRebalance(ctx, req.(*PauseRebalanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResumeRebalance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeRebalanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResumeRebalance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResumeRebalance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResumeRebalance(ctx, req.(*ResumeRebalanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -256,6 +526,34 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Explain",
 			Handler:    _AdminService_Explain_Handler,
+		},
+		{
+			MethodName: "DrainGroup",
+			Handler:    _AdminService_DrainGroup_Handler,
+		},
+		{
+			MethodName: "UndrainGroup",
+			Handler:    _AdminService_UndrainGroup_Handler,
+		},
+		{
+			MethodName: "DrainExecutor",
+			Handler:    _AdminService_DrainExecutor_Handler,
+		},
+		{
+			MethodName: "UndrainExecutor",
+			Handler:    _AdminService_UndrainExecutor_Handler,
+		},
+		{
+			MethodName: "GetRebalanceStatus",
+			Handler:    _AdminService_GetRebalanceStatus_Handler,
+		},
+		{
+			MethodName: "PauseRebalance",
+			Handler:    _AdminService_PauseRebalance_Handler,
+		},
+		{
+			MethodName: "ResumeRebalance",
+			Handler:    _AdminService_ResumeRebalance_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1026,6 +1026,126 @@ func (x *Goodbye) GetMessage() string {
 	return ""
 }
 
+// MoveRequest asks one connected device to move.
+type MoveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Where it goes: group, endpoints and a fresh assignment token for them,
+	// as ControlPlaneService.Assign would answer.
+	Destination *v1.Destination `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Human-readable detail for the device's logs (Redirect.message).
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// How long the device may wait before leaving (Redirect.max_delay).
+	MaxDelay      *durationpb.Duration `protobuf:"bytes,4,opt,name=max_delay,json=maxDelay,proto3" json:"max_delay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRequest) Reset() {
+	*x = MoveRequest{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRequest) ProtoMessage() {}
+
+func (x *MoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
+func (*MoveRequest) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MoveRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *MoveRequest) GetDestination() *v1.Destination {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
+func (x *MoveRequest) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *MoveRequest) GetMaxDelay() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDelay
+	}
+	return nil
+}
+
+// MoveResponse says the Redirect is queued on the device's stream.
+type MoveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session the Redirect was queued on.
+	SessionId     string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveResponse) Reset() {
+	*x = MoveResponse{}
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveResponse) ProtoMessage() {}
+
+func (x *MoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
+func (*MoveResponse) Descriptor() ([]byte, []int) {
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MoveResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
 // DeliverRequest is one message for one device.
 type DeliverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1039,7 +1159,7 @@ type DeliverRequest struct {
 
 func (x *DeliverRequest) Reset() {
 	*x = DeliverRequest{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1171,7 @@ func (x *DeliverRequest) String() string {
 func (*DeliverRequest) ProtoMessage() {}
 
 func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[12]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1184,7 @@ func (x *DeliverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverRequest.ProtoReflect.Descriptor instead.
 func (*DeliverRequest) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{12}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeliverRequest) GetDeviceId() string {
@@ -1094,7 +1214,7 @@ type DeliverResponse struct {
 
 func (x *DeliverResponse) Reset() {
 	*x = DeliverResponse{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1226,7 @@ func (x *DeliverResponse) String() string {
 func (*DeliverResponse) ProtoMessage() {}
 
 func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[13]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1239,7 @@ func (x *DeliverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverResponse.ProtoReflect.Descriptor instead.
 func (*DeliverResponse) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{13}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeliverResponse) GetReply() *Reply {
@@ -1145,7 +1265,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1277,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[14]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1290,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{14}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{16}
 }
 
 // SubscribeResponse is one Publish of one device.
@@ -1190,7 +1310,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1322,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_executor_v1_executor_proto_msgTypes[15]
+	mi := &file_berth_executor_v1_executor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1335,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{15}
+	return file_berth_executor_v1_executor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SubscribeResponse) GetDeviceId() string {
@@ -1306,7 +1426,15 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\tmax_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bmaxDelay\"]\n" +
 	"\aGoodbye\x128\n" +
 	"\x06reason\x18\x01 \x01(\x0e2 .berth.executor.v1.GoodbyeReasonR\x06reason\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"c\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc2\x01\n" +
+	"\vMoveRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12D\n" +
+	"\vdestination\x18\x02 \x01(\v2\".berth.controlplane.v1.DestinationR\vdestination\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x126\n" +
+	"\tmax_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bmaxDelay\"-\n" +
+	"\fMoveResponse\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"c\n" +
 	"\x0eDeliverRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x124\n" +
 	"\amessage\x18\x02 \x01(\v2\x1a.berth.executor.v1.MessageR\amessage\"`\n" +
@@ -1332,10 +1460,11 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\x17GOODBYE_REASON_SHUTDOWN\x10\x02\x12\x1a\n" +
 	"\x16GOODBYE_REASON_TIMEOUT\x10\x032g\n" +
 	"\x0fExecutorService\x12T\n" +
-	"\aConnect\x12!.berth.executor.v1.ConnectRequest\x1a\".berth.executor.v1.ConnectResponse(\x010\x012\xc5\x01\n" +
+	"\aConnect\x12!.berth.executor.v1.ConnectRequest\x1a\".berth.executor.v1.ConnectResponse(\x010\x012\x8e\x02\n" +
 	"\x17ExecutorInternalService\x12P\n" +
 	"\aDeliver\x12!.berth.executor.v1.DeliverRequest\x1a\".berth.executor.v1.DeliverResponse\x12X\n" +
-	"\tSubscribe\x12#.berth.executor.v1.SubscribeRequest\x1a$.berth.executor.v1.SubscribeResponse0\x01B\xcc\x01\n" +
+	"\tSubscribe\x12#.berth.executor.v1.SubscribeRequest\x1a$.berth.executor.v1.SubscribeResponse0\x01\x12G\n" +
+	"\x04Move\x12\x1e.berth.executor.v1.MoveRequest\x1a\x1f.berth.executor.v1.MoveResponseB\xcc\x01\n" +
 	"\x15com.berth.executor.v1B\rExecutorProtoP\x01Z>github.com/berthproject/berth/gen/berth/executor/v1;executorv1\xa2\x02\x03BEX\xaa\x02\x11Berth.Executor.V1\xca\x02\x11Berth\\Executor\\V1\xe2\x02\x1dBerth\\Executor\\V1\\GPBMetadata\xea\x02\x13Berth::Executor::V1b\x06proto3"
 
 var (
@@ -1351,7 +1480,7 @@ func file_berth_executor_v1_executor_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_executor_v1_executor_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_berth_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_berth_executor_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_berth_executor_v1_executor_proto_goTypes = []any{
 	(RedirectReason)(0),           // 0: berth.executor.v1.RedirectReason
 	(GoodbyeReason)(0),            // 1: berth.executor.v1.GoodbyeReason
@@ -1367,13 +1496,15 @@ var file_berth_executor_v1_executor_proto_goTypes = []any{
 	(*Publish)(nil),               // 11: berth.executor.v1.Publish
 	(*Redirect)(nil),              // 12: berth.executor.v1.Redirect
 	(*Goodbye)(nil),               // 13: berth.executor.v1.Goodbye
-	(*DeliverRequest)(nil),        // 14: berth.executor.v1.DeliverRequest
-	(*DeliverResponse)(nil),       // 15: berth.executor.v1.DeliverResponse
-	(*SubscribeRequest)(nil),      // 16: berth.executor.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 17: berth.executor.v1.SubscribeResponse
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*v1.Destination)(nil),        // 20: berth.controlplane.v1.Destination
+	(*MoveRequest)(nil),           // 14: berth.executor.v1.MoveRequest
+	(*MoveResponse)(nil),          // 15: berth.executor.v1.MoveResponse
+	(*DeliverRequest)(nil),        // 16: berth.executor.v1.DeliverRequest
+	(*DeliverResponse)(nil),       // 17: berth.executor.v1.DeliverResponse
+	(*SubscribeRequest)(nil),      // 18: berth.executor.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 19: berth.executor.v1.SubscribeResponse
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*v1.Destination)(nil),        // 22: berth.controlplane.v1.Destination
 }
 var file_berth_executor_v1_executor_proto_depIdxs = []int32{
 	4,  // 0: berth.executor.v1.ConnectRequest.hello:type_name -> berth.executor.v1.Hello
@@ -1386,27 +1517,31 @@ var file_berth_executor_v1_executor_proto_depIdxs = []int32{
 	9,  // 7: berth.executor.v1.ConnectResponse.ping:type_name -> berth.executor.v1.Ping
 	12, // 8: berth.executor.v1.ConnectResponse.redirect:type_name -> berth.executor.v1.Redirect
 	13, // 9: berth.executor.v1.ConnectResponse.goodbye:type_name -> berth.executor.v1.Goodbye
-	18, // 10: berth.executor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 11: berth.executor.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	20, // 10: berth.executor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	21, // 11: berth.executor.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
 	0,  // 12: berth.executor.v1.Redirect.reason:type_name -> berth.executor.v1.RedirectReason
-	20, // 13: berth.executor.v1.Redirect.destination:type_name -> berth.controlplane.v1.Destination
-	18, // 14: berth.executor.v1.Redirect.max_delay:type_name -> google.protobuf.Duration
+	22, // 13: berth.executor.v1.Redirect.destination:type_name -> berth.controlplane.v1.Destination
+	20, // 14: berth.executor.v1.Redirect.max_delay:type_name -> google.protobuf.Duration
 	1,  // 15: berth.executor.v1.Goodbye.reason:type_name -> berth.executor.v1.GoodbyeReason
-	6,  // 16: berth.executor.v1.DeliverRequest.message:type_name -> berth.executor.v1.Message
-	7,  // 17: berth.executor.v1.DeliverResponse.reply:type_name -> berth.executor.v1.Reply
-	11, // 18: berth.executor.v1.SubscribeResponse.publish:type_name -> berth.executor.v1.Publish
-	19, // 19: berth.executor.v1.SubscribeResponse.received_at:type_name -> google.protobuf.Timestamp
-	2,  // 20: berth.executor.v1.ExecutorService.Connect:input_type -> berth.executor.v1.ConnectRequest
-	14, // 21: berth.executor.v1.ExecutorInternalService.Deliver:input_type -> berth.executor.v1.DeliverRequest
-	16, // 22: berth.executor.v1.ExecutorInternalService.Subscribe:input_type -> berth.executor.v1.SubscribeRequest
-	3,  // 23: berth.executor.v1.ExecutorService.Connect:output_type -> berth.executor.v1.ConnectResponse
-	15, // 24: berth.executor.v1.ExecutorInternalService.Deliver:output_type -> berth.executor.v1.DeliverResponse
-	17, // 25: berth.executor.v1.ExecutorInternalService.Subscribe:output_type -> berth.executor.v1.SubscribeResponse
-	23, // [23:26] is the sub-list for method output_type
-	20, // [20:23] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	22, // 16: berth.executor.v1.MoveRequest.destination:type_name -> berth.controlplane.v1.Destination
+	20, // 17: berth.executor.v1.MoveRequest.max_delay:type_name -> google.protobuf.Duration
+	6,  // 18: berth.executor.v1.DeliverRequest.message:type_name -> berth.executor.v1.Message
+	7,  // 19: berth.executor.v1.DeliverResponse.reply:type_name -> berth.executor.v1.Reply
+	11, // 20: berth.executor.v1.SubscribeResponse.publish:type_name -> berth.executor.v1.Publish
+	21, // 21: berth.executor.v1.SubscribeResponse.received_at:type_name -> google.protobuf.Timestamp
+	2,  // 22: berth.executor.v1.ExecutorService.Connect:input_type -> berth.executor.v1.ConnectRequest
+	16, // 23: berth.executor.v1.ExecutorInternalService.Deliver:input_type -> berth.executor.v1.DeliverRequest
+	18, // 24: berth.executor.v1.ExecutorInternalService.Subscribe:input_type -> berth.executor.v1.SubscribeRequest
+	14, // 25: berth.executor.v1.ExecutorInternalService.Move:input_type -> berth.executor.v1.MoveRequest
+	3,  // 26: berth.executor.v1.ExecutorService.Connect:output_type -> berth.executor.v1.ConnectResponse
+	17, // 27: berth.executor.v1.ExecutorInternalService.Deliver:output_type -> berth.executor.v1.DeliverResponse
+	19, // 28: berth.executor.v1.ExecutorInternalService.Subscribe:output_type -> berth.executor.v1.SubscribeResponse
+	15, // 29: berth.executor.v1.ExecutorInternalService.Move:output_type -> berth.executor.v1.MoveResponse
+	26, // [26:30] is the sub-list for method output_type
+	22, // [22:26] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_berth_executor_v1_executor_proto_init() }
@@ -1434,7 +1569,7 @@ func file_berth_executor_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_executor_v1_executor_proto_rawDesc), len(file_berth_executor_v1_executor_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -145,6 +145,7 @@ var ExecutorService_ServiceDesc = grpc.ServiceDesc{
 const (
 	ExecutorInternalService_Deliver_FullMethodName   = "/berth.executor.v1.ExecutorInternalService/Deliver"
 	ExecutorInternalService_Subscribe_FullMethodName = "/berth.executor.v1.ExecutorInternalService/Subscribe"
+	ExecutorInternalService_Move_FullMethodName      = "/berth.executor.v1.ExecutorInternalService/Move"
 )
 
 // ExecutorInternalServiceClient is the client API for ExecutorInternalService service.
@@ -167,6 +168,19 @@ type ExecutorInternalServiceClient interface {
 	Deliver(ctx context.Context, in *DeliverRequest, opts ...grpc.CallOption) (*DeliverResponse, error)
 	// Subscribe streams what devices on this executor publish, from now on.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
+	// Move asks a device connected to this executor to go elsewhere: the
+	// executor queues a Redirect{REBALANCE} on its stream that carries the
+	// destination, so that the device connects there without calling Assign
+	// and closes this stream only once the new one is welcomed (make before
+	// break). It returns once the Redirect is queued; the move is complete
+	// when the device's presence names another executor. The rebalancer of
+	// the control planes calls it.
+	//
+	// Errors: INVALID_ARGUMENT without device_id, or with a destination that
+	// lacks a group, endpoints or token; NOT_FOUND when the device has no
+	// stream here; RESOURCE_EXHAUSTED when its send queue is full (the stream
+	// is then closed); UNAUTHENTICATED / PERMISSION_DENIED as for Deliver.
+	Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error)
 }
 
 type executorInternalServiceClient struct {
@@ -206,6 +220,16 @@ func (c *executorInternalServiceClient) Subscribe(ctx context.Context, in *Subsc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorInternalService_SubscribeClient = grpc.ServerStreamingClient[SubscribeResponse]
 
+func (c *executorInternalServiceClient) Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveResponse)
+	err := c.cc.Invoke(ctx, ExecutorInternalService_Move_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExecutorInternalServiceServer is the server API for ExecutorInternalService service.
 // All implementations must embed UnimplementedExecutorInternalServiceServer
 // for forward compatibility.
@@ -226,6 +250,19 @@ type ExecutorInternalServiceServer interface {
 	Deliver(context.Context, *DeliverRequest) (*DeliverResponse, error)
 	// Subscribe streams what devices on this executor publish, from now on.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
+	// Move asks a device connected to this executor to go elsewhere: the
+	// executor queues a Redirect{REBALANCE} on its stream that carries the
+	// destination, so that the device connects there without calling Assign
+	// and closes this stream only once the new one is welcomed (make before
+	// break). It returns once the Redirect is queued; the move is complete
+	// when the device's presence names another executor. The rebalancer of
+	// the control planes calls it.
+	//
+	// Errors: INVALID_ARGUMENT without device_id, or with a destination that
+	// lacks a group, endpoints or token; NOT_FOUND when the device has no
+	// stream here; RESOURCE_EXHAUSTED when its send queue is full (the stream
+	// is then closed); UNAUTHENTICATED / PERMISSION_DENIED as for Deliver.
+	Move(context.Context, *MoveRequest) (*MoveResponse, error)
 	mustEmbedUnimplementedExecutorInternalServiceServer()
 }
 
@@ -241,6 +278,9 @@ func (UnimplementedExecutorInternalServiceServer) Deliver(context.Context, *Deli
 }
 func (UnimplementedExecutorInternalServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedExecutorInternalServiceServer) Move(context.Context, *MoveRequest) (*MoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Move not implemented")
 }
 func (UnimplementedExecutorInternalServiceServer) mustEmbedUnimplementedExecutorInternalServiceServer() {
 }
@@ -293,6 +333,24 @@ func _ExecutorInternalService_Subscribe_Handler(srv interface{}, stream grpc.Ser
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExecutorInternalService_SubscribeServer = grpc.ServerStreamingServer[SubscribeResponse]
 
+func _ExecutorInternalService_Move_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorInternalServiceServer).Move(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExecutorInternalService_Move_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorInternalServiceServer).Move(ctx, req.(*MoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExecutorInternalService_ServiceDesc is the grpc.ServiceDesc for ExecutorInternalService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -303,6 +361,10 @@ var ExecutorInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Deliver",
 			Handler:    _ExecutorInternalService_Deliver_Handler,
+		},
+		{
+			MethodName: "Move",
+			Handler:    _ExecutorInternalService_Move_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
