@@ -28,6 +28,7 @@ e2e:
 ## bench: the benchmarks the README quotes
 bench: build
 	./bin/berth bench assign
+	./bin/berth bench balance
 	./bin/berth bench streams --devices 10000
 
 generate:
