@@ -61,6 +61,8 @@ type Registration struct {
 
 	registered atomic.Bool
 	lost       atomic.Int64
+	// marked is set while an operator's drain mark names the executor.
+	marked atomic.Bool
 
 	// Presence of the devices held here (see presence.go).
 	pmu     sync.Mutex
@@ -163,20 +165,21 @@ func (g *Registration) session(ctx context.Context) error {
 		}
 	}()
 
+	// The drain mark is read before the first write, so that a marked
+	// executor never shows as taking devices.
+	g.loadDrainMark(ctx)
 	if err := g.write(ctx, s.Lease()); err != nil {
 		return err
 	}
 	g.registered.Store(true)
 	g.log.Info("executor registered", "lease", fmt.Sprintf("%x", s.Lease()))
 	pctx, pcancel := context.WithCancel(ctx)
-	pdone := make(chan struct{})
-	go func() {
-		defer close(pdone)
-		g.presenceLoop(pctx, s.Lease())
-	}()
+	var loops sync.WaitGroup
+	loops.Go(func() { g.presenceLoop(pctx, s.Lease()) })
+	loops.Go(func() { g.watchDrainMark(pctx) })
 	defer func() {
 		pcancel()
-		<-pdone
+		loops.Wait()
 	}()
 
 	// The registration is a write too: the first update waits MinInterval
@@ -225,6 +228,9 @@ func (g *Registration) write(ctx context.Context, lease clientv3.LeaseID) error 
 	g.cur.UpdatedAt = time.Now().UTC()
 	e := g.cur
 	g.mu.Unlock()
+	if g.marked.Load() {
+		e.Draining, e.DrainMarked = true, true
+	}
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.Refresh)
 	defer cancel()
 	return g.reg.putJSON(wctx, g.reg.executorKey(e.ID), e, clientv3.WithLease(lease))

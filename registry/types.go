@@ -78,8 +78,13 @@ type Executor struct {
 	// Load is its traffic load, in the unit the executor reports (messages
 	// per second over the last interval).
 	Load float64 `json:"load"`
-	// Draining is set while it redirects its devices away before stopping.
+	// Draining is set while it redirects its devices away before stopping,
+	// and while an operator's drain mark names it (DrainMarked).
 	Draining bool `json:"draining"`
+	// DrainMarked is set while an operator's drain mark names the executor
+	// (`berth ctl executor drain`): it keeps its devices, Assign no longer
+	// names it, and the rebalancer moves its devices away at its rate.
+	DrainMarked bool `json:"drain_marked,omitempty"`
 	// UpdatedAt is when the executor wrote this record (its own clock).
 	UpdatedAt time.Time `json:"updated_at"`
 	// ObservedAt is when this process saw the record (its own clock). It is
@@ -110,6 +115,9 @@ type Assignment struct {
 	// Inputs are what the device declared when the record was written, so
 	// that dry runs and explanations can decide again without the device.
 	Inputs *DeviceInputs `json:"inputs,omitempty"`
+	// MovedAt is when the rebalancer last moved the device (zero: never,
+	// or an Assign rewrote the record since).
+	MovedAt time.Time `json:"moved_at,omitzero"`
 }
 
 // DeviceInputs are what a device declares in Assign.
