@@ -331,6 +331,51 @@ func TestDevice(t *testing.T) {
 			},
 		},
 		{
+			name: "rebalance redirect whose destination refuses: the old stream stays",
+			execs: []execSpec{
+				{id: "exec-a"},
+				{id: "exec-b", group: "group-2", reject: func(context.Context, int, *executorv1.Hello) error {
+					return status.Error(codes.Unavailable, "executor draining")
+				}},
+			},
+			endpoints: []string{"exec-a"},
+			check: func(t *testing.T, h *harness, d *Device) {
+				old := recv(t, h.execs["exec-a"].conns, "stream on exec-a")
+				if err := d.WaitForState(waitCtx(t), Connected); err != nil {
+					t.Fatalf("WaitForState(Connected) = %v", err)
+				}
+				old.send(t, redirectFrame(&executorv1.Redirect{
+					Reason: executorv1.RedirectReason_REDIRECT_REASON_REBALANCE,
+					Destination: &controlplanev1.Destination{
+						GroupId: "group-2", Token: "tok-moved",
+						Endpoints: []*controlplanev1.Endpoint{{ExecutorId: "exec-b", Address: addrOf("exec-b")}},
+					},
+				}))
+				for deadline := time.Now().Add(waitTimeout); h.execs["exec-b"].helloCount() == 0; time.Sleep(5 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("exec-b saw no Hello")
+					}
+				}
+				// The old stream still carries the device: a ping is
+				// answered on it.
+				old.send(t, pingFrame(7))
+				if got := old.next(t).GetPong(); got.GetNonce() != 7 {
+					t.Errorf("answer to Ping(7) on the old stream = %v, want Pong(7)", got)
+				}
+				if got := d.Session(); got.ExecutorID != "exec-a" {
+					t.Errorf("Session() = %+v, want still exec-a", got)
+				}
+				for _, c := range h.stateChanges() {
+					if c.From == Connected && c.To != Connected {
+						t.Errorf("left Connected: %+v", c)
+					}
+				}
+				if got := h.cp.count(); got != 1 {
+					t.Errorf("Assign called %d times, want 1", got)
+				}
+			},
+		},
+		{
 			name:  "redirect without destination calls Assign again",
 			execs: []execSpec{{id: "exec-a"}},
 			check: func(t *testing.T, h *harness, d *Device) {

@@ -15,6 +15,10 @@ import (
 
 var errNoEndpoints = errors.New("device: destination has no endpoints")
 
+// errStayed reports that a rebalancing redirect could not be followed and
+// the device kept its stream.
+var errStayed = errors.New("device: redirect not followed; stream kept")
+
 // run is the Device's one background loop: assign, connect, serve, back off,
 // again, until ctx is done. Every stream it opens is closed before it
 // returns; then it closes the Messages channel and the conns it created.
@@ -55,6 +59,10 @@ func (d *Device) run(ctx context.Context) {
 		}
 
 		next, nextDest, err := d.serve(ctx, s, dest)
+		if errors.Is(err, errStayed) {
+			// A move the device could not make: it keeps its stream.
+			continue
+		}
 		dest = nextDest
 		if next != nil {
 			// Make-before-break: the new stream is welcomed; now drop the old.
@@ -202,7 +210,10 @@ func (d *Device) serve(ctx context.Context, s *stream, dest *controlplanev1.Dest
 // part of max_delay, gets a destination (the redirect's, or a new Assign when
 // it carries none or an expired one) and opens a stream there. Should s end
 // during the wait, the Device reports Backoff and finishes the wait anyway, so
-// that devices leaving a stopping executor stay spread out.
+// that devices leaving a stopping executor stay spread out. When a
+// rebalancing redirect (REBALANCE) cannot be followed while s is still open,
+// the device keeps s and follow returns errStayed: moving is optional,
+// staying connected is not.
 func (d *Device) follow(ctx context.Context, s *stream, r *executorv1.Redirect, dest *controlplanev1.Destination) (*stream, *controlplanev1.Destination, error) {
 	d.log.Info("redirected", "reason", r.GetReason(), "message", r.GetMessage(),
 		"to_group", r.GetDestination().GetGroupId())
@@ -224,15 +235,33 @@ func (d *Device) follow(ctx context.Context, s *stream, r *executorv1.Redirect, 
 			}
 		}
 	}
+	stay := func(err error) bool {
+		if r.GetReason() != executorv1.RedirectReason_REDIRECT_REASON_REBALANCE || ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-s.ended:
+			return false
+		default:
+		}
+		d.log.Info("redirect not followed; keeping the stream", "to_group", r.GetDestination().GetGroupId(), "err", err)
+		return true
+	}
 	target := r.GetDestination()
 	if len(target.GetEndpoints()) == 0 || target.GetToken() == "" || expired(target, time.Now()) {
 		var err error
 		if target, err = d.assign(ctx); err != nil {
+			if stay(err) {
+				return nil, dest, errStayed
+			}
 			return nil, nil, err
 		}
 	}
 	ns, err := d.dial(ctx, target)
 	if err != nil {
+		if stay(err) {
+			return nil, dest, errStayed
+		}
 		if refused(err) {
 			return nil, nil, err
 		}
