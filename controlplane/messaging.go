@@ -31,6 +31,8 @@ type MessageStore interface {
 	RememberIdempotency(ctx context.Context, device, key string, rec registry.IdempotencyRecord) (registry.IdempotencyRecord, bool, error)
 	// QueueLen counts a device's waiting messages.
 	QueueLen(ctx context.Context, device string) (int64, error)
+	// Queue returns a device's waiting messages in order, at most limit.
+	Queue(ctx context.Context, device string, limit int64) ([]registry.QueuedMessage, error)
 	// Dequeue removes an acknowledged message.
 	Dequeue(ctx context.Context, device string, seq int64) error
 	// SweepExpired removes expired messages and idempotency records.
@@ -77,6 +79,19 @@ type MessagingConfig struct {
 	// ResyncInterval is how often the executors followed for subscribers
 	// are compared with the registry snapshot.
 	ResyncInterval time.Duration
+	// PresenceCacheSize bounds the devices whose presence a replica
+	// remembers; PresenceCacheTTL is how long it trusts what it read (a
+	// failed delivery drops the entry at once).
+	PresenceCacheSize int
+	PresenceCacheTTL  time.Duration
+	// RedeliverMinDelay and RedeliverMaxDelay bound the wait before each
+	// round of redelivery of a connected device's queue after a failed
+	// attempt; RedeliverAttempts is how many failed rounds end it,
+	// RedeliverPending how many devices may wait for one, and
+	// RedeliverWorkers how many rounds run at once.
+	RedeliverMinDelay, RedeliverMaxDelay time.Duration
+	RedeliverAttempts, RedeliverPending  int
+	RedeliverWorkers                     int
 }
 
 // Bounds of MessagingService input.
@@ -104,6 +119,13 @@ func DefaultMessagingConfig() MessagingConfig {
 		IdleConnTimeout:     time.Minute,
 		ResubscribeMaxDelay: 10 * time.Second,
 		ResyncInterval:      time.Second,
+		PresenceCacheSize:   1 << 20,
+		PresenceCacheTTL:    10 * time.Second,
+		RedeliverMinDelay:   500 * time.Millisecond,
+		RedeliverMaxDelay:   30 * time.Second,
+		RedeliverAttempts:   10,
+		RedeliverPending:    100_000,
+		RedeliverWorkers:    32,
 	}
 }
 
@@ -123,6 +145,7 @@ func (c MessagingConfig) Validate() error {
 		{"send timeout", c.SendTimeout}, {"call timeout", c.CallTimeout}, {"queue attempt timeout", c.QueueAttemptTimeout},
 		{"sweep interval", c.SweepInterval}, {"idle conn timeout", c.IdleConnTimeout},
 		{"resubscribe max delay", c.ResubscribeMaxDelay}, {"resync interval", c.ResyncInterval},
+		{"presence cache TTL", c.PresenceCacheTTL}, {"redeliver min delay", c.RedeliverMinDelay},
 	} {
 		if d.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.d))
@@ -133,6 +156,15 @@ func (c MessagingConfig) Validate() error {
 	}
 	if c.SubscriberBuffer <= 0 {
 		errs = append(errs, fmt.Errorf("subscriber buffer %d: want > 0", c.SubscriberBuffer))
+	}
+	if c.PresenceCacheSize < 0 {
+		errs = append(errs, fmt.Errorf("presence cache size %d: want >= 0 (0: no cache)", c.PresenceCacheSize))
+	}
+	if c.RedeliverMaxDelay < c.RedeliverMinDelay {
+		errs = append(errs, fmt.Errorf("redeliver max delay %v: want >= the min delay %v", c.RedeliverMaxDelay, c.RedeliverMinDelay))
+	}
+	if c.RedeliverAttempts <= 0 || c.RedeliverPending <= 0 || c.RedeliverWorkers <= 0 {
+		errs = append(errs, fmt.Errorf("redeliver attempts %d, pending %d, workers %d: want > 0", c.RedeliverAttempts, c.RedeliverPending, c.RedeliverWorkers))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("controlplane: invalid messaging config: %w", err)
@@ -211,14 +243,16 @@ func (s *Server) applyOptions(opts []Option) error {
 type messaging struct {
 	messagingv1.UnimplementedMessagingServiceServer
 
-	cfg   MessagingConfig
-	store MessageStore
-	cache Snapshotter
-	pool  *connPool
-	hub   *hub
-	log   *slog.Logger
-	now   func() time.Time
-	retry time.Duration
+	cfg       MessagingConfig
+	store     MessageStore
+	cache     Snapshotter
+	pool      *connPool
+	hub       *hub
+	routes    *routeCache // nil: every route is read from the registry
+	redeliver *redeliverer
+	log       *slog.Logger
+	now       func() time.Time
+	retry     time.Duration
 
 	stopOnce sync.Once
 	stopping chan struct{}
@@ -234,17 +268,23 @@ func newMessaging(cfg MessagingConfig, store MessageStore, cache Snapshotter, si
 		stopping: make(chan struct{}),
 	}
 	m.hub = newHub(cache, pool, cfg, log)
+	if cfg.PresenceCacheSize > 0 {
+		m.routes = newRouteCache(cfg.PresenceCacheSize, cfg.PresenceCacheTTL, now)
+	}
+	m.redeliver = newRedeliverer(m, log)
 	return m
 }
 
 // run keeps the background work of messaging going until ctx is done: the
-// subscriptions to executors, the sweeper of expired messages and the
-// pruning of connections to executors that left.
+// subscriptions to executors, the sweeper of expired messages, the
+// redelivery of queues to connected devices and the pruning of connections
+// to executors that left.
 func (m *messaging) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.hub.run(ctx) })
 	wg.Go(func() { m.sweep(ctx) })
 	wg.Go(func() { m.prune(ctx) })
+	wg.Go(func() { m.redeliver.run(ctx) })
 	<-ctx.Done()
 	m.stopOnce.Do(func() { close(m.stopping) })
 	wg.Wait()
@@ -319,7 +359,7 @@ func (m *messaging) Send(ctx context.Context, req *messagingv1.SendRequest) (*me
 // retried later with the same key.
 func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
 	dev := req.GetDeviceId()
-	p, online, err := m.presence(ctx, dev)
+	p, online, cached, err := m.route(ctx, dev, true)
 	if err != nil {
 		return nil, m.registryStatus(ctx, err, fmt.Sprintf("cannot look up device %s", dev))
 	}
@@ -338,7 +378,11 @@ func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest
 		}
 	}
 	msg := &executorv1.Message{MessageId: id, Payload: req.GetPayload(), ContentType: req.GetContentType(), SentAt: timestamppb.New(now)}
-	if _, err := m.deliver(ctx, p, msg, m.cfg.SendTimeout); err != nil {
+	_, p, online, err = m.deliverAt(ctx, p, cached, msg, m.cfg.SendTimeout)
+	switch {
+	case !online:
+		return nil, offlineStatus(dev)
+	case err != nil:
 		return nil, m.deliverStatus(err, p, id, false)
 	}
 	return &messagingv1.SendResponse{MessageId: id, Status: messagingv1.SendStatus_SEND_STATUS_DELIVERED}, nil
@@ -369,9 +413,14 @@ func (m *messaging) sendQueued(ctx context.Context, req *messagingv1.SendRequest
 				why, stored.ExpiresAt.UTC().Format(time.RFC3339)),
 		}
 	}
-	p, online, err := m.presence(ctx, dev)
+	// Where the device is must be read after the message was stored: a
+	// device that connects later finds the message in its queue, one that
+	// was connected before is delivered to now. The cache may answer; when
+	// its answer is stale the record is read again (deliverAt).
+	p, online, cached, err := m.route(ctx, dev, true)
 	if err != nil {
 		m.log.Warn("reading presence after enqueue", "device", dev, "err", err)
+		m.redeliver.schedule(dev)
 		return queued("the device's presence could not be read"), nil
 	}
 	if !online {
@@ -380,11 +429,18 @@ func (m *messaging) sendQueued(ctx context.Context, req *messagingv1.SendRequest
 	actx, cancel := attemptContext(ctx, m.cfg.QueueAttemptTimeout)
 	defer cancel()
 	msg := &executorv1.Message{MessageId: stored.ID, Payload: stored.Payload, ContentType: stored.ContentType, SentAt: timestamppb.New(now)}
-	if _, err := m.deliver(actx, p, msg, m.cfg.QueueAttemptTimeout); err != nil {
+	_, p, online, err = m.deliverAt(actx, p, cached, msg, m.cfg.QueueAttemptTimeout)
+	if !online {
+		return queued(fmt.Sprintf("device %s is not connected", dev)), nil
+	}
+	if err != nil {
+		// The device may still be connected: deliver its queue again
+		// later rather than at its next connect.
+		m.redeliver.schedule(dev)
 		if ctx.Err() != nil {
 			return nil, contextStatus(ctx.Err())
 		}
-		return queued("delivery attempt failed: " + statusMessage(m.deliverStatus(err, p, stored.ID, false))), nil
+		return queued("delivery attempt failed: " + statusMessage(m.deliverStatus(err, p, stored.ID, false)) + "; it is tried again while the device stays connected"), nil
 	}
 	// The device acknowledged: remove the message even if the caller went
 	// away meanwhile. Should that fail, it stays queued and is delivered
@@ -403,7 +459,7 @@ func (m *messaging) Call(ctx context.Context, req *messagingv1.CallRequest) (*me
 		return nil, invalidArgument(err)
 	}
 	dev := req.GetDeviceId()
-	p, online, err := m.presence(ctx, dev)
+	p, online, cached, err := m.route(ctx, dev, true)
 	if err != nil {
 		return nil, m.registryStatus(ctx, err, fmt.Sprintf("cannot look up device %s", dev))
 	}
@@ -412,8 +468,11 @@ func (m *messaging) Call(ctx context.Context, req *messagingv1.CallRequest) (*me
 	}
 	id := registry.NewMessageID()
 	msg := &executorv1.Message{MessageId: id, Payload: req.GetPayload(), ContentType: req.GetContentType(), SentAt: timestamppb.New(m.now()), ExpectsReply: true}
-	resp, err := m.deliver(ctx, p, msg, m.cfg.CallTimeout)
-	if err != nil {
+	resp, p, online, err := m.deliverAt(ctx, p, cached, msg, m.cfg.CallTimeout)
+	switch {
+	case !online:
+		return nil, offlineStatus(dev)
+	case err != nil:
 		return nil, m.deliverStatus(err, p, id, true)
 	}
 	r := resp.GetReply()
@@ -433,7 +492,7 @@ func (m *messaging) GetDevice(ctx context.Context, req *messagingv1.GetDeviceReq
 	if err := validateDeviceID(dev); err != nil {
 		return nil, invalidArgument(err)
 	}
-	p, online, err := m.presence(ctx, dev)
+	p, online, _, err := m.route(ctx, dev, false)
 	if err != nil {
 		return nil, m.registryStatus(ctx, err, fmt.Sprintf("cannot look up device %s", dev))
 	}

@@ -34,6 +34,7 @@ type fakeMsgStore struct {
 	seq      map[string]int64
 	idem     map[string]registry.IdempotencyRecord // device + "/" + key
 	sweeps   int
+	reads    int   // Presence calls
 	fail     error // returned by every method when set
 }
 
@@ -52,6 +53,20 @@ func (s *fakeMsgStore) setPresence(p registry.Presence) {
 	s.presence[p.DeviceID] = p
 }
 
+// clearPresence says device is not connected.
+func (s *fakeMsgStore) clearPresence(device string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.presence, device)
+}
+
+// presenceReads counts the Presence calls so far.
+func (s *fakeMsgStore) presenceReads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
 func (s *fakeMsgStore) setFail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -67,6 +82,7 @@ func (s *fakeMsgStore) queue(device string) []registry.QueuedMessage {
 func (s *fakeMsgStore) Presence(_ context.Context, device string) (registry.Presence, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.reads++
 	if s.fail != nil {
 		return registry.Presence{}, s.fail
 	}
@@ -119,6 +135,19 @@ func (s *fakeMsgStore) RememberIdempotency(_ context.Context, device, key string
 	}
 	s.idem[device+"/"+key] = rec
 	return rec, true, nil
+}
+
+func (s *fakeMsgStore) Queue(_ context.Context, device string, limit int64) ([]registry.QueuedMessage, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	q := s.queues[device]
+	if limit > 0 && int64(len(q)) > limit {
+		q = q[:limit]
+	}
+	return append([]registry.QueuedMessage(nil), q...), nil
 }
 
 func (s *fakeMsgStore) QueueLen(_ context.Context, device string) (int64, error) {

@@ -20,14 +20,36 @@ var (
 	queueRetryMax = 5 * time.Second
 )
 
+// presenceReader reads presence records; *registry.Registry is one. A
+// Queue that is one lets the drain close a gap (see drainQueue).
+type presenceReader interface {
+	Presence(ctx context.Context, deviceID string) (registry.Presence, error)
+}
+
+// Bounds of the wait for a session's presence record to become visible.
+var (
+	presenceWaitMin = 50 * time.Millisecond
+	presenceWaitMax = 2 * time.Second
+	presenceWaitFor = 15 * time.Second
+)
+
 // drainQueue delivers the messages queued for ss's device, in order, one at
 // a time: each waits for the device's Ack and is then removed from the
 // queue. Expired messages are removed unsent. It returns when the queue is
 // empty (later messages for the online device come through Deliver), or
 // when the session or ctx ends: a message not acknowledged by then stays
 // queued for the next stream (at least once).
+//
+// The session's presence is written moments after the drain starts, and a
+// control plane that stores a QUEUE message and then finds no presence
+// leaves the message to the drain. So once the queue is empty, the drain
+// waits until the registry shows this session's presence (when the Queue
+// can read presence) and reads the queue once more: a message stored
+// before the presence was visible is in that read, and one stored after it
+// is delivered by its sender.
 func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) {
 	delivered := 0
+	confirmed := false
 	for {
 		var page []registry.QueuedMessage
 		ok := s.retryQueue(ctx, ss, log, "read the queue", func() error {
@@ -39,6 +61,12 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 			return
 		}
 		if len(page) == 0 {
+			if !confirmed {
+				confirmed = true
+				if s.awaitPresence(ctx, ss, log) {
+					continue
+				}
+			}
 			if delivered > 0 {
 				log.Debug("queued messages delivered", "messages", delivered)
 			}
@@ -70,6 +98,46 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 			s.stats.queueDelivered.Add(1)
 			delivered++
 		}
+	}
+}
+
+// awaitPresence waits until the registry shows ss's presence, polling with
+// a growing delay for at most presenceWaitFor. It reports whether the
+// queue should be read again: the presence is visible, or could not be
+// confirmed in time (read once more anyway). It reports false when the
+// Queue cannot read presence, when a newer session of the device holds the
+// record (its own drain reads the queue), or when ss or ctx ended.
+func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logger) bool {
+	pr, ok := s.queue.(presenceReader)
+	if !ok {
+		return false
+	}
+	delay := presenceWaitMin
+	deadline := time.Now().Add(presenceWaitFor)
+	for {
+		p, err := pr.Presence(ctx, ss.deviceID)
+		switch {
+		case err == nil && p.SessionID == ss.id:
+			return true
+		case err == nil && p.Since.After(ss.since):
+			return false
+		case ctx.Err() != nil || ss.closed():
+			return false
+		case time.Now().After(deadline):
+			log.Debug("presence not visible in time; reading the queue once more", "waited", presenceWaitFor, "err", err)
+			return true
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ss.done:
+			t.Stop()
+			return false
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		}
+		delay = min(2*delay, presenceWaitMax)
 	}
 }
 

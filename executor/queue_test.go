@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,5 +200,51 @@ func TestQueueOfOtherDevicesUntouched(t *testing.T) {
 	}
 	if queued, dequeued := q.state("other"); len(queued) != 2 || len(dequeued) != 0 {
 		t.Errorf("other's queue: %v, dequeued %v; want untouched", queued, dequeued)
+	}
+}
+
+// laggingPresence is a Queue whose presence records become visible late,
+// as the registry's do: the first reads find nothing. On the first read a
+// message is stored, as a control plane does that then finds no presence
+// and leaves the message to the drain.
+type laggingPresence struct {
+	*fakeQueue
+	reg   atomic.Pointer[fakeRegistrar]
+	lag   int
+	calls atomic.Int32
+}
+
+func (q *laggingPresence) Presence(_ context.Context, device string) (registry.Presence, error) {
+	n := int(q.calls.Add(1))
+	if n == 1 {
+		q.add(device, 1)
+	}
+	if n <= q.lag {
+		return registry.Presence{}, registry.ErrNotFound
+	}
+	if p, ok := q.reg.Load().presenceOf(device); ok {
+		return p, nil
+	}
+	return registry.Presence{}, registry.ErrNotFound
+}
+
+func TestQueueReadAgainOncePresenceVisible(t *testing.T) {
+	q := &laggingPresence{fakeQueue: newFakeQueue(), lag: 2}
+	h := startWith(t, nil, executor.WithQueue(q))
+	q.reg.Store(h.reg)
+	d, _ := h.connect(t, "d1")
+	// The queue was empty when the drain first read it; the message stored
+	// before the presence was visible comes once it is.
+	m := d.message(t)
+	if m.GetMessageId() != "q1" {
+		t.Fatalf("got %s; want q1", m.GetMessageId())
+	}
+	d.ack(t, "q1")
+	testutil.WaitFor(t, waitTimeout, "the queue empty", func() bool {
+		queued, _ := q.state("d1")
+		return len(queued) == 0
+	})
+	if n := q.calls.Load(); n != 3 {
+		t.Errorf("presence read %d times; want 3 (two misses, then the session's record)", n)
 	}
 }

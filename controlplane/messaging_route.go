@@ -1,0 +1,233 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/registry"
+)
+
+// Routing. A device's presence record (written by the executor that holds
+// its stream, under that executor's lease) names the executor's address, so
+// a control plane reaches the device in one hop: it reads the record and
+// calls that executor. The records a replica read are kept in a routeCache
+// for PresenceCacheTTL, so a device that is sent to often costs no read of
+// etcd per message. A cached route can be stale (the device left, or moved
+// to another executor): the executor then answers NOT_FOUND, or cannot be
+// reached, and the replica forgets the route, reads the record again and,
+// when it names another stream, tries once more there.
+
+// routeShards splits the cache so that concurrent Sends rarely share a
+// lock.
+const routeShards = 64
+
+// routeCache remembers the presence of devices recently looked up. It is
+// bounded: past its size an arbitrary entry of the shard makes room.
+type routeCache struct {
+	ttl    time.Duration
+	now    func() time.Time
+	seed   maphash.Seed
+	max    int // entries per shard
+	shards [routeShards]routeShard
+
+	// execs interns the executor fields shared by the routes of every
+	// device of an executor.
+	emu   sync.Mutex
+	execs map[execKey]*execKey
+}
+
+type routeShard struct {
+	mu sync.Mutex
+	m  map[string]route
+}
+
+// execKey is an executor's identity and address.
+type execKey struct{ id, group, address string }
+
+// route is one cached presence.
+type route struct {
+	exec    *execKey
+	session string
+	since   time.Time
+	at      int64 // when it was read, Unix nanoseconds
+}
+
+// maxInternedExecutors bounds the interned executors; past it the table
+// starts again (the routes keep their pointers).
+const maxInternedExecutors = 1 << 14
+
+func newRouteCache(size int, ttl time.Duration, now func() time.Time) *routeCache {
+	c := &routeCache{ttl: ttl, now: now, seed: maphash.MakeSeed(), max: max(size/routeShards, 1), execs: map[execKey]*execKey{}}
+	for i := range c.shards {
+		c.shards[i].m = map[string]route{}
+	}
+	return c
+}
+
+func (c *routeCache) shard(device string) *routeShard {
+	return &c.shards[maphash.String(c.seed, device)%routeShards]
+}
+
+// get returns the device's presence if a fresh one is cached.
+func (c *routeCache) get(device string) (registry.Presence, bool) {
+	if c == nil {
+		return registry.Presence{}, false
+	}
+	sh := c.shard(device)
+	sh.mu.Lock()
+	r, ok := sh.m[device]
+	sh.mu.Unlock()
+	if !ok || c.now().UnixNano()-r.at > int64(c.ttl) {
+		return registry.Presence{}, false
+	}
+	return registry.Presence{DeviceID: device, ExecutorID: r.exec.id, GroupID: r.exec.group, Address: r.exec.address, SessionID: r.session, Since: r.since}, true
+}
+
+// put caches p, read just now.
+func (c *routeCache) put(p registry.Presence) {
+	if c == nil || p.Address == "" {
+		return
+	}
+	r := route{exec: c.intern(execKey{p.ExecutorID, p.GroupID, p.Address}), session: p.SessionID, since: p.Since, at: c.now().UnixNano()}
+	sh := c.shard(p.DeviceID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.m[p.DeviceID]; !ok && len(sh.m) >= c.max {
+		for k := range sh.m {
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[p.DeviceID] = r
+}
+
+// forget drops the device's route if it still names p's stream.
+func (c *routeCache) forget(p registry.Presence) {
+	if c == nil {
+		return
+	}
+	sh := c.shard(p.DeviceID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if r, ok := sh.m[p.DeviceID]; ok && r.session == p.SessionID && r.exec.address == p.Address {
+		delete(sh.m, p.DeviceID)
+	}
+}
+
+// len counts the cached routes, fresh or not.
+func (c *routeCache) len() int {
+	n := 0
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+func (c *routeCache) intern(k execKey) *execKey {
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	if e, ok := c.execs[k]; ok {
+		return e
+	}
+	if len(c.execs) >= maxInternedExecutors {
+		c.execs = map[execKey]*execKey{}
+	}
+	e := &k
+	c.execs[k] = e
+	return e
+}
+
+// route finds where dev is connected: from the cache when allowed and
+// fresh, else from the registry (and then cached). online is false when
+// the device holds no stream; cached says the answer came from the cache.
+func (m *messaging) route(ctx context.Context, dev string, useCache bool) (p registry.Presence, online, cached bool, err error) {
+	if useCache {
+		if p, ok := m.routes.get(dev); ok {
+			return p, true, true, nil
+		}
+	}
+	p, online, err = m.presence(ctx, dev)
+	if err == nil && online {
+		m.routes.put(p)
+	}
+	return p, online, false, err
+}
+
+// deliverRouted hands msg to dev wherever it is connected and waits for
+// the executor's answer, within ctx (def when ctx has no deadline). It
+// returns the presence it delivered to, or online false when the device
+// turned out not to be connected. A route taken from the cache that fails
+// because the device is not (or no longer) there is read again from the
+// registry, and the delivery tried once more when the record names another
+// stream.
+func (m *messaging) deliverRouted(ctx context.Context, dev string, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
+	p, online, cached, err := m.route(ctx, dev, true)
+	if err != nil || !online {
+		return nil, p, online, err
+	}
+	return m.deliverAt(ctx, p, cached, msg, def)
+}
+
+// deliverAt is deliverRouted from a route already found; cached says it
+// came from the cache.
+func (m *messaging) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
+	resp, err := m.deliver(ctx, p, msg, def)
+	if err == nil {
+		return resp, p, true, nil
+	}
+	if !staleRoute(err) {
+		if status.Code(err) == codes.DeadlineExceeded {
+			// The device may have moved while an old stream lingers
+			// there: read the record next time.
+			m.routes.forget(p)
+		}
+		return nil, p, true, err
+	}
+	m.routes.forget(p)
+	if !cached || ctx.Err() != nil {
+		return nil, p, true, err
+	}
+	p2, online, _, rerr := m.route(ctx, p.DeviceID, false)
+	switch {
+	case rerr != nil:
+		// Report the delivery's failure, not the registry's.
+		return nil, p, true, err
+	case !online:
+		return nil, p2, false, nil
+	case p2.Address == p.Address && p2.SessionID == p.SessionID:
+		return nil, p, true, err
+	}
+	resp, err = m.deliver(ctx, p2, msg, def)
+	if err != nil && staleRoute(err) {
+		m.routes.forget(p2)
+	}
+	return resp, p2, true, err
+}
+
+// staleRoute reports whether a delivery failed because the device is not
+// where the route said: the executor does not hold it (NOT_FOUND), its
+// stream ended before the Ack, or the executor cannot be reached.
+func staleRoute(err error) bool {
+	if errors.Is(err, errPoolClosed) {
+		return false
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+	}
+	switch st.Code() {
+	case codes.NotFound, codes.Unavailable:
+		return true
+	}
+	return false
+}

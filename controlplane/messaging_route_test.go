@@ -1,0 +1,84 @@
+package controlplane_test
+
+import (
+	"context"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+)
+
+func TestSendRoutesFromCache(t *testing.T) {
+	k := newKeys(t)
+	ex1 := startExec(t, "e1", k.verifier)
+	ex2 := startExec(t, "e2", k.verifier)
+	f := startMessaging(t, k, testMessagingConfig(), ex1, ex2)
+	ctx := ctxT(t)
+	f.store.setPresence(ex1.presence("d1"))
+	send := func() error {
+		_, err := f.client.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x")})
+		return err
+	}
+
+	for i := range 3 {
+		if err := send(); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	if n := f.store.presenceReads(); n != 1 {
+		t.Errorf("3 Sends read the presence %d times; want once, then the cached route", n)
+	}
+
+	// The device moves to e2: e1 answers NOT_FOUND, the record is read
+	// again and the same Send reaches e2.
+	ex1.setDeliver(func(context.Context, *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+		return nil, status.Error(codes.NotFound, "no stream for d1")
+	})
+	f.store.setPresence(ex2.presence("d1"))
+	if err := send(); err != nil {
+		t.Fatalf("Send after the device moved: %v", err)
+	}
+	if n1, n2 := len(ex1.deliveries()), len(ex2.deliveries()); n1 != 4 || n2 != 1 {
+		t.Errorf("deliveries: e1 %d, e2 %d; want 4 (3 + the stale try) and 1", n1, n2)
+	}
+	if n := f.store.presenceReads(); n != 2 {
+		t.Errorf("presence read %d times; want 2 (the stale route read again)", n)
+	}
+	if err := send(); err != nil {
+		t.Fatalf("Send to the new route: %v", err)
+	}
+	if n := len(ex2.deliveries()); n != 2 {
+		t.Errorf("e2 got %d deliveries; want 2", n)
+	}
+
+	// The device leaves: the cached route fails, the record says offline.
+	ex2.setDeliver(func(context.Context, *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+		return nil, status.Error(codes.NotFound, "no stream for d1")
+	})
+	f.store.clearPresence("d1")
+	wantCode(t, "Send after the device left", send(), codes.Unavailable, "device d1 is not connected")
+	wantCode(t, "Send again", send(), codes.Unavailable, "device d1 is not connected")
+	if n := len(ex2.deliveries()); n != 3 {
+		t.Errorf("e2 got %d deliveries; want 3: nothing is sent on a route known to be gone", n)
+	}
+}
+
+func TestSendRouteCacheOff(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	cfg := testMessagingConfig()
+	cfg.PresenceCacheSize = 0
+	f := startMessaging(t, k, cfg, ex)
+	f.store.setPresence(ex.presence("d1"))
+	for i := range 3 {
+		if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	if n := f.store.presenceReads(); n != 3 {
+		t.Errorf("3 Sends without a cache read the presence %d times; want 3", n)
+	}
+}

@@ -1,0 +1,704 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/berthproject/berth/device"
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+)
+
+// TestMessagingThousandDevices sends one message to each of 1,000
+// simulated devices spread over four executors in two groups: every Send
+// answers DELIVERED (the device acknowledged it), and the fleet counts
+// 1,000 messages acknowledged.
+func TestMessagingThousandDevices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const devices = 1000
+	c := startCluster(t, 2, 2, 400)
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	line := sim.waitLine(90*time.Second, "1,000 devices connected on four executors", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices && len(s.executors) == 4
+	})
+	t.Logf("connected: %s", line)
+
+	mc := messagingClient(t, c.cpAddr)
+	// Presence is written moments after a stream is admitted.
+	waitFor(t, 30*time.Second, "presence of every device", func() bool {
+		for _, i := range []int{0, devices / 2, devices - 1} {
+			d, err := getDevice(mc, simID(i))
+			if err != nil || !d.GetOnline() {
+				return false
+			}
+		}
+		return true
+	})
+	var delivered, failed atomic.Int64
+	var firstErr onceError
+	start := time.Now()
+	parallel(32, devices, func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		id := simID(i)
+		var resp *messagingv1.SendResponse
+		var err error
+		// A device whose presence is not written yet answers UNAVAILABLE:
+		// ONLINE_ONLY fails fast, so the sender retries.
+		for attempt := 0; ; attempt++ {
+			resp, err = mc.Send(ctx, &messagingv1.SendRequest{DeviceId: id, Payload: []byte("hello " + id),
+				ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY, IdempotencyKey: "thousand-" + id})
+			if status.Code(err) != codes.Unavailable || attempt == 50 || !sleepCtx(ctx, 100*time.Millisecond) {
+				break
+			}
+		}
+		switch {
+		case err != nil:
+			failed.Add(1)
+			firstErr.set(fmt.Errorf("send to %s: %w", id, err))
+		case resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_DELIVERED:
+			failed.Add(1)
+			firstErr.set(fmt.Errorf("send to %s: status %v (%s), want DELIVERED", id, resp.GetStatus(), resp.GetDetail()))
+		default:
+			delivered.Add(1)
+		}
+	})
+	t.Logf("%d sends delivered and acknowledged in %v, %d failed", delivered.Load(), time.Since(start).Round(time.Millisecond), failed.Load())
+	if err := firstErr.get(); err != nil {
+		t.Fatalf("%d of %d sends failed; first: %v", failed.Load(), devices, err)
+	}
+	line = sim.waitLine(30*time.Second, "1,000 messages acknowledged by the fleet", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["messages"] >= devices
+	})
+	if s, _ := parseSummary(line); s.fields["messages"] != devices {
+		t.Errorf("the fleet acknowledged %d messages, want %d: %s", s.fields["messages"], devices, line)
+	}
+	// A call reaches a device and comes back with its echo.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := mc.Call(ctx, &messagingv1.CallRequest{DeviceId: simID(7), Payload: []byte("ping"), ContentType: "text/plain"})
+	if err != nil || string(r.GetPayload()) != "ping" {
+		t.Errorf("Call(%s) = %q, %v; want the echo \"ping\"", simID(7), r.GetPayload(), err)
+	}
+
+	sim.signal(syscall.SIGINT)
+	if err := sim.wait(30 * time.Second); err != nil {
+		t.Errorf("simulate exited with %v after SIGINT", err)
+	}
+}
+
+// TestMessagingExecutorKill sends QUEUE messages to devices spread over
+// three executors and kills one with SIGKILL while messages are in flight.
+// The devices (device SDK clients in this process) record every message
+// they get. Once they have reconnected elsewhere, the count must show:
+// every message whose Send answered DELIVERED had been seen by its device
+// when Send returned, every other one reaches its device (from the queue)
+// or is still queued, nothing is lost, and duplicates are counted.
+func TestMessagingExecutorKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const (
+		devices  = 90
+		perDev   = 12
+		total    = devices * perDev
+		killAt   = total / 3
+		senders  = 12
+		victimID = "group-1-exec-1"
+	)
+	c := startCluster(t, 1, 3, 100)
+	fl := startFleet(t, c.cpAddr, "kill-", devices)
+	fl.waitConnected(t, 60*time.Second)
+	if n := fl.onExecutor(victimID); n == 0 {
+		t.Fatalf("%s holds no device: %v", victimID, fl.byExecutor())
+	}
+	mc := messagingClient(t, c.cpAddr)
+	fl.waitPresence(t, mc, 30*time.Second)
+
+	type outcome struct {
+		delivered bool
+		err       error
+	}
+	outcomes := make([]outcome, total)
+	var sent atomic.Int64
+	var killed sync.Once
+	var notSeenAtAck atomic.Int64
+	start := time.Now()
+	// Message k goes to device k%devices, so each device gets its messages
+	// from several senders, interleaved.
+	parallel(senders, total, func(k int) {
+		if sent.Add(1) == killAt {
+			killed.Do(func() {
+				t.Logf("kill -9 %s after %d sends started: %v", victimID, killAt, fl.byExecutor())
+				c.executors[victimID].signal(syscall.SIGKILL)
+			})
+		}
+		dev := fl.id(k % devices)
+		payload := fmt.Sprintf("%s/%d", dev, k)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		req := &messagingv1.SendRequest{DeviceId: dev, Payload: []byte(payload), ContentType: "text/plain",
+			Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour), IdempotencyKey: fmt.Sprintf("kill-%d", k)}
+		var resp *messagingv1.SendResponse
+		var err error
+		// Retried with the same idempotency key: a retry never queues the
+		// message twice.
+		for attempt := 0; attempt < 20; attempt++ {
+			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+			resp, err = mc.Send(actx, req)
+			acancel()
+			if err == nil || !sleepCtx(ctx, 100*time.Millisecond) {
+				break
+			}
+		}
+		if err != nil {
+			outcomes[k] = outcome{err: err}
+			return
+		}
+		first := !strings.HasPrefix(resp.GetDetail(), "duplicate")
+		delivered := first && resp.GetStatus() == messagingv1.SendStatus_SEND_STATUS_DELIVERED
+		if delivered && !fl.seen(payload) {
+			notSeenAtAck.Add(1)
+		}
+		outcomes[k] = outcome{delivered: delivered}
+	})
+	var acked, queued int
+	for k, o := range outcomes {
+		switch {
+		case o.err != nil:
+			t.Fatalf("message %d: Send failed after retries: %v", k, o.err)
+		case o.delivered:
+			acked++
+		default:
+			queued++
+		}
+	}
+	t.Logf("%d sends in %v: %d delivered and acknowledged, %d queued", total, time.Since(start).Round(time.Millisecond), acked, queued)
+	if queued == 0 {
+		t.Errorf("no Send answered QUEUED: the kill did not catch messages in flight")
+	}
+	if n := notSeenAtAck.Load(); n > 0 {
+		// The SDK acknowledges a redelivered duplicate at once, even while
+		// the first copy still waits in the Messages channel.
+		t.Logf("%d messages answered DELIVERED before their application had taken them (a duplicate acknowledged by the SDK)", n)
+	}
+
+	// The devices of the dead executor reconnect to the others; every
+	// message reaches its device, from the queue when it was not acked.
+	fl.waitConnected(t, 60*time.Second, victimID)
+	want := make([]string, total)
+	for k := range total {
+		want[k] = fmt.Sprintf("%s/%d", fl.id(k%devices), k)
+	}
+	waitFor(t, 60*time.Second, "every message seen by its device", func() bool { return fl.missing(want) == 0 })
+	waitFor(t, 30*time.Second, "every queue empty", func() bool {
+		for i := range devices {
+			d, err := getDevice(mc, fl.id(i))
+			if err != nil || d.GetQueuedMessages() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	st := fl.stats()
+	t.Logf("count: %d messages sent, %d acknowledged at once, %d queued; %d seen by their devices, lost 0; "+
+		"redelivered duplicates dropped by the SDK %d, seen twice by the application %d; devices reconnected %d times",
+		total, acked, queued, st.distinct, st.sdkDuplicates, st.appDuplicates, st.connects-devices)
+	if st.distinct != total {
+		t.Errorf("devices saw %d distinct messages, want %d", st.distinct, total)
+	}
+	if st.appDuplicates != 0 {
+		t.Errorf("the application saw %d messages twice; the SDK should drop duplicates", st.appDuplicates)
+	}
+	if st.misrouted != 0 {
+		t.Errorf("devices saw %d messages sent to another device", st.misrouted)
+	}
+	for k, o := range outcomes {
+		if o.delivered && !fl.seen(want[k]) {
+			t.Errorf("message %d (%s) was acknowledged but its device never saw it", k, want[k])
+		}
+	}
+}
+
+// TestMessagingQueueSurvivesControlPlaneRestart queues messages for a
+// device that is not connected, kills the control plane with SIGKILL and
+// starts another: it still knows the queue, and the device, connecting
+// through it, receives the messages in order.
+func TestMessagingQueueSurvivesControlPlaneRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const n = 10
+	c := startCluster(t, 1, 1, 100)
+	mc := messagingClient(t, c.cpAddr)
+	const dev = "restart-dev"
+	sendQueued(t, mc, dev, "before-restart", n)
+
+	c.cp.signal(syscall.SIGKILL)
+	if err := c.cp.wait(30 * time.Second); err == nil {
+		t.Fatal("control plane exited cleanly after SIGKILL")
+	}
+	cp2 := c.restartControlPlane(t)
+	mc2 := messagingClient(t, cp2)
+	d, err := getDevice(mc2, dev)
+	if err != nil {
+		t.Fatalf("GetDevice(%s) on the new control plane: %v", dev, err)
+	}
+	if d.GetOnline() || d.GetQueuedMessages() != n {
+		t.Fatalf("GetDevice(%s) on the new control plane: online %v, %d queued; want offline with %d queued", dev, d.GetOnline(), d.GetQueuedMessages(), n)
+	}
+	fl := startFleetIDs(t, cp2, []string{dev})
+	got := fl.waitMessages(t, dev, n, 30*time.Second)
+	checkOrder(t, got, "before-restart", n)
+	waitFor(t, 30*time.Second, "the queue empty", func() bool {
+		d, err := getDevice(mc2, dev)
+		return err == nil && d.GetQueuedMessages() == 0 && d.GetOnline()
+	})
+}
+
+// TestMessagingQueuedInOrder queues messages for a device before it ever
+// connects; ONLINE_ONLY to it fails fast meanwhile. When it comes online it
+// receives them in the order they were sent, and later QUEUE sends reach it
+// at once.
+func TestMessagingQueuedInOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const n = 25
+	c := startCluster(t, 1, 2, 100)
+	mc := messagingClient(t, c.cpAddr)
+	const dev = "late-dev"
+	sendQueued(t, mc, dev, "queued", n)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: []byte("now"), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("ONLINE_ONLY Send to an offline device: %v, want UNAVAILABLE", err)
+	}
+
+	fl := startFleetIDs(t, c.cpAddr, []string{dev})
+	got := fl.waitMessages(t, dev, n, 30*time.Second)
+	checkOrder(t, got, "queued", n)
+	fl.waitPresence(t, mc, 30*time.Second)
+	resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: []byte("online"), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE})
+	if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_DELIVERED {
+		t.Errorf("QUEUE Send to the online device: %v, %v (%s); want DELIVERED", resp.GetStatus(), err, resp.GetDetail())
+	}
+	waitFor(t, 30*time.Second, "the queue empty", func() bool {
+		d, err := getDevice(mc, dev)
+		return err == nil && d.GetQueuedMessages() == 0
+	})
+}
+
+// TestMessagingRedeliversToOnlineDevice is the case of a QUEUE message
+// whose immediate delivery fails while the device stays connected: its
+// application takes the message but does not acknowledge it before the
+// Send's attempt ends. The executor delivers it again without the device
+// reconnecting; the SDK acknowledges the duplicate and the queue empties.
+func TestMessagingRedeliversToOnlineDevice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	c := startCluster(t, 1, 1, 100)
+	mc := messagingClient(t, c.cpAddr)
+	const dev = "slow-dev"
+	fl := startFleetIDs(t, c.cpAddr, []string{dev})
+	fl.ackIf = func(m *device.Message) bool { return string(m.Payload) != "slow" }
+	fl.waitConnected(t, 30*time.Second)
+	fl.waitPresence(t, mc, 30*time.Second)
+
+	// The Send waits at most three quarters of its deadline for the Ack.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: []byte("slow"), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE})
+	if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED {
+		t.Fatalf("Send = %v, %v; want QUEUED after the attempt timed out", resp.GetStatus(), err)
+	}
+	connects := fl.stats().connects
+	waitFor(t, 30*time.Second, "the unacknowledged message redelivered and its queue empty", func() bool {
+		d, err := getDevice(mc, dev)
+		return err == nil && d.GetQueuedMessages() == 0
+	})
+	st := fl.stats()
+	if st.connects != connects {
+		t.Errorf("the device reconnected (%d connects, was %d): the redelivery should come on the same stream", st.connects, connects)
+	}
+	if st.sdkDuplicates < 1 {
+		t.Errorf("the SDK dropped %d duplicates, want the redelivery dropped (at least 1)", st.sdkDuplicates)
+	}
+	if st.distinct != 1 || st.appDuplicates != 0 {
+		t.Errorf("the application saw %d distinct messages and %d twice, want 1 and 0", st.distinct, st.appDuplicates)
+	}
+}
+
+// simID is the id `berth simulate` gives its device i.
+func simID(i int) string { return fmt.Sprintf("sim-%06d", i) }
+
+// messagingClient dials a control plane's MessagingService; the connection
+// is closed when the test ends.
+func messagingClient(t *testing.T, addr string) messagingv1.MessagingServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return messagingv1.NewMessagingServiceClient(cc)
+}
+
+// getDevice asks for a device's state, bounded.
+func getDevice(mc messagingv1.MessagingServiceClient, id string) (*messagingv1.GetDeviceResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return mc.GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: id})
+}
+
+// sendQueued queues n messages "<prefix>-<i>" for dev, one after the
+// other, and checks that each answered QUEUED.
+func sendQueued(t *testing.T, mc messagingv1.MessagingServiceClient, dev, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: fmt.Appendf(nil, "%s-%d", prefix, i),
+			ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour)})
+		cancel()
+		if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED {
+			t.Fatalf("queue message %d for %s: %v, %v; want QUEUED", i, dev, resp.GetStatus(), err)
+		}
+	}
+}
+
+// checkOrder checks that got is "<prefix>-0" to "<prefix>-<n-1>", in order.
+func checkOrder(t *testing.T, got []string, prefix string, n int) {
+	t.Helper()
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("device received %q, want %q", got, want)
+	}
+}
+
+// restartControlPlane starts a new control plane on the cluster's etcd and
+// signing key, and returns its address.
+func (c *cluster) restartControlPlane(t *testing.T) string {
+	t.Helper()
+	priv := filepath.Join(filepath.Dir(c.pubKey), "signing.pem")
+	c.cp = start(t, "controlplane-2", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
+	c.cpAddr = c.cp.addr()
+	return c.cpAddr
+}
+
+// fleet is devices of the device SDK in the test process. Each records
+// every message its application receives, then acknowledges it.
+type fleet struct {
+	ids  []string
+	devs []*device.Device
+	// ackIf, when set before messages arrive, decides which messages the
+	// application acknowledges.
+	ackIf func(*device.Message) bool
+
+	mu       sync.Mutex
+	received map[string][]string // payloads by device, in arrival order
+	count    map[string]int      // how often the application saw each payload
+	executor map[string]string   // device → executor it is connected to, "" when not
+	connects int
+	changed  chan struct{} // closed and renewed on every change
+}
+
+// startFleet connects n devices named prefix+index.
+func startFleet(t *testing.T, cpAddr, prefix string, n int) *fleet {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%03d", prefix, i)
+	}
+	return startFleetIDs(t, cpAddr, ids)
+}
+
+// startFleetIDs connects a device per id through the control plane at
+// cpAddr; they are closed when the test ends.
+func startFleetIDs(t *testing.T, cpAddr string, ids []string) *fleet {
+	t.Helper()
+	cc, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &fleet{ids: ids, received: map[string][]string{}, count: map[string]int{}, executor: map[string]string{}, changed: make(chan struct{})}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		for _, d := range fl.devs {
+			d.Close()
+		}
+		wg.Wait()
+		cc.Close()
+	})
+	for _, id := range ids {
+		cfg := device.DefaultConfig()
+		cfg.ControlPlaneConn = cc
+		cfg.DeviceID = id
+		cfg.Backoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
+		cfg.OnStateChange = func(sc device.StateChange) {
+			fl.mu.Lock()
+			defer fl.mu.Unlock()
+			if sc.To == device.Connected {
+				fl.executor[id] = sc.ExecutorID
+				fl.connects++
+			} else {
+				fl.executor[id] = ""
+			}
+			fl.notifyLocked()
+		}
+		d, err := device.Connect(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("device %s: %v", id, err)
+		}
+		fl.devs = append(fl.devs, d)
+		wg.Go(func() {
+			for m := range d.Messages() {
+				p := string(m.Payload)
+				fl.mu.Lock()
+				fl.received[id] = append(fl.received[id], p)
+				fl.count[p]++
+				ack := fl.ackIf
+				fl.notifyLocked()
+				fl.mu.Unlock()
+				if ack == nil || ack(m) {
+					// A failed Ack (the stream went) is fine: the message is
+					// delivered again and the SDK acknowledges the duplicate.
+					_ = m.Ack()
+				}
+			}
+		})
+	}
+	return fl
+}
+
+func (fl *fleet) notifyLocked() {
+	close(fl.changed)
+	fl.changed = make(chan struct{})
+}
+
+// id is device i's id.
+func (fl *fleet) id(i int) string { return fl.ids[i] }
+
+// seen reports whether an application got payload.
+func (fl *fleet) seen(payload string) bool {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.count[payload] > 0
+}
+
+// missing counts the payloads of want that no application got.
+func (fl *fleet) missing(want []string) int {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	n := 0
+	for _, p := range want {
+		if fl.count[p] == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// byExecutor counts connected devices per executor.
+func (fl *fleet) byExecutor() map[string]int {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	out := map[string]int{}
+	for _, e := range fl.executor {
+		if e != "" {
+			out[e]++
+		}
+	}
+	return out
+}
+
+// onExecutor counts the devices connected to executor id.
+func (fl *fleet) onExecutor(id string) int { return fl.byExecutor()[id] }
+
+// waitConnected waits until every device is connected, to none of avoid.
+func (fl *fleet) waitConnected(t *testing.T, timeout time.Duration, avoid ...string) {
+	t.Helper()
+	fl.waitCond(t, timeout, "every device connected", func() bool {
+		if len(fl.executor) != len(fl.ids) {
+			return false
+		}
+		for _, e := range fl.executor {
+			if e == "" || slices.Contains(avoid, e) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitPresence waits until the control plane sees every device online.
+func (fl *fleet) waitPresence(t *testing.T, mc messagingv1.MessagingServiceClient, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, "presence of every device", func() bool {
+		for _, id := range fl.ids {
+			d, err := getDevice(mc, id)
+			if err != nil || !d.GetOnline() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitMessages waits until device id's application got n messages and
+// returns their payloads in arrival order.
+func (fl *fleet) waitMessages(t *testing.T, id string, n int, timeout time.Duration) []string {
+	t.Helper()
+	var got []string
+	fl.waitCond(t, timeout, fmt.Sprintf("%d messages at %s", n, id), func() bool {
+		got = slices.Clone(fl.received[id])
+		return len(got) >= n
+	})
+	return got
+}
+
+// waitCond waits until cond, called with fl.mu held, is true.
+func (fl *fleet) waitCond(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		fl.mu.Lock()
+		ok, ch := cond(), fl.changed
+		fl.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			t.Fatalf("no %s within %v (connected: %v)", what, timeout, fl.byExecutor())
+		}
+	}
+}
+
+// fleetStats is the devices' own count.
+type fleetStats struct {
+	// distinct payloads the applications got; appDuplicates of them more
+	// than once; misrouted ones reached a device they were not sent to
+	// (payloads "<device>/<k>" name their device).
+	distinct, appDuplicates, misrouted int
+	// sdkDuplicates are redeliveries the SDK acknowledged and dropped.
+	sdkDuplicates uint64
+	// connects counts streams established.
+	connects int
+}
+
+func (fl *fleet) stats() fleetStats {
+	var st fleetStats
+	for _, d := range fl.devs {
+		st.sdkDuplicates += d.Stats().Duplicates
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	st.connects = fl.connects
+	for _, n := range fl.count {
+		st.distinct++
+		if n > 1 {
+			st.appDuplicates++
+		}
+	}
+	for dev, ps := range fl.received {
+		for _, p := range ps {
+			if to, _, ok := strings.Cut(p, "/"); ok && to != dev {
+				st.misrouted++
+			}
+		}
+	}
+	return st
+}
+
+// parallel calls fn(0..n-1) from workers goroutines and waits for them.
+func parallel(workers, n int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// waitFor polls cond every 50ms until it is true, failing the test after
+// timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, timeout)
+		}
+		<-tick.C
+	}
+}
+
+// sleepCtx waits d, or less when ctx ends first; it reports whether ctx
+// is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// onceError keeps the first error it is given.
+type onceError struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (o *onceError) set(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err == nil {
+		o.err = err
+	}
+}
+
+func (o *onceError) get() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.err
+}
