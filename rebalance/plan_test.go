@@ -67,7 +67,7 @@ func TestMake(t *testing.T) {
 
 	type want struct {
 		policy, drain, balance, minimum, waiting, unmigrated, noTarget int
-		from                                                          map[string]int // moves by source group, when set
+		from                                                           map[string]int // moves by source group, when set
 	}
 	tests := []struct {
 		name    string
