@@ -75,8 +75,10 @@ type RebalancePlan struct {
 // RebalanceProgress is the work of the current migration: from the first
 // non-empty plan after an empty one.
 type RebalanceProgress struct {
-	// StartedAt is when the migration began (zero: nothing to do).
-	StartedAt time.Time `json:"started_at,omitzero"`
+	// StartedAt is when the migration began (zero: none yet), FinishedAt
+	// when it ended (zero while it is under way).
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
 	// Moved counts confirmed moves, Failed the others.
 	Moved  int64 `json:"moved"`
 	Failed int64 `json:"failed"`

@@ -1306,12 +1306,12 @@ func (x *RebalancePlan) GetComputedAt() *timestamppb.Timestamp {
 	return nil
 }
 
-// RebalanceProgress is what the rebalancer did since its current migration
-// began (the first non-empty plan after an empty one); it carries over to a
-// new leader.
+// RebalanceProgress is what the rebalancer did in its current (or last)
+// migration: from a non-empty plan until the plan is empty and no move is
+// under way. It carries over to a new leader.
 type RebalanceProgress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// When the migration began; unset when there is nothing to do.
+	// When the current (or last) migration began; unset before the first.
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// Moves confirmed: the device's presence names another executor.
 	Moved int64 `protobuf:"varint,2,opt,name=moved,proto3" json:"moved,omitempty"`
@@ -1323,7 +1323,9 @@ type RebalanceProgress struct {
 	// Moves per second over the last ten seconds.
 	Rate float64 `protobuf:"fixed64,5,opt,name=rate,proto3" json:"rate,omitempty"`
 	// Time left at the rate limit for the plan's total.
-	Eta           *durationpb.Duration `protobuf:"bytes,6,opt,name=eta,proto3" json:"eta,omitempty"`
+	Eta *durationpb.Duration `protobuf:"bytes,6,opt,name=eta,proto3" json:"eta,omitempty"`
+	// When the migration ended; unset while it is under way.
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1396,6 +1398,13 @@ func (x *RebalanceProgress) GetRate() float64 {
 func (x *RebalanceProgress) GetEta() *durationpb.Duration {
 	if x != nil {
 		return x.Eta
+	}
+	return nil
+}
+
+func (x *RebalanceProgress) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
 	}
 	return nil
 }
@@ -1952,7 +1961,7 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"unmigrated\x12%\n" +
 	"\x0epolicy_version\x18\a \x01(\x03R\rpolicyVersion\x12;\n" +
 	"\vcomputed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"computedAt\"\xda\x01\n" +
+	"computedAt\"\x97\x02\n" +
 	"\x11RebalanceProgress\x129\n" +
 	"\n" +
 	"started_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x14\n" +
@@ -1960,7 +1969,9 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x06failed\x18\x03 \x01(\x03R\x06failed\x12\x1b\n" +
 	"\tin_flight\x18\x04 \x01(\x03R\binFlight\x12\x12\n" +
 	"\x04rate\x18\x05 \x01(\x01R\x04rate\x12+\n" +
-	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\"\xce\x01\n" +
+	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\x12;\n" +
+	"\vfinished_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"\xce\x01\n" +
 	"\x11RebalanceSettings\x12\x1d\n" +
 	"\n" +
 	"rate_limit\x18\x01 \x01(\x01R\trateLimit\x12-\n" +
@@ -2063,39 +2074,40 @@ var file_berth_admin_v1_admin_proto_depIdxs = []int32{
 	28, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
 	28, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
 	30, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
-	30, // 8: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
-	28, // 9: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
-	19, // 10: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
-	20, // 11: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
-	21, // 12: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
-	22, // 13: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
-	0,  // 14: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
-	2,  // 15: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
-	4,  // 16: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
-	7,  // 17: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
-	10, // 18: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
-	12, // 19: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
-	14, // 20: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
-	16, // 21: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
-	18, // 22: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
-	24, // 23: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
-	26, // 24: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
-	1,  // 25: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
-	3,  // 26: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
-	6,  // 27: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
-	9,  // 28: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
-	11, // 29: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
-	13, // 30: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
-	15, // 31: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
-	17, // 32: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
-	23, // 33: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
-	25, // 34: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
-	27, // 35: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	28, // 8: berth.admin.v1.RebalanceProgress.finished_at:type_name -> google.protobuf.Timestamp
+	30, // 9: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
+	28, // 10: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 11: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
+	20, // 12: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
+	21, // 13: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
+	22, // 14: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
+	0,  // 15: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
+	2,  // 16: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
+	4,  // 17: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
+	7,  // 18: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
+	10, // 19: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
+	12, // 20: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
+	14, // 21: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
+	16, // 22: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
+	18, // 23: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
+	24, // 24: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
+	26, // 25: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
+	1,  // 26: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
+	3,  // 27: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
+	6,  // 28: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
+	9,  // 29: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
+	11, // 30: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
+	13, // 31: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
+	15, // 32: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
+	17, // 33: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
+	23, // 34: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
+	25, // 35: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
+	27, // 36: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
+	26, // [26:37] is the sub-list for method output_type
+	15, // [15:26] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_berth_admin_v1_admin_proto_init() }

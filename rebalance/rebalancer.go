@@ -1,0 +1,458 @@
+package rebalance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/berthproject/berth/controlplane"
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
+	"github.com/berthproject/berth/policy"
+	"github.com/berthproject/berth/registry"
+)
+
+// Cache is the control plane's view of the registry the rebalancer reads.
+// *registry.Cache implements it.
+type Cache interface {
+	Snapshot() *registry.Snapshot
+	Assignment(deviceID string) (registry.Assignment, bool)
+	History(deviceID string) (registry.History, bool)
+	WaitReady(ctx context.Context) error
+	Ready() bool
+}
+
+// Signer mints assignment tokens. *token.Signer implements it.
+type Signer interface {
+	SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error)
+}
+
+var _ Cache = (*registry.Cache)(nil)
+
+// Rebalancer moves connected devices while it leads. Create it with New
+// and run it with Run on every control plane replica.
+type Rebalancer struct {
+	cfg    Config
+	reg    *registry.Registry
+	cache  Cache
+	signer Signer
+	mover  Mover
+	log    *slog.Logger
+	now    func() time.Time
+
+	leading atomic.Bool
+	compMu  sync.Mutex
+	pol     *policy.Compiled
+}
+
+// New wires a rebalancer. It starts nothing and does no I/O.
+func New(cfg Config, reg *registry.Registry, cache Cache, signer Signer, mover Mover, log *slog.Logger) (*Rebalancer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if reg == nil || cache == nil || signer == nil || mover == nil {
+		return nil, errors.New("rebalance: registry, cache, signer and mover are required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Rebalancer{cfg: cfg, reg: reg, cache: cache, signer: signer, mover: mover, log: log, now: time.Now, pol: policy.Default()}, nil
+}
+
+// Leading reports whether this replica leads the rebalancer now.
+func (r *Rebalancer) Leading() bool { return r.leading.Load() }
+
+// writer is the Writer of the assignment records the rebalancer writes:
+// every replica, this one included, counts such a device as pending on its
+// new group until executor counts include it.
+func (r *Rebalancer) writer() string { return "rebalancer@" + r.cfg.ReplicaID }
+
+// Run campaigns for the leadership and, while it leads, rebalances, until
+// ctx is cancelled; then it steps down and returns nil.
+func (r *Rebalancer) Run(ctx context.Context) error {
+	if err := r.cache.WaitReady(ctx); err != nil {
+		return nil
+	}
+	for ctx.Err() == nil {
+		l, err := r.reg.Campaign(ctx, registry.RebalanceElection, r.cfg.ReplicaID, r.cfg.LeaseTTL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			r.log.Warn("rebalancer campaign failed; retrying", "err", err)
+			if !sleep(ctx, r.cfg.Interval) {
+				return nil
+			}
+			continue
+		}
+		r.leading.Store(true)
+		r.log.Info("rebalancer leading", "term", l.Rev())
+		err = r.lead(ctx, l)
+		r.leading.Store(false)
+		l.Close()
+		if ctx.Err() != nil {
+			r.log.Info("rebalancer stepped down")
+			return nil
+		}
+		r.log.Warn("rebalancer lost its leadership", "term", l.Rev(), "err", err)
+	}
+	return nil
+}
+
+// lead rebalances until the leadership or ctx ends.
+func (r *Rebalancer) lead(ctx context.Context, l *registry.Leadership) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-l.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	t := newTerm()
+	view := r.reg.NewPresenceView(r.log.With("component", "presence"))
+	view.OnChange(func(id string, p *registry.Presence) { t.observe(r.now(), id, p, r.earlierMove) })
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { _ = view.Run(ctx) })
+
+	// Carry the progress of a migration the last leader had under way.
+	rctx, rcancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	prev, err := r.reg.RebalanceState(rctx)
+	rcancel()
+	if err == nil && !prev.Progress.StartedAt.IsZero() {
+		t.started, t.finished = prev.Progress.StartedAt, prev.Progress.FinishedAt
+		t.moved, t.failed = prev.Progress.Moved, prev.Progress.Failed
+	}
+	if err == nil && !prev.Progress.StartedAt.IsZero() && prev.Progress.FinishedAt.IsZero() {
+		r.log.Info("rebalancer carries on a migration", "started", prev.Progress.StartedAt, "moved", prev.Progress.Moved, "previous_leader", prev.Leader)
+	}
+	if err := view.WaitReady(ctx); err != nil {
+		return context.Cause(ctx)
+	}
+	lim := rate.NewLimiter(rate.Limit(r.cfg.Rate), 1)
+	tick := time.NewTicker(r.cfg.Interval)
+	defer tick.Stop()
+	var heldUntil time.Time
+	var heldWhy string
+	for {
+		err := r.round(ctx, l, view, t, lim, &heldUntil, &heldWhy)
+		if errors.Is(err, registry.ErrNotLeader) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			select {
+			case <-l.Done():
+				return errors.New("rebalance: leadership lease lost")
+			default:
+				return nil
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// round plans once, moves what the rate and the budget of one interval
+// allow, and stores the state.
+func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *registry.PresenceView, t *term, lim *rate.Limiter, heldUntil *time.Time, heldWhy *string) error {
+	began := time.Now()
+	now := r.now()
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	ctl, cerr := r.reg.RebalanceControl(cctx)
+	cancel()
+	latency := time.Since(began)
+	t.expire(now, r.cfg.MoveTimeout)
+
+	snap := r.cache.Snapshot()
+	pol := r.policyFor(snap)
+	migrate := snap.Policy != nil && ctl.MigrateVersion != 0 && ctl.MigrateVersion == snap.Policy.Version
+	plan := Make(Input{Snapshot: snap, Policy: pol, Devices: r.devices(view, snap, pol, t, now), Migrate: migrate,
+		Now: now, MinInterval: r.cfg.MinInterval, Thresholds: r.cfg.Thresholds})
+
+	_, unplanned := t.rates(now)
+	if why := r.unhealthy(view, cerr, latency, unplanned); why != "" {
+		if why != *heldWhy {
+			r.log.Warn("rebalancer holding moves", "why", why)
+		}
+		*heldWhy, *heldUntil = why, now.Add(r.cfg.HoldFor)
+	} else if *heldWhy != "" && !now.Before(*heldUntil) {
+		r.log.Info("rebalancer no longer holding", "was", *heldWhy)
+		*heldWhy = ""
+	}
+	all, _ := t.inFlight()
+	t.mu.Lock()
+	underway := !t.started.IsZero() && t.finished.IsZero()
+	switch {
+	case len(plan.Moves) > 0 && !underway:
+		t.started, t.finished, t.moved, t.failed = now, time.Time{}, 0, 0
+	case len(plan.Moves) == 0 && all == 0 && underway:
+		r.log.Info("rebalancer migration done", "moved", t.moved, "failed", t.failed, "took", now.Sub(t.started).Round(time.Millisecond))
+		t.finished = now
+	}
+	t.mu.Unlock()
+
+	if ctl.Pause == nil && *heldWhy == "" && cerr == nil {
+		if err := r.execute(ctx, l, view, plan, t, lim, began.Add(r.cfg.Interval)); err != nil {
+			return err
+		}
+	}
+
+	all, _ = t.inFlight()
+	moveRate, _ := t.rates(r.now())
+	t.mu.Lock()
+	st := registry.RebalanceState{
+		Leader: r.cfg.ReplicaID, Term: l.Rev(), UpdatedAt: r.now().UTC(), Held: *heldWhy, Paused: ctl.Pause != nil,
+		Plan: registry.RebalancePlan{
+			Total: len(plan.Moves), Policy: plan.Policy, Drain: plan.Drain, Balance: plan.Balance, BalanceMinimum: plan.BalanceMinimum,
+			Waiting: plan.Waiting, Unmigrated: plan.Unmigrated, NoTarget: plan.NoTarget, PolicyVersion: pol.Version(), ComputedAt: now.UTC(),
+		},
+		Progress: registry.RebalanceProgress{
+			StartedAt: t.started, FinishedAt: t.finished, Moved: t.moved, Failed: t.failed, InFlight: all, Rate: moveRate,
+			ETASeconds: math.Round(10*float64(len(plan.Moves))/r.cfg.Rate) / 10,
+		},
+		Settings: r.cfg.settings(),
+		Groups:   plan.Groups,
+	}
+	t.mu.Unlock()
+	wctx, wcancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	defer wcancel()
+	if err := l.PutRebalanceState(wctx, st); err != nil {
+		if errors.Is(err, registry.ErrNotLeader) {
+			return err
+		}
+		if ctx.Err() == nil {
+			r.log.Warn("storing the rebalancer's state", "err", err)
+		}
+	}
+	return nil
+}
+
+// earlierMove reports whether p completes a move another leader made:
+// the device arrives where a rebalancer's record sent it, lately.
+func (r *Rebalancer) earlierMove(p *registry.Presence) bool {
+	rec, ok := r.cache.Assignment(p.DeviceID)
+	return ok && rec.Writer != r.writer() && !rec.MovedAt.IsZero() && rec.GroupID == p.GroupID &&
+		r.now().Sub(rec.MovedAt) < r.cfg.MoveTimeout
+}
+
+// unhealthy says why moves should wait now ("" when they need not).
+func (r *Rebalancer) unhealthy(view *registry.PresenceView, cerr error, latency time.Duration, unplanned float64) string {
+	switch {
+	case cerr != nil:
+		return "etcd unreachable"
+	case !r.cache.Ready():
+		return "registry cache not in sync"
+	case !view.Ready():
+		return "presence view not in sync"
+	case latency > r.cfg.EtcdSlow:
+		return fmt.Sprintf("etcd slow: a read took %v (limit %v)", latency.Round(time.Millisecond), r.cfg.EtcdSlow)
+	case unplanned > r.cfg.MaxReconnectRate:
+		return fmt.Sprintf("%.0f devices connecting per second besides moves (limit %.0f)", unplanned, r.cfg.MaxReconnectRate)
+	}
+	return ""
+}
+
+// devices lists the connected devices for the planner.
+func (r *Rebalancer) devices(view *registry.PresenceView, snap *registry.Snapshot, pol *policy.Compiled, t *term, now time.Time) []Device {
+	var present []registry.Presence
+	view.Range(func(p registry.Presence) bool {
+		present = append(present, p)
+		return true
+	})
+	out := make([]Device, 0, len(present))
+	for _, p := range present {
+		d := Device{ID: p.DeviceID, Executor: p.ExecutorID, Group: p.GroupID, Weight: 1, InFlightTo: t.flightTo(p.DeviceID)}
+		if rec, ok := r.cache.Assignment(p.DeviceID); ok {
+			d.HasRecord, d.RecordLabel, d.MovedAt = true, rec.Label, rec.MovedAt
+			if rec.Inputs != nil && rec.Inputs.Weight > 0 {
+				d.Weight = rec.Inputs.Weight
+			}
+			m, _ := pol.Label(r.input(snap, rec, now))
+			d.Label = m.Label
+		}
+		if at := t.lastMoved(p.DeviceID); at.After(d.MovedAt) {
+			d.MovedAt = at
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// input is what the policy sees of a recorded device now.
+func (r *Rebalancer) input(snap *registry.Snapshot, rec registry.Assignment, now time.Time) *policyv1.Input {
+	in := rec.Inputs
+	if in == nil {
+		in = &registry.DeviceInputs{}
+	}
+	h, _ := r.cache.History(rec.DeviceID)
+	return controlplane.PolicyInput(snap, rec.DeviceID, in, rec, true, nil, h.Decayed(now))
+}
+
+// execute makes the plan's moves, in order, while the rate limit lets one
+// happen before deadline. Balance moves wait until no other move is
+// planned or under way.
+func (r *Rebalancer) execute(ctx context.Context, l *registry.Leadership, view *registry.PresenceView, plan Plan, t *term, lim *rate.Limiter, deadline time.Time) error {
+	room := make(map[string]float64, len(plan.Room))
+	for g, v := range plan.Room {
+		room[g] = v
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	for _, mv := range plan.Moves {
+		all, mandatory := t.inFlight()
+		if all >= r.cfg.MaxInFlight {
+			return nil
+		}
+		if mv.Reason == ReasonBalance && (plan.Mandatory() > 0 || mandatory > 0) {
+			return nil
+		}
+		err := r.move(dctx, ctx, l, view, mv, room, t, lim)
+		switch {
+		case errors.Is(err, registry.ErrNotLeader):
+			return err
+		case dctx.Err() != nil:
+			return nil
+		case err != nil:
+			r.log.Debug("move skipped", "device", mv.Device, "reason", mv.Reason, "err", err)
+		}
+	}
+	return nil
+}
+
+// errSkip reports a planned move that is not worth making any more.
+var errSkip = errors.New("rebalance: move skipped")
+
+// move moves one device: it decides its destination now, waits for the
+// rate limit (within dctx), stores its new assignment record fenced by the
+// leadership, and asks its executor to redirect it.
+func (r *Rebalancer) move(dctx, ctx context.Context, l *registry.Leadership, view *registry.PresenceView, mv Move, room map[string]float64, t *term, lim *rate.Limiter) error {
+	rec, ok := r.cache.Assignment(mv.Device)
+	if !ok {
+		return fmt.Errorf("%w: no assignment record", errSkip)
+	}
+	if p, ok := view.Get(mv.Device); !ok || p.ExecutorID != mv.Executor {
+		return fmt.Errorf("%w: the device left %s", errSkip, mv.Executor)
+	}
+	snap := r.cache.Snapshot()
+	pol := r.policyFor(snap)
+	now := r.now()
+	w := 1.0
+	if rec.Inputs != nil && rec.Inputs.Weight > 0 {
+		w = rec.Inputs.Weight
+	}
+	input := r.input(snap, rec, now)
+	m, merr := pol.Label(input)
+	// The rules see the device as it is; sticky must not keep it where it
+	// is being moved from.
+	free := proto.CloneOf(input)
+	free.History.LastGroup = ""
+	bw := 1.0
+	if pol.BalanceByLoad() {
+		bw = w
+	}
+	d, err := controlplane.Decide(snap, pol, controlplane.Request{Input: free, Weight: w, Match: &m, MatchErr: merr}, t.pending(mv.Executor, bw))
+	if err != nil {
+		return fmt.Errorf("%w: %v", errSkip, err)
+	}
+	if d.Group.ID == mv.Group && mv.Reason != ReasonDrain {
+		return fmt.Errorf("%w: the policy keeps it in %s", errSkip, mv.Group)
+	}
+	if mv.Reason == ReasonBalance {
+		if room[d.Group.ID] < bw {
+			return fmt.Errorf("%w: %s has no room for balance", errSkip, d.Group.ID)
+		}
+		room[d.Group.ID] -= bw
+	}
+	if err := lim.Wait(dctx); err != nil {
+		return err
+	}
+	now = r.now()
+	tok, exp, err := r.signer.SignWeighted(mv.Device, d.Group.ID, d.Label, w, r.cfg.TokenTTL)
+	if err != nil {
+		return fmt.Errorf("rebalance: sign: %w", err)
+	}
+	next := rec
+	next.GroupID, next.Label, next.Rule = d.Group.ID, d.Label, d.Rule
+	next.AssignedAt, next.MovedAt = now.UTC(), now.UTC()
+	next.Reason = "rebalance (" + mv.Reason.String() + "): " + d.Reason
+	next.PolicyVersion, next.Writer = d.PolicyVersion, r.writer()
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	defer cancel()
+	if err := l.PutAssignments(wctx, []registry.Assignment{next}); err != nil {
+		return err
+	}
+	t.start(&flight{device: mv.Device, from: mv.Group, fromExec: mv.Executor, to: d.Group.ID, toExec: d.Endpoints[0].Executor.ID, reason: mv.Reason, w: bw, at: now})
+	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
+	for i, e := range d.Endpoints {
+		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
+	}
+	addr := mv.Executor
+	if e, ok := snap.Executors[mv.Executor]; ok {
+		addr = e.Address
+	} else if p, ok := view.Get(mv.Device); ok {
+		addr = p.Address
+	}
+	err = r.mover.Move(wctx, addr, &executorv1.MoveRequest{
+		DeviceId: mv.Device,
+		Destination: &controlplanev1.Destination{
+			GroupId: d.Group.ID, Label: d.Label, Endpoints: eps, Token: tok, TokenExpiresAt: timestamppb.New(exp),
+		},
+		Message:  fmt.Sprintf("rebalance (%s): to group %s", mv.Reason, d.Group.ID),
+		MaxDelay: durationpb.New(r.cfg.RedirectSpread),
+	})
+	if err != nil {
+		t.abort(mv.Device)
+		// The device stays: put its record back, so that it reads as it is.
+		if perr := l.PutAssignments(wctx, []registry.Assignment{rec}); perr != nil && !errors.Is(perr, registry.ErrNotLeader) {
+			r.log.Warn("restoring the assignment record of a failed move", "device", mv.Device, "err", perr)
+		}
+		r.log.Info("move failed", "device", mv.Device, "executor", mv.Executor, "to_group", d.Group.ID, "err", err)
+		return nil
+	}
+	r.log.Debug("device moving", "device", mv.Device, "reason", mv.Reason, "from", mv.Group, "to", d.Group.ID)
+	return nil
+}
+
+// policyFor returns the compiled policy of snap, compiling each version
+// once; a stored document that does not compile leaves the last good one.
+func (r *Rebalancer) policyFor(snap *registry.Snapshot) *policy.Compiled {
+	r.compMu.Lock()
+	defer r.compMu.Unlock()
+	if snap.Policy == nil || snap.Policy.Version == r.pol.Version() {
+		return r.pol
+	}
+	c, err := controlplane.CompileStored(*snap.Policy)
+	if err != nil {
+		r.log.Error("stored placement policy does not compile; keeping the previous one", "version", snap.Policy.Version, "err", err)
+		c = r.pol.WithVersion(snap.Policy.Version)
+	}
+	r.pol = c
+	return c
+}
+
+// sleep waits d or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
