@@ -27,21 +27,26 @@ type adminServer struct {
 }
 
 // GetPolicy implements AdminService.GetPolicy.
-func (a *adminServer) GetPolicy(context.Context, *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
+func (a *adminServer) GetPolicy(ctx context.Context, _ *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
 	sp := a.s.cache.Snapshot().Policy
 	if sp == nil {
 		return nil, status.Error(codes.NotFound, "no policy applied; the built-in default (every device label \"default\", balanced by connections) is in force")
 	}
-	return &adminv1.GetPolicyResponse{Document: string(sp.Document), Version: sp.Version, AppliedAt: timestamppb.New(sp.AppliedAt), AppliedBy: sp.AppliedBy}, nil
+	return &adminv1.GetPolicyResponse{Document: string(sp.Document), Version: sp.Version, AppliedAt: timestamppb.New(sp.AppliedAt), AppliedBy: sp.AppliedBy,
+		Migrate: a.migrating(ctx, sp.Version)}, nil
 }
 
 // ApplyPolicy implements AdminService.ApplyPolicy.
 func (a *adminServer) ApplyPolicy(ctx context.Context, req *adminv1.ApplyPolicyRequest) (*adminv1.ApplyPolicyResponse, error) {
-	version, warns, err := ApplyPolicy(ctx, a.s.store, a.s.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), req.GetAppliedBy(), a.s.now())
+	store, err := a.policyStoreFor(req.GetMigrate())
+	if err != nil {
+		return nil, err
+	}
+	version, warns, err := ApplyPolicy(ctx, store, a.s.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), req.GetAppliedBy(), a.s.now())
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	a.s.log.Info("placement policy applied", "version", version, "by", req.GetAppliedBy())
+	a.s.log.Info("placement policy applied", "version", version, "by", req.GetAppliedBy(), "migrate", req.GetMigrate())
 	return &adminv1.ApplyPolicyResponse{Version: version, Warnings: warns}, nil
 }
 
