@@ -112,6 +112,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(groups, groupCmd, executors, devices)
 	cmd.AddCommand(newCtlPolicyCmds(c)...)
 	cmd.AddCommand(newCtlMessagingCmds(c)...)
+	addCtlRebalanceCmds(c, cmd, groupCmd)
 	return cmd
 }
 

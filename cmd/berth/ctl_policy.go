@@ -27,6 +27,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 	pol := &cobra.Command{Use: "policy", Short: "Read, check and apply the placement policy"}
 
 	var file string
+	var migrate bool
 	apply := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Validate a policy document (YAML or JSON) completely and store it",
@@ -45,12 +46,16 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				if snap.Policy != nil {
 					based = snap.Policy.Version
 				}
-				v, warns, err := controlplane.ApplyPolicy(ctx, reg, snap, doc, based, whoami(), time.Now())
+				v, warns, err := controlplane.ApplyPolicyMigrating(ctx, reg, snap, doc, based, whoami(), time.Now(), migrate)
 				for _, w := range warns {
 					fmt.Fprintln(c.stderr, "warning:", w)
 				}
 				if err != nil {
 					return explainPolicyError(err)
+				}
+				if migrate {
+					fmt.Fprintf(c.stdout, "policy applied: version %d (was %d); the rebalancer moves the devices it relabels\n", v, based)
+					return nil
 				}
 				fmt.Fprintf(c.stdout, "policy applied: version %d (was %d)\n", v, based)
 				return nil
@@ -58,6 +63,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 		},
 	}
 	apply.Flags().StringVarP(&file, "file", "f", "", "policy document, YAML or JSON ('-' for stdin)")
+	apply.Flags().BoolVar(&migrate, "migrate", false, "let the rebalancer move connected devices whose label the policy changes (else they move when they reconnect)")
 	_ = apply.MarkFlagRequired("file")
 
 	get := &cobra.Command{

@@ -12,6 +12,7 @@ import (
 
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := devcluster.DefaultConfig()
+	rb := rebalanceFlags{on: true, cfg: *cfg.Rebalance}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an all-in-one cluster: embedded etcd, a control plane, two groups of two executors",
@@ -20,6 +21,10 @@ func newDevCmd(g *globals) *cobra.Command {
 			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			cfg.Rebalance = nil
+			if rb.on {
+				cfg.Rebalance = &rb.cfg
 			}
 			return devcluster.Run(cmd.Context(), cfg, log, func(info devcluster.Info) {
 				ids := make([]string, 0, len(info.Executors))
@@ -42,5 +47,6 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "number of processing groups")
 	f.IntVar(&cfg.ExecutorsPerGroup, "executors-per-group", cfg.ExecutorsPerGroup, "executors in each group")
 	f.IntVar(&cfg.GroupCapacity, "group-capacity", cfg.GroupCapacity, "devices each group is sized for")
+	rb.register(f)
 	return cmd
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
@@ -19,6 +20,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	cfg := controlplane.DefaultConfig()
 	mcfg := controlplane.DefaultMessagingConfig()
 	var listen, keyFile string
+	rb := rebalanceFlags{on: true, cfg: rebalance.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "controlplane",
 		Short: "Serve Assign and messaging against an external etcd",
@@ -42,7 +44,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 			}
 			defer cli.Close()
 			reg := registry.New(cli, g.prefix)
-			srv, err := controlplane.New(cfg, reg.NewCache(log.With("component", "cache")), reg, signer, log,
+			cache := reg.NewCache(log.With("component", "cache"))
+			srv, err := controlplane.New(cfg, cache, reg, signer, log,
 				controlplane.WithMessaging(reg), controlplane.WithMessagingConfig(mcfg))
 			if err != nil {
 				return err
@@ -52,7 +55,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "berth controlplane listening on %s\n", lis.Addr())
-			return srv.Run(cmd.Context(), lis)
+			return rb.serve(cmd.Context(), srv, lis, cfg.ReplicaID, reg, cache, signer, log)
 		},
 	}
 	g.etcdFlags(cmd)
@@ -63,6 +66,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "concurrent Assigns before shedding with RESOURCE_EXHAUSTED")
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
+	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
+	rb.register(f)
 	_ = cmd.MarkFlagRequired("signing-key")
 	return cmd
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	Executor executor.Config
 	// ControlPlane tunes the control plane.
 	ControlPlane controlplane.Config
+	// Rebalance runs the rebalancer next to the control plane (nil: off);
+	// its ReplicaID is the control plane's.
+	Rebalance *rebalance.Config
 }
 
 // DefaultConfig is what `berth dev` runs: two groups of two executors.
@@ -58,7 +62,17 @@ func DefaultConfig() Config {
 		GroupCapacity:     10000,
 		Executor:          executor.DefaultConfig(),
 		ControlPlane:      controlplane.DefaultConfig(),
+		Rebalance:         DevRebalanceConfig(),
 	}
+}
+
+// DevRebalanceConfig is the rebalancer of `berth dev`: thresholds for
+// fleets of hundreds of devices, a short minimum interval.
+func DevRebalanceConfig() *rebalance.Config {
+	c := rebalance.DefaultConfig()
+	c.Thresholds = rebalance.Thresholds{Rel: 0.1, Abs: 10}
+	c.MinInterval = time.Minute
+	return &c
 }
 
 // Info tells where the pieces of a running cluster are.
@@ -125,7 +139,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if err != nil {
 		return err
 	}
-	cp, err := controlplane.New(cfg.ControlPlane, reg.NewCache(log.With("component", "cache")), reg, signer, log.With("component", "controlplane"),
+	cache := reg.NewCache(log.With("component", "cache"))
+	cp, err := controlplane.New(cfg.ControlPlane, cache, reg, signer, log.With("component", "controlplane"),
 		controlplane.WithMessaging(reg))
 	if err != nil {
 		cpLis.Close()
@@ -183,6 +198,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	defer stopCP()
 	var cpGroup errgroup.Group
 	cpGroup.Go(func() error { return cp.Run(cpCtx, cpLis) })
+	if cfg.Rebalance != nil {
+		rcfg := *cfg.Rebalance
+		rcfg.ReplicaID = cfg.ControlPlane.ReplicaID
+		mover := rebalance.NewGRPCMover(signer, rcfg.ReplicaID, 5*time.Minute)
+		defer mover.Close()
+		rb, err := rebalance.New(rcfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
+		if err != nil {
+			stopCP()
+			_ = cpGroup.Wait()
+			return err
+		}
+		cpGroup.Go(func() error { return rb.Run(cpCtx) })
+	}
 
 	// The usage recorder outlives the executors, so that the usage of the
 	// last streams is written too.

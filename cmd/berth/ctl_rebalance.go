@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/berthproject/berth/controlplane"
+	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
+	"github.com/berthproject/berth/registry"
+)
+
+// addCtlRebalanceCmds adds `group drain|undrain`, `executor drain|undrain`
+// and `rebalance status|pause|resume` to ctl.
+func addCtlRebalanceCmds(c *ctlFlags, ctl, group *cobra.Command) {
+	setState := func(verb string, st registry.GroupState) *cobra.Command {
+		return &cobra.Command{
+			Use:   verb + " GROUP",
+			Short: map[string]string{"drain": "Take no new device into a group; the rebalancer moves its devices away", "undrain": "Make a draining or disabled group active again"}[verb],
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+					g, err := reg.SetGroupState(ctx, args[0], st)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.stdout, "group %s %s\n", g.ID, g.State)
+					return nil
+				})
+			},
+		}
+	}
+	group.AddCommand(setState("drain", registry.GroupDraining), setState("undrain", registry.GroupActive))
+
+	exec := &cobra.Command{Use: "executor", Short: "Drain or undrain one executor"}
+	exec.AddCommand(&cobra.Command{
+		Use:   "drain ID",
+		Short: "Stop Assign naming an executor; the rebalancer moves its devices to others (the mark outlives restarts)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+				if err := reg.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: args[0], By: whoami(), At: time.Now().UTC()}); err != nil {
+					return err
+				}
+				es, err := reg.Executors(ctx)
+				if err != nil {
+					return err
+				}
+				known := false
+				for _, e := range es {
+					known = known || e.ID == args[0]
+				}
+				if !known {
+					fmt.Fprintf(c.stderr, "warning: executor %s is not registered now; the mark applies when it registers\n", args[0])
+				}
+				fmt.Fprintf(c.stdout, "executor %s drained\n", args[0])
+				return nil
+			})
+		},
+	}, &cobra.Command{
+		Use:   "undrain ID",
+		Short: "Remove an executor's drain mark",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+				was, err := reg.DeleteExecutorDrain(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if !was {
+					fmt.Fprintf(c.stdout, "executor %s was not drained\n", args[0])
+					return nil
+				}
+				fmt.Fprintf(c.stdout, "executor %s undrained\n", args[0])
+				return nil
+			})
+		},
+	})
+
+	rb := &cobra.Command{Use: "rebalance", Short: "See, pause and resume the rebalancer that moves connected devices"}
+	rb.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "The rebalancer's plan (devices to move and why), progress, rate and ETA",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+				st, err := controlplane.RebalanceStatus(ctx, reg)
+				if err != nil {
+					return err
+				}
+				return printRebalanceStatus(c, st, time.Now())
+			})
+		},
+	})
+	var reason string
+	pause := &cobra.Command{
+		Use:   "pause",
+		Short: "Stop moving devices until resume (the plan is still computed)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+				if err := reg.SetRebalancePause(ctx, &registry.RebalancePause{By: whoami(), Reason: reason, At: time.Now().UTC()}); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.stdout, "rebalancer paused")
+				return nil
+			})
+		},
+	}
+	pause.Flags().StringVar(&reason, "reason", "", "why, for status")
+	rb.AddCommand(pause, &cobra.Command{
+		Use:   "resume",
+		Short: "Let the rebalancer move devices again",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
+				if err := reg.SetRebalancePause(ctx, nil); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.stdout, "rebalancer resumed")
+				return nil
+			})
+		},
+	})
+	ctl.AddCommand(exec, rb)
+}
+
+// printRebalanceStatus writes st as text or JSON.
+func printRebalanceStatus(c *ctlFlags, st *adminv1.GetRebalanceStatusResponse, now time.Time) error {
+	switch c.output {
+	case "json":
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(c.stdout, string(b))
+		return err
+	case "table":
+	default:
+		return fmt.Errorf("--output %q: want table or json", c.output)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	leader := st.GetLeader()
+	if leader == "" {
+		leader = "none (no control plane runs the rebalancer)"
+	}
+	if st.GetUpdatedAt() != nil {
+		leader += fmt.Sprintf(" (state stored %s ago)", now.Sub(st.GetUpdatedAt().AsTime()).Round(100*time.Millisecond))
+	}
+	fmt.Fprintf(tw, "leader\t%s\n", leader)
+	paused := "no"
+	if st.GetPaused() {
+		paused = "yes, by " + firstOf(st.GetPausedBy(), "?")
+		if st.GetPausedReason() != "" {
+			paused += ": " + st.GetPausedReason()
+		}
+	}
+	fmt.Fprintf(tw, "paused\t%s\n", paused)
+	fmt.Fprintf(tw, "held\t%s\n", firstOf(st.GetHeld(), "no"))
+	p := st.GetPlan()
+	fmt.Fprintf(tw, "plan\t%d to move: policy %d, drain %d, balance %d; waiting %d, unmigrated %d (policy version %d)\n",
+		p.GetTotal(), p.GetPolicy(), p.GetDrain(), p.GetBalance(), p.GetWaiting(), p.GetUnmigrated(), p.GetPolicyVersion())
+	g := st.GetProgress()
+	var prog string
+	switch {
+	case g.GetStartedAt() == nil:
+		prog = "no migration yet"
+	case g.GetFinishedAt() == nil:
+		prog = fmt.Sprintf("under way since %s: moved %d, failed %d, in flight %d, %.1f moves/s, ETA %s",
+			g.GetStartedAt().AsTime().Format(time.RFC3339), g.GetMoved(), g.GetFailed(), g.GetInFlight(), g.GetRate(), g.GetEta().AsDuration().Round(time.Second))
+	default:
+		prog = fmt.Sprintf("last migration took %s: moved %d, failed %d",
+			g.GetFinishedAt().AsTime().Sub(g.GetStartedAt().AsTime()).Round(100*time.Millisecond), g.GetMoved(), g.GetFailed())
+	}
+	fmt.Fprintf(tw, "progress\t%s\n", prog)
+	s := st.GetSettings()
+	fmt.Fprintf(tw, "settings\trate %.4g/s, thresholds %.0f%% and %d devices, min interval %s\n",
+		s.GetRateLimit(), 100*s.GetRelativeThreshold(), s.GetAbsoluteThreshold(), s.GetMinInterval().AsDuration())
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.GetGroups()) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.stdout)
+	tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join([]string{"GROUP", "STATE", "CONNECTED", "FAIR", "CAPACITY"}, "\t"))
+	for _, gr := range st.GetGroups() {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%d\n", gr.GetGroupId(), gr.GetState(), gr.GetConnected(), gr.GetFair(), gr.GetCapacity())
+	}
+	return tw.Flush()
+}
+
+func firstOf(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
