@@ -73,6 +73,11 @@ type Summary struct {
 	// and acknowledged, Calls the requests answered (each with an echo:
 	// the request's payload and content type).
 	Connects, Messages, Calls int64
+	// Received counts the messages and requests handed to the devices'
+	// application, acknowledged or not: an Ack on a stream a device just
+	// left (it moved) fails, and the next stream's redelivery is dropped as
+	// a duplicate, so Received can exceed Messages + Calls.
+	Received int64
 }
 
 // String is the summary line, `key=value` fields that scripts can parse.
@@ -82,7 +87,7 @@ func (s Summary) String() string {
 	for _, st := range []device.State{device.Connected, device.Connecting, device.Assigning, device.Backoff, device.Idle} {
 		fmt.Fprintf(&b, " %s=%d", strings.ToLower(st.String()), s.ByState[st])
 	}
-	fmt.Fprintf(&b, " connects=%d messages=%d calls=%d groups=%s executors=%s", s.Connects, s.Messages, s.Calls, kv(s.ByGroup), kv(s.ByExecutor))
+	fmt.Fprintf(&b, " connects=%d messages=%d calls=%d received=%d groups=%s executors=%s", s.Connects, s.Messages, s.Calls, s.Received, kv(s.ByGroup), kv(s.ByExecutor))
 	return b.String()
 }
 
@@ -106,6 +111,7 @@ type fleet struct {
 	executor []string
 	connects int64
 	messages int64
+	received int64
 	calls    int64
 }
 
@@ -113,7 +119,7 @@ func (f *fleet) summary() Summary {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := Summary{Devices: len(f.state), ByState: map[device.State]int{}, ByGroup: map[string]int{}, ByExecutor: map[string]int{},
-		Connects: f.connects, Messages: f.messages, Calls: f.calls}
+		Connects: f.connects, Messages: f.messages, Calls: f.calls, Received: f.received}
 	for i, st := range f.state {
 		s.ByState[st]++
 		if st == device.Connected {
@@ -127,6 +133,9 @@ func (f *fleet) summary() Summary {
 // handle acknowledges a message, or answers a request with an echo of it,
 // and counts it.
 func (f *fleet) handle(m *device.Message) {
+	f.mu.Lock()
+	f.received++
+	f.mu.Unlock()
 	if m.ExpectsReply {
 		if err := m.Reply(m.Payload, m.ContentType); err == nil {
 			f.mu.Lock()

@@ -24,7 +24,7 @@ func TestSummaryString(t *testing.T) {
 		ByExecutor: map[string]int{"e1": 2},
 		Connects:   5,
 	}
-	want := "devices=3 connected=2 connecting=0 assigning=0 backoff=1 idle=0 connects=5 messages=0 calls=0 groups=g1:1,g2:1 executors=e1:2"
+	want := "devices=3 connected=2 connecting=0 assigning=0 backoff=1 idle=0 connects=5 messages=0 calls=0 received=0 groups=g1:1,g2:1 executors=e1:2"
 	if got := s.String(); got != want {
 		t.Errorf("String() =\n %s\nwant\n %s", got, want)
 	}

@@ -1,0 +1,305 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+)
+
+// rbRate is the rebalancer's move rate in TestRebalance.
+const rbRate = 60
+
+// rbRecord is an assignment record as `ctl devices -o json` prints it.
+type rbRecord struct {
+	Device  string    `json:"device"`
+	Group   string    `json:"group"`
+	Label   string    `json:"label"`
+	Reason  string    `json:"reason"`
+	Writer  string    `json:"writer"`
+	MovedAt time.Time `json:"moved_at"`
+}
+
+// rbStatus is the part of `ctl rebalance status -o json` the test reads.
+type rbStatus struct {
+	Leader string `json:"leader"`
+	Held   string `json:"held"`
+	Plan   struct {
+		Total string `json:"total"`
+	} `json:"plan"`
+	Progress struct {
+		Moved string `json:"moved"`
+	} `json:"progress"`
+}
+
+// TestRebalance runs two control plane replicas with the rebalancer, four
+// groups and 1,000 simulated devices, while a service sends messages to
+// them, and moves the fleet on purpose four times: a policy applied with
+// migrate relabels one model (exactly those devices move), a new group
+// fills to its fair share (never faster than the move rate), a drained
+// group empties with every device connected elsewhere, and the leading
+// replica is killed mid-drain (the other finishes). No acknowledged
+// message is lost on the way.
+func TestRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const devices = 1000
+	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
+	dir := t.TempDir()
+	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
+	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctl(t, c.etcd, "group", "put", "g1", "--labels", "std", "--capacity", "1000")
+	ctl(t, c.etcd, "group", "put", "g2", "--labels", "std", "--capacity", "1000")
+	ctl(t, c.etcd, "group", "put", "s", "--labels", "sensors", "--capacity", "1000")
+	polFile := filepath.Join(dir, "policy.yaml")
+	writeFile(t, polFile, "default_label: std\n")
+	ctl(t, c.etcd, "policy", "apply", "-f", polFile)
+
+	cps := map[string]*proc{}
+	var addrs []string
+	for _, id := range []string{"cp-1", "cp-2"} {
+		cps[id] = start(t, id, "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--replica-id", id,
+			"--rebalance-rate", strconv.Itoa(rbRate), "--rebalance-rel-threshold", "0.1", "--rebalance-abs-threshold", "10",
+			"--rebalance-min-interval", "5s", "--rebalance-interval", "200ms", "--rebalance-lease-ttl", "2s")
+		addrs = append(addrs, cps[id].addr())
+	}
+	startExec := func(g string) {
+		id := g + "-exec"
+		c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", g, "--id", id, "--capacity", "1000",
+			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
+		c.executors[id].addr()
+	}
+	for _, g := range []string{"g1", "g2", "s"} {
+		startExec(g)
+	}
+	sim := start(t, "simulate", "simulate", "--controlplane", strings.Join(addrs, ","), "--devices", strconv.Itoa(devices),
+		"--models", "printer-a,printer-b,sensor-x", "--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	connected := func(cond func(summary) bool) func(string) bool {
+		return func(l string) bool {
+			s, ok := parseSummary(l)
+			return ok && s.fields["connected"] == devices && cond(s)
+		}
+	}
+	line := sim.waitLine(60*time.Second, "all devices connected", connected(func(summary) bool { return true }))
+	t.Logf("connected: %s", line)
+
+	// A service sends to random devices all along, through either replica.
+	sender := startSender(t, addrs, devices)
+
+	// 1. A policy applied with migrate puts sensor-x on label sensors:
+	// exactly those devices (every third) move, to group s.
+	sensors := 0
+	for i := range devices {
+		if i%3 == 2 {
+			sensors++
+		}
+	}
+	writeFile(t, polFile, "default_label: std\nrules:\n  - {name: sensors, when: 'device.model == \"sensor-x\"', label: sensors}\n")
+	if out := ctl(t, c.etcd, "policy", "apply", "-f", polFile, "--migrate"); !strings.Contains(out, "rebalancer moves") {
+		t.Fatalf("policy apply --migrate: %s", out)
+	}
+	line = sim.waitLine(60*time.Second, "every sensor in group s", connected(func(s summary) bool { return s.groups["s"] == sensors }))
+	t.Logf("after the policy: %s", line)
+	recs := rbRecords(t, c.etcd)
+	for _, r := range recs {
+		i, _ := strconv.Atoi(strings.TrimPrefix(r.Device, "sim-"))
+		isSensor := i%3 == 2
+		movedForPolicy := strings.HasPrefix(r.Reason, "rebalance (policy)")
+		if isSensor && (r.Group != "s" || r.Label != "sensors" || !movedForPolicy) {
+			t.Errorf("sensor %s: group %s label %s reason %q; want moved to s for the policy", r.Device, r.Group, r.Label, r.Reason)
+		}
+		if !isSensor && movedForPolicy {
+			t.Errorf("device %s is no sensor but was moved for the policy: %+v", r.Device, r)
+		}
+	}
+
+	// 2. A new std group fills to its fair share: 667 std devices over
+	// three groups, fair 222, threshold 22.
+	ctl(t, c.etcd, "group", "put", "g3", "--labels", "std", "--capacity", "1000")
+	startExec("g3")
+	within := func(s summary) bool {
+		std := s.groups["g1"] + s.groups["g2"] + s.groups["g3"]
+		fair := float64(std) / 3
+		for _, g := range []string{"g1", "g2", "g3"} {
+			if d := float64(s.groups[g]) - fair; d > max(10, 0.1*fair) || -d > max(10, 0.1*fair) {
+				return false
+			}
+		}
+		return true
+	}
+	line = sim.waitLine(60*time.Second, "std groups within the threshold", connected(within))
+	t.Logf("after adding g3: %s", line)
+
+	// 3. Drain g1 and kill the leading replica mid-drain: the other
+	// leads, finishes, and g1 empties with every device connected
+	// elsewhere.
+	ctl(t, c.etcd, "group", "drain", "g1")
+	var leader string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := rbStatusOf(t, c.etcd)
+		moved, _ := strconv.Atoi(st.Progress.Moved)
+		if total, _ := strconv.Atoi(st.Plan.Total); total > 0 && moved >= 30 && cps[st.Leader] != nil {
+			leader = st.Leader
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the drain did not get under way: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond) // polling etcd through ctl, bounded by the deadline
+	}
+	t.Logf("killing the leader %s mid-drain", leader)
+	cps[leader].signal(syscall.SIGKILL)
+	line = sim.waitLine(60*time.Second, "g1 empty, every device connected", connected(func(s summary) bool { return s.groups["g1"] == 0 }))
+	t.Logf("after the drain: %s", line)
+	st := rbStatusOf(t, c.etcd)
+	if st.Leader == leader || st.Leader == "" {
+		t.Errorf("leader after the kill = %q, want the other replica", st.Leader)
+	}
+
+	// No window of one second saw more moves than the rate (the limiter
+	// lets one more through at the start of a window).
+	recs = rbRecords(t, c.etcd)
+	var at []time.Time
+	for _, r := range recs {
+		if !r.MovedAt.IsZero() {
+			at = append(at, r.MovedAt)
+		}
+		if r.Group == "g1" {
+			t.Errorf("device %s still recorded in drained g1", r.Device)
+		}
+	}
+	if m := maxInWindow(at, time.Second); m > rbRate+1 {
+		t.Errorf("%d moves within one second; the rate is %d", m, rbRate)
+	}
+	t.Logf("%d devices moved at least once; at most %d moves in a second", len(at), maxInWindow(at, time.Second))
+
+	// Every message the devices acknowledged reached them: the fleet
+	// counts each message it took once.
+	delivered, attempted := sender.stop()
+	sim.signal(syscall.SIGINT)
+	if err := sim.wait(30 * time.Second); err != nil {
+		t.Errorf("simulate exited with %v", err)
+	}
+	final := sim.waitLine(10*time.Second, "final summary", func(l string) bool { return strings.Contains(l, "final") })
+	s, _ := parseSummary(final)
+	// Received counts what the devices' application was handed, acked
+	// on its stream or not (an Ack on the stream a device just left fails;
+	// the executor's redelivery on the new one is dropped as a duplicate
+	// and acked by the SDK).
+	if got := s.fields["received"]; got < delivered || got > attempted {
+		t.Errorf("devices were handed %d messages; %d were acknowledged and %d sent", got, delivered, attempted)
+	}
+	t.Logf("messages: %d sent, %d acknowledged, %d handed to devices (%d acked on the stream that brought them)", attempted, delivered, s.fields["received"], s.fields["messages"])
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rbRecords(t *testing.T, etcd string) []rbRecord {
+	t.Helper()
+	var recs []rbRecord
+	if err := json.Unmarshal([]byte(ctl(t, etcd, "devices", "-o", "json")), &recs); err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func rbStatusOf(t *testing.T, etcd string) rbStatus {
+	t.Helper()
+	var st rbStatus
+	if err := json.Unmarshal([]byte(ctl(t, etcd, "rebalance", "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// maxInWindow is the most times within any window of length w.
+func maxInWindow(at []time.Time, w time.Duration) int {
+	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+	best, j := 0, 0
+	for i := range at {
+		for j < len(at) && at[j].Sub(at[i]) < w {
+			j++
+		}
+		best = max(best, j-i)
+	}
+	return best
+}
+
+// rbSender sends ONLINE_ONLY messages to random devices, about 20 a
+// second, alternating replicas.
+type rbSender struct {
+	cancel              context.CancelFunc
+	wg                  sync.WaitGroup
+	delivered, attempts atomic.Int64
+}
+
+func startSender(t *testing.T, addrs []string, devices int) *rbSender {
+	var clients []messagingv1.MessagingServiceClient
+	for _, a := range addrs {
+		clients = append(clients, messagingClient(t, a))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &rbSender{cancel: cancel}
+	t.Cleanup(func() { s.stop() })
+	s.wg.Go(func() {
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for n := 0; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			dev := simID(rand.IntN(devices))
+			req := &messagingv1.SendRequest{DeviceId: dev, Payload: fmt.Appendf(nil, "rb-%d", n),
+				ContentType: "text/plain", IdempotencyKey: fmt.Sprintf("rb-%d", n), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY}
+			s.attempts.Add(1)
+			// A replica that is down: the same message (same key)
+			// through the other.
+			for k := range clients {
+				cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+				resp, err := clients[(n+k)%len(clients)].Send(cctx, req)
+				ccancel()
+				if err == nil && resp.GetStatus() == messagingv1.SendStatus_SEND_STATUS_DELIVERED {
+					s.delivered.Add(1)
+				}
+				if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "connect") {
+					break
+				}
+			}
+		}
+	})
+	return s
+}
+
+// stop ends the sender and returns how many messages the devices
+// acknowledged and how many were sent.
+func (s *rbSender) stop() (delivered, attempted int) {
+	s.cancel()
+	s.wg.Wait()
+	return int(s.delivered.Load()), int(s.attempts.Load())
+}
