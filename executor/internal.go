@@ -34,7 +34,7 @@ var isInternal = selector.MatchFunc(func(_ context.Context, c interceptors.CallM
 })
 
 func (s *Server) internalUnaryAuth() grpc.UnaryServerInterceptor {
-	return selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(s.authorize), isInternal)
+	return selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(s.authorizer()), isInternal)
 }
 
 func (s *Server) internalStreamAuth() grpc.StreamServerInterceptor {
@@ -46,25 +46,34 @@ func (s *Server) internalStreamAuth() grpc.StreamServerInterceptor {
 // one that does not verify, PERMISSION_DENIED for any other valid token
 // (a device's assignment token).
 func (s *Server) authorize(ctx context.Context) (context.Context, error) {
+	if _, _, err := s.serviceClaims(ctx); err != nil {
+		return nil, err
+	}
+	return ctx, nil
+}
+
+// serviceClaims is authorize's check; it returns the raw token and its
+// claims.
+func (s *Server) serviceClaims(ctx context.Context) (string, token.Claims, error) {
 	raw, err := auth.AuthFromMD(ctx, "bearer")
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, `service token missing: want metadata "authorization: Bearer <token>"`)
+		return "", token.Claims{}, status.Error(codes.Unauthenticated, `service token missing: want metadata "authorization: Bearer <token>"`)
 	}
 	c, err := s.verifier.Verify(raw)
 	switch {
 	case errors.Is(err, token.ErrMissing):
-		return nil, status.Error(codes.Unauthenticated, `service token missing: want metadata "authorization: Bearer <token>"`)
+		return "", c, status.Error(codes.Unauthenticated, `service token missing: want metadata "authorization: Bearer <token>"`)
 	case errors.Is(err, token.ErrExpired):
-		return nil, status.Error(codes.Unauthenticated, "service token expired")
+		return "", c, status.Error(codes.Unauthenticated, "service token expired")
 	case errors.Is(err, token.ErrInvalid):
-		return nil, status.Error(codes.Unauthenticated, "service token invalid: "+strings.TrimPrefix(err.Error(), token.ErrInvalid.Error()+": "))
+		return "", c, status.Error(codes.Unauthenticated, "service token invalid: "+strings.TrimPrefix(err.Error(), token.ErrInvalid.Error()+": "))
 	case err != nil:
-		return nil, status.Error(codes.Unauthenticated, "service token invalid")
+		return "", c, status.Error(codes.Unauthenticated, "service token invalid")
 	}
 	if c.Role != token.RoleControlPlane {
-		return nil, status.Error(codes.PermissionDenied, "not a control plane's service token: only control planes may call ExecutorInternalService")
+		return "", c, status.Error(codes.PermissionDenied, "not a control plane's service token: only control planes may call ExecutorInternalService")
 	}
-	return ctx, nil
+	return raw, c, nil
 }
 
 // internalService implements ExecutorInternalService for a Server.

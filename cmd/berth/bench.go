@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
@@ -18,6 +19,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
+	cmd.AddCommand(newBenchPushCmd(g))
 	var cpuProfile string
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file (go tool pprof reads it)")
 	var stop func()
@@ -173,5 +175,71 @@ func newBenchBalanceCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "assignments between two counts of an executor")
 	f.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "control plane replicas of the multi-replica case")
 	f.IntVar(&cfg.Delay, "delay", cfg.Delay, "assignments before a replica learns of another's assignment")
+	return cmd
+}
+
+func newBenchPushCmd(g *globals) *cobra.Command {
+	cfg := bench.DefaultPushConfig()
+	var gogc int
+	var memLimit string
+	cmd := &cobra.Command{
+		Use:   "push",
+		Short: "Send→ack throughput and latency to connected devices through a control plane and an executor, against a plain grpc-go server pushing to its own clients",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the berth binary to start the children with: %w", err)
+			}
+			cfg.Command = []string{exe}
+			cfg.ChildStderr = g.stderr
+			if gogc != 0 {
+				cfg.Env = append(cfg.Env, fmt.Sprintf("GOGC=%d", gogc))
+				debug.SetGCPercent(gogc)
+			}
+			if memLimit != "" {
+				cfg.Env = append(cfg.Env, "GOMEMLIMIT="+memLimit)
+			}
+			rep, err := bench.RunPush(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			return rep.Format(g.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "connected devices each system pushes to")
+	f.DurationVar(&cfg.Duration, "duration", cfg.Duration, "measured time of each case")
+	f.DurationVar(&cfg.Warmup, "warmup", cfg.Warmup, "unmeasured time before each case")
+	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "senders calling back to back (closed loop)")
+	f.IntVar(&cfg.Conns, "conns", cfg.Conns, "client connections the senders share")
+	f.IntVar(&cfg.Payload, "payload", cfg.Payload, "payload bytes per message")
+	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of berth's peak at which both systems run again open loop (0 skips it)")
+	f.IntVar(&cfg.InFlight, "in-flight", cfg.InFlight, "devices connecting at once")
+	f.StringVar(&cfg.ChildLogLevel, "server-log-level", cfg.ChildLogLevel, "log level of berth's server processes")
+	f.IntVar(&gogc, "gogc", 400, "GOGC of this process and of every child (0 leaves the environment's)")
+	f.StringVar(&memLimit, "gomemlimit", "", "GOMEMLIMIT of every child, for example 1GiB (empty: none)")
+	cmd.AddCommand(&cobra.Command{
+		Use:                "child",
+		Short:              "A child process of bench push: the bare server or the devices (internal)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ccfg, err := bench.ParsePushChildArgs(args)
+			if err != nil {
+				return err
+			}
+			g.logLevel = "warn"
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return bench.RunPushChild(cmd.Context(), ccfg, cmd.InOrStdin(), g.stdout, log.With("role", ccfg.Role))
+		},
+	})
 	return cmd
 }

@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+)
+
+// barePush is bench push's baseline: a plain grpc-go server (no
+// interceptors, no registry, no tokens) that holds its clients' Connect
+// streams by device id and pushes a message straight to one when asked
+// (ExecutorInternalService.Deliver, without auth), waiting for its Ack. It
+// is the floor of one push: a unary call in, a frame out on the stream, an
+// Ack back.
+type barePush struct {
+	mu      sync.Mutex
+	streams map[string]*bareStream
+}
+
+// bareStream is one client stream and the pushes waiting for its Acks.
+type bareStream struct {
+	st     executorv1.ExecutorService_ConnectServer
+	done   chan struct{}
+	sendMu sync.Mutex // one Send at a time
+	wmu    sync.Mutex
+	wait   map[string]chan struct{}
+}
+
+func newBarePush() *barePush { return &barePush{streams: map[string]*bareStream{}} }
+
+// register serves both services of the baseline on gs.
+func (b *barePush) register(gs *grpc.Server) {
+	executorv1.RegisterExecutorServiceServer(gs, bareConnect{b: b})
+	executorv1.RegisterExecutorInternalServiceServer(gs, bareDeliver{b: b})
+}
+
+// count returns the streams held.
+func (b *barePush) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.streams)
+}
+
+type bareConnect struct {
+	executorv1.UnimplementedExecutorServiceServer
+	b *barePush
+}
+
+// Connect takes the Hello's device id, answers Welcome, and resolves pushes
+// with the Acks it reads until the stream ends.
+func (c bareConnect) Connect(st executorv1.ExecutorService_ConnectServer) error {
+	first, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	id := first.GetHello().GetDeviceId()
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "first frame must be a Hello with a device id")
+	}
+	bs := &bareStream{st: st, done: make(chan struct{}), wait: map[string]chan struct{}{}}
+	defer close(bs.done)
+	c.b.mu.Lock()
+	c.b.streams[id] = bs
+	c.b.mu.Unlock()
+	defer func() {
+		c.b.mu.Lock()
+		if c.b.streams[id] == bs {
+			delete(c.b.streams, id)
+		}
+		c.b.mu.Unlock()
+	}()
+	bs.sendMu.Lock()
+	err = st.Send(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Welcome{Welcome: &executorv1.Welcome{SessionId: id}}})
+	bs.sendMu.Unlock()
+	if err != nil {
+		return err
+	}
+	in := &executorv1.ConnectRequest{}
+	for {
+		if err := st.RecvMsg(in); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if a := in.GetAck(); a != nil {
+			bs.wmu.Lock()
+			if ch, ok := bs.wait[a.GetMessageId()]; ok {
+				delete(bs.wait, a.GetMessageId())
+				close(ch)
+			}
+			bs.wmu.Unlock()
+		}
+	}
+}
+
+type bareDeliver struct {
+	executorv1.UnimplementedExecutorInternalServiceServer
+	b *barePush
+}
+
+// Deliver sends the message on the device's stream and waits for its Ack.
+func (d bareDeliver) Deliver(ctx context.Context, req *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+	id := req.GetMessage().GetMessageId()
+	d.b.mu.Lock()
+	bs := d.b.streams[req.GetDeviceId()]
+	d.b.mu.Unlock()
+	if bs == nil || id == "" {
+		return nil, status.Error(codes.NotFound, "no such device stream")
+	}
+	ch := make(chan struct{})
+	bs.wmu.Lock()
+	bs.wait[id] = ch
+	bs.wmu.Unlock()
+	bs.sendMu.Lock()
+	err := bs.st.Send(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Message{Message: req.GetMessage()}})
+	bs.sendMu.Unlock()
+	if err == nil {
+		select {
+		case <-ch:
+			return &executorv1.DeliverResponse{}, nil
+		case <-ctx.Done():
+			err = status.FromContextError(ctx.Err()).Err()
+		case <-bs.done:
+			err = status.Error(codes.Unavailable, "stream ended before the ack")
+		}
+	}
+	bs.wmu.Lock()
+	delete(bs.wait, id)
+	bs.wmu.Unlock()
+	return nil, err
+}
