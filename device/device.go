@@ -265,7 +265,22 @@ func (d *Device) transition(to State, s *stream, err error, where SessionInfo) {
 // that the redelivery gets through.
 func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) {
 	id := m.GetMessageId()
-	if id != "" && !d.seen.add(id) {
+	for id != "" {
+		fresh, wait := d.seen.begin(id)
+		if wait != nil {
+			// Another stream is handing the same message over (the
+			// device is moving): ack this copy only once that one is
+			// taken, hand it over if that one is abandoned.
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		if fresh {
+			break
+		}
 		d.stats.duplicates.Add(1)
 		if err := s.send(ctx, ackFrame(id)); err != nil {
 			d.log.Debug("ack of duplicate not sent", "message_id", id, "err", err)
@@ -282,9 +297,12 @@ func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) 
 	}
 	select {
 	case d.msgs <- msg:
+		if id != "" {
+			d.seen.end(id, true)
+		}
 	case <-ctx.Done():
 		if id != "" {
-			d.seen.remove(id)
+			d.seen.end(id, false)
 		}
 	}
 }

@@ -109,6 +109,10 @@ type dedupe struct {
 	ids  map[string]uint64 // id → sequence number of its ring slot
 	ring []ringSlot
 	next int
+	// handing are the ids being handed to the application by one stream,
+	// not yet taken: a copy of one that arrives on another stream waits
+	// for the outcome, since the first may still be abandoned.
+	handing map[string]chan struct{}
 }
 
 type ringSlot struct {
@@ -117,7 +121,39 @@ type ringSlot struct {
 }
 
 func newDedupe(n int) *dedupe {
-	return &dedupe{n: n, ids: make(map[string]uint64, n), ring: make([]ringSlot, n)}
+	return &dedupe{n: n, ids: make(map[string]uint64, n), ring: make([]ringSlot, n), handing: map[string]chan struct{}{}}
+}
+
+// begin starts handing id to the application. It returns fresh when id is
+// new: the caller hands it over and calls end. It returns wait (not nil)
+// when another stream is handing the same id over right now: the caller
+// waits on it and calls begin again. Otherwise id was handed over already.
+func (d *dedupe) begin(id string) (fresh bool, wait <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch, ok := d.handing[id]; ok {
+		return false, ch
+	}
+	if _, ok := d.ids[id]; ok {
+		return false, nil
+	}
+	d.addLocked(id)
+	d.handing[id] = make(chan struct{})
+	return true, nil
+}
+
+// end finishes what begin started: taken says whether the application got
+// the message; if not, id is forgotten so that a redelivery is handed over.
+func (d *dedupe) end(id string, taken bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch, ok := d.handing[id]; ok {
+		close(ch)
+		delete(d.handing, id)
+	}
+	if !taken {
+		delete(d.ids, id)
+	}
 }
 
 // add records id and reports whether it is new. The oldest id is forgotten
@@ -128,6 +164,11 @@ func (d *dedupe) add(id string) bool {
 	if _, ok := d.ids[id]; ok {
 		return false
 	}
+	d.addLocked(id)
+	return true
+}
+
+func (d *dedupe) addLocked(id string) {
 	old := d.ring[d.next]
 	if old.id != "" && d.ids[old.id] == old.seq {
 		delete(d.ids, old.id)
@@ -136,7 +177,6 @@ func (d *dedupe) add(id string) bool {
 	d.ring[d.next] = ringSlot{id: id, seq: d.seq}
 	d.ids[id] = d.seq
 	d.next = (d.next + 1) % d.n
-	return true
 }
 
 // remove forgets id, for a message whose delivery was abandoned.

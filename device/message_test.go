@@ -107,3 +107,27 @@ func TestReplyErrorDefaultMessage(t *testing.T) {
 		t.Errorf("frame = %v, want a Reply to m with the default error", got)
 	}
 }
+
+// TestDedupeHandOver checks that a copy of a message that arrives while
+// another stream is still handing it to the application waits for the
+// outcome: a duplicate once the first is taken, handed over if the first is
+// abandoned (the device moved off that stream).
+func TestDedupeHandOver(t *testing.T) {
+	d := newDedupe(8)
+	if fresh, wait := d.begin("m1"); !fresh || wait != nil {
+		t.Fatalf("begin(m1) = %v, %v; want fresh", fresh, wait)
+	}
+	fresh, wait := d.begin("m1")
+	if fresh || wait == nil {
+		t.Fatalf("second begin(m1) while handing = %v, %v; want a wait", fresh, wait)
+	}
+	d.end("m1", false)
+	<-wait
+	if fresh, wait := d.begin("m1"); !fresh || wait != nil {
+		t.Fatalf("begin(m1) after the first was abandoned = %v, %v; want fresh", fresh, wait)
+	}
+	d.end("m1", true)
+	if fresh, wait := d.begin("m1"); fresh || wait != nil {
+		t.Errorf("begin(m1) after it was taken = %v, %v; want a duplicate", fresh, wait)
+	}
+}
