@@ -52,6 +52,7 @@ func (r *PushReport) Format(w io.Writer) error {
 			fmt.Fprintf(&b, "%s: %d pushes failed; first: %s\n", x.Name, x.Errors, x.FirstError)
 		}
 	}
+	r.formatRounds(&b)
 	if len(r.Paced) > 0 {
 		p := r.Paced[0]
 		fmt.Fprintln(&b)
@@ -118,4 +119,19 @@ func (r *PushReport) formatTargets(b *bytes.Buffer) {
 		line += " (the schedule was not kept)"
 	}
 	fmt.Fprintln(b, line)
+}
+
+// formatRounds writes berth's closed-loop throughput over bare's round by
+// round: their spread shows how steady the machine was.
+func (r *PushReport) formatRounds(b *bytes.Buffer) {
+	n, ok1 := r.Case(CasePushBare)
+	x, ok2 := r.Case(CasePushBerth)
+	if !ok1 || !ok2 || len(n.RoundOpsPerSec) < 2 || len(x.RoundOpsPerSec) != len(n.RoundOpsPerSec) {
+		return
+	}
+	rs := make([]string, len(x.RoundOpsPerSec))
+	for i, v := range x.RoundOpsPerSec {
+		rs[i] = ratio(v, n.RoundOpsPerSec[i])
+	}
+	fmt.Fprintf(b, "berth vs bare by round: %s\n", strings.Join(rs, " "))
 }

@@ -18,8 +18,9 @@ import (
 // its stream, under that executor's lease) names the executor's address, so
 // a control plane reaches the device in one hop: it reads the record and
 // calls that executor. The records a replica read are kept in a routeCache
-// for PresenceCacheTTL, so a device that is sent to often costs no read of
-// etcd per message. A cached route can be stale (the device left, or moved
+// for PresenceCacheTTL after they were read or last proved right by an
+// acknowledged delivery, so a device that is sent to often costs no read
+// of etcd per message. A cached route can be stale (the device left, or moved
 // to another executor): the executor then answers NOT_FOUND, or cannot be
 // reached, and the replica forgets the route, reads the record again and,
 // when it names another stream, tries once more there.
@@ -108,6 +109,21 @@ func (c *routeCache) put(p registry.Presence) {
 	sh.m[p.DeviceID] = r
 }
 
+// touch marks the device's route fresh if it still names p's stream: a
+// delivery there was just acknowledged, which proves it.
+func (c *routeCache) touch(p registry.Presence) {
+	if c == nil {
+		return
+	}
+	sh := c.shard(p.DeviceID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if r, ok := sh.m[p.DeviceID]; ok && r.session == p.SessionID && r.exec.address == p.Address {
+		r.at = c.now().UnixNano()
+		sh.m[p.DeviceID] = r
+	}
+}
+
 // forget drops the device's route if it still names p's stream.
 func (c *routeCache) forget(p registry.Presence) {
 	if c == nil {
@@ -183,6 +199,9 @@ func (m *messaging) deliverRouted(ctx context.Context, dev string, msg *executor
 func (m *messaging) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
 	resp, err := m.deliver(ctx, p, msg, def)
 	if err == nil {
+		if cached {
+			m.routes.touch(p)
+		}
 		return resp, p, true, nil
 	}
 	if !staleRoute(err) {

@@ -3,6 +3,7 @@ package controlplane_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -80,5 +81,39 @@ func TestSendRouteCacheOff(t *testing.T) {
 	}
 	if n := f.store.presenceReads(); n != 3 {
 		t.Errorf("3 Sends without a cache read the presence %d times; want 3", n)
+	}
+}
+
+// TestRouteKeptFreshByDeliveries: a route proved by acknowledged
+// deliveries is not read again when its TTL passes; one left unused is.
+func TestRouteKeptFreshByDeliveries(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	cfg := testMessagingConfig()
+	cfg.PresenceCacheTTL = 200 * time.Millisecond
+	f := startMessaging(t, k, cfg, ex)
+	f.store.setPresence(ex.presence("d1"))
+	send := func() {
+		t.Helper()
+		if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	// Sends every 50ms for four TTLs: each acknowledged delivery keeps
+	// the route fresh.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for range 16 {
+		<-tick.C
+		send()
+	}
+	if n := f.store.presenceReads(); n != 1 {
+		t.Errorf("presence read %d times while deliveries kept the route fresh; want 1", n)
+	}
+	time.Sleep(300 * time.Millisecond) // past the TTL, unused
+	send()
+	if n := f.store.presenceReads(); n != 2 {
+		t.Errorf("presence read %d times after the route went unused past its TTL; want 2", n)
 	}
 }

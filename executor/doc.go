@@ -39,6 +39,10 @@
 //     message not acked by then stays queued and comes again on the next
 //     stream (at least once; the device drops duplicates by id). Failed
 //     reads and removals are retried with backoff while the session lasts.
+//     Once the queue is empty, the goroutine waits until the registry shows
+//     the session's presence (when the Queue can read it) and reads the
+//     queue once more, for a message stored while the presence was not yet
+//     visible to control planes.
 //
 // # Control plane calls
 //
@@ -46,8 +50,10 @@
 // carry "authorization: Bearer <token>" with a service token of a control
 // plane (token.RoleControlPlane), checked by the same Verifier as the
 // devices' tokens: UNAUTHENTICATED without a token or with one that does
-// not verify, PERMISSION_DENIED with any other token. ExecutorService
-// itself needs no metadata; its Hello carries the device's token.
+// not verify, PERMISSION_DENIED with any other token. A service token that
+// verified is remembered until it expires, so that a Deliver does not pay
+// for a signature check. ExecutorService itself needs no metadata; its
+// Hello carries the device's token.
 //
 //   - Deliver queues a Message on the device's stream and waits, within the
 //     call's deadline, for the device's Ack of it, or its Reply when the

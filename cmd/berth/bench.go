@@ -218,6 +218,7 @@ func newBenchPushCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "senders calling back to back (closed loop)")
 	f.IntVar(&cfg.Conns, "conns", cfg.Conns, "client connections the senders share")
 	f.IntVar(&cfg.Payload, "payload", cfg.Payload, "payload bytes per message")
+	f.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds each case's time is split in; bare and berth take turns round by round")
 	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of berth's peak at which both systems run again open loop (0 skips it)")
 	f.IntVar(&cfg.InFlight, "in-flight", cfg.InFlight, "devices connecting at once")
 	f.StringVar(&cfg.ChildLogLevel, "server-log-level", cfg.ChildLogLevel, "log level of berth's server processes")
