@@ -304,8 +304,12 @@ func (r *Rebalancer) input(snap *registry.Snapshot, rec registry.Assignment, now
 }
 
 // execute makes the plan's moves, in order, while the rate limit lets one
-// happen before deadline. Balance moves wait until no other move is
-// planned or under way.
+// happen before deadline. Each move is decided and counted in flight here,
+// one after the other, so that the next decision sees it; its record write
+// and Move call then run concurrently with the next ones (at most
+// moveWorkers at once), so that the rate, not their round trips, bounds
+// the pace. Balance moves wait until no other move is planned or under
+// way. It returns once every move it started has been asked for.
 func (r *Rebalancer) execute(ctx context.Context, l *registry.Leadership, view *registry.PresenceView, plan Plan, t *term, lim *rate.Limiter, deadline time.Time) error {
 	room := make(map[string]float64, len(plan.Room))
 	for g, v := range plan.Room {
@@ -313,7 +317,14 @@ func (r *Rebalancer) execute(ctx context.Context, l *registry.Leadership, view *
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, moveWorkers)
+	var lost atomic.Bool
 	for _, mv := range plan.Moves {
+		if lost.Load() {
+			return registry.ErrNotLeader
+		}
 		all, mandatory := t.inFlight()
 		if all >= r.cfg.MaxInFlight {
 			return nil
@@ -321,32 +332,61 @@ func (r *Rebalancer) execute(ctx context.Context, l *registry.Leadership, view *
 		if mv.Reason == ReasonBalance && (plan.Mandatory() > 0 || mandatory > 0) {
 			return nil
 		}
-		err := r.move(dctx, ctx, l, view, mv, room, t, lim)
+		job, err := r.prepare(dctx, view, mv, room, t, lim)
 		switch {
-		case errors.Is(err, registry.ErrNotLeader):
-			return err
 		case dctx.Err() != nil:
 			return nil
 		case err != nil:
 			r.log.Debug("move skipped", "device", mv.Device, "reason", mv.Reason, "err", err)
+			continue
 		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			t.abort(mv.Device)
+			return nil
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := r.run(ctx, l, job, t); errors.Is(err, registry.ErrNotLeader) {
+				lost.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if lost.Load() {
+		return registry.ErrNotLeader
 	}
 	return nil
 }
 
+// moveWorkers bounds the moves whose record write and Move call run at
+// once.
+const moveWorkers = 32
+
 // errSkip reports a planned move that is not worth making any more.
 var errSkip = errors.New("rebalance: move skipped")
 
-// move moves one device: it decides its destination now, waits for the
-// rate limit (within dctx), stores its new assignment record fenced by the
-// leadership, and asks its executor to redirect it.
-func (r *Rebalancer) move(dctx, ctx context.Context, l *registry.Leadership, view *registry.PresenceView, mv Move, room map[string]float64, t *term, lim *rate.Limiter) error {
+// job is a decided move.
+type job struct {
+	mv       Move
+	rec      registry.Assignment
+	d        controlplane.Decision
+	w        float64
+	addr     string
+	decideAt time.Time
+}
+
+// prepare decides where a device goes now, waits for the rate limit
+// (within dctx) and counts the move in flight.
+func (r *Rebalancer) prepare(dctx context.Context, view *registry.PresenceView, mv Move, room map[string]float64, t *term, lim *rate.Limiter) (job, error) {
 	rec, ok := r.cache.Assignment(mv.Device)
 	if !ok {
-		return fmt.Errorf("%w: no assignment record", errSkip)
+		return job{}, fmt.Errorf("%w: no assignment record", errSkip)
 	}
-	if p, ok := view.Get(mv.Device); !ok || p.ExecutorID != mv.Executor {
-		return fmt.Errorf("%w: the device left %s", errSkip, mv.Executor)
+	p, ok := view.Get(mv.Device)
+	if !ok || p.ExecutorID != mv.Executor {
+		return job{}, fmt.Errorf("%w: the device left %s", errSkip, mv.Executor)
 	}
 	snap := r.cache.Snapshot()
 	pol := r.policyFor(snap)
@@ -367,47 +407,59 @@ func (r *Rebalancer) move(dctx, ctx context.Context, l *registry.Leadership, vie
 	}
 	d, err := controlplane.Decide(snap, pol, controlplane.Request{Input: free, Weight: w, Match: &m, MatchErr: merr}, t.pending(mv.Executor, bw))
 	if err != nil {
-		return fmt.Errorf("%w: %v", errSkip, err)
+		return job{}, fmt.Errorf("%w: %v", errSkip, err)
 	}
 	if d.Group.ID == mv.Group && mv.Reason != ReasonDrain {
-		return fmt.Errorf("%w: the policy keeps it in %s", errSkip, mv.Group)
+		return job{}, fmt.Errorf("%w: the policy keeps it in %s", errSkip, mv.Group)
 	}
-	if mv.Reason == ReasonBalance {
-		if room[d.Group.ID] < bw {
-			return fmt.Errorf("%w: %s has no room for balance", errSkip, d.Group.ID)
-		}
-		room[d.Group.ID] -= bw
+	if mv.Reason == ReasonBalance && room[d.Group.ID] < bw {
+		return job{}, fmt.Errorf("%w: %s has no room for balance", errSkip, d.Group.ID)
 	}
 	if err := lim.Wait(dctx); err != nil {
-		return err
+		return job{}, err
+	}
+	if mv.Reason == ReasonBalance {
+		room[d.Group.ID] -= bw
+	}
+	addr := p.Address
+	if e, ok := snap.Executors[mv.Executor]; ok {
+		addr = e.Address
 	}
 	now = r.now()
-	tok, exp, err := r.signer.SignWeighted(mv.Device, d.Group.ID, d.Label, w, r.cfg.TokenTTL)
+	t.start(&flight{device: mv.Device, from: mv.Group, fromExec: mv.Executor, to: d.Group.ID, toExec: d.Endpoints[0].Executor.ID, reason: mv.Reason, w: bw, at: now})
+	return job{mv: mv, rec: rec, d: d, w: w, addr: addr, decideAt: now}, nil
+}
+
+// run makes a prepared move: it stores the device's new assignment record
+// fenced by the leadership, then asks its executor to redirect it there
+// with a fresh token. A failed move is counted and its record put back.
+func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *term) error {
+	mv, d := j.mv, j.d
+	tok, exp, err := r.signer.SignWeighted(mv.Device, d.Group.ID, d.Label, j.w, r.cfg.TokenTTL)
 	if err != nil {
-		return fmt.Errorf("rebalance: sign: %w", err)
+		t.abort(mv.Device)
+		r.log.Warn("move not made: signing failed", "device", mv.Device, "err", err)
+		return nil
 	}
-	next := rec
+	next := j.rec
 	next.GroupID, next.Label, next.Rule = d.Group.ID, d.Label, d.Rule
-	next.AssignedAt, next.MovedAt = now.UTC(), now.UTC()
+	next.AssignedAt, next.MovedAt = j.decideAt.UTC(), j.decideAt.UTC()
 	next.Reason = "rebalance (" + mv.Reason.String() + "): " + d.Reason
 	next.PolicyVersion, next.Writer = d.PolicyVersion, r.writer()
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 	defer cancel()
 	if err := l.PutAssignments(wctx, []registry.Assignment{next}); err != nil {
+		t.abort(mv.Device)
+		if !errors.Is(err, registry.ErrNotLeader) && ctx.Err() == nil {
+			r.log.Warn("move not made: its record could not be stored", "device", mv.Device, "err", err)
+		}
 		return err
 	}
-	t.start(&flight{device: mv.Device, from: mv.Group, fromExec: mv.Executor, to: d.Group.ID, toExec: d.Endpoints[0].Executor.ID, reason: mv.Reason, w: bw, at: now})
 	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
 	for i, e := range d.Endpoints {
 		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
 	}
-	addr := mv.Executor
-	if e, ok := snap.Executors[mv.Executor]; ok {
-		addr = e.Address
-	} else if p, ok := view.Get(mv.Device); ok {
-		addr = p.Address
-	}
-	err = r.mover.Move(wctx, addr, &executorv1.MoveRequest{
+	err = r.mover.Move(wctx, j.addr, &executorv1.MoveRequest{
 		DeviceId: mv.Device,
 		Destination: &controlplanev1.Destination{
 			GroupId: d.Group.ID, Label: d.Label, Endpoints: eps, Token: tok, TokenExpiresAt: timestamppb.New(exp),
@@ -418,7 +470,7 @@ func (r *Rebalancer) move(dctx, ctx context.Context, l *registry.Leadership, vie
 	if err != nil {
 		t.abort(mv.Device)
 		// The device stays: put its record back, so that it reads as it is.
-		if perr := l.PutAssignments(wctx, []registry.Assignment{rec}); perr != nil && !errors.Is(perr, registry.ErrNotLeader) {
+		if perr := l.PutAssignments(wctx, []registry.Assignment{j.rec}); perr != nil && !errors.Is(perr, registry.ErrNotLeader) {
 			r.log.Warn("restoring the assignment record of a failed move", "device", mv.Device, "err", perr)
 		}
 		r.log.Info("move failed", "device", mv.Device, "executor", mv.Executor, "to_group", d.Group.ID, "err", err)

@@ -7,10 +7,12 @@ import (
 	"github.com/berthproject/berth/registry"
 )
 
-// countGrace is how long after a move is confirmed an executor's count
-// may still not include it: its record is written at most every 500ms,
-// and watched.
-const countGrace = 2 * time.Second
+// countGrace is how long after a move is confirmed (its presence seen) an
+// executor's count observed by the cache may still not include it: the
+// executor writes presence and its record in the same moments, and both
+// are watched. Longer would count a device twice (in the count and as
+// pending) and steer moves away from the groups that need them.
+const countGrace = 300 * time.Millisecond
 
 // flight is one move under way.
 type flight struct {
@@ -100,7 +102,7 @@ func (t *term) expire(now time.Time, timeout time.Duration) {
 	}
 	keep := t.recent[:0]
 	for _, f := range t.recent {
-		if now.Sub(f.confirmedAt) < 2*countGrace {
+		if now.Sub(f.confirmedAt) < 10*countGrace {
 			keep = append(keep, f)
 		}
 	}
