@@ -19,6 +19,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
+	cmd.AddCommand(newBenchRebalanceCmd(g))
 	cmd.AddCommand(newBenchPushCmd(g))
 	var cpuProfile string
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file (go tool pprof reads it)")
@@ -242,5 +243,40 @@ func newBenchPushCmd(g *globals) *cobra.Command {
 			return bench.RunPushChild(cmd.Context(), ccfg, cmd.InOrStdin(), g.stdout, log.With("role", ccfg.Role))
 		},
 	})
+	return cmd
+}
+
+func newBenchRebalanceCmd(g *globals) *cobra.Command {
+	cfg := bench.DefaultRebalanceConfig()
+	cmd := &cobra.Command{
+		Use:   "rebalance",
+		Short: "Connect a fleet to some groups, add an empty group, and measure how the rebalancer fills it: time, moves against the minimum, reconnect rate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the berth binary to start the children with: %w", err)
+			}
+			cfg.ExecutorCommand = []string{exe, "bench", "serve"}
+			cfg.SimulateCommand = []string{exe, "simulate"}
+			cfg.ChildStderr = g.stderr
+			rep, err := bench.RunRebalance(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			return rep.Format(g.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Devices, "devices", cfg.Devices, "devices of the fleet")
+	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "groups the fleet connects to before the empty one is added")
+	f.IntVar(&cfg.Fleets, "fleets", cfg.Fleets, "berth simulate processes the devices are split over")
+	f.Float64Var(&cfg.Rate, "rate", cfg.Rate, "rebalancer moves per second")
+	f.Float64Var(&cfg.Thresholds.Rel, "rel-threshold", cfg.Thresholds.Rel, "relative threshold of the balance")
+	f.Float64Var(&cfg.Thresholds.Abs, "abs-threshold", cfg.Thresholds.Abs, "absolute threshold of the balance, in devices")
 	return cmd
 }
