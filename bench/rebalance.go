@@ -255,7 +255,7 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 		if i == cfg.Fleets-1 {
 			n = cfg.Devices - per*(cfg.Fleets-1)
 		}
-		args := append(slices.Clone(cfg.SimulateCommand[1:]), "--controlplane", lis.Addr().String(), "--devices", fmt.Sprint(n),
+		args := append(slices.Clone(cfg.SimulateCommand[1:]), "--log-level", "warn", "--controlplane", lis.Addr().String(), "--devices", fmt.Sprint(n),
 			"--id-prefix", fmt.Sprintf("f%d-", i), "--every", "0", "--start-rate", "2000", "--backoff-base", "100ms", "--backoff-max", "5s")
 		cmd := exec.CommandContext(ctx, cfg.SimulateCommand[0], args...)
 		cmd.Stdout, cmd.Stderr = io.Discard, cfg.ChildStderr
@@ -325,6 +325,10 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 	rep.Confirmed, rep.Failed = last.Progress.Moved, last.Progress.Failed
 	rep.PeakConnects = conns.peak(t0, end)
 	rep.Assigns = cp.Stats().Assigns - assigns0
+	// The rebalancer stops before the fleet does, so that it does not
+	// chase devices that are leaving.
+	stopRun()
+	_ = run.Wait()
 	return rep, nil
 }
 

@@ -58,7 +58,7 @@ func DefaultConfig() Config {
 		Thresholds:       Thresholds{Rel: 0.1, Abs: 100},
 		MinInterval:      10 * time.Minute,
 		Interval:         time.Second,
-		MoveTimeout:      30 * time.Second,
+		MoveTimeout:      10 * time.Second,
 		MaxInFlight:      500,
 		MaxReconnectRate: 200,
 		EtcdSlow:         time.Second,

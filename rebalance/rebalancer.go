@@ -183,6 +183,9 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	migrate := snap.Policy != nil && ctl.MigrateVersion != 0 && ctl.MigrateVersion == snap.Policy.Version
 	plan := Make(Input{Snapshot: snap, Policy: pol, Devices: r.devices(view, snap, pol, t, now), Migrate: migrate,
 		Now: now, MinInterval: r.cfg.MinInterval, Thresholds: r.cfg.Thresholds})
+	planned := time.Now()
+	r.log.Debug("rebalance plan", "took", planned.Sub(began), "devices", view.Len(), "moves", len(plan.Moves),
+		"policy", plan.Policy, "drain", plan.Drain, "balance", plan.Balance)
 
 	_, unplanned := t.rates(now)
 	if why := r.unhealthy(view, cerr, latency, unplanned); why != "" {
@@ -207,7 +210,8 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	t.mu.Unlock()
 
 	if ctl.Pause == nil && *heldWhy == "" && cerr == nil {
-		if err := r.execute(ctx, l, view, plan, t, lim, began.Add(r.cfg.Interval)); err != nil {
+		// A whole interval of moves after the plan, however long it took.
+		if err := r.execute(ctx, l, view, plan, t, lim, planned.Add(r.cfg.Interval)); err != nil {
 			return err
 		}
 	}
@@ -282,8 +286,10 @@ func (r *Rebalancer) devices(view *registry.PresenceView, snap *registry.Snapsho
 			if rec.Inputs != nil && rec.Inputs.Weight > 0 {
 				d.Weight = rec.Inputs.Weight
 			}
-			m, _ := pol.Label(r.input(snap, rec, now))
-			d.Label = m.Label
+			d.Label = t.label(p.DeviceID, pol.Version(), rec.AssignedAt, now, func() string {
+				m, _ := pol.Label(r.input(snap, rec, now))
+				return m.Label
+			})
 		}
 		if at := t.lastMoved(p.DeviceID); at.After(d.MovedAt) {
 			d.MovedAt = at

@@ -38,13 +38,15 @@ type term struct {
 	// moves and unplanned count moves made and connects not caused by a
 	// move, per second.
 	moves, unplanned window
+	// labels caches the label the policy gives each device (see label).
+	labels map[string]cachedLabel
 	// Progress of the current (or last) migration.
 	started, finished time.Time
 	moved, failed     int64
 }
 
 func newTerm() *term {
-	return &term{flights: map[string]*flight{}, movedAt: map[string]time.Time{}}
+	return &term{flights: map[string]*flight{}, movedAt: map[string]time.Time{}, labels: map[string]cachedLabel{}}
 }
 
 // observe is the presence view's callback. earlier reports whether p
@@ -108,6 +110,11 @@ func (t *term) expire(now time.Time, timeout time.Duration) {
 	}
 	clear(t.recent[len(keep):])
 	t.recent = keep
+	for id, c := range t.labels {
+		if now.Sub(c.at) >= labelTTL {
+			delete(t.labels, id)
+		}
+	}
 	for id, at := range t.movedAt {
 		if now.Sub(at) > 24*time.Hour {
 			delete(t.movedAt, id)
@@ -229,4 +236,34 @@ func (w *window) sum(now time.Time, n int) int {
 		}
 	}
 	return total
+}
+
+// labelTTL bounds how long a device's label is reused: its tenant's
+// attributes and its traffic history, which rules may read, change without
+// its assignment record changing.
+const labelTTL = 30 * time.Second
+
+// cachedLabel is a device's label under one policy version and record.
+type cachedLabel struct {
+	version    int64
+	assignedAt time.Time
+	at         time.Time
+	label      string
+}
+
+// label returns the label the policy of version gives the device whose
+// record was written at assignedAt, computing it with compute when it is
+// not cached or older than labelTTL. The rules are most of a plan's cost.
+func (t *term) label(id string, version int64, assignedAt, now time.Time, compute func() string) string {
+	t.mu.Lock()
+	c, ok := t.labels[id]
+	t.mu.Unlock()
+	if ok && c.version == version && c.assignedAt.Equal(assignedAt) && now.Sub(c.at) < labelTTL {
+		return c.label
+	}
+	l := compute()
+	t.mu.Lock()
+	t.labels[id] = cachedLabel{version: version, assignedAt: assignedAt, at: now, label: l}
+	t.mu.Unlock()
+	return l
 }
