@@ -19,6 +19,9 @@ const (
 	DefaultHelloTimeout = 10 * time.Second
 	// DefaultAssignTimeout bounds one Assign call.
 	DefaultAssignTimeout = 10 * time.Second
+	// DefaultCloseTimeout bounds the wait for an executor to end a stream
+	// the device half-closed.
+	DefaultCloseTimeout = 2 * time.Second
 )
 
 // maxDeviceIDLen is the longest device id the control plane accepts.
@@ -73,6 +76,11 @@ type Config struct {
 	HelloTimeout time.Duration
 	// AssignTimeout bounds one Assign call. Zero means DefaultAssignTimeout.
 	AssignTimeout time.Duration
+	// CloseTimeout bounds a clean end of a stream (Device.Close, or the old
+	// stream after a move): the device half-closes it, so that every frame
+	// it sent before reaches the executor, and waits this long for the
+	// executor to end it before cancelling. Zero means DefaultCloseTimeout.
+	CloseTimeout time.Duration
 }
 
 // DefaultConfig returns a Config with every optional field set to its
@@ -84,6 +92,7 @@ func DefaultConfig() Config {
 		MessageBuffer: DefaultMessageBuffer,
 		HelloTimeout:  DefaultHelloTimeout,
 		AssignTimeout: DefaultAssignTimeout,
+		CloseTimeout:  DefaultCloseTimeout,
 	}
 }
 
@@ -101,6 +110,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AssignTimeout == 0 {
 		c.AssignTimeout = d.AssignTimeout
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = d.CloseTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -132,6 +144,8 @@ func (c Config) Validate() error {
 		return bad("HelloTimeout must not be negative")
 	case c.AssignTimeout < 0:
 		return bad("AssignTimeout must not be negative")
+	case c.CloseTimeout < 0:
+		return bad("CloseTimeout must not be negative")
 	}
 	if c.Backoff != (backoff.Config{}) {
 		if err := validBackoff(c.Backoff); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -285,6 +286,47 @@ func TestDevice(t *testing.T) {
 				if got := c.next(t).GetPublish(); !proto.Equal(got, want) {
 					t.Errorf("Publish frame = %v, want %v", got, want)
 				}
+			},
+		},
+		{
+			name:  "close: frames sent before Close reach the executor, then the stream ends",
+			execs: []execSpec{{id: "exec-a"}},
+			check: func(t *testing.T, h *harness, d *Device) {
+				c := recv(t, h.execs["exec-a"].conns, "stream on exec-a")
+				if err := d.WaitForState(waitCtx(t), Connected); err != nil {
+					t.Fatalf("WaitForState(Connected) = %v", err)
+				}
+				const n = 50
+				for i := range n {
+					if err := d.Publish(waitCtx(t), "t", []byte(strconv.Itoa(i)), ""); err != nil {
+						t.Fatalf("Publish(%d) = %v", i, err)
+					}
+				}
+				if err := d.Close(); err != nil {
+					t.Fatalf("Close() = %v", err)
+				}
+				for i := range n {
+					if got := string(c.next(t).GetPublish().GetPayload()); got != strconv.Itoa(i) {
+						t.Fatalf("frame %d: publish %q, want %d", i, got, i)
+					}
+				}
+				recv(t, c.eof, "half-close on the executor")
+			},
+		},
+		{
+			name:      "close: an executor that does not end a half-closed stream is cut off after CloseTimeout",
+			execs:     []execSpec{{id: "exec-a", keepOnEOF: true}},
+			configure: func(c *Config) { c.CloseTimeout = 50 * time.Millisecond },
+			check: func(t *testing.T, h *harness, d *Device) {
+				c := recv(t, h.execs["exec-a"].conns, "stream on exec-a")
+				if err := d.WaitForState(waitCtx(t), Connected); err != nil {
+					t.Fatalf("WaitForState(Connected) = %v", err)
+				}
+				if err := d.Close(); err != nil {
+					t.Fatalf("Close() = %v", err)
+				}
+				// The stream was cancelled: its context ends on the executor.
+				recv(t, c.done, "stream cancelled on the executor")
 			},
 		},
 		{

@@ -2,7 +2,9 @@ package device
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -58,6 +60,9 @@ type execSpec struct {
 	// reject, when set, may refuse the n-th Hello (1-based) with an error.
 	// ctx is the stream's context.
 	reject func(ctx context.Context, n int, h *executorv1.Hello) error
+	// keepOnEOF keeps a stream the device half-closed open, as a stuck
+	// executor would.
+	keepOnEOF bool
 }
 
 // harness runs a fake control plane and fake executors, each on its own
@@ -238,6 +243,7 @@ type serverConn struct {
 	end    chan error                      // ends the handler with this error
 	done   <-chan struct{}                 // the stream's context is done
 	closed chan struct{}                   // the handler logged its end and returns
+	eof    chan struct{}                   // the device half-closed the stream
 }
 
 func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest, executorv1.ConnectResponse]) error {
@@ -279,6 +285,7 @@ func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest
 		end:    make(chan error, 1),
 		done:   st.Context().Done(),
 		closed: make(chan struct{}),
+		eof:    make(chan struct{}),
 	}
 	defer close(c.closed)
 	e.wg.Add(1)
@@ -286,6 +293,13 @@ func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest
 		defer e.wg.Done()
 		for {
 			r, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				// Like the executor: a half-close ends the stream.
+				if !e.spec.keepOnEOF {
+					close(c.eof)
+				}
+				return
+			}
 			if err != nil {
 				return
 			}
@@ -300,6 +314,8 @@ func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest
 	select {
 	case err = <-c.end:
 	case <-c.done:
+		e.h.logEvent("done:" + name)
+	case <-c.eof:
 		e.h.logEvent("done:" + name)
 	}
 	return err

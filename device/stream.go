@@ -90,8 +90,12 @@ func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destinatio
 	if err != nil {
 		return nil, fmt.Errorf("device: executor %s: %w", addr, err)
 	}
-	sctx, cancel := context.WithCancelCause(ctx)
+	// The stream outlives ctx so that closing it can be clean (see close):
+	// ctx ends it only until it is welcomed.
+	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
 	fail := func(err error) (*stream, error) {
+		stop()
 		cancel(err)
 		_ = conn.Close()
 		return nil, fmt.Errorf("device: executor %s: %w", addr, err)
@@ -121,6 +125,9 @@ func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destinatio
 	w := resp.GetWelcome()
 	if w == nil {
 		return fail(fmt.Errorf("first frame is %T, not a Welcome", resp.GetFrame()))
+	}
+	if !stop() {
+		return fail(context.Cause(ctx))
 	}
 
 	s := &stream{
@@ -229,12 +236,16 @@ func (s *stream) sendLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case r := <-s.sendq:
+			if r.frame == nil {
+				r.res <- s.cs.CloseSend()
+				continue
+			}
 			r.res <- s.cs.Send(r.frame)
 		}
 	}
 }
 
-// send queues frame and waits until it is handed to the transport, the
+// send queues frame (nil: half-close the stream) and waits until it is handed to the transport, the
 // stream ends or ctx is done.
 func (s *stream) send(ctx context.Context, frame *executorv1.ConnectRequest) error {
 	r := sendReq{frame: frame, res: make(chan error, 1)}
@@ -267,12 +278,36 @@ func sendErr(err error) error {
 	return err
 }
 
-// close cancels the stream, joins its goroutines and closes its connection.
-// It is idempotent.
+// close ends the stream cleanly when it is still open (see halfClose), then
+// cancels it, joins its goroutines and closes its connection. It is
+// idempotent.
 func (s *stream) close() {
 	s.closeOnce.Do(func() {
+		s.halfClose()
 		s.cancel(errClosing)
 		s.wg.Wait()
 		_ = s.conn.Close()
 	})
+}
+
+// halfClose ends the device's side of an open stream after the frames queued
+// before it, so that every Publish, Ack and Reply the device sent reaches
+// the executor, and waits at most CloseTimeout for the executor to end the
+// stream. Cancelling straight away would let the transport drop frames
+// still in flight.
+func (s *stream) halfClose() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.d.cfg.CloseTimeout)
+	defer cancel()
+	if err := s.send(ctx, nil); err != nil {
+		return
+	}
+	select {
+	case <-s.ended:
+	case <-ctx.Done():
+	}
 }

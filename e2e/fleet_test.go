@@ -85,6 +85,11 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 			c.executors[id].addr()
 		}
 	}
+	var ids []string
+	for id := range c.executors {
+		ids = append(ids, id)
+	}
+	waitRegistered(t, c.etcd, ids...)
 	return c
 }
 

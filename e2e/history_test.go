@@ -51,6 +51,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 		start(t, g, "executor", "--etcd", etcd, "--group", g, "--id", g+"-exec", "--capacity", "100",
 			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s").addr()
 	}
+	waitRegistered(t, etcd, "g-normal-exec", "g-heavy-exec")
 
 	connect := func() *device.Device {
 		t.Helper()

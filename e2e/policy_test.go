@@ -90,6 +90,11 @@ func TestPolicyPlacesFleet(t *testing.T) {
 			"--capacity", strconv.Itoa(g.capacity), "--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
 		c.executors[id].addr()
 	}
+	var ids []string
+	for id := range c.executors {
+		ids = append(ids, id)
+	}
+	waitRegistered(t, c.etcd, ids...)
 
 	models := []string{"printer-a", "printer-b", "sensor-x", "printer-c"}
 	services := []string{"print", "print+scan", "print", "telemetry", "scan"}

@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
+
 	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 // binary is the berth binary built once by TestMain.
@@ -196,4 +199,30 @@ func ctl(t *testing.T, etcd string, args ...string) string {
 		t.Fatalf("berth %s: %v\n%s", strings.Join(full, " "), err, out)
 	}
 	return string(out)
+}
+
+// waitRegistered waits until every executor in ids has its record in etcd,
+// so that devices started next find them (a control plane's watch-fed cache
+// follows within milliseconds); an executor prints its address before it
+// registers.
+func waitRegistered(t *testing.T, etcd string, ids ...string) {
+	t.Helper()
+	testutil.WaitFor(t, 30*time.Second, "executors registered: "+strings.Join(ids, ","), func() bool {
+		var es []struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal([]byte(ctl(t, etcd, "executors", "-o", "json")), &es); err != nil {
+			t.Fatalf("ctl executors -o json: %v", err)
+		}
+		seen := map[string]bool{}
+		for _, e := range es {
+			seen[e.ID] = true
+		}
+		for _, id := range ids {
+			if !seen[id] {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -86,6 +86,7 @@ func TestRebalance(t *testing.T) {
 		c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", g, "--id", id, "--capacity", "1000",
 			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
 		c.executors[id].addr()
+		waitRegistered(t, c.etcd, id)
 	}
 	for _, g := range []string{"g1", "g2", "s"} {
 		startExec(g)
