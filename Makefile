@@ -30,6 +30,9 @@ bench: build
 	./bin/berth bench assign
 	./bin/berth bench balance
 	./bin/berth bench streams --devices 10000
+	./bin/berth bench push
+	./bin/berth bench rebalance
+	./bin/berth bench hop
 
 generate:
 	rm -rf gen

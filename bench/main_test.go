@@ -23,9 +23,22 @@ import (
 // berth.
 const childEnv = "BERTH_BENCH_TEST_CHILD"
 
+// hopChildEnv makes the test binary a bench hop child.
+const hopChildEnv = "BERTH_BENCH_TEST_HOP_CHILD"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
 		os.Exit(serveChild(os.Args[1:]))
+	}
+	if os.Getenv(hopChildEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := bench.RunHopChild(ctx, os.Args[1:])
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	goleak.VerifyTestMain(m)
 }

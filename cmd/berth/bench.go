@@ -20,7 +20,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
 	cmd.AddCommand(newBenchRebalanceCmd(g))
-	cmd.AddCommand(newBenchPushCmd(g))
+	cmd.AddCommand(newBenchPushCmd(g), newBenchHopCmd(g))
 	var cpuProfile string
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file (go tool pprof reads it)")
 	var stop func()
@@ -278,5 +278,41 @@ func newBenchRebalanceCmd(g *globals) *cobra.Command {
 	f.Float64Var(&cfg.Rate, "rate", cfg.Rate, "rebalancer moves per second")
 	f.Float64Var(&cfg.Thresholds.Rel, "rel-threshold", cfg.Thresholds.Rel, "relative threshold of the balance")
 	f.Float64Var(&cfg.Thresholds.Abs, "abs-threshold", cfg.Thresholds.Abs, "absolute threshold of the balance, in devices")
+	return cmd
+}
+
+func newBenchHopCmd(g *globals) *cobra.Command {
+	cfg := bench.DefaultHopConfig()
+	cmd := &cobra.Command{
+		Use:   "hop",
+		Short: "The latency floor of one loopback round trip between two processes, idle and with the cores kept busy by another process",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the berth binary to start the children with: %w", err)
+			}
+			cfg.Command = []string{exe, "bench", "hop", "child"}
+			rep, err := bench.RunHop(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return rep.Format(g.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Rate, "rate", cfg.Rate, "round trips per second, on a fixed schedule")
+	f.DurationVar(&cfg.Duration, "duration", cfg.Duration, "measured time of each case")
+	f.Float64SliceVar(&cfg.Loads, "loads", cfg.Loads, "shares of every core another process keeps busy, one case each (0: idle)")
+	f.IntVar(&cfg.Payload, "payload", cfg.Payload, "bytes sent each way")
+	cmd.AddCommand(&cobra.Command{
+		Use:    "child",
+		Short:  "A child process of bench hop: echo ADDR or burn SHARE (internal)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return bench.RunHopChild(cmd.Context(), args)
+		},
+	})
 	return cmd
 }
