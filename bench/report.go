@@ -60,8 +60,13 @@ func (r *AssignReport) Format(w io.Writer) error {
 	c := r.Config
 	fmt.Fprintln(&b, "berth bench assign")
 	fmt.Fprintln(&b, machineLine(r.Env))
-	fmt.Fprintf(&b, "setup:   one process: embedded etcd, a control plane (shared server stack) with %d groups and %d executor records,\n", r.Groups, r.ExecutorRecords)
-	fmt.Fprintf(&b, "         %d workers calling back to back over %d shared client connections on loopback (clients and server share the CPUs);\n", c.Concurrency, c.Conns)
+	if len(c.Command) > 0 {
+		fmt.Fprintf(&b, "setup:   each control plane (shared server stack) in a process of its own; embedded etcd with %d groups and %d executor records\n", r.Groups, r.ExecutorRecords)
+		fmt.Fprintf(&b, "         and %d workers calling back to back over %d shared client connections on loopback in this one (all share the CPUs);\n", c.Concurrency, c.Conns)
+	} else {
+		fmt.Fprintf(&b, "setup:   one process: embedded etcd, a control plane (shared server stack) with %d groups and %d executor records,\n", r.Groups, r.ExecutorRecords)
+		fmt.Fprintf(&b, "         %d workers calling back to back over %d shared client connections on loopback (clients and server share the CPUs);\n", c.Concurrency, c.Conns)
+	}
 	if c.Rounds > 1 {
 		warmup, measured := c.segment(c.Rounds)
 		fmt.Fprintf(&b, "         per case %v measured in %d rounds of %v, each after %v of warm-up; assign-known cycles over %d devices assigned beforehand;\n", c.Duration, c.Rounds, measured, warmup, c.Devices)
