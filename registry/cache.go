@@ -70,10 +70,8 @@ type Cache struct {
 	log *slog.Logger
 	now func() time.Time
 
-	snap  atomic.Pointer[Snapshot]
-	ready atomic.Bool
-	first chan struct{}
-	once  sync.Once
+	snap atomic.Pointer[Snapshot]
+	syncState
 
 	mu           sync.RWMutex
 	assignments  map[string]Assignment
@@ -88,7 +86,8 @@ func (r *Registry) NewCache(log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{reg: r, log: log, now: time.Now, first: make(chan struct{}), assignments: map[string]Assignment{}, history: map[string]History{}}
+	c := &Cache{reg: r, log: log, now: time.Now, assignments: map[string]Assignment{}, history: map[string]History{}}
+	c.first = make(chan struct{})
 	c.snap.Store(newSnapshot(0, parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}))
 	return c
 }
@@ -131,53 +130,13 @@ func (c *Cache) AssignmentCount() int {
 	return len(c.assignments)
 }
 
-// Ready reports whether the cache is in sync with etcd (loaded and watching).
-func (c *Cache) Ready() bool { return c.ready.Load() }
-
 // Relists counts the full reloads after the first one.
 func (c *Cache) Relists() int64 { return c.relists.Load() }
-
-// WaitReady blocks until the first load completed or ctx is done.
-func (c *Cache) WaitReady(ctx context.Context) error {
-	select {
-	case <-c.first:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // Run keeps the cache in sync until ctx is cancelled. It returns nil then;
 // etcd errors are retried, never returned.
 func (c *Cache) Run(ctx context.Context) error {
-	delay := 100 * time.Millisecond
-	for loaded := false; ; {
-		rev, err := c.load(ctx)
-		if err == nil {
-			// A failed first attempt makes the next one no relist.
-			if loaded {
-				c.relists.Add(1)
-			}
-			loaded = true
-			c.ready.Store(true)
-			c.once.Do(func() { close(c.first) })
-			delay = 100 * time.Millisecond
-			err = c.watch(ctx, rev)
-		}
-		c.ready.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		c.log.Warn("registry cache out of sync; listing again", "err", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
+	return listWatch(ctx, &c.syncState, c.log, "registry cache", c.load, c.watch, func() { c.relists.Add(1) })
 }
 
 // cachedDirs are the parts of the keyspace the cache holds; presence and

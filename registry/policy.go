@@ -50,6 +50,12 @@ func (r *Registry) Policy(ctx context.Context) (StoredPolicy, error) {
 // no policy stored yet), atomically; otherwise it returns ErrConflict and
 // changes nothing. It returns the new version.
 func (r *Registry) PutPolicy(ctx context.Context, p StoredPolicy, basedOn int64) (int64, error) {
+	return r.putPolicy(ctx, p, basedOn)
+}
+
+// putPolicy is PutPolicy that also makes the extra operations in the same
+// transaction when it succeeds.
+func (r *Registry) putPolicy(ctx context.Context, p StoredPolicy, basedOn int64, extra ...clientv3.Op) (int64, error) {
 	if len(p.Document) == 0 || !json.Valid(p.Document) {
 		return 0, fmt.Errorf("%w: policy document is not JSON", ErrInvalid)
 	}
@@ -58,9 +64,10 @@ func (r *Registry) PutPolicy(ctx context.Context, p StoredPolicy, basedOn int64)
 		return 0, fmt.Errorf("registry: encode policy: %w", err)
 	}
 	key := r.prefix + policyKey
+	ops := append([]clientv3.Op{clientv3.OpPut(key, string(b))}, extra...)
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", basedOn)).
-		Then(clientv3.OpPut(key, string(b))).
+		Then(ops...).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {

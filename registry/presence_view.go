@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,9 +23,7 @@ type PresenceView struct {
 	devices  map[string]Presence
 	onChange func(id string, p *Presence)
 
-	ready atomic.Bool
-	first chan struct{}
-	once  sync.Once
+	syncState
 }
 
 // NewPresenceView returns a view of r's presence records. It does no I/O;
@@ -36,7 +32,9 @@ func (r *Registry) NewPresenceView(log *slog.Logger) *PresenceView {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &PresenceView{reg: r, log: log, devices: map[string]Presence{}, first: make(chan struct{})}
+	v := &PresenceView{reg: r, log: log, devices: map[string]Presence{}}
+	v.first = make(chan struct{})
+	return v
 }
 
 // OnChange registers fn to be called, from the watch goroutine, with every
@@ -72,44 +70,9 @@ func (v *PresenceView) Len() int {
 	return len(v.devices)
 }
 
-// Ready reports whether the view is in sync (listed and watching).
-func (v *PresenceView) Ready() bool { return v.ready.Load() }
-
-// WaitReady blocks until the first listing completed or ctx is done.
-func (v *PresenceView) WaitReady(ctx context.Context) error {
-	select {
-	case <-v.first:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // Run keeps the view in sync until ctx is cancelled, then returns nil.
 func (v *PresenceView) Run(ctx context.Context) error {
-	delay := 100 * time.Millisecond
-	for {
-		rev, err := v.load(ctx)
-		if err == nil {
-			v.ready.Store(true)
-			v.once.Do(func() { close(v.first) })
-			delay = 100 * time.Millisecond
-			err = v.watch(ctx, rev)
-		}
-		v.ready.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		v.log.Warn("presence view out of sync; listing again", "err", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
+	return listWatch(ctx, &v.syncState, v.log, "presence view", v.load, v.watch, nil)
 }
 
 func (v *PresenceView) load(ctx context.Context) (int64, error) {

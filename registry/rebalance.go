@@ -185,14 +185,7 @@ type migrateRecord struct {
 // migrate mark in the same transaction, so that the mark's revision is the
 // new policy's version.
 func (r *Registry) PutPolicyMigrating(ctx context.Context, p StoredPolicy, basedOn int64, migrate bool) (int64, error) {
-	if len(p.Document) == 0 || !json.Valid(p.Document) {
-		return 0, fmt.Errorf("%w: policy document is not JSON", ErrInvalid)
-	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return 0, fmt.Errorf("registry: encode policy: %w", err)
-	}
-	key, mkey := r.prefix+policyKey, r.prefix+rebalanceMigrateKey
+	mkey := r.prefix + rebalanceMigrateKey
 	mark := clientv3.OpDelete(mkey)
 	if migrate {
 		mb, err := json.Marshal(migrateRecord{By: p.AppliedBy, At: p.AppliedAt})
@@ -201,22 +194,7 @@ func (r *Registry) PutPolicyMigrating(ctx context.Context, p StoredPolicy, based
 		}
 		mark = clientv3.OpPut(mkey, string(mb))
 	}
-	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", basedOn)).
-		Then(clientv3.OpPut(key, string(b)), mark).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err != nil {
-		return 0, fmt.Errorf("registry: put policy: %w", err)
-	}
-	if !resp.Succeeded {
-		cur := int64(0)
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			cur = kvs[0].ModRevision
-		}
-		return 0, fmt.Errorf("%w: policy is at version %d, not %d; get it again and reapply", ErrConflict, cur, basedOn)
-	}
-	return resp.Header.Revision, nil
+	return r.putPolicy(ctx, p, basedOn, mark)
 }
 
 // PutRebalanceState stores the rebalancer's state, fenced by l.

@@ -291,7 +291,7 @@ func TestRegistrationStopsWhileEtcdIsDown(t *testing.T) {
 	ctx := testContext(t)
 	// Not testutil.StartEtcd: this test stops the server itself, and
 	// embedetcd.Server.Close must not be called twice.
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir()})
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}

@@ -31,6 +31,10 @@ type Config struct {
 	Verbose bool
 	// AutoCompactionRetention keeps this much history (0 disables).
 	AutoCompactionRetention time.Duration
+	// UnsafeNoFsync skips fsync on writes: a crash of the machine may lose
+	// acknowledged writes. For tests only, where many packages share one
+	// disk and durability across machine crashes is not what is tested.
+	UnsafeNoFsync bool
 }
 
 // Start starts the server and waits until it serves, or ctx is done.
@@ -61,6 +65,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if !cfg.Verbose {
 		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	}
+	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	if cfg.AutoCompactionRetention > 0 {
 		ec.AutoCompactionMode = "periodic"
 		ec.AutoCompactionRetention = cfg.AutoCompactionRetention.String()

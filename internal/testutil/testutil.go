@@ -26,7 +26,8 @@ const (
 // tick is how often WaitFor checks its condition.
 const tick = 5 * time.Millisecond
 
-// StartEtcd starts a single-member etcd in t.TempDir on free loopback ports
+// StartEtcd starts a single-member etcd in t.TempDir on free loopback ports,
+// without fsync (embedetcd.Config.UnsafeNoFsync),
 // and stops it when the test ends. It fails the test if etcd does not serve
 // within DefaultTimeout. Do not Close the server yourself: Close may be
 // called only once, and the cleanup calls it. A test that stops etcd on
@@ -35,7 +36,7 @@ func StartEtcd(t testing.TB) *embedetcd.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultTimeout)
 	defer cancel()
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir()})
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
 	if err != nil {
 		t.Fatalf("start embedded etcd: %v", err)
 	}
