@@ -29,6 +29,8 @@ type MessageStore interface {
 	// RememberIdempotency records a key for a message that is not queued;
 	// false and the first record when the key was used before.
 	RememberIdempotency(ctx context.Context, device, key string, rec registry.IdempotencyRecord) (registry.IdempotencyRecord, bool, error)
+	// MarkDelivered records that the message of a key was acknowledged.
+	MarkDelivered(ctx context.Context, device, key string, rec registry.IdempotencyRecord) error
 	// QueueLen counts a device's waiting messages.
 	QueueLen(ctx context.Context, device string) (int64, error)
 	// Queue returns a device's waiting messages in order, at most limit.
@@ -356,7 +358,9 @@ func (m *messaging) Send(ctx context.Context, req *messagingv1.SendRequest) (*me
 
 // sendOnline delivers now or fails. A device found offline before any
 // attempt leaves the idempotency key unused, so the same Send may be
-// retried later with the same key.
+// retried later with the same key. A retry of a Send whose message the
+// device acknowledged answers DELIVERED without sending; any other retry
+// delivers the first Send's message again, under its id.
 func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
 	dev := req.GetDeviceId()
 	p, online, cached, err := m.route(ctx, dev, true)
@@ -368,14 +372,23 @@ func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest
 	}
 	now := m.now()
 	id := registry.NewMessageID()
-	if key := req.GetIdempotencyKey(); key != "" {
-		rec, fresh, err := m.store.RememberIdempotency(ctx, dev, key, registry.IdempotencyRecord{MessageID: id, ExpiresAt: now.Add(ttl).UTC()})
+	key := req.GetIdempotencyKey()
+	var rec registry.IdempotencyRecord
+	if key != "" {
+		var fresh bool
+		rec, fresh, err = m.store.RememberIdempotency(ctx, dev, key, registry.IdempotencyRecord{MessageID: id, ExpiresAt: now.Add(ttl).UTC()})
 		if err != nil {
 			return nil, m.registryStatus(ctx, err, "the idempotency key could not be recorded; nothing was sent")
 		}
-		if !fresh {
-			return &messagingv1.SendResponse{MessageId: rec.MessageID, Status: messagingv1.SendStatus_SEND_STATUS_DELIVERED, Detail: duplicateDetail(key)}, nil
+		if !fresh && rec.Delivered {
+			return &messagingv1.SendResponse{MessageId: rec.MessageID, Status: messagingv1.SendStatus_SEND_STATUS_DELIVERED,
+				Detail: fmt.Sprintf("duplicate: idempotency key %s was used before for this device and the device acknowledged that message; nothing was sent again", key)}, nil
 		}
+		// A Send with this key that is not known to be acknowledged (it
+		// failed, or its replica died mid-way, or it is still under way)
+		// is delivered again under the same message id: the device drops
+		// a copy it already took, and acks it.
+		id = rec.MessageID
 	}
 	msg := &executorv1.Message{MessageId: id, Payload: req.GetPayload(), ContentType: req.GetContentType(), SentAt: timestamppb.New(now)}
 	_, p, online, err = m.deliverAt(ctx, p, cached, msg, m.cfg.SendTimeout)
@@ -384,6 +397,15 @@ func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest
 		return nil, offlineStatus(dev)
 	case err != nil:
 		return nil, m.deliverStatus(err, p, id, false)
+	}
+	if key != "" {
+		// Should this write fail, a retry delivers once more and the
+		// device drops the copy: the mark only spares that delivery.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := m.store.MarkDelivered(mctx, dev, key, rec); err != nil {
+			m.log.Warn("recording an acknowledged Send's idempotency key; a retry delivers it again", "device", dev, "message", id, "err", err)
+		}
 	}
 	return &messagingv1.SendResponse{MessageId: id, Status: messagingv1.SendStatus_SEND_STATUS_DELIVERED}, nil
 }

@@ -137,6 +137,17 @@ func (s *fakeMsgStore) RememberIdempotency(_ context.Context, device, key string
 	return rec, true, nil
 }
 
+func (s *fakeMsgStore) MarkDelivered(_ context.Context, device, key string, rec registry.IdempotencyRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	rec.Delivered = true
+	s.idem[device+"/"+key] = rec
+	return nil
+}
+
 func (s *fakeMsgStore) Queue(_ context.Context, device string, limit int64) ([]registry.QueuedMessage, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -153,6 +153,42 @@ func TestSendIdempotencyOnline(t *testing.T) {
 	}
 }
 
+// A key recorded by a Send that never saw its ack (its replica died
+// between recording the key and the device's ack) does not make a retry
+// answer DELIVERED unseen: the retry delivers the first message again,
+// under its id, and only then answers.
+func TestSendIdempotencyOnlineRetryAfterUnackedAttempt(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	f := startMessaging(t, k, testMessagingConfig(), ex)
+	c := ctxT(t)
+	f.store.setPresence(ex.presence("d1"))
+	f.store.mu.Lock()
+	f.store.idem["d1/job-2"] = registry.IdempotencyRecord{MessageID: "M-FIRST", ExpiresAt: time.Now().Add(time.Hour)}
+	f.store.mu.Unlock()
+
+	req := &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x"), IdempotencyKey: "job-2"}
+	resp, err := f.client.Send(c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_DELIVERED || resp.GetMessageId() != "M-FIRST" {
+		t.Errorf("retry = %v; want DELIVERED under the first message id M-FIRST", resp)
+	}
+	ds := ex.deliveries()
+	if len(ds) != 1 || ds[0].GetMessage().GetMessageId() != "M-FIRST" {
+		t.Fatalf("deliveries = %v; want one, of M-FIRST", ds)
+	}
+	// Acknowledged now: a further retry sends nothing.
+	again, err := f.client.Send(c, req)
+	if err != nil || !strings.Contains(again.GetDetail(), "acknowledged") {
+		t.Errorf("second retry = %v, %v; want a duplicate answer", again, err)
+	}
+	if n := len(ex.deliveries()); n != 1 {
+		t.Errorf("deliveries = %d; want still 1", n)
+	}
+}
+
 func TestSendQueue(t *testing.T) {
 	k := newKeys(t)
 	ex := startExec(t, "e1", k.verifier)

@@ -54,6 +54,9 @@ type IdempotencyRecord struct {
 	Seq int64 `json:"seq"`
 	// ExpiresAt is when the record may go.
 	ExpiresAt time.Time `json:"expires_at"`
+	// Delivered tells that the device acknowledged the message (an
+	// ONLINE_ONLY Send); until then a retry delivers it again.
+	Delivered bool `json:"delivered,omitempty"`
 }
 
 // QueueLimits bound the queues.
@@ -185,6 +188,23 @@ func (r *Registry) RememberIdempotency(ctx context.Context, device, key string, 
 		_ = json.Unmarshal(kvs[0].Value, &old)
 	}
 	return old, false, nil
+}
+
+// MarkDelivered records that the message of a key was acknowledged by the
+// device, so that a retry answers without delivering again.
+func (r *Registry) MarkDelivered(ctx context.Context, device, key string, rec IdempotencyRecord) error {
+	if !ValidID(key) {
+		return fmt.Errorf("%w: idempotency key %q", ErrInvalid, key)
+	}
+	rec.Delivered = true
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("registry: encode idempotency record: %w", err)
+	}
+	if _, err := r.cli.Put(ctx, r.idemKey(device, key), string(b)); err != nil {
+		return fmt.Errorf("registry: idempotency: %w", err)
+	}
+	return nil
 }
 
 // Idempotency reads the record of a key, if any.

@@ -142,7 +142,10 @@ type SendRequest struct {
 	// most 7 days).
 	Ttl *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Makes retries safe: a second Send with the same device and key, within
-	// the TTL, returns the first one's message id and changes nothing.
+	// the TTL, answers with the first one's message id. ONLINE_ONLY: once the
+	// device acknowledged that message nothing is sent again; until then the
+	// retry delivers it again under that id (the SDK hands a message id to
+	// the application once). QUEUE: nothing is queued again.
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// What to do when the device is not connected.
 	Mode          DeliveryMode `protobuf:"varint,6,opt,name=mode,proto3,enum=berth.messaging.v1.DeliveryMode" json:"mode,omitempty"`
