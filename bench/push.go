@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -74,6 +75,9 @@ type PushConfig struct {
 	// TempDir is where the temporary directory is made ("" is the
 	// system's default).
 	TempDir string
+	// ProfileDir, when set, is where berth's control plane and executor
+	// write CPU profiles (controlplane.pprof, executor.pprof).
+	ProfileDir string
 }
 
 // DefaultPushConfig returns what `berth bench push` runs, without Command.
@@ -450,7 +454,13 @@ func (h *pushHarness) startBerth(ctx context.Context, dir, etcd string, reg *reg
 		return nil, err
 	}
 	global := []string{"--log-level=" + cfg.ChildLogLevel, "--etcd=" + etcd, "--prefix=" + reg.Prefix()}
-	cp, err := h.start(ctx, "controlplane", append([]string{"controlplane", "--signing-key=" + privFile, "--listen=127.0.0.1:0"}, global...))
+	profile := func(role string) []string {
+		if cfg.ProfileDir == "" {
+			return nil
+		}
+		return []string{"--cpuprofile=" + filepath.Join(cfg.ProfileDir, role+".pprof")}
+	}
+	cp, err := h.start(ctx, "controlplane", slices.Concat([]string{"controlplane", "--signing-key=" + privFile, "--listen=127.0.0.1:0"}, global, profile("controlplane")))
 	if err != nil {
 		return nil, err
 	}
@@ -458,8 +468,8 @@ func (h *pushHarness) startBerth(ctx context.Context, dir, etcd string, reg *reg
 	if err != nil {
 		return nil, err
 	}
-	ex, err := h.start(ctx, "executor", append([]string{"executor", "--group=" + group, "--id=push-exec-1", "--capacity=" + strconv.Itoa(cfg.Devices+1000),
-		"--token-public-key=" + pubFile, "--listen=127.0.0.1:0", "--drain-timeout=2s"}, global...))
+	ex, err := h.start(ctx, "executor", slices.Concat([]string{"executor", "--group=" + group, "--id=push-exec-1", "--capacity=" + strconv.Itoa(cfg.Devices+1000),
+		"--token-public-key=" + pubFile, "--listen=127.0.0.1:0", "--drain-timeout=2s"}, global, profile("executor")))
 	if err != nil {
 		return nil, err
 	}

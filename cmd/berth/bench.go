@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
-	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -21,29 +20,6 @@ func newBenchCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newBenchAssignCmd(g), newBenchStreamsCmd(g), newBenchServeCmd(g), newBenchBalanceCmd(g))
 	cmd.AddCommand(newBenchRebalanceCmd(g))
 	cmd.AddCommand(newBenchPushCmd(g), newBenchHopCmd(g))
-	var cpuProfile string
-	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file (go tool pprof reads it)")
-	var stop func()
-	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
-		if cpuProfile == "" {
-			return nil
-		}
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return err
-		}
-		stop = func() { pprof.StopCPUProfile(); f.Close() }
-		return nil
-	}
-	cmd.PersistentPostRun = func(*cobra.Command, []string) {
-		if stop != nil {
-			stop()
-		}
-	}
 	return cmd
 }
 
@@ -225,6 +201,7 @@ func newBenchPushCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.ChildLogLevel, "server-log-level", cfg.ChildLogLevel, "log level of berth's server processes")
 	f.IntVar(&gogc, "gogc", 400, "GOGC of this process and of every child (0 leaves the environment's)")
 	f.StringVar(&memLimit, "gomemlimit", "", "GOMEMLIMIT of every child, for example 1GiB (empty: none)")
+	f.StringVar(&cfg.ProfileDir, "child-cpuprofile", "", "directory where berth's control plane and executor write CPU profiles (controlplane.pprof, executor.pprof)")
 	cmd.AddCommand(&cobra.Command{
 		Use:                "child",
 		Short:              "A child process of bench push: the bare server or the devices (internal)",

@@ -25,7 +25,11 @@ func main() {
 
 // run is main without the process: it parses args and runs the command.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	root := newRootCmd(stdout, stderr)
+	root, g := newRoot(stdout, stderr)
 	root.SetArgs(args)
-	return root.ExecuteContext(ctx)
+	err := root.ExecuteContext(ctx)
+	if stopErr := g.stopProfile(); err == nil {
+		err = stopErr
+	}
+	return err
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -21,9 +23,17 @@ type globals struct {
 	logFormat      string
 	etcd           string
 	prefix         string
+	cpuProfile     string
+	profile        *os.File // the CPU profile being written, if any
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root, _ := newRoot(stdout, stderr)
+	return root
+}
+
+// newRoot is newRootCmd that also returns the globals its flags fill.
+func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "berth",
@@ -36,6 +46,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file until it exits (go tool pprof reads it)")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
 	root.AddCommand(
 		newDevCmd(g),
 		newControlPlaneCmd(g),
@@ -45,7 +57,35 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newSimulateCmd(g),
 		newBenchCmd(g),
 	)
-	return root
+	return root, g
+}
+
+// startProfile starts the CPU profile --cpuprofile asks for.
+func (g *globals) startProfile() error {
+	if g.cpuProfile == "" || g.profile != nil {
+		return nil
+	}
+	f, err := os.Create(g.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--cpuprofile: %w", err)
+	}
+	g.profile = f
+	return nil
+}
+
+// stopProfile ends the CPU profile, if one is being written.
+func (g *globals) stopProfile() error {
+	if g.profile == nil {
+		return nil
+	}
+	pprof.StopCPUProfile()
+	err := g.profile.Close()
+	g.profile = nil
+	return err
 }
 
 // etcdFlags adds --etcd and --prefix to cmd.

@@ -66,13 +66,7 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	lg := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		log.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(levelFor),
-	}
+	calls := newCallLog(log)
 	recoverOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.ErrorContext(ctx, "panic in RPC handler", "panic", fmt.Sprint(p))
 		return status.Error(codes.Internal, "internal error")
@@ -85,11 +79,11 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
-			logging.UnaryServerInterceptor(lg, logOpts...),
+			calls.unary,
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
-			logging.StreamServerInterceptor(lg, logOpts...),
+			calls.stream,
 		),
 	}
 	opts = append(opts, extra...)
