@@ -157,11 +157,16 @@ func TestReplicasFollowPolicy(t *testing.T) {
 		t.Errorf("stored policy version after refused applies = %d (%v), want %d", sp.Version, err, applied.GetVersion())
 	}
 
-	// Dry run and explain see the device.
-	dr, err := a.admin.DryRunPolicy(ctx, &adminv1.DryRunPolicyRequest{Document: `default_label: std`})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Dry run and explain see the device, once replica a's cache holds
+	// the record the last Assign wrote (it may have been b's).
+	var dr *adminv1.DryRunPolicyResponse
+	testutil.WaitFor(t, testutil.DefaultTimeout, "a dry run on replica a seeing the device in gold", func() bool {
+		dr, err = a.admin.DryRunPolicy(ctx, &adminv1.DryRunPolicyRequest{Document: `default_label: std`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dr.GetGroupChanges() == 1
+	})
 	if dr.GetDevices() != 1 || dr.GetLabelChanges() != 1 || dr.GetGroupChanges() != 1 {
 		t.Errorf("dry run = %v, want 1 device relabelled and moved", dr)
 	}

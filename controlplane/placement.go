@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -203,7 +204,7 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 			c := &cands[i]
 			if c.Group.ID == last && (c.Used+w)/float64(c.Capacity) <= fair*(1+margin) {
 				pick, d.Method = c, "sticky"
-				d.Reason = fmt.Sprintf("sticky: back to %s at %.0f%% (fair share %.0f%% +%.0f%%)", c.Group.ID, 100*c.Utilization(), 100*fair, 100*margin)
+				d.Reason = "sticky: back to " + c.Group.ID + " at " + pct(c.Utilization()) + " (fair share " + pct(fair) + " +" + pct(margin) + ")"
 				break
 			}
 		}
@@ -217,7 +218,7 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 				c := &cands[i]
 				if (c.Used+w)/float64(c.Capacity) <= bound {
 					pick, d.Method = c, "affinity"
-					d.Reason = fmt.Sprintf("affinity %q: %s at %.0f%% (bound %.0f%%)", key, c.Group.ID, 100*c.Utilization(), 100*bound)
+					d.Reason = "affinity " + strconv.Quote(key) + ": " + c.Group.ID + " at " + pct(c.Utilization()) + " (bound " + pct(bound) + ")"
 					break
 				}
 			}
@@ -231,12 +232,12 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 			}
 		}
 		pick, d.Method = &cands[best], "balance"
-		d.Reason = fmt.Sprintf("balance: least utilized of %d candidates, %s at %.0f%% of %d", len(cands), pick.Group.ID, 100*pick.Utilization(), pick.Capacity)
+		d.Reason = "balance: least utilized of " + strconv.Itoa(len(cands)) + " candidates, " + pick.Group.ID + " at " + pct(pick.Utilization()) + " of " + strconv.Itoa(pick.Capacity)
 	}
 	d.Group, d.Endpoints = *pick.Group, pick.Endpoints
 	prefix := "default label " + m.Label
 	if m.Rule != "" {
-		prefix = fmt.Sprintf("rule %s: label %s", m.Rule, m.Label)
+		prefix = "rule " + m.Rule + ": label " + m.Label
 	}
 	if d.FromLabel != m.Label {
 		prefix += " (fallback " + d.FromLabel + ")"
@@ -244,6 +245,10 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 	d.Reason = prefix + "; " + d.Reason
 	return d, nil
 }
+
+// pct formats a fraction as a whole percentage, as %.0f%% would: reasons
+// are built on every Assign, so without fmt.
+func pct(f float64) string { return strconv.FormatFloat(100*f, 'f', 0, 64) + "%" }
 
 // better orders candidates by utilization once the device is added, then
 // by free room, then by id.
