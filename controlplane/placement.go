@@ -159,9 +159,13 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 
 	groups := snap.SortedGroups()
 	d.Candidates = make([]Candidate, 0, len(groups))
-	cands := make([]Candidate, 0, len(groups))
+	// cands are the kept groups of the label placed under: a view of
+	// d.Candidates when that label's groups were all kept (the usual
+	// case, no copy), else a copy of the kept ones.
+	var cands []Candidate
 	full := 0
 	for _, label := range pol.Chain(m.Label) {
+		start, kept := len(d.Candidates), 0
 		for i := range groups {
 			g := &groups[i]
 			if !g.HasLabel(label) {
@@ -172,15 +176,26 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 			d.Candidates = append(d.Candidates, c)
 			switch c.Dropped {
 			case "":
-				cands = append(cands, c)
+				kept++
 			case droppedFull:
 				full++
 			}
 		}
-		if len(cands) > 0 {
-			d.FromLabel = label
-			break
+		if kept == 0 {
+			continue
 		}
+		d.FromLabel = label
+		if these := d.Candidates[start:]; kept == len(these) {
+			cands = these
+		} else {
+			cands = make([]Candidate, 0, kept)
+			for _, c := range these {
+				if c.Dropped == "" {
+					cands = append(cands, c)
+				}
+			}
+		}
+		break
 	}
 	if len(cands) == 0 {
 		chain := strings.Join(pol.Chain(m.Label), ", then ")

@@ -77,6 +77,9 @@ type Server struct {
 	policy   atomic.Pointer[policy.Compiled]
 	tokens   *tokenCache
 	msg      *messaging // nil without WithMessaging
+	// hints are the reconnect hints of every Assign answer, built once:
+	// answers share them, so nothing may modify an answer's Reconnect.
+	hints *controlplanev1.ReconnectHints
 }
 
 // counters are the control plane's statistics.
@@ -111,6 +114,13 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log.With("replica", cfg.ReplicaID), now: time.Now}
+	b := cfg.Reconnect
+	s.hints = &controlplanev1.ReconnectHints{
+		BaseDelay:  durationpb.New(b.BaseDelay),
+		Multiplier: b.Multiplier,
+		Jitter:     b.Jitter,
+		MaxDelay:   durationpb.New(b.MaxDelay),
+	}
 	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policy.Store(policy.Default())
 	if cfg.TokenCacheSize > 0 {
@@ -284,7 +294,6 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	for i, e := range d.Endpoints {
 		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
 	}
-	b := s.cfg.Reconnect
 	return &controlplanev1.AssignResponse{
 		Destination: &controlplanev1.Destination{
 			GroupId:        d.Group.ID,
@@ -293,13 +302,8 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 			Token:          tok,
 			TokenExpiresAt: timestamppb.New(exp),
 		},
-		Reconnect: &controlplanev1.ReconnectHints{
-			BaseDelay:  durationpb.New(b.BaseDelay),
-			Multiplier: b.Multiplier,
-			Jitter:     b.Jitter,
-			MaxDelay:   durationpb.New(b.MaxDelay),
-		},
-		Reason: d.Reason,
+		Reconnect: s.hints,
+		Reason:    d.Reason,
 	}, nil
 }
 
