@@ -24,6 +24,11 @@ type Config struct {
 	// while its token has more than half its life left gets the same token,
 	// without a new signature. About 400 bytes per device.
 	TokenCacheSize int
+	// LabelMemoSize bounds the devices whose label rules' outcome is kept
+	// with the inputs it came from (0 disables): a device that asks again
+	// with the same inputs under the same policy version skips the rules.
+	// About 500 bytes per device.
+	LabelMemoSize int
 	// ReservationGrace is how long after an executor's count was observed a
 	// device sent to it is still counted as pending: at least the time from
 	// Assign to the device's Hello plus the executor's write interval.
@@ -59,6 +64,7 @@ func DefaultConfig() Config {
 		ReplicaID:         "cp-" + hex.EncodeToString(b[:]),
 		TokenTTL:          15 * time.Minute,
 		TokenCacheSize:    100_000,
+		LabelMemoSize:     100_000,
 		ReservationGrace:  time.Second,
 		ReservationMaxAge: 30 * time.Second,
 		MaxInFlight:       4096,
@@ -81,6 +87,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReservationGrace < 0 || c.ReservationMaxAge <= c.ReservationGrace {
 		errs = append(errs, fmt.Errorf("reservation grace %v and max age %v: want 0 <= grace < max age", c.ReservationGrace, c.ReservationMaxAge))
+	}
+	if c.LabelMemoSize < 0 {
+		errs = append(errs, fmt.Errorf("label memo size %d: want >= 0", c.LabelMemoSize))
 	}
 	if c.TokenCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("token cache size %d: want >= 0", c.TokenCacheSize))

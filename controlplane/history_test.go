@@ -76,3 +76,45 @@ func TestLoadWeightSteps(t *testing.T) {
 		t.Errorf("%d distinct weights from 0 to 100,000 messages a day; want at most 60 steps", changes)
 	}
 }
+
+// A device asking again gets the label its inputs give now: the label memo
+// misses when its history or the policy version changed.
+func TestAssignLabelFollowsChangedInputs(t *testing.T) {
+	groups, execs := twoGroups()
+	groups[1].Labels = []string{"chatty"}
+	f := start(t, controlplane.DefaultConfig(), groups, execs)
+	setPolicy := func(version int64, threshold string) {
+		doc := []byte(`{"defaultLabel": "default", "rules": [{"name": "heavy", "when": "history.messages_per_day > ` + threshold + `", "label": "chatty"}]}`)
+		f.cache.mu.Lock()
+		f.cache.snap = f.cache.snap.WithPolicy(&registry.StoredPolicy{Document: doc, Version: version}, nil)
+		f.cache.mu.Unlock()
+	}
+	setMessages := func(n float64) {
+		f.cache.mu.Lock()
+		f.cache.history = map[string]registry.History{"dev": {Connects: 1, Messages: n, At: time.Now()}}
+		f.cache.mu.Unlock()
+	}
+	label := func() string {
+		t.Helper()
+		resp, err := f.client.Assign(context.Background(), &controlplanev1.AssignRequest{DeviceId: "dev"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDestination().GetLabel()
+	}
+	setPolicy(7, "5000")
+	setMessages(10)
+	for range 2 {
+		if got := label(); got != "default" {
+			t.Fatalf("quiet device: label %s, want default", got)
+		}
+	}
+	setMessages(9000)
+	if got := label(); got != "chatty" {
+		t.Errorf("after its history grew: label %s, want chatty", got)
+	}
+	setPolicy(8, "100000")
+	if got := label(); got != "default" {
+		t.Errorf("under a policy with a higher threshold: label %s, want default", got)
+	}
+}

@@ -76,6 +76,7 @@ type Server struct {
 	stats    counters
 	policy   atomic.Pointer[policy.Compiled]
 	tokens   *tokenCache
+	labels   *labelMemo // nil when disabled
 	msg      *messaging // nil without WithMessaging
 	// hints are the reconnect hints of every Assign answer, built once:
 	// answers share them, so nothing may modify an answer's Reconnect.
@@ -126,6 +127,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
 	}
+	s.labels = newLabelMemo(cfg.LabelMemoSize)
 	if err := s.applyOptions(opts); err != nil {
 		return nil, err
 	}
@@ -261,7 +263,14 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious(), traffic), Weight: in.Weight}
 	// The rules are the costly part of a decision: run them before taking
 	// the reservations lock, which serializes placements.
-	m, merr := pol.Label(preq.Input)
+	m, ok := s.labels.get(req.GetDeviceId(), pol.Version(), preq.Input)
+	var merr error
+	if !ok {
+		m, merr = pol.Label(preq.Input)
+		if merr == nil {
+			s.labels.put(req.GetDeviceId(), pol.Version(), preq.Input, m)
+		}
+	}
 	preq.Match, preq.MatchErr = &m, merr
 	w := 1.0
 	if pol.BalanceByLoad() {
