@@ -61,8 +61,8 @@ type AssignConfig struct {
 	Conns int
 	// Rules is the number of label rules of the placement policy applied
 	// before measuring: all but the last never match the benchmark
-	// devices, so every Assign evaluates all of them. 0 keeps the built-in
-	// default policy.
+	// devices, so evaluating them runs all of them (assign-known finds its
+	// outcome in the label memo). 0 keeps the built-in default policy.
 	Rules int
 	// Rounds splits each case's warm-up and measured time in as many
 	// rounds; the cases measured together alternate round by round.
@@ -244,7 +244,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		}
 	}
 	cpCfg := controlplane.DefaultConfig()
-	cp, err := startControlPlaneUnderTest(bgCtx, cfg, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, log)
+	cp, err := startControlPlaneUnderTest(bgCtx, cfg, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, -1, log)
 	if err != nil {
 		return nil, err
 	}
@@ -348,11 +348,10 @@ func pacedWorkers(rate float64, atLeast int) int {
 }
 
 // runSeparate starts a second control plane with a token cache of
-// tokenCache entries on the same
-// registry, waits until it holds every known device and decides with the
+// tokenCache entries and no label memo on the same registry, waits until it holds every known device and decides with the
 // benchmark policy, calls fn with clients of its own, and stops it.
 func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, etcdAddr string, tokenCache int, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlPlaneUnderTest) error) (err error) {
-	cp, err := startControlPlaneUnderTest(ctx, cfg, reg, etcdAddr, tokenCache, log.With("control_plane", "token-cache-off"))
+	cp, err := startControlPlaneUnderTest(ctx, cfg, reg, etcdAddr, tokenCache, 0, log.With("control_plane", "caches-off"))
 	if err != nil {
 		return err
 	}

@@ -67,6 +67,9 @@ type ServeConfig struct {
 	// TokenCacheSize is the control plane's token cache size, 0 for none
 	// (controlplane mode; -1 keeps the default).
 	TokenCacheSize int
+	// LabelMemoSize is the control plane's label memo size, 0 for none
+	// (controlplane mode; -1 keeps the default).
+	LabelMemoSize int
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -81,6 +84,7 @@ func (c ServeConfig) Args() []string {
 		"--group=" + c.GroupID,
 		fmt.Sprintf("--capacity=%d", c.Capacity),
 		fmt.Sprintf("--token-cache=%d", c.TokenCacheSize),
+		fmt.Sprintf("--label-memo=%d", c.LabelMemoSize),
 		"--log-level=" + c.LogLevel,
 	}
 }
@@ -100,6 +104,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.IntVar(&c.Capacity, "capacity", executor.DefaultConfig().Capacity, "most streams admitted (berth mode)")
 	fs.StringVar(&c.LogLevel, "log-level", "warn", "log level")
 	fs.IntVar(&c.TokenCacheSize, "token-cache", -1, "token cache size, 0 for none (controlplane mode; -1 keeps the default)")
+	fs.IntVar(&c.LabelMemoSize, "label-memo", -1, "label memo size, 0 for none (controlplane mode; -1 keeps the default)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
 	}

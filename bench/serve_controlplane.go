@@ -30,6 +30,9 @@ func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Regis
 	if cfg.TokenCacheSize >= 0 {
 		cpCfg.TokenCacheSize = cfg.TokenCacheSize
 	}
+	if cfg.LabelMemoSize >= 0 {
+		cpCfg.LabelMemoSize = cfg.LabelMemoSize
+	}
 	lis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -95,12 +98,18 @@ type controlPlaneUnderTest struct {
 }
 
 // startControlPlaneUnderTest starts a control plane with the given token
-// cache size on the registry at etcdAddr: a `bench serve` child when
-// cfg.Command is set, else in this process.
-func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *registry.Registry, etcdAddr string, tokenCache int, log *slog.Logger) (*controlPlaneUnderTest, error) {
+// cache and label memo sizes (-1 keeps the default) on the registry at
+// etcdAddr: a `bench serve` child when cfg.Command is set, else in this
+// process.
+func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, log *slog.Logger) (*controlPlaneUnderTest, error) {
 	if len(cfg.Command) == 0 {
 		cpCfg := controlplane.DefaultConfig()
-		cpCfg.TokenCacheSize = tokenCache
+		if tokenCache >= 0 {
+			cpCfg.TokenCacheSize = tokenCache
+		}
+		if labelMemo >= 0 {
+			cpCfg.LabelMemoSize = labelMemo
+		}
 		cp, cache, err := newBenchControlPlane(cpCfg, reg, log)
 		if err != nil {
 			return nil, err
@@ -122,7 +131,7 @@ func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *regi
 	}
 	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{
 		Mode: ModeControlPlane, Listen: "127.0.0.1:0", Etcd: etcdAddr, Prefix: registry.DefaultPrefix,
-		TokenCacheSize: tokenCache, LogLevel: "warn",
+		TokenCacheSize: tokenCache, LabelMemoSize: labelMemo, LogLevel: "warn",
 	})
 	if err != nil {
 		return nil, err
