@@ -3,7 +3,6 @@ package controlplane
 import (
 	"maps"
 	"slices"
-	"sync"
 
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
 	"github.com/berthproject/berth/policy"
@@ -17,12 +16,7 @@ import (
 // services or rounded history changed misses, and is evaluated afresh.
 // Outcomes with evaluation errors are not kept. The memo is bounded; when
 // full, an arbitrary entry is dropped.
-type labelMemo struct {
-	max int
-
-	mu sync.Mutex
-	m  map[string]memoEntry
-}
+type labelMemo struct{ m *boundedMap[memoEntry] }
 
 type memoEntry struct {
 	version int64
@@ -34,7 +28,7 @@ func newLabelMemo(max int) *labelMemo {
 	if max <= 0 {
 		return nil
 	}
-	return &labelMemo{max: max, m: make(map[string]memoEntry)}
+	return &labelMemo{m: newBoundedMap[memoEntry](max)}
 }
 
 // get returns the remembered outcome for the device if it was computed
@@ -43,9 +37,7 @@ func (c *labelMemo) get(device string, version int64, in *policyv1.Input) (polic
 	if c == nil {
 		return policy.Match{}, false
 	}
-	c.mu.Lock()
-	e, ok := c.m[device]
-	c.mu.Unlock()
+	e, ok := c.m.get(device)
 	if !ok || e.version != version || !sameInput(e.in, in) {
 		return policy.Match{}, false
 	}
@@ -57,15 +49,7 @@ func (c *labelMemo) put(device string, version int64, in *policyv1.Input, m poli
 	if c == nil {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[device]; !ok && len(c.m) >= c.max {
-		for k := range c.m {
-			delete(c.m, k)
-			break
-		}
-	}
-	c.m[device] = memoEntry{version: version, in: in, match: m}
+	c.m.put(device, memoEntry{version: version, in: in, match: m})
 }
 
 // sameInput reports whether a and b hold the same values in every field the

@@ -80,7 +80,7 @@ func TestLabelMemo(t *testing.T) {
 	// Bounded: a third device evicts one of the first two.
 	c.put("d2", 7, memoInput(), m)
 	c.put("d3", 7, memoInput(), m)
-	if n := len(c.m); n != 2 {
+	if n := c.m.len(); n != 2 {
 		t.Errorf("%d entries, want at most 2", n)
 	}
 	var disabled *labelMemo = newLabelMemo(0)

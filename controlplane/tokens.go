@@ -1,9 +1,6 @@
 package controlplane
 
-import (
-	"sync"
-	"time"
-)
+import "time"
 
 // tokenCache keeps the last token minted per device, so that a device that
 // reconnects to the same group under the same label gets its token again
@@ -11,12 +8,7 @@ import (
 // life left. Re-sending an unchanged token grants nothing new: it binds the
 // same device, group, label and weight, and expires when it would have.
 // The cache is bounded; when full, an arbitrary entry is dropped.
-type tokenCache struct {
-	max int
-
-	mu sync.Mutex
-	m  map[string]cachedToken
-}
+type tokenCache struct{ m *boundedMap[cachedToken] }
 
 type cachedToken struct {
 	group, label string
@@ -26,7 +18,7 @@ type cachedToken struct {
 }
 
 func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, m: make(map[string]cachedToken)}
+	return &tokenCache{m: newBoundedMap[cachedToken](max)}
 }
 
 // get returns the cached token of device if it matches and is fresh enough.
@@ -34,9 +26,7 @@ func (c *tokenCache) get(device, group, label string, weight float64, now time.T
 	if c == nil {
 		return "", time.Time{}, false
 	}
-	c.mu.Lock()
-	t, ok := c.m[device]
-	c.mu.Unlock()
+	t, ok := c.m.get(device)
 	if !ok || t.group != group || t.label != label || t.weight != weight || t.exp.Sub(now) < ttl/2 {
 		return "", time.Time{}, false
 	}
@@ -48,13 +38,5 @@ func (c *tokenCache) put(device string, t cachedToken) {
 	if c == nil {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[device]; !ok && len(c.m) >= c.max {
-		for k := range c.m {
-			delete(c.m, k)
-			break
-		}
-	}
-	c.m[device] = t
+	c.m.put(device, t)
 }
