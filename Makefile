@@ -16,8 +16,11 @@ run: build
 	./bin/berth dev
 
 ## test: every test (unit, integration on embedded etcd, e2e with real processes) and the checks
+# e2e runs with -count=1: its tests build and start the berth binary, which
+# go test's cache does not see, so a cached pass could hide a change.
 test: vet lint checkgenerate
-	go test $(GO_TEST_FLAGS) ./...
+	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /e2e)
+	go test $(GO_TEST_FLAGS) -count=1 ./e2e/...
 
 unit:
 	go test $(GO_TEST_FLAGS) -short ./...
