@@ -245,8 +245,8 @@ func (s *stream) sendLoop(ctx context.Context) {
 	}
 }
 
-// send queues frame (nil: half-close the stream) and waits until it is handed to the transport, the
-// stream ends or ctx is done.
+// send queues frame (nil: half-close the stream) and waits until it is
+// handed to the transport, the stream ends or ctx is done.
 func (s *stream) send(ctx context.Context, frame *executorv1.ConnectRequest) error {
 	r := sendReq{frame: frame, res: make(chan error, 1)}
 	select {
