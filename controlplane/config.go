@@ -27,7 +27,7 @@ type Config struct {
 	// LabelMemoSize bounds the devices whose label rules' outcome is kept
 	// with the inputs it came from (0 disables): a device that asks again
 	// with the same inputs under the same policy version skips the rules.
-	// About 500 bytes per device.
+	// About 1.3 KB per device with a few attributes.
 	LabelMemoSize int
 	// ReservationGrace is how long after an executor's count was observed a
 	// device sent to it is still counted as pending: at least the time from

@@ -64,6 +64,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.StringVar(&keyFile, "signing-key", "", "PEM Ed25519 private key for assignment tokens (berth keygen makes one)")
 	f.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of assignment tokens")
 	f.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "concurrent Assigns before shedding with RESOURCE_EXHAUSTED")
+	f.IntVar(&cfg.TokenCacheSize, "token-cache-size", cfg.TokenCacheSize, "devices whose still-fresh token is re-sent instead of signed again, about 400 bytes each (0: none)")
+	f.IntVar(&cfg.LabelMemoSize, "label-memo-size", cfg.LabelMemoSize, "devices whose label is kept with the inputs it came from, about 1.3 KB each (0: none)")
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
