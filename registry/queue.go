@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -106,12 +107,12 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 		return m, false, fmt.Errorf("%w: device %s has %d messages waiting (at most %d)", ErrQueueFull, m.DeviceID, n, limits.PerDevice)
 	}
 	if limits.Total > 0 {
-		resp, err := r.cli.Get(ctx, r.prefix+queueDir, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		total, err := r.totalQueued(ctx)
 		if err != nil {
-			return m, false, fmt.Errorf("registry: count queue: %w", err)
+			return m, false, err
 		}
-		if resp.Count >= limits.Total {
-			return m, false, fmt.Errorf("%w: %d messages waiting in all (at most %d)", ErrQueueFull, resp.Count, limits.Total)
+		if total >= limits.Total {
+			return m, false, fmt.Errorf("%w: %d messages waiting in all (at most %d)", ErrQueueFull, total, limits.Total)
 		}
 	}
 	seqKey := r.prefix + queueSeqDir + m.DeviceID
@@ -149,6 +150,7 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 			return m, false, fmt.Errorf("registry: enqueue: %w", err)
 		}
 		if tr.Succeeded {
+			r.queued.add(1)
 			return m, false, nil
 		}
 		// Lost a race: another Send moved the sequence, or used the key.
@@ -293,4 +295,46 @@ func (r *Registry) SweepExpired(ctx context.Context, now time.Time) (int, error)
 		dels = dels[k:]
 	}
 	return n, nil
+}
+
+// QueueCountInterval is how often a Registry counts the messages waiting in
+// all queues for the total bound. Counting is a range over every queued
+// key, so it is not done on every Send: between counts, the messages this
+// Registry queued are added, and what other control plane replicas queued
+// in the meantime is seen at the next count. The total bound may thus be
+// passed by what the other replicas queue within one interval.
+const QueueCountInterval = time.Second
+
+// queuedCount is a Registry's last count of queued messages.
+type queuedCount struct {
+	mu sync.Mutex
+	n  int64
+	at time.Time // zero: never counted
+}
+
+func (q *queuedCount) add(n int64) {
+	q.mu.Lock()
+	q.n += n
+	q.mu.Unlock()
+}
+
+// totalQueued returns the messages waiting in all queues: counted in etcd
+// at most once per QueueCountInterval, with this Registry's enqueues since.
+func (r *Registry) totalQueued(ctx context.Context) (int64, error) {
+	q := &r.queued
+	q.mu.Lock()
+	if !q.at.IsZero() && time.Since(q.at) < QueueCountInterval {
+		n := q.n
+		q.mu.Unlock()
+		return n, nil
+	}
+	q.mu.Unlock()
+	resp, err := r.cli.Get(ctx, r.prefix+queueDir, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("registry: count queue: %w", err)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.n, q.at = resp.Count, time.Now()
+	return q.n, nil
 }

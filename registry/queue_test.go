@@ -40,3 +40,46 @@ func TestIdempotencyMarkDelivered(t *testing.T) {
 		t.Errorf("MarkDelivered with a bad key = %v; want ErrInvalid", err)
 	}
 }
+
+// Enqueue refuses past the per-device and the total bounds, and counts
+// what it queued itself between two counts of the whole queue.
+func TestEnqueueBounds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := testContext(t)
+	limits := registry.QueueLimits{PerDevice: 2, Total: 3}
+	exp := time.Now().Add(time.Hour)
+	enqueue := func(device string) error {
+		_, _, err := e.reg.Enqueue(ctx, registry.QueuedMessage{DeviceID: device, Payload: []byte("x"), ExpiresAt: exp}, limits)
+		return err
+	}
+	for _, d := range []string{"dev-1", "dev-1"} {
+		if err := enqueue(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := enqueue("dev-1"); !errors.Is(err, registry.ErrQueueFull) {
+		t.Fatalf("third message for dev-1 = %v, want ErrQueueFull (per device)", err)
+	}
+	if err := enqueue("dev-2"); err != nil {
+		t.Fatal(err)
+	}
+	// Three waiting in all, within one count interval: this registry's
+	// own enqueues are counted.
+	if err := enqueue("dev-3"); !errors.Is(err, registry.ErrQueueFull) {
+		t.Fatalf("fourth message in all = %v, want ErrQueueFull (total)", err)
+	}
+	// Another registry (another replica) counts etcd afresh.
+	other := registry.New(e.cli, testPrefix)
+	if _, _, err := other.Enqueue(ctx, registry.QueuedMessage{DeviceID: "dev-3", Payload: []byte("x"), ExpiresAt: exp}, limits); !errors.Is(err, registry.ErrQueueFull) {
+		t.Fatalf("fourth message through another registry = %v, want ErrQueueFull (total)", err)
+	}
+	// Once a message is removed, a registry that counts afresh takes one.
+	if err := e.reg.Dequeue(ctx, "dev-2", 1); err != nil {
+		t.Fatal(err)
+	}
+	fresh := registry.New(e.cli, testPrefix)
+	if _, _, err := fresh.Enqueue(ctx, registry.QueuedMessage{DeviceID: "dev-3", Payload: []byte("x"), ExpiresAt: exp}, limits); err != nil {
+		t.Fatalf("after a dequeue, through a registry counting afresh: %v, want it queued", err)
+	}
+}

@@ -24,6 +24,7 @@ const (
 type Registry struct {
 	cli    *clientv3.Client
 	prefix string
+	queued queuedCount
 }
 
 // New returns a Registry over cli with keys under prefix ("" means
