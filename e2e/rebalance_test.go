@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 // rbRate is the rebalancer's move rate in TestRebalance.
@@ -303,4 +304,60 @@ func (s *rbSender) stop() (delivered, attempted int) {
 	s.cancel()
 	s.wg.Wait()
 	return int(s.delivered.Load()), int(s.attempts.Load())
+}
+
+// TestExecutorDrain: `berth ctl executor drain` empties one executor while
+// it keeps running: the rebalancer moves its devices to the other executor
+// of the group, none is lost, and undrain makes it take devices again.
+func TestExecutorDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	const devices = 100
+	c := startCluster(t, 1, 2, 200)
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	const drained, other = "group-1-exec-1", "group-1-exec-2"
+	line := sim.waitLine(60*time.Second, "devices on both executors", func(l string) bool {
+		s, ok := parseSummary(l)
+		return ok && s.fields["connected"] == devices && s.executors[drained] > 0 && s.executors[other] > 0
+	})
+	t.Logf("before: %s", line)
+
+	out := ctl(t, c.etcd, "executor", "drain", drained)
+	t.Logf("drain: %s", strings.TrimSpace(out))
+	line = sim.waitLine(60*time.Second, drained+" empty, every device connected", func(l string) bool {
+		s, ok := parseSummary(l)
+		return ok && s.fields["connected"] == devices && s.executors[drained] == 0 && s.executors[other] == devices
+	})
+	t.Logf("after the drain: %s", line)
+	// marked reads the executors' records: registered, and drain-marked.
+	marked := func() map[string]bool {
+		var es []struct {
+			ID          string `json:"id"`
+			DrainMarked bool   `json:"drain_marked"`
+		}
+		if err := json.Unmarshal([]byte(ctl(t, c.etcd, "executors", "-o", "json")), &es); err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]bool{}
+		for _, e := range es {
+			m[e.ID] = e.DrainMarked
+		}
+		return m
+	}
+	if d, ok := marked()[drained]; !ok || !d {
+		t.Errorf("%s after the drain: registered %v, drain-marked %v; want it registered and marked", drained, ok, d)
+	}
+	select {
+	case <-c.executors[drained].done:
+		t.Errorf("the drained executor exited (%v); a drain must not stop it", c.executors[drained].err)
+	default:
+	}
+
+	ctl(t, c.etcd, "executor", "undrain", drained)
+	testutil.WaitFor(t, 30*time.Second, drained+" no longer drain-marked", func() bool {
+		d, ok := marked()[drained]
+		return ok && !d
+	})
 }
