@@ -348,8 +348,9 @@ func pacedWorkers(rate float64, atLeast int) int {
 }
 
 // runSeparate starts a second control plane with a token cache of
-// tokenCache entries and no label memo on the same registry, waits until it holds every known device and decides with the
-// benchmark policy, calls fn with clients of its own, and stops it.
+// tokenCache entries and no label memo on the same registry, waits until
+// it holds every known device and decides with the benchmark policy, calls
+// fn with clients of its own, and stops it.
 func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, etcdAddr string, tokenCache int, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlPlaneUnderTest) error) (err error) {
 	cp, err := startControlPlaneUnderTest(ctx, cfg, reg, etcdAddr, tokenCache, 0, log.With("control_plane", "caches-off"))
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -123,24 +122,20 @@ func runHopCase(ctx context.Context, cfg HopConfig, conn net.Conn, load float64)
 	if err := roundTrips(ctx, conn, buf, cfg.Rate, 200*time.Millisecond, nil); err != nil {
 		return c, err
 	}
-	n := int(cfg.Duration.Seconds() * float64(cfg.Rate))
-	lat, fromSched := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
+	lat, fromSched := NewHistogram(), NewHistogram()
 	if err := roundTrips(ctx, conn, buf, cfg.Rate, cfg.Duration, func(sched time.Time, d time.Duration) {
 		total := time.Since(sched)
-		lat, fromSched = append(lat, d), append(fromSched, total)
+		lat.Record(d)
+		fromSched.Record(total)
 		if total-d > time.Millisecond {
 			c.Late++
 		}
 	}); err != nil {
 		return c, err
 	}
-	slices.Sort(lat)
-	slices.Sort(fromSched)
-	c.Trips = len(lat)
-	if len(lat) > 0 {
-		c.P50, c.P99, c.P999, c.Max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)*999/1000], lat[len(lat)-1]
-		c.SchedP99 = fromSched[len(fromSched)*99/100]
-	}
+	c.Trips = int(lat.Count())
+	c.P50, c.P99, c.P999, c.Max = lat.Quantile(0.5), lat.Quantile(0.99), lat.Quantile(0.999), lat.Max()
+	c.SchedP99 = fromSched.Quantile(0.99)
 	return c, nil
 }
 

@@ -301,8 +301,9 @@ func (r *Registry) SweepExpired(ctx context.Context, now time.Time) (int, error)
 // all queues for the total bound. Counting is a range over every queued
 // key, so it is not done on every Send: between counts, the messages this
 // Registry queued are added, and what other control plane replicas queued
-// in the meantime is seen at the next count. The total bound may thus be
-// passed by what the other replicas queue within one interval.
+// in the meantime is seen at the next count, as are the messages removed.
+// The total bound may thus be passed by what the other replicas queue
+// within one interval, and space freed is used from the next count on.
 const QueueCountInterval = time.Second
 
 // queuedCount is a Registry's last count of queued messages.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
@@ -41,7 +42,7 @@ func newCallLog(log *slog.Logger) *callLog {
 
 // verbose reports whether successful calls are printed.
 func (c *callLog) verbose(ctx context.Context) bool {
-	return c.log.Enabled(ctx, slog.Level(levelFor(0)))
+	return c.log.Enabled(ctx, slog.Level(levelFor(codes.OK)))
 }
 
 // unary is the unary interceptor.
