@@ -322,10 +322,16 @@ func TestDevice(t *testing.T) {
 				if err := d.WaitForState(waitCtx(t), Connected); err != nil {
 					t.Fatalf("WaitForState(Connected) = %v", err)
 				}
+				start := time.Now()
 				if err := d.Close(); err != nil {
 					t.Fatalf("Close() = %v", err)
 				}
-				// The stream was cancelled: its context ends on the executor.
+				// The device half-closed first, waited for the executor
+				// at least CloseTimeout, then cancelled the stream.
+				recv(t, c.eof, "half-close on the executor")
+				if took := time.Since(start); took < 50*time.Millisecond {
+					t.Errorf("Close returned after %v, before CloseTimeout (50ms)", took)
+				}
 				recv(t, c.done, "stream cancelled on the executor")
 			},
 		},

@@ -294,10 +294,7 @@ func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest
 		for {
 			r, err := st.Recv()
 			if errors.Is(err, io.EOF) {
-				// Like the executor: a half-close ends the stream.
-				if !e.spec.keepOnEOF {
-					close(c.eof)
-				}
+				close(c.eof)
 				return
 			}
 			if err != nil {
@@ -311,11 +308,17 @@ func (e *fakeExec) Connect(st grpc.BidiStreamingServer[executorv1.ConnectRequest
 		}
 	}()
 	e.conns <- c
+	// Like the executor, a half-close ends the stream, unless the spec
+	// says this executor is stuck.
+	ended := c.eof
+	if e.spec.keepOnEOF {
+		ended = nil
+	}
 	select {
 	case err = <-c.end:
 	case <-c.done:
 		e.h.logEvent("done:" + name)
-	case <-c.eof:
+	case <-ended:
 		e.h.logEvent("done:" + name)
 	}
 	return err

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"encoding/json"
 
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/testutil"
