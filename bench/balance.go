@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -12,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/berthproject/berth/controlplane"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -162,7 +161,7 @@ const (
 )
 
 // Balance simulates assigning cfg.Devices devices one by one to groups of
-// unequal capacities, with berth's placement (controlplane.Decide under the
+// unequal capacities, with berth's placement (placement.Decide under the
 // default policy) and with baselines, prints a table of how evenly each
 // filled the groups and whether berth meets its targets, and returns the
 // figures. It is deterministic for a given configuration.
@@ -323,7 +322,7 @@ func timeTick(t time.Time) int { return int(t.Sub(balanceEpoch) / balanceTick) }
 // simReservations is one replica's view of what was sent but is not yet in
 // executor counts: its own devices per executor, and the devices other
 // replicas sent per group, each at the tick it was made or learnt. It
-// implements controlplane.Pending: a reservation is pending while the count
+// implements placement.Pending: a reservation is pending while the count
 // it is compared with was observed before it.
 type simReservations struct {
 	execs  map[string]*reservationLog
@@ -383,7 +382,7 @@ func (r *simReservations) GroupPending(group string, countedAt time.Time) float6
 	return r.groups[group].after(timeTick(countedAt))
 }
 
-var _ controlplane.Pending = (*simReservations)(nil)
+var _ placement.Pending = (*simReservations)(nil)
 
 // balanceGroupID names group g.
 func balanceGroupID(g int) string { return fmt.Sprintf("g%02d", g) }
@@ -470,8 +469,8 @@ func simulateBerth(ctx context.Context, cfg BalanceConfig, caps []int, ids []str
 				addTo(res[r].groups, groups[a.group].ID, a.tick+cfg.Delay, 1)
 			}
 		}
-		req := controlplane.Request{Input: &policyv1.Input{Device: &policyv1.DeviceInput{Id: id}}, Weight: 1}
-		d, err := controlplane.Decide(snap, pol, req, res[r])
+		req := placement.Request{Input: &policyv1.Input{Device: &policyv1.DeviceInput{Id: id}}, Weight: 1}
+		d, err := placement.Decide(snap, pol, req, res[r])
 		if err != nil {
 			return nil, fmt.Errorf("bench balance: device %d of %d, %d replicas: %w", i, len(ids), replicas, err)
 		}
@@ -509,41 +508,12 @@ func weightedRandomPicker(cfg BalanceConfig, caps []int) func(int, string) int {
 }
 
 // weightedHashPicker picks the group of highest weighted rendezvous score
-// of the device id (-capacity/ln(u), u a hash of id and group in (0,1)):
+// of the device id, as affinity does for its key (placement.RendezvousOrder):
 // proportional to capacity in expectation, with no load feedback.
-//
-// The FNV-1a hash goes through a finalizer: on its own, keys that differ
-// only in the last bytes (the group id) get hashes whose high bits are
-// nearly equal, so u is about the same for every group and the largest
-// group wins every device.
 func weightedHashPicker(caps []int) func(int, string) int {
-	gids := make([]string, len(caps))
-	for g := range gids {
-		gids[g] = balanceGroupID(g)
+	groups := make([]placement.PoolGroup, len(caps))
+	for g := range groups {
+		groups[g] = placement.PoolGroup{ID: balanceGroupID(g), Capacity: caps[g]}
 	}
-	return func(_ int, id string) int {
-		best, bestScore := 0, math.Inf(-1)
-		for g, gid := range gids {
-			h := fnv.New64a()
-			h.Write([]byte(id))
-			h.Write([]byte{0})
-			h.Write([]byte(gid))
-			u := (float64(mix64(h.Sum64())>>11) + 0.5) / (1 << 53)
-			if s := -float64(caps[g]) / math.Log(u); s > bestScore {
-				best, bestScore = g, s
-			}
-		}
-		return best
-	}
-}
-
-// mix64 is the 64-bit finalizer of MurmurHash3: every input bit affects
-// every output bit.
-func mix64(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	x ^= x >> 33
-	return x
+	return func(_ int, id string) int { return placement.RendezvousOrder(id, groups)[0] }
 }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -20,10 +20,10 @@ func BenchmarkPolicyLabel(b *testing.B) {
 			}
 			snap := registry.NewSnapshot(1, nil, nil).WithPolicy(nil, benchTenantRecords())
 			req := deviceRequest("dev-1", 1, nil)
-			in := controlplane.PolicyInput(snap, req.GetDeviceId(), &registry.DeviceInputs{
+			in := placement.PolicyInput(snap, req.GetDeviceId(), &registry.DeviceInputs{
 				Model: req.GetSpec().GetModel(), Firmware: req.GetSpec().GetFirmware(), Attributes: req.GetSpec().GetAttributes(),
 				Tenant: req.GetTenantId(), Services: req.GetServices(), Weight: 1,
-			}, registry.Assignment{}, false, nil, registry.History{})
+			}, "", "", registry.History{})
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := pol.Label(in); err != nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -56,11 +57,11 @@ func (a *adminServer) DryRunPolicy(_ context.Context, req *adminv1.DryRunPolicyR
 		return nil, status.Errorf(codes.InvalidArgument, "document is %d bytes; at most %d", len(req.GetDocument()), maxPolicyDocument)
 	}
 	snap := a.s.cache.Snapshot()
-	pol, warns, err := ValidatePolicy([]byte(req.GetDocument()), snap)
+	pol, warns, err := placement.ValidatePolicy([]byte(req.GetDocument()), snap)
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	r := DryRun(snap, pol, a.s.cache.RangeAssignments, a.s.history)
+	r := placement.DryRun(snap, pol, a.s.cache.RangeAssignments, a.s.history)
 	out := &adminv1.DryRunPolicyResponse{Devices: int64(r.Devices), LabelChanges: int64(r.LabelChanges), GroupChanges: int64(r.GroupChanges), Warnings: warns}
 	for _, l := range r.ByLabel {
 		out.ByLabel = append(out.ByLabel, &adminv1.LabelChange{Label: l.Label, Devices: int64(l.Devices), LabelChanges: int64(l.LabelChanges), GroupChanges: int64(l.GroupChanges)})
@@ -84,14 +85,14 @@ func (a *adminServer) Explain(_ context.Context, req *adminv1.ExplainRequest) (*
 // ExplainResponse decides again for rec, with its traffic history as of
 // now, and describes every step.
 func ExplainResponse(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment, traffic registry.History) *adminv1.ExplainResponse {
-	d, err := Explain(snap, pol, rec, traffic)
+	d, err := placement.Explain(snap, pol, rec, traffic)
 	in := rec.Inputs
 	if in == nil {
 		in = &registry.DeviceInputs{}
 	}
 	out := &adminv1.ExplainResponse{
 		DeviceId:        rec.DeviceID,
-		Input:           PolicyInput(snap, rec.DeviceID, in, rec, true, nil, traffic),
+		Input:           placement.PolicyInput(snap, rec.DeviceID, in, rec.GroupID, rec.Label, traffic),
 		Rule:            d.Rule,
 		Label:           d.Label,
 		FromLabel:       d.FromLabel,
@@ -129,7 +130,7 @@ func ApplyPolicy(ctx context.Context, store PolicyStore, snap *registry.Snapshot
 	if len(doc) > maxPolicyDocument {
 		return 0, nil, fmt.Errorf("%w: document is %d bytes; at most %d", policy.ErrInvalid, len(doc), maxPolicyDocument)
 	}
-	pol, warns, err := ValidatePolicy(doc, snap)
+	pol, warns, err := placement.ValidatePolicy(doc, snap)
 	if err != nil {
 		return 0, nil, err
 	}

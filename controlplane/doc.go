@@ -1,7 +1,18 @@
-// Package controlplane is berth's control plane: the Assign server that tells
-// each device which processing group to join, the placement that decides it
-// from an immutable registry snapshot, and the reservations that keep a burst
-// of Assigns from overfilling one group before executor heartbeats catch up.
+// Package controlplane is berth's control plane replica: the Assign server
+// that tells each device which processing group to join.
+//
+// An Assign is answered in steps: the request is validated (bad input is
+// INVALID_ARGUMENT, naming the field); the device's inputs, assignment
+// record and traffic history are read from the registry cache; package
+// placement decides the group (placement.Decide, with the policy in force
+// compiled once per version by placement.Policies); a reservation on the
+// chosen executor counts the device until executor heartbeats include it,
+// so that a burst of Assigns does not overfill one group (the reservations
+// are the placement.Pending Decide reads, and devices other replicas
+// assigned count too, learnt from their assignment records); the device's
+// assignment record is written when it changed; and a signed assignment
+// token is minted for the device and its group. Proving the device's
+// identity at Assign is future work: today the device id is taken as sent.
 //
 // Assign never reads etcd on its path: it reads the registry cache, and it
 // writes the device's assignment record only when the record changed.

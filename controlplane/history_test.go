@@ -2,12 +2,12 @@ package controlplane_test
 
 import (
 	"context"
-	"math"
 	"testing"
 	"time"
 
 	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -34,7 +34,7 @@ func TestAssignUsesHistory(t *testing.T) {
 		device, label string
 		weight        float64
 	}{
-		{"heavy", "chatty", controlplane.LoadWeight(registry.History{Messages: 9000})},
+		{"heavy", "chatty", placement.LoadWeight(registry.History{Messages: 9000})},
 		{"light", "default", 1},
 		{"new", "default", 1},
 	} {
@@ -53,27 +53,8 @@ func TestAssignUsesHistory(t *testing.T) {
 			t.Errorf("%s: token weight %v, want %v", tc.device, c.Weight, tc.weight)
 		}
 	}
-	if w := controlplane.LoadWeight(registry.History{Messages: 9000}); w < 9 || w > 11 {
+	if w := placement.LoadWeight(registry.History{Messages: 9000}); w < 9 || w > 11 {
 		t.Errorf("weight of 9000 messages a day = %v, want about 10", w)
-	}
-}
-
-// LoadWeight moves in steps, so that a slowly decaying counter does not
-// give a new weight (and a record write) on every Assign.
-func TestLoadWeightSteps(t *testing.T) {
-	prev, changes := 0.0, 0
-	for m := 0.0; m <= 100000; m += 10 {
-		w := controlplane.LoadWeight(registry.History{Messages: m})
-		if want := 1 + m/controlplane.MessagesPerWeightUnit; math.Abs(w-want)/want > 0.05 {
-			t.Fatalf("LoadWeight(%v messages) = %v, want within 5%% of %v", m, w, want)
-		}
-		if w != prev {
-			changes++
-			prev = w
-		}
-	}
-	if changes > 60 {
-		t.Errorf("%d distinct weights from 0 to 100,000 messages a day; want at most 60 steps", changes)
 	}
 }
 

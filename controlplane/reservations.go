@@ -7,7 +7,8 @@ import (
 )
 
 // reservations remember devices sent somewhere but possibly not yet in the
-// counts executors report, so that the placement counts them meanwhile.
+// counts executors report, so that the placement counts them meanwhile:
+// they are the placement.Pending that placement.Decide reads on Assign.
 //
 // A reservation is made at t on an executor (devices this replica assigned)
 // or on a group (devices other replicas assigned, learnt from their
@@ -41,12 +42,12 @@ func newReservations(grace, maxAge time.Duration, now func() time.Time) *reserva
 		byExec: map[string][]reservation{}, byGroup: map[string][]reservation{}}
 }
 
-// Pending implements Pending for an executor. The caller holds the lock.
+// Pending implements placement.Pending for an executor. The caller holds the lock.
 func (r *reservations) Pending(exec string, countedAt time.Time) float64 {
 	return r.pending(r.byExec, exec, countedAt)
 }
 
-// GroupPending implements Pending for devices other replicas sent to a
+// GroupPending implements placement.Pending for devices other replicas sent to a
 // group. The caller holds the lock.
 func (r *reservations) GroupPending(group string, countedAt time.Time) float64 {
 	return r.pending(r.byGroup, group, countedAt)

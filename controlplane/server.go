@@ -19,6 +19,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -74,7 +75,7 @@ type Server struct {
 	res      *reservations
 	inFlight atomic.Int64
 	stats    counters
-	policy   atomic.Pointer[policy.Compiled]
+	policies *placement.Policies
 	tokens   *tokenCache
 	labels   *labelMemo // nil when disabled
 	msg      *messaging // nil without WithMessaging
@@ -123,7 +124,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		MaxDelay:   durationpb.New(b.MaxDelay),
 	}
 	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
-	s.policy.Store(policy.Default())
+	s.policies = placement.NewPolicies(s.log)
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
 	}
@@ -212,45 +213,14 @@ func (s *Server) learn(a registry.Assignment) {
 		return
 	}
 	w := 1.0
-	if a.Inputs != nil && a.Inputs.Weight > 0 && s.policy.Load().BalanceByLoad() {
+	if a.Inputs != nil && a.Inputs.Weight > 0 && s.policies.Current().BalanceByLoad() {
 		w = a.Inputs.Weight
 	}
 	s.res.addGroup(a.GroupID, w)
 }
 
-// policyFor returns the compiled policy of snap, compiling it once per
-// version. A stored document that does not compile (it was validated before
-// it was stored, so only a hand edit of etcd does that) is logged and the
-// last good policy stays in force.
-func (s *Server) policyFor(snap *registry.Snapshot) *policy.Compiled {
-	cur := s.policy.Load()
-	if snap.Policy == nil || snap.Policy.Version == cur.Version() {
-		return cur
-	}
-	c, err := CompileStored(*snap.Policy)
-	if err != nil {
-		s.log.Error("stored placement policy does not compile; keeping the previous one", "version", snap.Policy.Version, "in_force", cur.Version(), "err", err)
-		// Remember the failure so it is not compiled again per Assign.
-		c = cur.WithVersion(snap.Policy.Version)
-	} else {
-		s.log.Info("placement policy in force", "version", c.Version())
-	}
-	s.policy.CompareAndSwap(cur, c)
-	return c
-}
-
-// CompileStored parses and compiles a stored policy document.
-func CompileStored(sp registry.StoredPolicy) (*policy.Compiled, error) {
-	p, err := policy.Parse(sp.Document)
-	if err != nil {
-		return nil, err
-	}
-	c, err := policy.Compile(p)
-	if err != nil {
-		return nil, err
-	}
-	return c.WithVersion(sp.Version), nil
-}
+// policyFor returns the compiled policy of snap (see placement.Policies).
+func (s *Server) policyFor(snap *registry.Snapshot) *policy.Compiled { return s.policies.For(snap) }
 
 // assign decides, reserves, records and signs.
 func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
@@ -259,8 +229,9 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
 	traffic := s.history(req.GetDeviceId())
 	in := inputsOf(req)
-	in.Weight = LoadWeight(traffic)
-	preq := Request{Input: PolicyInput(snap, req.GetDeviceId(), in, prev, hasPrev, req.GetPrevious(), traffic), Weight: in.Weight}
+	in.Weight = placement.LoadWeight(traffic)
+	lastGroup, lastLabel := lastOf(prev, hasPrev, req.GetPrevious())
+	preq := placement.Request{Input: placement.PolicyInput(snap, req.GetDeviceId(), in, lastGroup, lastLabel, traffic), Weight: in.Weight}
 	// The rules are the costly part of a decision: run them before taking
 	// the reservations lock, which serializes placements.
 	m, ok := s.labels.get(req.GetDeviceId(), pol.Version(), preq.Input)
@@ -276,10 +247,10 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	if pol.BalanceByLoad() {
 		w = in.Weight
 	}
-	var d Decision
+	var d placement.Decision
 	var err error
 	s.res.locked(func() {
-		d, err = Decide(snap, pol, preq, s.res)
+		d, err = placement.Decide(snap, pol, preq, s.res)
 		if err == nil {
 			s.res.addLocked(d.Endpoints[0].Executor.ID, w)
 		}
@@ -328,7 +299,7 @@ func (s *Server) history(deviceID string) registry.History {
 
 // token returns a token for the decision: the device's cached one when it
 // still fits, else a fresh signature.
-func (s *Server) token(device string, d Decision, weight float64) (string, time.Time, error) {
+func (s *Server) token(device string, d placement.Decision, weight float64) (string, time.Time, error) {
 	now := s.now()
 	if tok, exp, ok := s.tokens.get(device, d.Group.ID, d.Label, weight, now, s.cfg.TokenTTL); ok {
 		return tok, exp, nil
@@ -342,7 +313,7 @@ func (s *Server) token(device string, d Decision, weight float64) (string, time.
 }
 
 // record writes the device's assignment record.
-func (s *Server) record(ctx context.Context, deviceID string, d Decision, in *registry.DeviceInputs) error {
+func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	err := s.store.PutAssignment(wctx, registry.Assignment{

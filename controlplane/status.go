@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 )
 
@@ -79,10 +80,10 @@ func validateAssign(r *controlplanev1.AssignRequest) error {
 // place that does.
 func toStatus(err error, retry time.Duration) error {
 	switch {
-	case errors.Is(err, ErrNoCapacity):
-		return withRetry(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "controlplane: ")+"; retry later", retry)
-	case errors.Is(err, ErrNoGroup):
-		return withRetry(codes.Unavailable, strings.TrimPrefix(err.Error(), "controlplane: ")+" (usable: active, with a live executor that is not draining)", retry)
+	case errors.Is(err, placement.ErrNoCapacity):
+		return withRetry(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "placement: ")+"; retry later", retry)
+	case errors.Is(err, placement.ErrNoGroup):
+		return withRetry(codes.Unavailable, strings.TrimPrefix(err.Error(), "placement: ")+" (usable: active, with a live executor that is not draining)", retry)
 	case errors.Is(err, errRegistryWrite):
 		return withRetry(codes.Unavailable, "registry unavailable: the assignment could not be recorded", retry)
 	default:

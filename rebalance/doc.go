@@ -10,7 +10,7 @@
 // them at a time (an etcd election); the leader makes a plan every
 // interval and moves devices at a cluster-wide rate, each by asking its
 // executor (ExecutorInternalService.Move) to send a Redirect that carries a
-// destination decided by controlplane.Decide and a fresh token. Every write
+// destination decided by placement.Decide and a fresh token. Every write
 // the leader makes is fenced by its leadership, and its state (plan,
 // progress) is in etcd, so a new leader carries on.
 package rebalance

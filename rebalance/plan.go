@@ -2,12 +2,11 @@ package rebalance
 
 import (
 	"cmp"
-	"hash/fnv"
 	"math"
 	"slices"
 	"time"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -151,11 +150,11 @@ func Make(in Input) Plan {
 		}
 		return 1
 	}
-	pools := map[string]*controlplane.Pool{}
-	poolOf := func(label string) *controlplane.Pool {
+	pools := map[string]*placement.Pool{}
+	poolOf := func(label string) *placement.Pool {
 		p, seen := pools[label]
 		if !seen {
-			if pp, ok := controlplane.PoolFor(snap, pol, label); ok {
+			if pp, ok := placement.PoolFor(snap, pol, label); ok {
 				p = &pp
 			}
 			pools[label] = p
@@ -280,7 +279,7 @@ func Make(in Input) Plan {
 // while a group is beyond the thresholds. It fills fair, capacity and room
 // for the pool's groups and returns the moves and the fewest moves that
 // would do.
-func balancePool(p controlplane.Pool, used map[string]float64, cands map[string][]balanceCand, th Thresholds,
+func balancePool(p placement.Pool, used map[string]float64, cands map[string][]balanceCand, th Thresholds,
 	fair map[string]float64, capOf map[string]int, room map[string]float64,
 ) ([]Move, int) {
 	var total, capTotal float64
@@ -316,7 +315,7 @@ func balancePool(p controlplane.Pool, used map[string]float64, cands map[string]
 	for i, g := range p.Groups {
 		cs := slices.Clone(cands[g.ID])
 		slices.SortFunc(cs, func(a, b balanceCand) int {
-			return cmp.Or(cmp.Compare(hashID(a.dev.ID), hashID(b.dev.ID)), cmp.Compare(a.dev.ID, b.dev.ID))
+			return cmp.Or(cmp.Compare(placement.Hash(a.dev.ID), placement.Hash(b.dev.ID)), cmp.Compare(a.dev.ID, b.dev.ID))
 		})
 		order[i] = cs
 	}
@@ -382,18 +381,4 @@ func interleave(moves []Move) []Move {
 		}
 	}
 	return out
-}
-
-// hashID is a stable hash of a device id.
-func hashID(id string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(id))
-	x := h.Sum64()
-	// MurmurHash3's finalizer: ids that differ only at the end spread.
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb93e185323
-	x ^= x >> 33
-	return x
 }

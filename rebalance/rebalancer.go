@@ -15,10 +15,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -51,9 +51,8 @@ type Rebalancer struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	leading atomic.Bool
-	compMu  sync.Mutex
-	pol     *policy.Compiled
+	leading  atomic.Bool
+	policies *placement.Policies
 }
 
 // New wires a rebalancer. It starts nothing and does no I/O.
@@ -67,7 +66,7 @@ func New(cfg Config, reg *registry.Registry, cache Cache, signer Signer, mover M
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Rebalancer{cfg: cfg, reg: reg, cache: cache, signer: signer, mover: mover, log: log, now: time.Now, pol: policy.Default()}, nil
+	return &Rebalancer{cfg: cfg, reg: reg, cache: cache, signer: signer, mover: mover, log: log, now: time.Now, policies: placement.NewPolicies(log)}, nil
 }
 
 // Leading reports whether this replica leads the rebalancer now.
@@ -179,7 +178,7 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	t.expire(now, r.cfg.MoveTimeout)
 
 	snap := r.cache.Snapshot()
-	pol := r.policyFor(snap)
+	pol := r.policies.For(snap)
 	migrate := snap.Policy != nil && ctl.MigrateVersion != 0 && ctl.MigrateVersion == snap.Policy.Version
 	plan := Make(Input{Snapshot: snap, Policy: pol, Devices: r.devices(view, snap, pol, t, now), Migrate: migrate,
 		Now: now, MinInterval: r.cfg.MinInterval, Thresholds: r.cfg.Thresholds})
@@ -306,7 +305,7 @@ func (r *Rebalancer) input(snap *registry.Snapshot, rec registry.Assignment, now
 		in = &registry.DeviceInputs{}
 	}
 	h, _ := r.cache.History(rec.DeviceID)
-	return controlplane.PolicyInput(snap, rec.DeviceID, in, rec, true, nil, h.Decayed(now))
+	return placement.PolicyInput(snap, rec.DeviceID, in, rec.GroupID, rec.Label, h.Decayed(now))
 }
 
 // execute makes the plan's moves, in order, while the rate limit lets one
@@ -377,7 +376,7 @@ var errSkip = errors.New("rebalance: move skipped")
 type job struct {
 	mv       Move
 	rec      registry.Assignment
-	d        controlplane.Decision
+	d        placement.Decision
 	w        float64
 	addr     string
 	decideAt time.Time
@@ -395,7 +394,7 @@ func (r *Rebalancer) prepare(dctx context.Context, view *registry.PresenceView, 
 		return job{}, fmt.Errorf("%w: the device left %s", errSkip, mv.Executor)
 	}
 	snap := r.cache.Snapshot()
-	pol := r.policyFor(snap)
+	pol := r.policies.For(snap)
 	now := r.now()
 	w := 1.0
 	if rec.Inputs != nil && rec.Inputs.Weight > 0 {
@@ -411,7 +410,7 @@ func (r *Rebalancer) prepare(dctx context.Context, view *registry.PresenceView, 
 	if pol.BalanceByLoad() {
 		bw = w
 	}
-	d, err := controlplane.Decide(snap, pol, controlplane.Request{Input: free, Weight: w, Match: &m, MatchErr: merr}, t.pending(mv.Executor, bw))
+	d, err := placement.Decide(snap, pol, placement.Request{Input: free, Weight: w, Match: &m, MatchErr: merr}, t.pending(mv.Executor, bw))
 	if err != nil {
 		return job{}, fmt.Errorf("%w: %v", errSkip, err)
 	}
@@ -484,23 +483,6 @@ func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *
 	}
 	r.log.Debug("device moving", "device", mv.Device, "reason", mv.Reason, "from", mv.Group, "to", d.Group.ID)
 	return nil
-}
-
-// policyFor returns the compiled policy of snap, compiling each version
-// once; a stored document that does not compile leaves the last good one.
-func (r *Rebalancer) policyFor(snap *registry.Snapshot) *policy.Compiled {
-	r.compMu.Lock()
-	defer r.compMu.Unlock()
-	if snap.Policy == nil || snap.Policy.Version == r.pol.Version() {
-		return r.pol
-	}
-	c, err := controlplane.CompileStored(*snap.Policy)
-	if err != nil {
-		r.log.Error("stored placement policy does not compile; keeping the previous one", "version", snap.Policy.Version, "err", err)
-		c = r.pol.WithVersion(snap.Policy.Version)
-	}
-	r.pol = c
-	return c
 }
 
 // sleep waits d or until ctx is done; it reports whether d elapsed.

@@ -176,14 +176,14 @@ func (t *term) pending(exec string, w float64) *pendingView {
 	return pv
 }
 
-// pendingView implements controlplane.Pending over a copy of the moves.
+// pendingView implements placement.Pending over a copy of the moves.
 type pendingView struct {
 	fs   []flight
 	self string
 	w    float64
 }
 
-// Pending implements controlplane.Pending.
+// Pending implements placement.Pending.
 func (p *pendingView) Pending(exec string, countedAt time.Time) float64 {
 	var n float64
 	if exec == p.self {
@@ -206,7 +206,7 @@ func (p *pendingView) Pending(exec string, countedAt time.Time) float64 {
 	return n
 }
 
-// GroupPending implements controlplane.Pending: moves are counted per
+// GroupPending implements placement.Pending: moves are counted per
 // executor.
 func (p *pendingView) GroupPending(string, time.Time) float64 { return 0 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,30 +14,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/fleet"
 )
-
-// Snapshot is an immutable view of groups and executors at one etcd
-// revision. Never modify what it holds.
-type Snapshot struct {
-	// Revision is the etcd revision the snapshot reflects.
-	Revision int64
-	// Groups by id.
-	Groups map[string]Group
-	// Executors by id.
-	Executors map[string]Executor
-	// Tenants by id.
-	Tenants map[string]Tenant
-	// Policy is the stored placement policy, nil when none was applied.
-	Policy  *StoredPolicy
-	byGroup map[string][]Executor
-	sorted  []Group
-}
-
-// GroupExecutors returns the executors registered for group, sorted by id.
-func (s *Snapshot) GroupExecutors(group string) []Executor { return s.byGroup[group] }
-
-// SortedGroups returns the groups sorted by id. Do not modify the slice.
-func (s *Snapshot) SortedGroups() []Group { return s.sorted }
 
 // parts are the pieces of a snapshot while it is being built.
 type parts struct {
@@ -49,16 +27,7 @@ type parts struct {
 }
 
 func newSnapshot(rev int64, p parts) *Snapshot {
-	by := make(map[string][]Executor)
-	for _, e := range p.execs {
-		by[e.GroupID] = append(by[e.GroupID], e)
-	}
-	for _, es := range by {
-		slices.SortFunc(es, func(a, b Executor) int { return strings.Compare(a.ID, b.ID) })
-	}
-	sorted := slices.Collect(maps.Values(p.groups))
-	slices.SortFunc(sorted, func(a, b Group) int { return strings.Compare(a.ID, b.ID) })
-	return &Snapshot{Revision: rev, Groups: p.groups, Executors: p.execs, Tenants: p.tenants, Policy: p.policy, byGroup: by, sorted: sorted}
+	return fleet.Build(rev, p.groups, p.execs, p.tenants, p.policy)
 }
 
 // Cache is a watch-fed, in-memory copy of the registry: it lists everything
@@ -350,30 +319,6 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 			c.onAssignment(a)
 		}
 	}
-}
-
-// NewSnapshot builds a snapshot from lists, for tests and tools that make
-// one without a cache.
-func NewSnapshot(rev int64, groups []Group, execs []Executor) *Snapshot {
-	gm := make(map[string]Group, len(groups))
-	for _, g := range groups {
-		gm[g.ID] = g
-	}
-	em := make(map[string]Executor, len(execs))
-	for _, e := range execs {
-		em[e.ID] = e
-	}
-	return newSnapshot(rev, parts{groups: gm, execs: em, tenants: map[string]Tenant{}})
-}
-
-// WithPolicy returns a copy of s with the given policy and tenants, for
-// tests and tools.
-func (s *Snapshot) WithPolicy(p *StoredPolicy, tenants []Tenant) *Snapshot {
-	tm := make(map[string]Tenant, len(tenants))
-	for _, t := range tenants {
-		tm[t.ID] = t
-	}
-	return newSnapshot(s.Revision, parts{groups: s.Groups, execs: s.Executors, tenants: tm, policy: p})
 }
 
 // OnAssignment registers fn to be called, from the watch goroutine, with

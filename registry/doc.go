@@ -10,5 +10,9 @@
 //	<prefix>/executors/<executor id>    Executor, under the executor's lease
 //	<prefix>/assignments/<device id>    Assignment
 //
+// The values themselves (Group, Executor, Assignment, History, Tenant,
+// StoredPolicy) and the immutable Snapshot the cache publishes are package
+// fleet's, which needs no etcd; the names here are aliases of them.
+//
 // This is the only package that imports the etcd client.
 package registry

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
@@ -109,7 +110,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				if err != nil {
 					return err
 				}
-				pol, warns, err := controlplane.ValidatePolicy(doc, snap)
+				pol, warns, err := placement.ValidatePolicy(doc, snap)
 				if err != nil {
 					return explainPolicyError(err)
 				}
@@ -125,7 +126,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 					return err
 				}
 				now := time.Now()
-				r := controlplane.DryRun(snap, pol, func(fn func(registry.Assignment) bool) {
+				r := placement.DryRun(snap, pol, func(fn func(registry.Assignment) bool) {
 					for _, a := range recs {
 						if !fn(a) {
 							return
@@ -203,7 +204,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				}
 				pol := policy.Default()
 				if snap.Policy != nil {
-					if pol, err = controlplane.CompileStored(*snap.Policy); err != nil {
+					if pol, err = placement.CompileStored(*snap.Policy); err != nil {
 						return err
 					}
 				}

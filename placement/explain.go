@@ -1,17 +1,17 @@
-package controlplane
+package placement
 
 import (
 	"fmt"
 	"slices"
 
+	"github.com/berthproject/berth/fleet"
 	"github.com/berthproject/berth/policy"
-	"github.com/berthproject/berth/registry"
 )
 
 // ValidatePolicy parses and compiles a policy document (YAML or JSON) and
 // lists warnings against snap: labels the policy can assign that no group
 // carries. The error wraps policy.ErrInvalid for a bad document.
-func ValidatePolicy(doc []byte, snap *registry.Snapshot) (*policy.Compiled, []string, error) {
+func ValidatePolicy(doc []byte, snap *fleet.Snapshot) (*policy.Compiled, []string, error) {
 	p, err := policy.Parse(doc)
 	if err != nil {
 		return nil, nil, err
@@ -46,7 +46,8 @@ type DryRunResult struct {
 	ByLabel []LabelCount
 }
 
-// LabelCount is one line of a dry run.
+// LabelCount is one line of a dry run: the devices the policy would give
+// Label, and how many of them change label or would have to move.
 type LabelCount struct {
 	Label                               string
 	Devices, LabelChanges, GroupChanges int
@@ -57,20 +58,20 @@ type LabelCount struct {
 // candidates (balance, affinity) are not counted as moves: they only place
 // devices that connect. history returns a device's traffic history as of
 // now (nil: none).
-func DryRun(snap *registry.Snapshot, pol *policy.Compiled, records func(func(registry.Assignment) bool), history func(deviceID string) registry.History) DryRunResult {
+func DryRun(snap *fleet.Snapshot, pol *policy.Compiled, records func(func(fleet.Assignment) bool), history func(deviceID string) fleet.History) DryRunResult {
 	var res DryRunResult
 	by := map[string]*LabelCount{}
-	records(func(a registry.Assignment) bool {
+	records(func(a fleet.Assignment) bool {
 		res.Devices++
 		in := a.Inputs
 		if in == nil {
-			in = &registry.DeviceInputs{}
+			in = &fleet.DeviceInputs{}
 		}
-		var h registry.History
+		var h fleet.History
 		if history != nil {
 			h = history(a.DeviceID)
 		}
-		req := Request{Input: PolicyInput(snap, a.DeviceID, in, a, true, nil, h), Weight: in.Weight}
+		req := Request{Input: PolicyInput(snap, a.DeviceID, in, a.GroupID, a.Label, h), Weight: in.Weight}
 		m, _ := pol.Label(req.Input)
 		lc := by[m.Label]
 		if lc == nil {
@@ -107,15 +108,15 @@ func DryRun(snap *registry.Snapshot, pol *policy.Compiled, records func(func(reg
 // device with label: the first label of the chain that has any usable group
 // must be one group carries, and the group itself must be usable. Capacity
 // is ignored: the device already counts in it.
-func stillCandidate(snap *registry.Snapshot, pol *policy.Compiled, label, group string) bool {
+func stillCandidate(snap *fleet.Snapshot, pol *policy.Compiled, label, group string) bool {
 	for _, l := range pol.Chain(label) {
 		usable := false
 		for _, g := range snap.SortedGroups() {
 			if !g.HasLabel(l) {
 				continue
 			}
-			c := evaluate(&g, snap.GroupExecutors(g.ID), noPending{}, pol, 0)
-			if c.Dropped == "" || c.Dropped == droppedFull {
+			c := evaluate(&g, snap.GroupExecutors(g.ID), NoPending{}, pol, 0)
+			if c.Dropped == "" || c.Dropped == DroppedFull {
 				usable = true
 				if g.ID == group {
 					return true
@@ -133,10 +134,10 @@ func stillCandidate(snap *registry.Snapshot, pol *policy.Compiled, label, group 
 // traffic history as of now, without reserving anything, and returns the
 // decision with every candidate. A decision error (no usable group) is
 // returned with the partial decision.
-func Explain(snap *registry.Snapshot, pol *policy.Compiled, rec registry.Assignment, traffic registry.History) (Decision, error) {
+func Explain(snap *fleet.Snapshot, pol *policy.Compiled, rec fleet.Assignment, traffic fleet.History) (Decision, error) {
 	in := rec.Inputs
 	if in == nil {
-		in = &registry.DeviceInputs{}
+		in = &fleet.DeviceInputs{}
 	}
-	return Decide(snap, pol, Request{Input: PolicyInput(snap, rec.DeviceID, in, rec, true, nil, traffic), Weight: in.Weight}, nil)
+	return Decide(snap, pol, Request{Input: PolicyInput(snap, rec.DeviceID, in, rec.GroupID, rec.Label, traffic), Weight: in.Weight}, nil)
 }

@@ -1,43 +1,51 @@
-package controlplane
+package placement
 
 import (
 	"cmp"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/berthproject/berth/fleet"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
 	"github.com/berthproject/berth/policy"
-	"github.com/berthproject/berth/registry"
 )
 
 // Errors of the placement. The RPC edge turns them into statuses.
 var (
 	// ErrNoGroup means no group carrying the device's label (or one of its
 	// fallbacks) is usable.
-	ErrNoGroup = errors.New("controlplane: no usable group")
+	ErrNoGroup = errors.New("placement: no usable group")
 	// ErrNoCapacity means usable groups exist but all are full.
-	ErrNoCapacity = errors.New("controlplane: every usable group is full")
+	ErrNoCapacity = errors.New("placement: every usable group is full")
 )
 
 // Pending tells how much was sent somewhere but may not yet be in the
 // counts executors reported (observed at countedAt): devices this replica
-// sent to an executor, and devices other replicas sent to a group.
+// sent to an executor, and devices other replicas sent to a group. The
+// control plane's reservations implement it; Decide only reads it.
 type Pending interface {
+	// Pending is the weight sent to the executor and not yet in a count
+	// observed at countedAt.
 	Pending(executorID string, countedAt time.Time) float64
+	// GroupPending is the weight other replicas sent to the group and not
+	// yet in a count observed at countedAt.
 	GroupPending(groupID string, countedAt time.Time) float64
 }
 
-// noPending is a Pending with nothing reserved.
-type noPending struct{}
+// NoPending is a Pending with nothing reserved: what Decide uses when given
+// nil.
+type NoPending struct{}
 
-func (noPending) Pending(string, time.Time) float64      { return 0 }
-func (noPending) GroupPending(string, time.Time) float64 { return 0 }
+// Pending implements Pending: nothing.
+func (NoPending) Pending(string, time.Time) float64 { return 0 }
+
+// GroupPending implements Pending: nothing.
+func (NoPending) GroupPending(string, time.Time) float64 { return 0 }
 
 // Request is what the placement knows about one device.
 type Request struct {
@@ -56,7 +64,7 @@ type Request struct {
 // Candidate is a group the placement considered, with what it saw.
 type Candidate struct {
 	// Group is the group, in the snapshot (do not modify).
-	Group *registry.Group
+	Group *fleet.Group
 	// Label is the label under which it was considered.
 	Label string
 	// Used is what the group holds: live connections, or load in load
@@ -84,7 +92,7 @@ func (c Candidate) Utilization() float64 {
 // Endpoint is a usable executor with its utilization.
 type Endpoint struct {
 	// Executor is the executor's record, in the snapshot (do not modify).
-	Executor *registry.Executor
+	Executor *fleet.Executor
 	// Pending is what was sent to it but not yet counted.
 	Pending float64
 }
@@ -98,7 +106,7 @@ func (e Endpoint) Utilization() float64 {
 // it.
 type Decision struct {
 	// Group is the chosen group.
-	Group registry.Group
+	Group fleet.Group
 	// Label is the device's assigned label; FromLabel the label it was
 	// placed under (differs when a fallback was used).
 	Label, FromLabel string
@@ -122,14 +130,22 @@ type Decision struct {
 	RuleErrors error
 }
 
-// Reasons a group is dropped.
+// Reasons a group is dropped: the values of Candidate.Dropped.
 const (
-	droppedDraining = "group draining"
-	droppedDisabled = "group disabled"
-	droppedState    = "unknown group state"
-	droppedNoExec   = "no live executor"
-	droppedAllDrain = "every executor draining"
-	droppedFull     = "full"
+	// DroppedDraining: the group is draining.
+	DroppedDraining = "group draining"
+	// DroppedDisabled: the group is disabled.
+	DroppedDisabled = "group disabled"
+	// DroppedState: the group's state is unknown.
+	DroppedState = "unknown group state"
+	// DroppedNoExec: no executor of the group is registered.
+	DroppedNoExec = "no live executor"
+	// DroppedAllDrain: every executor of the group is draining (or has no
+	// capacity).
+	DroppedAllDrain = "every executor draining"
+	// DroppedFull: the device would take the group above the policy's
+	// maximum utilization, or its least utilized executor is full.
+	DroppedFull = "full"
 )
 
 // Decide places one device: the policy's first matching rule gives its
@@ -137,9 +153,9 @@ const (
 // fallback label in order, and pass the filter are the candidates; then
 // sticky, affinity and balance pick among them, in that order. It is a pure
 // function of its inputs.
-func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending Pending) (Decision, error) {
+func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pending) (Decision, error) {
 	if pending == nil {
-		pending = noPending{}
+		pending = NoPending{}
 	}
 	if req.Weight <= 0 {
 		req.Weight = 1
@@ -177,7 +193,7 @@ func Decide(snap *registry.Snapshot, pol *policy.Compiled, req Request, pending 
 			switch c.Dropped {
 			case "":
 				kept++
-			case droppedFull:
+			case DroppedFull:
 				full++
 			}
 		}
@@ -279,58 +295,20 @@ func better(a, b Candidate, w float64) bool {
 	return a.Group.ID < b.Group.ID
 }
 
-// rendezvous orders candidates for key by weighted rendezvous hashing
-// (highest random weight, scaled by capacity): the order depends only on
-// the key, the group ids and capacities, so every replica computes the same
-// one, across restarts, and adding a group moves only the keys it wins.
-func rendezvous(key string, cands []Candidate) []int {
-	type scored struct {
-		i int
-		s float64
-	}
-	ss := make([]scored, len(cands))
-	for i, c := range cands {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		h.Write([]byte{0})
-		h.Write([]byte(c.Group.ID))
-		u := (float64(mix64(h.Sum64())>>11) + 0.5) / (1 << 53) // uniform in (0,1)
-		ss[i] = scored{i, -float64(c.Capacity) / math.Log(u)}
-	}
-	slices.SortFunc(ss, func(a, b scored) int { return cmp.Compare(b.s, a.s) })
-	out := make([]int, len(ss))
-	for i, s := range ss {
-		out[i] = s.i
-	}
-	return out
-}
-
-// mix64 is MurmurHash3's 64-bit finalizer: FNV-1a alone leaves hashes of
-// keys that differ only at the end (group ids) too close together, and the
-// largest group would win nearly every key.
-func mix64(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb93e185323
-	x ^= x >> 33
-	return x
-}
-
 // evaluate measures one group.
-func evaluate(g *registry.Group, execs []registry.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
+func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
 	c := Candidate{Group: g, Endpoints: make([]Endpoint, 0, len(execs))}
 	switch g.State {
-	case registry.GroupActive:
-	case registry.GroupDraining:
-		c.Dropped = droppedDraining
-	case registry.GroupDisabled:
-		c.Dropped = droppedDisabled
+	case fleet.GroupActive:
+	case fleet.GroupDraining:
+		c.Dropped = DroppedDraining
+	case fleet.GroupDisabled:
+		c.Dropped = DroppedDisabled
 	default:
-		c.Dropped = droppedState
+		c.Dropped = DroppedState
 	}
 	if len(execs) == 0 && c.Dropped == "" {
-		c.Dropped = droppedNoExec
+		c.Dropped = DroppedNoExec
 	}
 	execCap := 0
 	var oldest time.Time
@@ -356,7 +334,7 @@ func evaluate(g *registry.Group, execs []registry.Executor, pending Pending, pol
 		return c
 	}
 	if len(c.Endpoints) == 0 {
-		c.Dropped = droppedAllDrain
+		c.Dropped = DroppedAllDrain
 		return c
 	}
 	c.Pending += pending.GroupPending(g.ID, oldest)
@@ -366,7 +344,7 @@ func evaluate(g *registry.Group, execs []registry.Executor, pending Pending, pol
 		return cmp.Or(cmp.Compare(a.Utilization(), b.Utilization()), cmp.Compare(a.Executor.ID, b.Executor.ID))
 	})
 	if (c.Used+w)/float64(c.Capacity) > pol.MaxUtilization() || c.Endpoints[0].Utilization() >= 1 {
-		c.Dropped = droppedFull
+		c.Dropped = DroppedFull
 	}
 	return c
 }

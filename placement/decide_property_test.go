@@ -1,17 +1,16 @@
-package controlplane
+package placement
 
 import (
 	"errors"
 	"fmt"
 	"math"
 	"testing"
-	"time"
 
 	"pgregory.net/rapid"
 
+	"github.com/berthproject/berth/fleet"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
 	"github.com/berthproject/berth/policy"
-	"github.com/berthproject/berth/registry"
 )
 
 // The properties below check Decide against a model written from the
@@ -25,18 +24,18 @@ const eps = 1e-9
 
 // world is a random registry state with pending devices.
 type world struct {
-	groups  []registry.Group
-	execs   []registry.Executor
+	groups  []fleet.Group
+	execs   []fleet.Executor
 	pending fixedPending
 }
 
-func (w world) snapshot() *registry.Snapshot { return snap(w.groups, w.execs) }
+func (w world) snapshot() *fleet.Snapshot { return snap(w.groups, w.execs) }
 
 // groupModel is what the model says of one group for a device of weight 1.
 type groupModel struct {
-	group registry.Group
+	group fleet.Group
 	// usable are its executors that are not draining and have a capacity.
-	usable []registry.Executor
+	usable []fleet.Executor
 	// used counts its devices on usable executors plus pending ones.
 	used float64
 	// capacity is the effective capacity.
@@ -49,7 +48,7 @@ type groupModel struct {
 
 func (m groupModel) utilAfter() float64 { return (m.used + 1) / float64(m.capacity) }
 
-func (w world) model(g registry.Group) groupModel {
+func (w world) model(g fleet.Group) groupModel {
 	m := groupModel{group: g}
 	execCap := 0
 	minUtil := math.Inf(1)
@@ -63,7 +62,7 @@ func (w world) model(g registry.Group) groupModel {
 		execCap += e.Capacity
 		minUtil = min(minUtil, (float64(e.Connections)+p)/float64(e.Capacity))
 	}
-	m.open = g.State == registry.GroupActive && len(m.usable) > 0
+	m.open = g.State == fleet.GroupActive && len(m.usable) > 0
 	if !m.open {
 		return m
 	}
@@ -109,7 +108,7 @@ func modelOf(cands []groupModel, id string) (groupModel, bool) {
 // single empty one, where sticky and affinity have nothing to choose.
 
 // groupStates are mostly active.
-var groupStates = []registry.GroupState{registry.GroupActive, registry.GroupActive, registry.GroupActive, registry.GroupActive, registry.GroupActive, registry.GroupActive, registry.GroupDraining, registry.GroupDisabled, "bogus"}
+var groupStates = []fleet.GroupState{fleet.GroupActive, fleet.GroupActive, fleet.GroupActive, fleet.GroupActive, fleet.GroupActive, fleet.GroupActive, fleet.GroupDraining, fleet.GroupDisabled, "bogus"}
 
 // capacityScales are orders of magnitude: a capacity is drawn in
 // scale/10..scale (1..scale for the smallest).
@@ -201,7 +200,7 @@ func checkDecision(t *rapid.T, w world, d Decision, err error) {
 	}
 	m := w.model(d.Group)
 	switch {
-	case d.Group.State != registry.GroupActive:
+	case d.Group.State != fleet.GroupActive:
 		t.Fatalf("picked %s in state %q (%s)", d.Group.ID, d.Group.State, d.Reason)
 	case len(m.usable) == 0:
 		t.Fatalf("picked %s without a usable executor (%s)", d.Group.ID, d.Reason)
@@ -374,98 +373,6 @@ func TestDecidePropertyAffinity(t *testing.T) {
 			}
 			if d2.Group.ID != d.Group.ID || d2.Method != d.Method {
 				t.Fatalf("tenant %q: %s by %s, then %s by %s", key, d.Group.ID, d.Method, d2.Group.ID, d2.Method)
-			}
-		}
-	})
-}
-
-// TestDecidePropertyBurstWithReservations places devices one by one into
-// empty groups with only the reservations to count them (no heartbeat in
-// between), as Assign does: no group or executor goes above capacity,
-// placement fails only once every group is full, and the counts stay level
-// relative to capacity.
-//
-// Balance picks the group least utilized once the device is added, so for
-// every pair of groups i, j: n_i/c_i <= (n_j+1)/c_j. Summing over j gives
-// each group at least its capacity-proportional share q minus one device,
-// and at most q + k·c_i/C (k groups, C their total capacity): a large group
-// may be ahead of its share by more than one device. With capacities 3, 1,
-// 1, 1, 1, 1, 1 the first two devices both go to the group of 3 (at 2/3
-// rather than a group of 1 at 1/1): 2 devices for a share of 0.67.
-func TestDecidePropertyBurstWithReservations(t *testing.T) {
-	pol := policy.Default()
-	rapid.Check(t, func(t *rapid.T) {
-		now := time.Unix(1000, 0)
-		res := newReservations(time.Second, 30*time.Second, func() time.Time { return now })
-		k := rapid.SampledFrom([]int{3, 2, 5, 8, 1, 4, 6, 7}).Draw(t, "groups")
-		var groups []registry.Group
-		var execs []registry.Executor
-		capOf := map[string]int{}
-		total := 0
-		for i := range k {
-			id := fmt.Sprintf("g%d", i)
-			g := grp(id, drawCapacity(t, id+".capacity"), registry.GroupActive)
-			groups = append(groups, g)
-			execCap := 0
-			for j := range rapid.SampledFrom([]int{1, 2, 3}).Draw(t, id+".executors") {
-				eid := fmt.Sprintf("%s-e%d", id, j)
-				e := exe(eid, id, drawCapacity(t, eid+".capacity"), 0)
-				e.ObservedAt = now.Add(-time.Millisecond)
-				execs = append(execs, e)
-				execCap += e.Capacity
-			}
-			capOf[id] = min(g.Capacity, execCap)
-			total += capOf[id]
-		}
-		s := snap(groups, execs)
-		// Up to a little more than fits, bounded to keep the run short.
-		pct := rapid.SampledFrom([]int{100, 50, 10, 90, 33, 75, 105}).Draw(t, "devicesPct")
-		n := min(max(1, total*pct/100+rapid.IntRange(0, 3).Draw(t, "devicesExtra")), 2000)
-		perGroup := map[string]int{}
-		perExec := map[string]int{}
-		placed := 0
-		for i := range n {
-			var d Decision
-			var err error
-			res.locked(func() {
-				d, err = Decide(s, pol, dev(fmt.Sprint("d", i), "m", "", nil, ""), res)
-				if err == nil {
-					res.addLocked(d.Endpoints[0].Executor.ID, 1)
-				}
-			})
-			if err != nil {
-				if placed < total || !errors.Is(err, ErrNoCapacity) {
-					t.Fatalf("device %d: %v with %d of %d places taken (%v)", i, err, placed, total, perGroup)
-				}
-				continue
-			}
-			placed++
-			perGroup[d.Group.ID]++
-			perExec[d.Endpoints[0].Executor.ID]++
-			// Level after every placement: no group is fuller than
-			// another would be with one more device.
-			gi := d.Group.ID
-			ni, ci := perGroup[gi], capOf[gi]
-			for _, gj := range groups {
-				nj, cj := perGroup[gj.ID], capOf[gj.ID]
-				if float64(ni)/float64(ci) > float64(nj+1)/float64(cj)+eps {
-					t.Fatalf("device %d: %s now at %d/%d, yet %s at %d/%d was less utilized with it", i, gi, ni, ci, gj.ID, nj, cj)
-				}
-			}
-		}
-		for _, e := range execs {
-			if perExec[e.ID] > e.Capacity {
-				t.Fatalf("executor %s got %d devices, capacity %d", e.ID, perExec[e.ID], e.Capacity)
-			}
-		}
-		for _, g := range groups {
-			ni, ci := perGroup[g.ID], capOf[g.ID]
-			if ni > ci {
-				t.Fatalf("group %s got %d devices, capacity %d", g.ID, ni, ci)
-			}
-			share := float64(placed) * float64(ci) / float64(total)
-			if float64(ni) < share-1-eps || float64(ni) > share+float64(k*ci)/float64(total)+eps {
-				t.Fatalf("group %s got %d devices, share %.2f of %d (all %v, capacities %v)", g.ID, ni, share, placed, perGroup, capOf)
 			}
 		}
 	})

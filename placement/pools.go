@@ -1,8 +1,8 @@
-package controlplane
+package placement
 
 import (
+	"github.com/berthproject/berth/fleet"
 	"github.com/berthproject/berth/policy"
-	"github.com/berthproject/berth/registry"
 )
 
 // Pool is where devices given one label are placed: the first label of
@@ -40,15 +40,15 @@ func (p Pool) Has(group string) bool {
 // would choose among, capacity aside (a full group stays in its pool: the
 // devices on it count in it). ok is false when no group is usable for the
 // label or its fallbacks.
-func PoolFor(snap *registry.Snapshot, pol *policy.Compiled, label string) (Pool, bool) {
+func PoolFor(snap *fleet.Snapshot, pol *policy.Compiled, label string) (Pool, bool) {
 	for _, l := range pol.Chain(label) {
 		var p Pool
 		for _, g := range snap.SortedGroups() {
 			if !g.HasLabel(l) {
 				continue
 			}
-			c := evaluate(&g, snap.GroupExecutors(g.ID), noPending{}, pol, 0)
-			if c.Dropped == "" || c.Dropped == droppedFull {
+			c := evaluate(&g, snap.GroupExecutors(g.ID), NoPending{}, pol, 0)
+			if c.Dropped == "" || c.Dropped == DroppedFull {
 				p.Groups = append(p.Groups, PoolGroup{ID: g.ID, Capacity: c.Capacity})
 			}
 		}

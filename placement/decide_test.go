@@ -1,4 +1,4 @@
-package controlplane
+package placement
 
 import (
 	"errors"
@@ -6,25 +6,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthproject/berth/fleet"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
 	"github.com/berthproject/berth/policy"
-	"github.com/berthproject/berth/registry"
 )
 
 // snap builds a snapshot from groups and executors.
-func snap(groups []registry.Group, execs []registry.Executor) *registry.Snapshot {
-	return registry.NewSnapshot(1, groups, execs)
+func snap(groups []fleet.Group, execs []fleet.Executor) *fleet.Snapshot {
+	return fleet.NewSnapshot(1, groups, execs)
 }
 
-func grp(id string, capacity int, st registry.GroupState, labels ...string) registry.Group {
+func grp(id string, capacity int, st fleet.GroupState, labels ...string) fleet.Group {
 	if len(labels) == 0 {
 		labels = []string{"default"}
 	}
-	return registry.Group{ID: id, Capacity: capacity, State: st, Labels: labels}
+	return fleet.Group{ID: id, Capacity: capacity, State: st, Labels: labels}
 }
 
-func exe(id, group string, capacity, conns int) registry.Executor {
-	return registry.Executor{ID: id, GroupID: group, Address: id + ":1", Capacity: capacity, Connections: conns, Load: float64(conns)}
+func exe(id, group string, capacity, conns int) fleet.Executor {
+	return fleet.Executor{ID: id, GroupID: group, Address: id + ":1", Capacity: capacity, Connections: conns, Load: float64(conns)}
 }
 
 // fixedPending reports a fixed pending count per executor.
@@ -61,10 +61,10 @@ func dev(id, model, tenant string, tenantAttrs map[string]string, lastGroup stri
 }
 
 func TestDecide(t *testing.T) {
-	active := registry.GroupActive
-	twoEqual := []registry.Group{grp("a", 100, active), grp("b", 100, active)}
-	labelled := []registry.Group{grp("gold-1", 100, active, "gold"), grp("std-1", 100, active, "std", "default"), grp("eu-1", 100, active, "eu")}
-	labelledExecs := []registry.Executor{exe("gold-1x", "gold-1", 100, 10), exe("std-1x", "std-1", 100, 10), exe("eu-1x", "eu-1", 100, 10)}
+	active := fleet.GroupActive
+	twoEqual := []fleet.Group{grp("a", 100, active), grp("b", 100, active)}
+	labelled := []fleet.Group{grp("gold-1", 100, active, "gold"), grp("std-1", 100, active, "std", "default"), grp("eu-1", 100, active, "eu")}
+	labelledExecs := []fleet.Executor{exe("gold-1x", "gold-1", 100, 10), exe("std-1x", "std-1", 100, 10), exe("eu-1x", "eu-1", 100, 10)}
 	rules := `
 default_label: std
 rules:
@@ -80,8 +80,8 @@ fallbacks:
 	tests := []struct {
 		name       string
 		policy     string
-		groups     []registry.Group
-		execs      []registry.Executor
+		groups     []fleet.Group
+		execs      []fleet.Executor
 		pending    fixedPending
 		req        Request
 		wantGroup  string
@@ -93,25 +93,25 @@ fallbacks:
 	}{
 		{
 			name:   "balance: lowest utilization wins",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 50), exe("b1", "b", 100, 10)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 50), exe("b1", "b", 100, 10)},
 			req:       dev("d", "m", "", nil, ""),
 			wantGroup: "b", wantLabel: "default", wantMethod: "balance", wantFirst: "b1",
 		},
 		{
 			name:   "balance: relative to capacity",
-			groups: []registry.Group{grp("big", 1000, active), grp("small", 10, active)},
-			execs:  []registry.Executor{exe("big1", "big", 1000, 100), exe("small1", "small", 10, 2)},
+			groups: []fleet.Group{grp("big", 1000, active), grp("small", 10, active)},
+			execs:  []fleet.Executor{exe("big1", "big", 1000, 100), exe("small1", "small", 10, 2)},
 			req:    dev("d", "m", "", nil, ""), wantGroup: "big", wantLabel: "default", wantMethod: "balance",
 		},
 		{
 			name:   "balance: pending devices count",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 20)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 20)},
 			pending: fixedPending{"a1": 20},
 			req:     dev("d", "m", "", nil, ""), wantGroup: "b", wantMethod: "balance",
 		},
 		{
 			name:   "balance: other replicas' pending devices count",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 20)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 20)},
 			pending: fixedPending{"group:a": 20},
 			req:     dev("d", "m", "", nil, ""), wantGroup: "b", wantMethod: "balance",
 		},
@@ -119,7 +119,7 @@ fallbacks:
 			name:   "balance by load: heavy devices weigh more",
 			policy: "default_label: default\nbalance: {mode: BALANCE_MODE_LOAD}\n",
 			groups: twoEqual,
-			execs: []registry.Executor{
+			execs: []fleet.Executor{
 				{ID: "a1", GroupID: "a", Address: "x", Capacity: 100, Connections: 10, Load: 60},
 				{ID: "b1", GroupID: "b", Address: "y", Capacity: 100, Connections: 40, Load: 40},
 			},
@@ -127,26 +127,26 @@ fallbacks:
 		},
 		{
 			name:   "filter: draining, disabled and executor-less groups dropped",
-			groups: []registry.Group{grp("a", 100, registry.GroupDraining), grp("b", 100, registry.GroupDisabled), grp("c", 100, active), grp("d", 100, active)},
-			execs:  []registry.Executor{exe("a1", "a", 100, 0), exe("b1", "b", 100, 0), exe("d1", "d", 100, 90)},
+			groups: []fleet.Group{grp("a", 100, fleet.GroupDraining), grp("b", 100, fleet.GroupDisabled), grp("c", 100, active), grp("d", 100, active)},
+			execs:  []fleet.Executor{exe("a1", "a", 100, 0), exe("b1", "b", 100, 0), exe("d1", "d", 100, 90)},
 			req:    dev("x", "m", "", nil, ""), wantGroup: "d", wantMethod: "balance", wantFirst: "d1",
 		},
 		{
 			name:   "filter: max utilization",
 			policy: "default_label: default\nfilter: {max_utilization: 0.5}\n",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 50), exe("b1", "b", 100, 60)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 50), exe("b1", "b", 100, 60)},
 			req: dev("d", "m", "", nil, ""), wantErr: ErrNoCapacity,
 		},
 		{
 			name:   "filter: draining executor is no endpoint",
-			groups: []registry.Group{grp("a", 100, active)},
-			execs:  []registry.Executor{{ID: "a1", GroupID: "a", Address: "x", Capacity: 50, Draining: true}, exe("a2", "a", 50, 40)},
+			groups: []fleet.Group{grp("a", 100, active)},
+			execs:  []fleet.Executor{{ID: "a1", GroupID: "a", Address: "x", Capacity: 50, Draining: true}, exe("a2", "a", 50, 40)},
 			req:    dev("d", "m", "", nil, ""), wantGroup: "a", wantFirst: "a2",
 		},
 		{
 			name:    "endpoints least utilized first, pending included",
-			groups:  []registry.Group{grp("a", 100, active)},
-			execs:   []registry.Executor{exe("a1", "a", 50, 10), exe("a2", "a", 50, 10)},
+			groups:  []fleet.Group{grp("a", 100, active)},
+			execs:   []fleet.Executor{exe("a1", "a", 50, 10), exe("a2", "a", 50, 10)},
 			pending: fixedPending{"a1": 1},
 			req:     dev("d", "m", "", nil, ""), wantGroup: "a", wantFirst: "a2",
 		},
@@ -177,39 +177,39 @@ fallbacks:
 		{
 			name:   "label: fallback when the label has no usable group",
 			policy: rules, groups: labelled,
-			execs:     []registry.Executor{exe("std-1x", "std-1", 100, 10), exe("eu-1x", "eu-1", 100, 10)},
+			execs:     []fleet.Executor{exe("std-1x", "std-1", 100, 10), exe("eu-1x", "eu-1", 100, 10)},
 			req:       dev("d", "X", "acme", map[string]string{"tier": "gold"}, ""),
 			wantGroup: "std-1", wantLabel: "gold", wantRule: "gold-tenants",
 		},
 		{
 			name:   "label: no fallback, no group",
 			policy: rules, groups: labelled,
-			execs:   []registry.Executor{exe("std-1x", "std-1", 100, 10)},
+			execs:   []fleet.Executor{exe("std-1x", "std-1", 100, 10)},
 			req:     dev("d", "EU-1", "", nil, ""),
 			wantErr: ErrNoGroup,
 		},
 		{
 			name:   "sticky: back to the last group within the margin",
 			policy: "default_label: default\nsticky: {enabled: true, margin: 0.2}\n",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 55), exe("b1", "b", 100, 45)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 55), exe("b1", "b", 100, 45)},
 			req: dev("d", "m", "", nil, "a"), wantGroup: "a", wantMethod: "sticky",
 		},
 		{
 			name:   "sticky: not when the last group is above the margin",
 			policy: "default_label: default\nsticky: {enabled: true, margin: 0.05}\n",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 70), exe("b1", "b", 100, 30)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 70), exe("b1", "b", 100, 30)},
 			req: dev("d", "m", "", nil, "a"), wantGroup: "b", wantMethod: "balance",
 		},
 		{
 			name:   "sticky: not when the last group is no candidate",
 			policy: "default_label: default\nsticky: {enabled: true, margin: 1}\n",
-			groups: []registry.Group{grp("a", 100, registry.GroupDraining), grp("b", 100, active)},
-			execs:  []registry.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 30)},
+			groups: []fleet.Group{grp("a", 100, fleet.GroupDraining), grp("b", 100, active)},
+			execs:  []fleet.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 30)},
 			req:    dev("d", "m", "", nil, "a"), wantGroup: "b", wantMethod: "balance",
 		},
 		{
 			name:   "sticky off: balance even with history",
-			groups: twoEqual, execs: []registry.Executor{exe("a1", "a", 100, 55), exe("b1", "b", 100, 45)},
+			groups: twoEqual, execs: []fleet.Executor{exe("a1", "a", 100, 55), exe("b1", "b", 100, 45)},
 			req: dev("d", "m", "", nil, "a"), wantGroup: "b", wantMethod: "balance",
 		},
 		{
@@ -219,12 +219,12 @@ fallbacks:
 		},
 		{
 			name:   "all full",
-			groups: []registry.Group{grp("a", 10, active)}, execs: []registry.Executor{exe("a1", "a", 10, 10)},
+			groups: []fleet.Group{grp("a", 10, active)}, execs: []fleet.Executor{exe("a1", "a", 10, 10)},
 			req: dev("d", "m", "", nil, ""), wantErr: ErrNoCapacity,
 		},
 		{
 			name:   "executor capacity bounds the group",
-			groups: []registry.Group{grp("a", 100, active)}, execs: []registry.Executor{exe("a1", "a", 5, 5)},
+			groups: []fleet.Group{grp("a", 100, active)}, execs: []fleet.Executor{exe("a1", "a", 5, 5)},
 			req: dev("d", "m", "", nil, ""), wantErr: ErrNoCapacity,
 		},
 	}
@@ -268,8 +268,8 @@ fallbacks:
 // groups), and the bound sends the overflow elsewhere.
 func TestDecideAffinity(t *testing.T) {
 	pol := compile(t, "default_label: default\naffinity: {key: tenant.id, load_factor: 0.25}\n")
-	groups := []registry.Group{grp("a", 100, registry.GroupActive), grp("b", 100, registry.GroupActive), grp("c", 100, registry.GroupActive)}
-	execs := []registry.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 10), exe("c1", "c", 100, 10)}
+	groups := []fleet.Group{grp("a", 100, fleet.GroupActive), grp("b", 100, fleet.GroupActive), grp("c", 100, fleet.GroupActive)}
+	execs := []fleet.Executor{exe("a1", "a", 100, 10), exe("b1", "b", 100, 10), exe("c1", "c", 100, 10)}
 	s := snap(groups, execs)
 	home := map[string]string{}
 	spread := map[string]bool{}
@@ -292,7 +292,7 @@ func TestDecideAffinity(t *testing.T) {
 		t.Errorf("10 tenants all hashed to %v: affinity does not spread keys", spread)
 	}
 	// Fill tenant-0's home group above the bound: its devices go elsewhere.
-	full := make([]registry.Executor, len(execs))
+	full := make([]fleet.Executor, len(execs))
 	copy(full, execs)
 	for i := range full {
 		if full[i].GroupID == home["tenant-0"] {
@@ -308,66 +308,14 @@ func TestDecideAffinity(t *testing.T) {
 	}
 }
 
-// TestReservationsBalanceABurst assigns many devices with no heartbeat in
-// between: the reservations alone must keep groups level.
-func TestReservationsBalanceABurst(t *testing.T) {
-	now := time.Unix(1000, 0)
-	clock := func() time.Time { return now }
-	res := newReservations(time.Second, 30*time.Second, clock)
-	groups := []registry.Group{grp("a", 300, registry.GroupActive), grp("b", 100, registry.GroupActive)}
-	execs := []registry.Executor{exe("a1", "a", 150, 0), exe("a2", "a", 150, 0), exe("b1", "b", 100, 0)}
-	for i := range execs {
-		execs[i].ObservedAt = now.Add(-time.Millisecond)
-	}
-	s := snap(groups, execs)
-	pol := policy.Default()
-	got := map[string]int{}
-	for i := range 200 {
-		var d Decision
-		var err error
-		res.locked(func() {
-			d, err = Decide(s, pol, dev(fmt.Sprint("d", i), "m", "", nil, ""), res)
-			if err == nil {
-				res.addLocked(d.Endpoints[0].Executor.ID, 1)
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[d.Endpoints[0].Executor.ID]++
-	}
-	want := map[string]int{"a1": 75, "a2": 75, "b1": 50}
-	for id, n := range want {
-		if d := got[id] - n; d < -1 || d > 1 {
-			t.Errorf("executor %s got %d devices, want %d±1 (all: %v)", id, got[id], n, got)
-		}
-	}
-	// Once the count observed after the grace includes them, they are no
-	// longer pending; after the max age they are forgotten.
-	res.locked(func() {
-		if p := res.Pending("a1", now.Add(2*time.Second)); p != 0 {
-			t.Errorf("pending after a later count = %v, want 0", p)
-		}
-		if p := res.Pending("a1", now); p != float64(got["a1"]) {
-			t.Errorf("pending against an older count = %v, want %d", p, got["a1"])
-		}
-	})
-	now = now.Add(time.Minute)
-	res.locked(func() {
-		if p := res.Pending("a1", time.Time{}); p != 0 {
-			t.Errorf("pending after max age = %v, want 0", p)
-		}
-	})
-}
-
 // TestRendezvousSpreadsByCapacity: keys spread over groups in proportion to
 // capacity, not all to the largest one.
 func TestRendezvousSpreadsByCapacity(t *testing.T) {
 	cands := []Candidate{
-		{Group: &registry.Group{ID: "g1"}, Capacity: 100},
-		{Group: &registry.Group{ID: "g2"}, Capacity: 100},
-		{Group: &registry.Group{ID: "g3"}, Capacity: 100},
-		{Group: &registry.Group{ID: "g4"}, Capacity: 101},
+		{Group: &fleet.Group{ID: "g1"}, Capacity: 100},
+		{Group: &fleet.Group{ID: "g2"}, Capacity: 100},
+		{Group: &fleet.Group{ID: "g3"}, Capacity: 100},
+		{Group: &fleet.Group{ID: "g4"}, Capacity: 101},
 	}
 	wins := make([]int, len(cands))
 	const keys = 10000

@@ -1,0 +1,184 @@
+package fleet
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// ErrInvalid means a value failed validation. Values are validated before
+// they are written to the registry, which returns the same error for its
+// own checks: the text keeps the registry's wording that operators and
+// services have always been shown.
+var ErrInvalid = errors.New("registry: invalid value")
+
+// GroupState is the administrative state of a processing group.
+type GroupState string
+
+// Group states.
+const (
+	// GroupActive groups take new devices.
+	GroupActive GroupState = "active"
+	// GroupDraining groups keep their devices but take no new ones.
+	GroupDraining GroupState = "draining"
+	// GroupDisabled groups take no devices at all.
+	GroupDisabled GroupState = "disabled"
+)
+
+// Valid reports whether s is a known state.
+func (s GroupState) Valid() bool {
+	switch s {
+	case GroupActive, GroupDraining, GroupDisabled:
+		return true
+	}
+	return false
+}
+
+// Group is a processing group: a set of executors that serve devices with
+// the same labels.
+type Group struct {
+	// ID names the group.
+	ID string `json:"id"`
+	// Labels the group carries; the placement policy assigns each device a
+	// label and only groups with that label are candidates.
+	Labels []string `json:"labels"`
+	// Capacity is the number of devices the group is sized for.
+	Capacity int `json:"capacity"`
+	// State is the administrative state.
+	State GroupState `json:"state"`
+}
+
+// HasLabel reports whether g carries label.
+func (g Group) HasLabel(label string) bool {
+	for _, l := range g.Labels {
+		if l == label {
+			return true
+		}
+	}
+	return false
+}
+
+// Executor is one stream server of a group, as it reports itself.
+type Executor struct {
+	// ID names the executor; unique in the cluster.
+	ID string `json:"id"`
+	// GroupID is the group the executor serves.
+	GroupID string `json:"group"`
+	// Address is host:port of its gRPC server.
+	Address string `json:"address"`
+	// Capacity is the most streams it admits.
+	Capacity int `json:"capacity"`
+	// Connections is its live stream count.
+	Connections int `json:"connections"`
+	// Load is its traffic load, in the unit the executor reports (messages
+	// per second over the last interval).
+	Load float64 `json:"load"`
+	// Draining is set while it redirects its devices away before stopping,
+	// and while an operator's drain mark names it (DrainMarked).
+	Draining bool `json:"draining"`
+	// DrainMarked is set while an operator's drain mark names the executor
+	// (`berth ctl executor drain`): it keeps its devices, Assign no longer
+	// names it, and the rebalancer moves its devices away at its rate.
+	DrainMarked bool `json:"drain_marked,omitempty"`
+	// UpdatedAt is when the executor wrote this record (its own clock).
+	UpdatedAt time.Time `json:"updated_at"`
+	// ObservedAt is when this process saw the record (its own clock). It is
+	// set by the registry's cache and never stored.
+	ObservedAt time.Time `json:"-"`
+}
+
+// Assignment records which group a device was assigned to.
+type Assignment struct {
+	// DeviceID is the device.
+	DeviceID string `json:"device"`
+	// GroupID is the group it was assigned to.
+	GroupID string `json:"group"`
+	// Label is the label the placement picked.
+	Label string `json:"label"`
+	// AssignedAt is when the assignment was made.
+	AssignedAt time.Time `json:"assigned_at"`
+	// Rule names the policy rule that gave the label ("" for the default).
+	Rule string `json:"rule,omitempty"`
+	// Reason says why the group was chosen.
+	Reason string `json:"reason,omitempty"`
+	// PolicyVersion is the version of the policy that decided.
+	PolicyVersion int64 `json:"policy_version,omitempty"`
+	// Writer names the control plane replica that wrote the record; other
+	// replicas count the device as pending on its group until executor
+	// counts include it.
+	Writer string `json:"writer,omitempty"`
+	// Inputs are what the device declared when the record was written, so
+	// that dry runs and explanations can decide again without the device.
+	Inputs *DeviceInputs `json:"inputs,omitempty"`
+	// MovedAt is when the rebalancer last moved the device (zero: never,
+	// or an Assign rewrote the record since).
+	MovedAt time.Time `json:"moved_at,omitzero"`
+}
+
+// DeviceInputs are what a device declares in Assign.
+type DeviceInputs struct {
+	// Model, Firmware and Attributes are its spec.
+	Model      string            `json:"model,omitempty"`
+	Firmware   string            `json:"firmware,omitempty"`
+	Attributes map[string]string `json:"attributes,omitempty"`
+	// Tenant and User it belongs to.
+	Tenant string `json:"tenant,omitempty"`
+	User   string `json:"user,omitempty"`
+	// Services it asks for.
+	Services []string `json:"services,omitempty"`
+	// Weight is its load weight (1 for an average device).
+	Weight float64 `json:"weight,omitempty"`
+}
+
+// idPattern is what ids of groups, executors and devices may look like: they
+// become etcd key segments, so no slashes or control characters.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@-]{1,128}$`)
+
+// ValidID reports whether id can be used as a group, executor or device id.
+func ValidID(id string) bool { return idPattern.MatchString(id) }
+
+// Validate checks g before it is written.
+func (g Group) Validate() error {
+	if !ValidID(g.ID) {
+		return fmt.Errorf("%w: group id %q: want 1-128 of [A-Za-z0-9._:@-]", ErrInvalid, g.ID)
+	}
+	if g.Capacity <= 0 {
+		return fmt.Errorf("%w: group %s: capacity %d must be positive", ErrInvalid, g.ID, g.Capacity)
+	}
+	if !g.State.Valid() {
+		return fmt.Errorf("%w: group %s: state %q: want active, draining or disabled", ErrInvalid, g.ID, g.State)
+	}
+	for _, l := range g.Labels {
+		if !ValidID(l) {
+			return fmt.Errorf("%w: group %s: label %q: want 1-128 of [A-Za-z0-9._:@-]", ErrInvalid, g.ID, l)
+		}
+	}
+	return nil
+}
+
+// Validate checks e before it is written.
+func (e Executor) Validate() error {
+	switch {
+	case !ValidID(e.ID):
+		return fmt.Errorf("%w: executor id %q", ErrInvalid, e.ID)
+	case !ValidID(e.GroupID):
+		return fmt.Errorf("%w: executor %s: group id %q", ErrInvalid, e.ID, e.GroupID)
+	case e.Address == "":
+		return fmt.Errorf("%w: executor %s: empty address", ErrInvalid, e.ID)
+	case e.Capacity <= 0:
+		return fmt.Errorf("%w: executor %s: capacity %d must be positive", ErrInvalid, e.ID, e.Capacity)
+	}
+	return nil
+}
+
+// Validate checks a before it is written.
+func (a Assignment) Validate() error {
+	switch {
+	case !ValidID(a.DeviceID):
+		return fmt.Errorf("%w: device id %q", ErrInvalid, a.DeviceID)
+	case !ValidID(a.GroupID):
+		return fmt.Errorf("%w: assignment of %s: group id %q", ErrInvalid, a.DeviceID, a.GroupID)
+	}
+	return nil
+}
