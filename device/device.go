@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -43,7 +42,8 @@ type Device struct {
 	cfg      Config
 	log      *slog.Logger
 	cp       controlplanev1.ControlPlaneServiceClient
-	ownConn  *grpc.ClientConn // the control plane conn, when the Device dialled it
+	spec     *controlplanev1.DeviceSpec // cfg.Spec on the wire, made once
+	ownConn  *grpc.ClientConn           // the control plane conn, when the Device dialled it
 	dialOpts []grpc.DialOption
 	msgs     chan *Message
 	seen     *dedupe
@@ -85,12 +85,11 @@ func Connect(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	cfg = cfg.withDefaults()
 	cfg.Services = slices.Clone(cfg.Services)
-	if cfg.Spec != nil {
-		cfg.Spec = proto.CloneOf(cfg.Spec)
-	}
+	cfg.Spec = cfg.Spec.clone()
 
 	d := &Device{
 		cfg:     cfg,
+		spec:    cfg.Spec.proto(),
 		log:     cfg.Logger.With("device_id", cfg.DeviceID),
 		msgs:    make(chan *Message, cfg.MessageBuffer),
 		seen:    newDedupe(dedupeWindow),

@@ -488,7 +488,7 @@ func TestDevice(t *testing.T) {
 						break
 					}
 				}
-				if gb == nil || gb.Reason != executorv1.GoodbyeReason_GOODBYE_REASON_REPLACED {
+				if gb == nil || gb.Reason != GoodbyeReplaced {
 					t.Errorf("no Backoff with a REPLACED GoodbyeError in %v", h.stateChanges())
 				}
 			},

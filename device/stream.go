@@ -31,23 +31,6 @@ var (
 	errStreamEOF = errors.New("device: executor ended the stream")
 )
 
-// GoodbyeError reports that an executor closed the stream on purpose with a
-// Goodbye frame. It reaches the application as StateChange.Err.
-type GoodbyeError struct {
-	// Reason is the executor's reason.
-	Reason executorv1.GoodbyeReason
-	// Message is the executor's human-readable detail.
-	Message string
-}
-
-// Error implements error.
-func (e *GoodbyeError) Error() string {
-	if e.Message == "" {
-		return fmt.Sprintf("device: goodbye from executor: %s", e.Reason)
-	}
-	return fmt.Sprintf("device: goodbye from executor: %s: %s", e.Reason, e.Message)
-}
-
 // watchdogIntervals is how many heartbeat intervals of silence end a stream.
 const watchdogIntervals = 3
 
@@ -218,7 +201,7 @@ func (s *stream) recvLoop(ctx context.Context) {
 			default: // one is already pending; the device is leaving anyway
 			}
 		case *executorv1.ConnectResponse_Goodbye:
-			s.err = &GoodbyeError{Reason: f.Goodbye.GetReason(), Message: f.Goodbye.GetMessage()}
+			s.err = goodbyeError(f.Goodbye)
 			s.cancel(s.err)
 			return
 		default:

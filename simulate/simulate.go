@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/device"
-	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 )
 
 // Config describes the fleet.
@@ -244,11 +243,10 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	dc := device.DefaultConfig()
 	dc.ControlPlaneConn = cc
 	dc.DeviceID = fmt.Sprintf("%s%06d", cfg.IDPrefix, i)
-	dc.Spec = &controlplanev1.DeviceSpec{Model: "generic"}
+	dc.Spec = device.Spec{Model: "generic", Firmware: "1.0.0"}
 	if len(cfg.Models) > 0 {
 		dc.Spec.Model = cfg.Models[i%len(cfg.Models)]
 	}
-	dc.Spec.Firmware = "1.0.0"
 	if cfg.Tenants > 0 {
 		dc.TenantID = fmt.Sprintf("tenant-%d", i%cfg.Tenants)
 	}
