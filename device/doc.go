@@ -19,11 +19,11 @@
 //	defer d.Close()
 //	for m := range d.Messages() {
 //		if m.ExpectsReply { // a request: answer it (that acks it too)
-//			_ = m.Reply(answer(m), "application/json")
+//			_ = m.Reply(ctx, answer(m), "application/json")
 //			continue
 //		}
 //		handle(m)
-//		_ = m.Ack()
+//		_ = m.Ack(ctx)
 //	}
 //
 // A Device is safe for concurrent use. It owns every goroutine it starts;

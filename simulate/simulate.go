@@ -130,20 +130,20 @@ func (f *fleet) summary() Summary {
 }
 
 // handle acknowledges a message, or answers a request with an echo of it,
-// and counts it.
-func (f *fleet) handle(m *device.Message) {
+// and counts it. ctx bounds the wait for the device's send queue.
+func (f *fleet) handle(ctx context.Context, m *device.Message) {
 	f.mu.Lock()
 	f.received++
 	f.mu.Unlock()
 	if m.ExpectsReply {
-		if err := m.Reply(m.Payload, m.ContentType); err == nil {
+		if err := m.Reply(ctx, m.Payload, m.ContentType); err == nil {
 			f.mu.Lock()
 			f.calls++
 			f.mu.Unlock()
 		}
 		return
 	}
-	if err := m.Ack(); err == nil {
+	if err := m.Ack(ctx); err == nil {
 		f.mu.Lock()
 		f.messages++
 		f.mu.Unlock()
@@ -223,8 +223,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Acks and answers still go out while the fleet stops: each
+			// stream half-closes after the frames queued before it.
+			actx := context.WithoutCancel(ctx)
 			for m := range d.Messages() {
-				f.handle(m)
+				f.handle(actx, m)
 			}
 		}()
 	}
