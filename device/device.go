@@ -193,7 +193,10 @@ func (d *Device) Messages() <-chan *Message {
 
 // Publish sends data upstream on the current stream. It returns an error
 // wrapping [ErrNotConnected] when the Device holds no stream. Publish neither
-// queues nor retries: a frame is sent at most once.
+// queues nor retries: a frame is sent at most once. ctx bounds the wait for
+// the stream's send queue as for [Message.Ack]: when it ends first, Publish
+// returns an error wrapping ctx's error, and the frame is withdrawn unless
+// the stream was already writing it.
 func (d *Device) Publish(ctx context.Context, topic string, payload []byte, contentType string) error {
 	d.mu.Lock()
 	s := d.cur
