@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 )
@@ -43,7 +42,7 @@ type Config struct {
 	// [A-Za-z0-9._:@-].
 	DeviceID string
 	// Spec describes the device's hardware and software. Optional.
-	Spec *controlplanev1.DeviceSpec
+	Spec Spec
 	// TenantID is the tenant the device belongs to. Optional.
 	TenantID string
 	// UserID is the user the device is registered to. Optional.

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -43,7 +42,8 @@ type Device struct {
 	cfg      Config
 	log      *slog.Logger
 	cp       controlplanev1.ControlPlaneServiceClient
-	ownConn  *grpc.ClientConn // the control plane conn, when the Device dialled it
+	spec     *controlplanev1.DeviceSpec // cfg.Spec on the wire, made once
+	ownConn  *grpc.ClientConn           // the control plane conn, when the Device dialled it
 	dialOpts []grpc.DialOption
 	msgs     chan *Message
 	seen     *dedupe
@@ -85,12 +85,11 @@ func Connect(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	cfg = cfg.withDefaults()
 	cfg.Services = slices.Clone(cfg.Services)
-	if cfg.Spec != nil {
-		cfg.Spec = proto.CloneOf(cfg.Spec)
-	}
+	cfg.Spec = cfg.Spec.clone()
 
 	d := &Device{
 		cfg:     cfg,
+		spec:    cfg.Spec.proto(),
 		log:     cfg.Logger.With("device_id", cfg.DeviceID),
 		msgs:    make(chan *Message, cfg.MessageBuffer),
 		seen:    newDedupe(dedupeWindow),
@@ -194,7 +193,10 @@ func (d *Device) Messages() <-chan *Message {
 
 // Publish sends data upstream on the current stream. It returns an error
 // wrapping [ErrNotConnected] when the Device holds no stream. Publish neither
-// queues nor retries: a frame is sent at most once.
+// queues nor retries: a frame is sent at most once. ctx bounds the wait for
+// the stream's send queue as for [Message.Ack]: when it ends first, Publish
+// returns an error wrapping ctx's error, and the frame is withdrawn unless
+// the stream was already writing it.
 func (d *Device) Publish(ctx context.Context, topic string, payload []byte, contentType string) error {
 	d.mu.Lock()
 	s := d.cur

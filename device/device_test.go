@@ -209,7 +209,7 @@ func TestDevice(t *testing.T) {
 				if m.ID != "m1" || string(m.Payload) != "hello" || m.ContentType != "text/plain" {
 					t.Errorf("message = %+v, want m1/hello/text/plain", m)
 				}
-				if err := m.Ack(); err != nil {
+				if err := m.Ack(waitCtx(t)); err != nil {
 					t.Fatalf("Ack() = %v", err)
 				}
 				if got := c.next(t).GetAck().GetMessageId(); got != "m1" {
@@ -240,7 +240,7 @@ func TestDevice(t *testing.T) {
 				if m.ID != "c1" || !m.ExpectsReply {
 					t.Fatalf("message = %+v, want c1 expecting a reply", m)
 				}
-				if err := m.Reply([]byte("answer"), "text/plain"); err != nil {
+				if err := m.Reply(waitCtx(t), []byte("answer"), "text/plain"); err != nil {
 					t.Fatalf("Reply() = %v", err)
 				}
 				want := &executorv1.Reply{MessageId: "c1", Payload: []byte("answer"), ContentType: "text/plain"}
@@ -256,7 +256,7 @@ func TestDevice(t *testing.T) {
 				c2.GetMessage().ExpectsReply = true
 				c.send(t, c2)
 				m = recv(t, d.Messages(), "request c2")
-				if err := m.ReplyError("out of paper"); err != nil {
+				if err := m.ReplyError(waitCtx(t), "out of paper"); err != nil {
 					t.Fatalf("ReplyError() = %v", err)
 				}
 				want = &executorv1.Reply{MessageId: "c2", Error: "out of paper"}
@@ -488,7 +488,7 @@ func TestDevice(t *testing.T) {
 						break
 					}
 				}
-				if gb == nil || gb.Reason != executorv1.GoodbyeReason_GOODBYE_REASON_REPLACED {
+				if gb == nil || gb.Reason != GoodbyeReplaced {
 					t.Errorf("no Backoff with a REPLACED GoodbyeError in %v", h.stateChanges())
 				}
 			},

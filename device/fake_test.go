@@ -132,7 +132,7 @@ func (h *harness) config() Config {
 		DeviceID:      "dev-1",
 		TenantID:      "tenant-1",
 		Services:      []string{"print"},
-		Spec:          &controlplanev1.DeviceSpec{Model: "HL-1", Firmware: "1.0"},
+		Spec:          Spec{Model: "HL-1", Firmware: "1.0"},
 		Backoff:       tinyBackoff,
 		DialOptions:   []grpc.DialOption{grpc.WithContextDialer(h.dialer)},
 		HelloTimeout:  waitTimeout,

@@ -40,15 +40,26 @@ type Message struct {
 
 // Ack acknowledges the message on the stream that delivered it, so that the
 // executor stops redelivering it. It blocks until the frame is handed to the
-// transport or the stream ends. When that stream is gone it returns an error
-// wrapping [ErrStreamClosed]: the executor will redeliver the message on the
-// next stream, where the Device acks it again by itself (the application has
-// already seen it, so it is not delivered a second time).
-func (m *Message) Ack() error {
+// transport, the stream ends or ctx is done. When that stream is gone it
+// returns an error wrapping [ErrStreamClosed]: the executor will redeliver
+// the message on the next stream, where the Device acks it again by itself
+// (the application has already seen it, so it is not delivered a second
+// time).
+//
+// When ctx is cancelled or its deadline passes first, Ack returns an error
+// wrapping ctx's error (context.Canceled or context.DeadlineExceeded). An
+// ack still waiting in the stream's send queue is then withdrawn and never
+// sent; only one the stream was already writing may reach the executor. A
+// ctx already done sends nothing. An ack not sent leaves the message
+// unacknowledged: an ONLINE_ONLY Send waits for it until its deadline, and a
+// queued message stays queued and comes again (the Device then acks the copy
+// itself without handing it over). Ack may be called again with a live
+// context to acknowledge it after all.
+func (m *Message) Ack(ctx context.Context) error {
 	if m == nil || m.s == nil {
 		return errors.New("device: ack: message was not delivered by a Device")
 	}
-	if err := m.s.send(context.Background(), ackFrame(m.ID)); err != nil {
+	if err := m.s.send(ctx, ackFrame(m.ID)); err != nil {
 		return fmt.Errorf("device: ack %s: %w", m.ID, err)
 	}
 	return nil
@@ -61,18 +72,24 @@ func (m *Message) Ack() error {
 // stream is gone: the answer is lost, and the caller gets an error or
 // times out. Reply may be used on any message (it acknowledges it); only
 // the first answer to a request counts.
-func (m *Message) Reply(payload []byte, contentType string) error {
-	return m.reply(&executorv1.Reply{MessageId: m.id(), Payload: payload, ContentType: contentType})
+//
+// ctx bounds the wait as for Ack: when it ends first, Reply returns an error
+// wrapping ctx's error and the answer is withdrawn unless the stream was
+// already writing it. An answer withdrawn was not given: Reply (or
+// ReplyError) may be called again while the caller still waits.
+func (m *Message) Reply(ctx context.Context, payload []byte, contentType string) error {
+	return m.reply(ctx, &executorv1.Reply{MessageId: m.id(), Payload: payload, ContentType: contentType})
 }
 
 // ReplyError answers the message with an error: the caller gets msg as the
 // error's message (MessagingService.Call fails with ABORTED). It behaves as
-// Reply otherwise. An empty msg is sent as "device reported an error".
-func (m *Message) ReplyError(msg string) error {
+// Reply otherwise, ctx included. An empty msg is sent as "device reported an
+// error".
+func (m *Message) ReplyError(ctx context.Context, msg string) error {
 	if msg == "" {
 		msg = "device reported an error"
 	}
-	return m.reply(&executorv1.Reply{MessageId: m.id(), Error: msg})
+	return m.reply(ctx, &executorv1.Reply{MessageId: m.id(), Error: msg})
 }
 
 func (m *Message) id() string {
@@ -82,12 +99,12 @@ func (m *Message) id() string {
 	return m.ID
 }
 
-func (m *Message) reply(r *executorv1.Reply) error {
+func (m *Message) reply(ctx context.Context, r *executorv1.Reply) error {
 	if m == nil || m.s == nil {
 		return errors.New("device: reply: message was not delivered by a Device")
 	}
 	frame := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Reply{Reply: r}}
-	if err := m.s.send(context.Background(), frame); err != nil {
+	if err := m.s.send(ctx, frame); err != nil {
 		return fmt.Errorf("device: reply to %s: %w", m.ID, err)
 	}
 	return nil

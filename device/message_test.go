@@ -1,9 +1,15 @@
 package device
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 )
 
 func TestDedupe(t *testing.T) {
@@ -57,12 +63,12 @@ func TestDedupeWindowSize(t *testing.T) {
 
 func TestAckWithoutStream(t *testing.T) {
 	var m Message
-	if err := m.Ack(); err == nil {
+	if err := m.Ack(t.Context()); err == nil {
 		t.Errorf("Ack() on a Message not from a Device = nil, want an error")
 	}
-	s := &stream{done: closedChan(), sendq: make(chan sendReq)}
+	s := &stream{done: closedChan(), sendq: make(chan *sendReq)}
 	m = Message{ID: "m", s: s}
-	if err := m.Ack(); !errors.Is(err, ErrStreamClosed) {
+	if err := m.Ack(t.Context()); !errors.Is(err, ErrStreamClosed) {
 		t.Errorf("Ack() on a closed stream = %v, want ErrStreamClosed", err)
 	}
 }
@@ -75,29 +81,29 @@ func closedChan() chan struct{} {
 
 func TestReplyWithoutStream(t *testing.T) {
 	var m Message
-	if err := m.Reply([]byte("x"), "text/plain"); err == nil {
+	if err := m.Reply(t.Context(), []byte("x"), "text/plain"); err == nil {
 		t.Errorf("Reply() on a Message not from a Device = nil, want an error")
 	}
 	var nilMsg *Message
-	if err := nilMsg.ReplyError("boom"); err == nil {
+	if err := nilMsg.ReplyError(t.Context(), "boom"); err == nil {
 		t.Errorf("ReplyError() on a nil Message = nil, want an error")
 	}
-	s := &stream{done: closedChan(), sendq: make(chan sendReq)}
+	s := &stream{done: closedChan(), sendq: make(chan *sendReq)}
 	m = Message{ID: "m", ExpectsReply: true, s: s}
-	if err := m.Reply(nil, ""); !errors.Is(err, ErrStreamClosed) {
+	if err := m.Reply(t.Context(), nil, ""); !errors.Is(err, ErrStreamClosed) {
 		t.Errorf("Reply() on a closed stream = %v, want ErrStreamClosed", err)
 	}
-	if err := m.ReplyError(""); !errors.Is(err, ErrStreamClosed) {
+	if err := m.ReplyError(t.Context(), ""); !errors.Is(err, ErrStreamClosed) {
 		t.Errorf("ReplyError() on a closed stream = %v, want ErrStreamClosed", err)
 	}
 }
 
 func TestReplyErrorDefaultMessage(t *testing.T) {
-	sendq := make(chan sendReq, 1)
+	sendq := make(chan *sendReq, 1)
 	s := &stream{done: make(chan struct{}), sendq: sendq}
 	m := Message{ID: "m", s: s}
 	errc := make(chan error, 1)
-	go func() { errc <- m.ReplyError("") }()
+	go func() { errc <- m.ReplyError(t.Context(), "") }()
 	r := recv(t, sendq, "the Reply frame")
 	r.res <- nil
 	if err := recv(t, errc, "ReplyError's result"); err != nil {
@@ -105,6 +111,137 @@ func TestReplyErrorDefaultMessage(t *testing.T) {
 	}
 	if got := r.frame.GetReply(); got.GetMessageId() != "m" || got.GetError() != "device reported an error" {
 		t.Errorf("frame = %v, want a Reply to m with the default error", got)
+	}
+}
+
+// TestAnswerContext checks that Ack, Reply and ReplyError honour their
+// context while they wait for the stream's send queue: they return the
+// context's error, and a frame still queued is withdrawn.
+func TestAnswerContext(t *testing.T) {
+	ops := []struct {
+		name string
+		call func(ctx context.Context, m *Message) error
+	}{
+		{"Ack", func(ctx context.Context, m *Message) error { return m.Ack(ctx) }},
+		{"Reply", func(ctx context.Context, m *Message) error { return m.Reply(ctx, []byte("a"), "text/plain") }},
+		{"ReplyError", func(ctx context.Context, m *Message) error { return m.ReplyError(ctx, "no") }},
+	}
+	cases := []struct {
+		name string
+		// when is where the call is when ctx ends: "before" it starts,
+		// "full" waiting for a full queue, "queued" (the frame waits in
+		// the queue) or "writing" (the send loop took the frame).
+		when string
+		// timeout ends ctx with a deadline instead of cancel.
+		timeout time.Duration
+		wantErr error
+	}{
+		{name: "context done before the call", when: "before", wantErr: context.Canceled},
+		{name: "cancelled while the queue is full", when: "full", wantErr: context.Canceled},
+		{name: "deadline passes while the queue is full", when: "full", timeout: time.Millisecond, wantErr: context.DeadlineExceeded},
+		{name: "cancelled while queued: withdrawn", when: "queued", wantErr: context.Canceled},
+		{name: "cancelled while being written", when: "writing", wantErr: context.Canceled},
+	}
+	for _, op := range ops {
+		for _, tc := range cases {
+			t.Run(op.name+"/"+tc.name, func(t *testing.T) {
+				capacity := 1
+				if tc.when == "full" {
+					capacity = 0 // nobody reads it
+				}
+				sendq := make(chan *sendReq, capacity)
+				s := &stream{done: make(chan struct{}), sendq: sendq}
+				m := &Message{ID: "m", ExpectsReply: true, s: s}
+				ctx, cancel := context.WithCancel(t.Context())
+				if tc.timeout > 0 {
+					ctx, cancel = context.WithTimeout(t.Context(), tc.timeout)
+				}
+				defer cancel()
+
+				errc := make(chan error, 1)
+				var r *sendReq
+				switch tc.when {
+				case "before":
+					cancel()
+					errc <- op.call(ctx, m)
+				case "full":
+					go func() { errc <- op.call(ctx, m) }()
+					if tc.timeout == 0 {
+						cancel()
+					}
+				case "queued", "writing":
+					go func() { errc <- op.call(ctx, m) }()
+					r = recv(t, sendq, "the queued frame")
+					if tc.when == "writing" && !r.take() {
+						t.Fatal("take() of a queued frame = false, want true")
+					}
+					cancel()
+				}
+				err := recv(t, errc, op.name+"'s result")
+				if !errors.Is(err, tc.wantErr) {
+					t.Errorf("%s() = %v, want an error wrapping %v", op.name, err, tc.wantErr)
+				}
+				if r == nil {
+					select {
+					case r = <-sendq:
+						t.Errorf("a frame was queued: %v", r.frame)
+					default:
+					}
+					return
+				}
+				if r.take() {
+					t.Errorf("take() after %s returned = true, want false (withdrawn or taken already)", op.name)
+				}
+				want := reqWithdrawn
+				if tc.when == "writing" {
+					want = reqTaken
+				}
+				if got := r.state.Load(); got != want {
+					t.Errorf("frame state = %d, want %d", got, want)
+				}
+			})
+		}
+	}
+}
+
+// fakeClientStream records what the send loop writes.
+type fakeClientStream struct {
+	grpc.BidiStreamingClient[executorv1.ConnectRequest, executorv1.ConnectResponse]
+	sent chan *executorv1.ConnectRequest
+}
+
+func (f *fakeClientStream) Send(r *executorv1.ConnectRequest) error {
+	f.sent <- r
+	return nil
+}
+
+// TestSendLoopSkipsWithdrawn checks that the send loop does not write a
+// frame whose sender withdrew it.
+func TestSendLoopSkipsWithdrawn(t *testing.T) {
+	cs := &fakeClientStream{sent: make(chan *executorv1.ConnectRequest, 2)}
+	s := &stream{cs: cs, done: make(chan struct{}), sendq: make(chan *sendReq, 2)}
+	withdrawn := &sendReq{frame: ackFrame("withdrawn"), res: make(chan error, 1)}
+	if !withdrawn.withdraw() {
+		t.Fatal("withdraw() of a queued frame = false, want true")
+	}
+	kept := &sendReq{frame: ackFrame("kept"), res: make(chan error, 1)}
+	s.sendq <- withdrawn
+	s.sendq <- kept
+	ctx, cancel := context.WithCancel(t.Context())
+	s.wg.Add(1)
+	go s.sendLoop(ctx)
+	defer func() {
+		cancel()
+		s.wg.Wait()
+	}()
+	if got := recv(t, cs.sent, "a written frame").GetAck().GetMessageId(); got != "kept" {
+		t.Errorf("first frame written = ack of %q, want kept", got)
+	}
+	if err := recv(t, kept.res, "the kept frame's result"); err != nil {
+		t.Errorf("result of the kept frame = %v, want nil", err)
+	}
+	if len(withdrawn.res) != 0 {
+		t.Errorf("the withdrawn frame got a result")
 	}
 }
 

@@ -139,7 +139,7 @@ func (d *Device) assign(ctx context.Context) (*controlplanev1.Destination, error
 	defer cancel()
 	resp, err := d.cp.Assign(actx, &controlplanev1.AssignRequest{
 		DeviceId: d.cfg.DeviceID,
-		Spec:     d.cfg.Spec,
+		Spec:     d.spec,
 		TenantId: d.cfg.TenantID,
 		UserId:   d.cfg.UserID,
 		Services: d.cfg.Services,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
@@ -31,23 +32,6 @@ var (
 	errStreamEOF = errors.New("device: executor ended the stream")
 )
 
-// GoodbyeError reports that an executor closed the stream on purpose with a
-// Goodbye frame. It reaches the application as StateChange.Err.
-type GoodbyeError struct {
-	// Reason is the executor's reason.
-	Reason executorv1.GoodbyeReason
-	// Message is the executor's human-readable detail.
-	Message string
-}
-
-// Error implements error.
-func (e *GoodbyeError) Error() string {
-	if e.Message == "" {
-		return fmt.Sprintf("device: goodbye from executor: %s", e.Reason)
-	}
-	return fmt.Sprintf("device: goodbye from executor: %s: %s", e.Reason, e.Message)
-}
-
 // watchdogIntervals is how many heartbeat intervals of silence end a stream.
 const watchdogIntervals = 3
 
@@ -65,7 +49,7 @@ type stream struct {
 
 	cancel context.CancelCauseFunc
 	done   <-chan struct{} // the stream context's Done
-	sendq  chan sendReq
+	sendq  chan *sendReq
 	// redirects holds at most one pending Redirect for the run loop.
 	redirects chan *executorv1.Redirect
 	// ended is closed when recvLoop returns; err then says why.
@@ -76,10 +60,26 @@ type stream struct {
 	closeOnce sync.Once
 }
 
+// sendReq is one frame for the send loop. Its state settles once: the send
+// loop takes it to send it, or the sender withdraws it (its context ended
+// while it was queued).
 type sendReq struct {
 	frame *executorv1.ConnectRequest
-	res   chan error
+	res   chan error // buffered: the send loop never blocks on it
+	state atomic.Int32
 }
+
+const (
+	reqQueued int32 = iota
+	reqTaken
+	reqWithdrawn
+)
+
+// take claims r for sending; false means its sender withdrew it.
+func (r *sendReq) take() bool { return r.state.CompareAndSwap(reqQueued, reqTaken) }
+
+// withdraw cancels r unless the send loop took it already.
+func (r *sendReq) withdraw() bool { return r.state.CompareAndSwap(reqQueued, reqWithdrawn) }
 
 // openStream dials ep, sends Hello with dest's token and waits for Welcome,
 // all within HelloTimeout. On success the stream's goroutines are running
@@ -145,7 +145,7 @@ func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destinatio
 		},
 		cancel:    cancel,
 		done:      sctx.Done(),
-		sendq:     make(chan sendReq, sendQueue),
+		sendq:     make(chan *sendReq, sendQueue),
 		redirects: make(chan *executorv1.Redirect, 1),
 		ended:     make(chan struct{}),
 	}
@@ -218,7 +218,7 @@ func (s *stream) recvLoop(ctx context.Context) {
 			default: // one is already pending; the device is leaving anyway
 			}
 		case *executorv1.ConnectResponse_Goodbye:
-			s.err = &GoodbyeError{Reason: f.Goodbye.GetReason(), Message: f.Goodbye.GetMessage()}
+			s.err = goodbyeError(f.Goodbye)
 			s.cancel(s.err)
 			return
 		default:
@@ -236,6 +236,9 @@ func (s *stream) sendLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case r := <-s.sendq:
+			if !r.take() {
+				continue
+			}
 			if r.frame == nil {
 				r.res <- s.cs.CloseSend()
 				continue
@@ -246,9 +249,15 @@ func (s *stream) sendLoop(ctx context.Context) {
 }
 
 // send queues frame (nil: half-close the stream) and waits until it is
-// handed to the transport, the stream ends or ctx is done.
+// handed to the transport, the stream ends or ctx is done. When ctx ends
+// first it returns ctx's error: a frame still in the queue is withdrawn and
+// never sent, one the send loop has taken may still be sent. A ctx already
+// done sends nothing.
 func (s *stream) send(ctx context.Context, frame *executorv1.ConnectRequest) error {
-	r := sendReq{frame: frame, res: make(chan error, 1)}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &sendReq{frame: frame, res: make(chan error, 1)}
 	select {
 	case s.sendq <- r:
 	case <-s.done:
@@ -267,6 +276,14 @@ func (s *stream) send(ctx context.Context, frame *executorv1.ConnectRequest) err
 			return ErrStreamClosed
 		}
 	case <-ctx.Done():
+		if !r.withdraw() {
+			// The send loop took it: report its result if it is in.
+			select {
+			case err := <-r.res:
+				return sendErr(err)
+			default:
+			}
+		}
 		return ctx.Err()
 	}
 }

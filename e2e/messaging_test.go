@@ -498,7 +498,7 @@ func startFleetIDs(t *testing.T, cpAddr string, ids []string) *fleet {
 				if ack == nil || ack(m) {
 					// A failed Ack (the stream went) is fine: the message is
 					// delivered again and the SDK acknowledges the duplicate.
-					_ = m.Ack()
+					_ = m.Ack(context.Background())
 				}
 			}
 		})

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/device"
-	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 )
 
 // Config describes the fleet.
@@ -131,20 +130,20 @@ func (f *fleet) summary() Summary {
 }
 
 // handle acknowledges a message, or answers a request with an echo of it,
-// and counts it.
-func (f *fleet) handle(m *device.Message) {
+// and counts it. ctx bounds the wait for the device's send queue.
+func (f *fleet) handle(ctx context.Context, m *device.Message) {
 	f.mu.Lock()
 	f.received++
 	f.mu.Unlock()
 	if m.ExpectsReply {
-		if err := m.Reply(m.Payload, m.ContentType); err == nil {
+		if err := m.Reply(ctx, m.Payload, m.ContentType); err == nil {
 			f.mu.Lock()
 			f.calls++
 			f.mu.Unlock()
 		}
 		return
 	}
-	if err := m.Ack(); err == nil {
+	if err := m.Ack(ctx); err == nil {
 		f.mu.Lock()
 		f.messages++
 		f.mu.Unlock()
@@ -224,8 +223,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Acks and answers still go out while the fleet stops: each
+			// stream half-closes after the frames queued before it.
+			actx := context.WithoutCancel(ctx)
 			for m := range d.Messages() {
-				f.handle(m)
+				f.handle(actx, m)
 			}
 		}()
 	}
@@ -244,11 +246,10 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	dc := device.DefaultConfig()
 	dc.ControlPlaneConn = cc
 	dc.DeviceID = fmt.Sprintf("%s%06d", cfg.IDPrefix, i)
-	dc.Spec = &controlplanev1.DeviceSpec{Model: "generic"}
+	dc.Spec = device.Spec{Model: "generic", Firmware: "1.0.0"}
 	if len(cfg.Models) > 0 {
 		dc.Spec.Model = cfg.Models[i%len(cfg.Models)]
 	}
-	dc.Spec.Firmware = "1.0.0"
 	if cfg.Tenants > 0 {
 		dc.TenantID = fmt.Sprintf("tenant-%d", i%cfg.Tenants)
 	}
