@@ -1,97 +1,13 @@
 package e2e
 
 import (
-	"fmt"
 	"math"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// summary is one parsed `berth simulate` summary line.
-type summary struct {
-	fields    map[string]int
-	groups    map[string]int
-	executors map[string]int
-}
-
-func parseSummary(line string) (summary, bool) {
-	_, rest, ok := strings.Cut(line, "simulate: ")
-	if !ok {
-		return summary{}, false
-	}
-	s := summary{fields: map[string]int{}, groups: map[string]int{}, executors: map[string]int{}}
-	for _, f := range strings.Fields(rest) {
-		k, v, ok := strings.Cut(f, "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "groups", "executors":
-			m := s.groups
-			if k == "executors" {
-				m = s.executors
-			}
-			if v == "-" {
-				continue
-			}
-			for _, kv := range strings.Split(v, ",") {
-				name, n, _ := strings.Cut(kv, ":")
-				m[name], _ = strconv.Atoi(n)
-			}
-		default:
-			s.fields[k], _ = strconv.Atoi(v)
-		}
-	}
-	return s, true
-}
-
-// cluster is a control plane and executors, all real processes.
-type cluster struct {
-	t         *testing.T
-	etcd      string
-	pubKey    string
-	cp        *proc
-	cpAddr    string
-	executors map[string]*proc
-}
-
-// startCluster starts a control plane and, per group, n executors of the
-// given capacity.
-func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
-	t.Helper()
-	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
-	dir := t.TempDir()
-	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
-	c.pubKey = pub
-	kg := start(t, "keygen", "keygen", "--private", priv, "--public", pub)
-	if err := kg.wait(30 * time.Second); err != nil {
-		t.Fatalf("keygen: %v", err)
-	}
-	for g := 1; g <= groups; g++ {
-		ctl(t, c.etcd, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
-	}
-	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
-	c.cpAddr = c.cp.addr()
-	for g := 1; g <= groups; g++ {
-		for i := 1; i <= perGroup; i++ {
-			id := fmt.Sprintf("group-%d-exec-%d", g, i)
-			c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", fmt.Sprintf("group-%d", g),
-				"--id", id, "--capacity", strconv.Itoa(execCapacity), "--token-public-key", pub,
-				"--lease-ttl", "3s", "--refresh", "1s", "--drain-timeout", "20s")
-			c.executors[id].addr()
-		}
-	}
-	var ids []string
-	for id := range c.executors {
-		ids = append(ids, id)
-	}
-	waitRegistered(t, c.etcd, ids...)
-	return c
-}
 
 // TestFleetSurvivesExecutorLoss is the walking skeleton end to end: 300
 // devices connect through Assign and balance over two groups; a kill -9 of

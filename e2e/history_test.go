@@ -2,12 +2,8 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -34,17 +30,11 @@ func TestHistoryReachesPolicy(t *testing.T) {
 		t.Skip("e2e: starts real processes")
 	}
 	etcd := startEtcd(t)
-	dir := t.TempDir()
-	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
-	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	priv, pub := keygen(t)
 	ctl(t, etcd, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
 	ctl(t, etcd, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(historyPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, polFile, historyPolicy)
 	ctl(t, etcd, "policy", "apply", "-f", polFile)
 	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
 	for _, g := range []string{"g-normal", "g-heavy"} {
@@ -90,7 +80,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	var perDay float64
-	testutil.WaitFor(t, 30*time.Second, "the history record read back by the control plane", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "the history record read back by the control plane", func() bool {
 		perDay = explainedMessagesPerDay(t, etcd, "dev-chatty")
 		return perDay >= published-1 // decayed over seconds: 30 reads 29.99…
 	})
@@ -101,30 +91,4 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	if s := d.Session(); s.Label != "heavy" || s.GroupID != "g-heavy" {
 		t.Errorf("after publishing %d messages: label %s, group %s; want heavy, g-heavy", published, s.Label, s.GroupID)
 	}
-}
-
-// explainedMessagesPerDay is the messages_per_day `berth ctl explain` shows
-// for the device (0 before its first assignment record).
-func explainedMessagesPerDay(t *testing.T, etcd, deviceID string) float64 {
-	t.Helper()
-	var out struct {
-		Input struct {
-			History struct {
-				MessagesPerDay json.Number `json:"messagesPerDay"`
-			} `json:"history"`
-		} `json:"input"`
-	}
-	raw := ctl(t, etcd, "explain", deviceID, "-o", "json")
-	if err := json.Unmarshal([]byte(raw), &out); err != nil {
-		t.Fatalf("explain -o json: %v\n%s", err, raw)
-	}
-	s := strings.Trim(string(out.Input.History.MessagesPerDay), `"`)
-	if s == "" {
-		return 0
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		t.Fatal(fmt.Errorf("messagesPerDay %q: %w", s, err))
-	}
-	return f
 }

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,15 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/berthproject/berth/device"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 // TestMessagingThousandDevices sends one message to each of 1,000
@@ -44,7 +40,7 @@ func TestMessagingThousandDevices(t *testing.T) {
 
 	mc := messagingClient(t, c.cpAddr)
 	// Presence is written moments after a stream is admitted.
-	waitFor(t, 30*time.Second, "presence of every device", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "presence of every device", func() bool {
 		for _, i := range []int{0, devices / 2, devices - 1} {
 			d, err := getDevice(mc, simID(i))
 			if err != nil || !d.GetOnline() {
@@ -63,14 +59,14 @@ func TestMessagingThousandDevices(t *testing.T) {
 		var resp *messagingv1.SendResponse
 		var err error
 		// A device whose presence is not written yet answers UNAVAILABLE:
-		// ONLINE_ONLY fails fast, so the sender retries.
-		for attempt := 0; ; attempt++ {
+		// ONLINE_ONLY fails fast, so the sender retries, 50 times at most.
+		attempts := 0
+		_ = testutil.Poll(ctx, 100*time.Millisecond, func() bool {
 			resp, err = mc.Send(ctx, &messagingv1.SendRequest{DeviceId: id, Payload: []byte("hello " + id),
 				ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY, IdempotencyKey: "thousand-" + id})
-			if status.Code(err) != codes.Unavailable || attempt == 50 || !sleepCtx(ctx, 100*time.Millisecond) {
-				break
-			}
-		}
+			attempts++
+			return status.Code(err) != codes.Unavailable || attempts > 50
+		})
 		switch {
 		case err != nil:
 			failed.Add(1)
@@ -161,16 +157,16 @@ func TestMessagingExecutorKill(t *testing.T) {
 			Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour), IdempotencyKey: fmt.Sprintf("kill-%d", k)}
 		var resp *messagingv1.SendResponse
 		var err error
-		// Retried with the same idempotency key: a retry never queues the
-		// message twice.
-		for attempt := 0; attempt < 20; attempt++ {
+		// Retried with the same idempotency key, 20 attempts at most: a
+		// retry never queues the message twice.
+		attempts := 0
+		_ = testutil.Poll(ctx, 100*time.Millisecond, func() bool {
 			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+			defer acancel()
 			resp, err = mc.Send(actx, req)
-			acancel()
-			if err == nil || !sleepCtx(ctx, 100*time.Millisecond) {
-				break
-			}
-		}
+			attempts++
+			return err == nil || attempts == 20
+		})
 		if err != nil {
 			outcomes[k] = outcome{err: err}
 			return
@@ -210,8 +206,8 @@ func TestMessagingExecutorKill(t *testing.T) {
 	for k := range total {
 		want[k] = fmt.Sprintf("%s/%d", fl.id(k%devices), k)
 	}
-	waitFor(t, 60*time.Second, "every message seen by its device", func() bool { return fl.missing(want) == 0 })
-	waitFor(t, 30*time.Second, "every queue empty", func() bool {
+	fl.waitSeen(t, 60*time.Second, "every message seen by its device", want)
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "every queue empty", func() bool {
 		for i := range devices {
 			d, err := getDevice(mc, fl.id(i))
 			if err != nil || d.GetQueuedMessages() != 0 {
@@ -270,7 +266,7 @@ func TestMessagingQueueSurvivesControlPlaneRestart(t *testing.T) {
 	fl := startFleetIDs(t, cp2, []string{dev})
 	got := fl.waitMessages(t, dev, n, 30*time.Second)
 	checkOrder(t, got, "before-restart", n)
-	waitFor(t, 30*time.Second, "the queue empty", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "the queue empty", func() bool {
 		d, err := getDevice(mc2, dev)
 		return err == nil && d.GetQueuedMessages() == 0 && d.GetOnline()
 	})
@@ -304,7 +300,7 @@ func TestMessagingQueuedInOrder(t *testing.T) {
 	if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_DELIVERED {
 		t.Errorf("QUEUE Send to the online device: %v, %v (%s); want DELIVERED", resp.GetStatus(), err, resp.GetDetail())
 	}
-	waitFor(t, 30*time.Second, "the queue empty", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "the queue empty", func() bool {
 		d, err := getDevice(mc, dev)
 		return err == nil && d.GetQueuedMessages() == 0
 	})
@@ -346,7 +342,7 @@ func TestMessagingRedeliversToOnlineDevice(t *testing.T) {
 		t.Logf("Send %d answered DELIVERED: the connect's drain delivered it again and the SDK acked the duplicate", sent)
 	}
 	connects := fl.stats().connects
-	waitFor(t, 30*time.Second, "the unacknowledged message redelivered and its queue empty", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "the unacknowledged message redelivered and its queue empty", func() bool {
 		d, err := getDevice(mc, dev)
 		return err == nil && d.GetQueuedMessages() == 0
 	})
@@ -360,363 +356,4 @@ func TestMessagingRedeliversToOnlineDevice(t *testing.T) {
 	if st.distinct != sent || st.appDuplicates != 0 {
 		t.Errorf("the application saw %d distinct messages and %d twice, want %d and 0", st.distinct, st.appDuplicates, sent)
 	}
-}
-
-// simID is the id `berth simulate` gives its device i.
-func simID(i int) string { return fmt.Sprintf("sim-%06d", i) }
-
-// messagingClient dials a control plane's MessagingService; the connection
-// is closed when the test ends.
-func messagingClient(t *testing.T, addr string) messagingv1.MessagingServiceClient {
-	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return messagingv1.NewMessagingServiceClient(cc)
-}
-
-// getDevice asks for a device's state, bounded.
-func getDevice(mc messagingv1.MessagingServiceClient, id string) (*messagingv1.GetDeviceResponse, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return mc.GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: id})
-}
-
-// sendQueued queues n messages "<prefix>-<i>" for dev, one after the
-// other, and checks that each answered QUEUED.
-func sendQueued(t *testing.T, mc messagingv1.MessagingServiceClient, dev, prefix string, n int) {
-	t.Helper()
-	for i := range n {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: fmt.Appendf(nil, "%s-%d", prefix, i),
-			ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour)})
-		cancel()
-		if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED {
-			t.Fatalf("queue message %d for %s: %v, %v; want QUEUED", i, dev, resp.GetStatus(), err)
-		}
-	}
-}
-
-// checkOrder checks that got is "<prefix>-0" to "<prefix>-<n-1>", in order.
-func checkOrder(t *testing.T, got []string, prefix string, n int) {
-	t.Helper()
-	want := make([]string, n)
-	for i := range want {
-		want[i] = fmt.Sprintf("%s-%d", prefix, i)
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("device received %q, want %q", got, want)
-	}
-}
-
-// restartControlPlane starts a new control plane on the cluster's etcd and
-// signing key, and returns its address.
-func (c *cluster) restartControlPlane(t *testing.T) string {
-	t.Helper()
-	priv := filepath.Join(filepath.Dir(c.pubKey), "signing.pem")
-	c.cp = start(t, "controlplane-2", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
-	c.cpAddr = c.cp.addr()
-	return c.cpAddr
-}
-
-// fleet is devices of the device SDK in the test process. Each records
-// every message its application receives, then acknowledges it.
-type fleet struct {
-	ids  []string
-	devs []*device.Device
-
-	mu sync.Mutex
-	// ackIf, when set, decides which messages the applications
-	// acknowledge (setAckIf).
-	ackIf    func(*device.Message) bool
-	received map[string][]string // payloads by device, in arrival order
-	count    map[string]int      // how often the application saw each payload
-	executor map[string]string   // device → executor it is connected to, "" when not
-	connects int
-	changed  chan struct{} // closed and renewed on every change
-}
-
-// startFleet connects n devices named prefix+index.
-func startFleet(t *testing.T, cpAddr, prefix string, n int) *fleet {
-	t.Helper()
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("%s%03d", prefix, i)
-	}
-	return startFleetIDs(t, cpAddr, ids)
-}
-
-// startFleetIDs connects a device per id through the control plane at
-// cpAddr; they are closed when the test ends.
-func startFleetIDs(t *testing.T, cpAddr string, ids []string) *fleet {
-	t.Helper()
-	cc, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl := &fleet{ids: ids, received: map[string][]string{}, count: map[string]int{}, executor: map[string]string{}, changed: make(chan struct{})}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		for _, d := range fl.devs {
-			d.Close()
-		}
-		wg.Wait()
-		cc.Close()
-	})
-	for _, id := range ids {
-		cfg := device.DefaultConfig()
-		cfg.ControlPlaneConn = cc
-		cfg.DeviceID = id
-		cfg.Backoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
-		cfg.OnStateChange = func(sc device.StateChange) {
-			fl.mu.Lock()
-			defer fl.mu.Unlock()
-			if sc.To == device.Connected {
-				fl.executor[id] = sc.ExecutorID
-				fl.connects++
-			} else {
-				fl.executor[id] = ""
-			}
-			fl.notifyLocked()
-		}
-		d, err := device.Connect(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("device %s: %v", id, err)
-		}
-		fl.devs = append(fl.devs, d)
-		wg.Go(func() {
-			for m := range d.Messages() {
-				p := string(m.Payload)
-				fl.mu.Lock()
-				fl.received[id] = append(fl.received[id], p)
-				fl.count[p]++
-				ack := fl.ackIf
-				fl.notifyLocked()
-				fl.mu.Unlock()
-				if ack == nil || ack(m) {
-					// A failed Ack (the stream went) is fine: the message is
-					// delivered again and the SDK acknowledges the duplicate.
-					_ = m.Ack(context.Background())
-				}
-			}
-		})
-	}
-	return fl
-}
-
-// setAckIf decides which messages the applications acknowledge.
-func (fl *fleet) setAckIf(fn func(*device.Message) bool) {
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	fl.ackIf = fn
-}
-
-func (fl *fleet) notifyLocked() {
-	close(fl.changed)
-	fl.changed = make(chan struct{})
-}
-
-// id is device i's id.
-func (fl *fleet) id(i int) string { return fl.ids[i] }
-
-// seen reports whether an application got payload.
-func (fl *fleet) seen(payload string) bool {
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	return fl.count[payload] > 0
-}
-
-// missing counts the payloads of want that no application got.
-func (fl *fleet) missing(want []string) int {
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	n := 0
-	for _, p := range want {
-		if fl.count[p] == 0 {
-			n++
-		}
-	}
-	return n
-}
-
-// byExecutor counts connected devices per executor.
-func (fl *fleet) byExecutor() map[string]int {
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	out := map[string]int{}
-	for _, e := range fl.executor {
-		if e != "" {
-			out[e]++
-		}
-	}
-	return out
-}
-
-// onExecutor counts the devices connected to executor id.
-func (fl *fleet) onExecutor(id string) int { return fl.byExecutor()[id] }
-
-// waitConnected waits until every device is connected, to none of avoid.
-func (fl *fleet) waitConnected(t *testing.T, timeout time.Duration, avoid ...string) {
-	t.Helper()
-	fl.waitCond(t, timeout, "every device connected", func() bool {
-		if len(fl.executor) != len(fl.ids) {
-			return false
-		}
-		for _, e := range fl.executor {
-			if e == "" || slices.Contains(avoid, e) {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-// waitPresence waits until the control plane sees every device online.
-func (fl *fleet) waitPresence(t *testing.T, mc messagingv1.MessagingServiceClient, timeout time.Duration) {
-	t.Helper()
-	waitFor(t, timeout, "presence of every device", func() bool {
-		for _, id := range fl.ids {
-			d, err := getDevice(mc, id)
-			if err != nil || !d.GetOnline() {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-// waitMessages waits until device id's application got n messages and
-// returns their payloads in arrival order.
-func (fl *fleet) waitMessages(t *testing.T, id string, n int, timeout time.Duration) []string {
-	t.Helper()
-	var got []string
-	fl.waitCond(t, timeout, fmt.Sprintf("%d messages at %s", n, id), func() bool {
-		got = slices.Clone(fl.received[id])
-		return len(got) >= n
-	})
-	return got
-}
-
-// waitCond waits until cond, called with fl.mu held, is true.
-func (fl *fleet) waitCond(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		fl.mu.Lock()
-		ok, ch := cond(), fl.changed
-		fl.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			t.Fatalf("no %s within %v (connected: %v)", what, timeout, fl.byExecutor())
-		}
-	}
-}
-
-// fleetStats is the devices' own count.
-type fleetStats struct {
-	// distinct payloads the applications got; appDuplicates of them more
-	// than once; misrouted ones reached a device they were not sent to
-	// (payloads "<device>/<k>" name their device).
-	distinct, appDuplicates, misrouted int
-	// sdkDuplicates are redeliveries the SDK acknowledged and dropped.
-	sdkDuplicates uint64
-	// connects counts streams established.
-	connects int
-}
-
-func (fl *fleet) stats() fleetStats {
-	var st fleetStats
-	for _, d := range fl.devs {
-		st.sdkDuplicates += d.Stats().Duplicates
-	}
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	st.connects = fl.connects
-	for _, n := range fl.count {
-		st.distinct++
-		if n > 1 {
-			st.appDuplicates++
-		}
-	}
-	for dev, ps := range fl.received {
-		for _, p := range ps {
-			if to, _, ok := strings.Cut(p, "/"); ok && to != dev {
-				st.misrouted++
-			}
-		}
-	}
-	return st
-}
-
-// parallel calls fn(0..n-1) from workers goroutines and waits for them.
-func parallel(workers, n int, fn func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				fn(i)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// waitFor polls cond every 50ms until it is true, failing the test after
-// timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, timeout)
-		}
-		<-tick.C
-	}
-}
-
-// sleepCtx waits d, or less when ctx ends first; it reports whether ctx
-// is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// onceError keeps the first error it is given.
-type onceError struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (o *onceError) set(err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.err == nil {
-		o.err = err
-	}
-}
-
-func (o *onceError) get() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.err
 }

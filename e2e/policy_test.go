@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -45,11 +44,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 	}
 	const devices = 2000
 	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
-	dir := t.TempDir()
-	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
-	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	priv, pub := keygen(t)
 	groups := []struct {
 		id       string
 		labels   string
@@ -72,10 +67,8 @@ func TestPolicyPlacesFleet(t *testing.T) {
 	ctl(t, c.etcd, "tenant", "put", "tenant-1", "--attr", "tier=gold")
 	ctl(t, c.etcd, "tenant", "put", "tenant-3", "--attr", "tier=gold,region=eu")
 	ctl(t, c.etcd, "tenant", "put", "tenant-5", "--attr", "region=eu", "--services", "print")
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(policyDoc), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, polFile, policyDoc)
 	out := ctl(t, c.etcd, "policy", "apply", "-f", polFile)
 	if !strings.Contains(out, "policy applied") {
 		t.Fatalf("policy apply: %s", out)
@@ -160,7 +153,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 		u2 := float64(perGroup["g-std-2"]) / float64(capOf["g-std-2"])
 		return math.Abs(u1 - u2)
 	}
-	testutil.WaitFor(t, 60*time.Second, "std groups within 10% of each other's utilization", func() bool {
+	testutil.WaitForEvery(t, 60*time.Second, pollEvery, "std groups within 10% of each other's utilization", func() bool {
 		perGroup = checkRecords()
 		return spread(perGroup) <= 0.10
 	})

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/testutil"
 )
 
@@ -177,14 +176,7 @@ func (p *proc) addr() string {
 // binaries only ever reach it over the network).
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	return srv.Endpoint()
+	return testutil.StartEtcd(t).Endpoint()
 }
 
 // ctl runs `berth ctl args...` to completion and returns its stdout.

@@ -3,50 +3,18 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"math/rand/v2"
-	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/testutil"
 )
 
 // rbRate is the rebalancer's move rate in TestRebalance.
 const rbRate = 60
-
-// rbRecord is an assignment record as `ctl devices -o json` prints it.
-type rbRecord struct {
-	Device  string    `json:"device"`
-	Group   string    `json:"group"`
-	Label   string    `json:"label"`
-	Reason  string    `json:"reason"`
-	Writer  string    `json:"writer"`
-	MovedAt time.Time `json:"moved_at"`
-}
-
-// rbStatus is the part of `ctl rebalance status -o json` the test reads.
-type rbStatus struct {
-	Leader string `json:"leader"`
-	Held   string `json:"held"`
-	Plan   struct {
-		Total string `json:"total"`
-	} `json:"plan"`
-	Progress struct {
-		Moved string `json:"moved"`
-	} `json:"progress"`
-}
 
 // TestRebalance runs two control plane replicas with the rebalancer, four
 // groups and 1,000 simulated devices, while a service sends messages to
@@ -62,11 +30,8 @@ func TestRebalance(t *testing.T) {
 	}
 	const devices = 1000
 	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
+	priv, pub := keygen(t)
 	dir := t.TempDir()
-	priv, pub := filepath.Join(dir, "signing.pem"), filepath.Join(dir, "public.pem")
-	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
 	ctl(t, c.etcd, "group", "put", "g1", "--labels", "std", "--capacity", "1000")
 	ctl(t, c.etcd, "group", "put", "g2", "--labels", "std", "--capacity", "1000")
 	ctl(t, c.etcd, "group", "put", "s", "--labels", "sensors", "--capacity", "1000")
@@ -154,25 +119,23 @@ func TestRebalance(t *testing.T) {
 	// leads, finishes, and g1 empties with every device connected
 	// elsewhere.
 	ctl(t, c.etcd, "group", "drain", "g1")
-	var leader string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st := rbStatusOf(t, c.etcd)
+	var st rbStatus
+	underWay, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := testutil.Poll(underWay, pollEvery, func() bool {
+		st = rbStatusOf(t, c.etcd)
 		moved, _ := strconv.Atoi(st.Progress.Moved)
-		if total, _ := strconv.Atoi(st.Plan.Total); total > 0 && moved >= 30 && cps[st.Leader] != nil {
-			leader = st.Leader
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the drain did not get under way: %+v", st)
-		}
-		time.Sleep(50 * time.Millisecond) // polling etcd through ctl, bounded by the deadline
+		total, _ := strconv.Atoi(st.Plan.Total)
+		return total > 0 && moved >= 30 && cps[st.Leader] != nil
+	}); err != nil {
+		t.Fatalf("the drain did not get under way: %+v", st)
 	}
+	leader := st.Leader
 	t.Logf("killing the leader %s mid-drain", leader)
 	cps[leader].signal(syscall.SIGKILL)
 	line = sim.waitLine(60*time.Second, "g1 empty, every device connected", connected(func(s summary) bool { return s.groups["g1"] == 0 }))
 	t.Logf("after the drain: %s", line)
-	st := rbStatusOf(t, c.etcd)
+	st = rbStatusOf(t, c.etcd)
 	if st.Leader == leader || st.Leader == "" {
 		t.Errorf("leader after the kill = %q, want the other replica", st.Leader)
 	}
@@ -211,99 +174,6 @@ func TestRebalance(t *testing.T) {
 		t.Errorf("devices were handed %d messages; %d were acknowledged and %d sent", got, delivered, attempted)
 	}
 	t.Logf("messages: %d sent, %d acknowledged, %d handed to devices (%d acked on the stream that brought them)", attempted, delivered, s.fields["received"], s.fields["messages"])
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func rbRecords(t *testing.T, etcd string) []rbRecord {
-	t.Helper()
-	var recs []rbRecord
-	if err := json.Unmarshal([]byte(ctl(t, etcd, "devices", "-o", "json")), &recs); err != nil {
-		t.Fatal(err)
-	}
-	return recs
-}
-
-func rbStatusOf(t *testing.T, etcd string) rbStatus {
-	t.Helper()
-	var st rbStatus
-	if err := json.Unmarshal([]byte(ctl(t, etcd, "rebalance", "status", "-o", "json")), &st); err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
-// maxInWindow is the most times within any window of length w.
-func maxInWindow(at []time.Time, w time.Duration) int {
-	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
-	best, j := 0, 0
-	for i := range at {
-		for j < len(at) && at[j].Sub(at[i]) < w {
-			j++
-		}
-		best = max(best, j-i)
-	}
-	return best
-}
-
-// rbSender sends ONLINE_ONLY messages to random devices, about 20 a
-// second, alternating replicas.
-type rbSender struct {
-	cancel              context.CancelFunc
-	wg                  sync.WaitGroup
-	delivered, attempts atomic.Int64
-}
-
-func startSender(t *testing.T, addrs []string, devices int) *rbSender {
-	var clients []messagingv1.MessagingServiceClient
-	for _, a := range addrs {
-		clients = append(clients, messagingClient(t, a))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &rbSender{cancel: cancel}
-	t.Cleanup(func() { s.stop() })
-	s.wg.Go(func() {
-		tk := time.NewTicker(50 * time.Millisecond)
-		defer tk.Stop()
-		for n := 0; ; n++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tk.C:
-			}
-			dev := simID(rand.IntN(devices))
-			req := &messagingv1.SendRequest{DeviceId: dev, Payload: fmt.Appendf(nil, "rb-%d", n),
-				ContentType: "text/plain", IdempotencyKey: fmt.Sprintf("rb-%d", n), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY}
-			s.attempts.Add(1)
-			// A replica that is down: the same message (same key)
-			// through the other.
-			for k := range clients {
-				cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-				resp, err := clients[(n+k)%len(clients)].Send(cctx, req)
-				ccancel()
-				if err == nil && resp.GetStatus() == messagingv1.SendStatus_SEND_STATUS_DELIVERED {
-					s.delivered.Add(1)
-				}
-				if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "connect") {
-					break
-				}
-			}
-		}
-	})
-	return s
-}
-
-// stop ends the sender and returns how many messages the devices
-// acknowledged and how many were sent.
-func (s *rbSender) stop() (delivered, attempted int) {
-	s.cancel()
-	s.wg.Wait()
-	return int(s.delivered.Load()), int(s.attempts.Load())
 }
 
 // TestExecutorDrain: `berth ctl executor drain` empties one executor while
@@ -356,7 +226,7 @@ func TestExecutorDrain(t *testing.T) {
 	}
 
 	ctl(t, c.etcd, "executor", "undrain", drained)
-	testutil.WaitFor(t, 30*time.Second, drained+" no longer drain-marked", func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, drained+" no longer drain-marked", func() bool {
 		d, ok := marked()[drained]
 		return ok && !d
 	})

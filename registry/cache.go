@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,7 +46,7 @@ type Cache struct {
 	mu           sync.RWMutex
 	assignments  map[string]Assignment
 	history      map[string]History
-	onAssignment func(Assignment)
+	onAssignment []func(Assignment) // subscribers in order; replaced, never modified, under mu
 
 	relists atomic.Int64
 }
@@ -278,6 +279,9 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 	changed := false
 	now := c.now()
 	var hook []Assignment
+	c.mu.RLock()
+	subs := c.onAssignment
+	c.mu.RUnlock()
 	for _, ev := range events {
 		key := string(ev.Kv.Key)
 		value := ev.Kv.Value
@@ -296,7 +300,7 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 		case assignmentsDir:
 			c.mu.Lock()
 			c.decode(key, value, ev.Kv.ModRevision, &p, devices{assigns: c.assignments}, now)
-			if value != nil && c.onAssignment != nil {
+			if value != nil && len(subs) > 0 {
 				if _, id := c.kind(key); id != "" {
 					hook = append(hook, c.assignments[id])
 				}
@@ -316,12 +320,22 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 	}
 	for _, a := range hook {
 		if a.DeviceID != "" {
-			c.onAssignment(a)
+			for _, fn := range subs {
+				fn(a)
+			}
 		}
 	}
 }
 
-// OnAssignment registers fn to be called, from the watch goroutine, with
-// every assignment record the watch delivers (not those of a full load).
-// Call it before Run; fn must not block.
-func (c *Cache) OnAssignment(fn func(Assignment)) { c.onAssignment = fn }
+// OnAssignment subscribes fn to the assignment records the watch delivers
+// (not those of a full load): every subscriber is called with each record,
+// in the order they subscribed, from the watch goroutine, once the whole
+// watch response is in the cache. fn must not block. OnAssignment is safe to
+// call at any time, also while Run runs and from a subscriber: fn then sees
+// the records of the watch responses applied after it subscribed; subscribe
+// before Run to see them all.
+func (c *Cache) OnAssignment(fn func(Assignment)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onAssignment = append(slices.Clip(c.onAssignment), fn)
+}

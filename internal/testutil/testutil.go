@@ -5,6 +5,7 @@ package testutil
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -63,17 +64,45 @@ func EtcdClient(t testing.TB, srv *embedetcd.Server) *clientv3.Client {
 
 // WaitFor polls cond every few milliseconds until it returns true, and fails
 // the test with what was awaited if that takes longer than timeout. It is the
-// one polling helper of berth's tests: prefer a channel or a blocking call
-// when the code under test offers one.
+// polling helper of berth's tests: prefer a channel or a blocking call when
+// the code under test offers one.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tk := time.NewTicker(tick)
-	defer tk.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tk.C
+	WaitForEvery(t, timeout, tick, what, cond)
+}
+
+// WaitForEvery is WaitFor checking cond every interval instead of every few
+// milliseconds: for conditions that cost something to check, such as RPCs
+// or a process (the e2e tests poll every 50ms).
+func WaitForEvery(t testing.TB, timeout, interval time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := Poll(ctx, interval, cond); err != nil {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
+}
+
+// Poll calls cond, then again interval after each call returned false,
+// until cond returns true (Poll returns nil) or ctx ends (Poll returns
+// ctx's error, wrapped, without calling cond again). It serves the waits
+// that report a failure of their own and the retries of a test: with a
+// bounded ctx, a retry loop with pauses is
+//
+//	err := testutil.Poll(ctx, 100*time.Millisecond, func() bool {
+//		resp, err = client.Call(ctx, req)
+//		return err == nil
+//	})
+func Poll(ctx context.Context, interval time.Duration, cond func() bool) error {
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	for !cond() {
+		timer.Reset(interval)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return fmt.Errorf("poll: %w", ctx.Err())
+		}
+	}
+	return nil
 }
