@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/rpcserver"
@@ -201,9 +202,14 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 	rcfg := rebalance.DefaultConfig()
 	rcfg.ReplicaID, rcfg.Rate, rcfg.Thresholds, rcfg.MinInterval = cpCfg.ReplicaID, cfg.Rate, cfg.Thresholds, cfg.MinInterval
 	rcfg.MaxInFlight = max(rcfg.MaxInFlight, int(5*cfg.Rate))
-	grpcMover := rebalance.NewGRPCMover(signer, cpCfg.ReplicaID, 5*time.Minute)
-	defer grpcMover.Close()
-	mover := &countingMover{m: grpcMover, routes: map[string]int{}}
+	pcfg := execclient.DefaultConfig()
+	pcfg.Subject = cpCfg.ReplicaID
+	pool, err := execclient.New(pcfg, execclient.Deps{Signer: signer, Executors: cache, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	mover := &countingMover{m: rebalance.NewGRPCMover(pool), routes: map[string]int{}}
 	rb, err := rebalance.New(rcfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/registry"
@@ -237,7 +238,11 @@ func (s *Server) applyOptions(opts []Option) error {
 		}
 		signer = ss
 	}
-	s.msg = newMessaging(cfg, o.msgStore, s.cache, signer, s.cfg.ReplicaID, s.cfg.RetryAfter, o.dialOpts, s.log.With("component", "messaging"), s.now)
+	msg, err := newMessaging(cfg, o.msgStore, s.cache, signer, s.cfg.ReplicaID, s.cfg.RetryAfter, o.dialOpts, s.log.With("component", "messaging"), s.now)
+	if err != nil {
+		return err
+	}
+	s.msg = msg
 	return nil
 }
 
@@ -248,7 +253,7 @@ type messaging struct {
 	cfg       MessagingConfig
 	store     MessageStore
 	cache     Snapshotter
-	pool      *connPool
+	pool      *execclient.Pool
 	hub       *hub
 	routes    *routeCache // nil: every route is read from the registry
 	redeliver *redeliverer
@@ -262,9 +267,12 @@ type messaging struct {
 
 func newMessaging(cfg MessagingConfig, store MessageStore, cache Snapshotter, signer ServiceSigner, replica string,
 	retry time.Duration, dialOpts []grpc.DialOption, log *slog.Logger, now func() time.Time,
-) *messaging {
-	creds := newServiceCreds(signer, replica, cfg.ServiceTokenTTL, now)
-	pool := newConnPool(creds, dialOpts, now)
+) (*messaging, error) {
+	pool, err := execclient.New(execclient.Config{Subject: replica, TokenTTL: cfg.ServiceTokenTTL, IdleTimeout: cfg.IdleConnTimeout, DialOptions: dialOpts},
+		execclient.Deps{Signer: signer, Executors: cache, Log: log, Now: now})
+	if err != nil {
+		return nil, err
+	}
 	m := &messaging{
 		cfg: cfg, store: store, cache: cache, pool: pool, log: log, now: now, retry: retry,
 		stopping: make(chan struct{}),
@@ -274,7 +282,7 @@ func newMessaging(cfg MessagingConfig, store MessageStore, cache Snapshotter, si
 		m.routes = newRouteCache(cfg.PresenceCacheSize, cfg.PresenceCacheTTL, now)
 	}
 	m.redeliver = newRedeliverer(m, log)
-	return m
+	return m, nil
 }
 
 // run keeps the background work of messaging going until ctx is done: the
@@ -285,7 +293,7 @@ func (m *messaging) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.hub.run(ctx) })
 	wg.Go(func() { m.sweep(ctx) })
-	wg.Go(func() { m.prune(ctx) })
+	wg.Go(func() { _ = m.pool.Run(ctx) })
 	wg.Go(func() { m.redeliver.run(ctx) })
 	<-ctx.Done()
 	m.stopOnce.Do(func() { close(m.stopping) })
@@ -297,7 +305,7 @@ func (m *messaging) run(ctx context.Context) error {
 // stopped.
 func (m *messaging) close() {
 	m.stopOnce.Do(func() { close(m.stopping) })
-	m.pool.close()
+	m.pool.Close()
 }
 
 // sweep removes expired queued messages every SweepInterval. Several
@@ -319,27 +327,6 @@ func (m *messaging) sweep(ctx context.Context) {
 			m.log.Warn("sweeping expired messages", "removed", n, "err", err)
 		case n > 0:
 			m.log.Info("expired queued messages removed", "removed", n)
-		}
-	}
-}
-
-// prune closes idle connections to executors that left the snapshot.
-func (m *messaging) prune(ctx context.Context) {
-	t := time.NewTicker(max(m.cfg.IdleConnTimeout/2, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		snap := m.cache.Snapshot()
-		live := make(map[string]bool, len(snap.Executors))
-		for _, e := range snap.Executors {
-			live[e.Address] = true
-		}
-		if n := m.pool.prune(live, m.cfg.IdleConnTimeout); n > 0 {
-			m.log.Debug("closed connections to executors that left", "closed", n)
 		}
 	}
 }
@@ -557,7 +544,7 @@ func (m *messaging) presence(ctx context.Context, dev string) (p registry.Presen
 func (m *messaging) deliver(ctx context.Context, p registry.Presence, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, error) {
 	ctx, cancel := deliveryContext(ctx, def)
 	defer cancel()
-	c, release, err := m.pool.acquire(p.Address)
+	c, release, err := m.pool.Acquire(p.Address)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/registry"
 )
@@ -237,7 +238,7 @@ func (m *messaging) deliverAt(ctx context.Context, p registry.Presence, cached b
 // where the route said: the executor does not hold it (NOT_FOUND), its
 // stream ended before the Ack, or the executor cannot be reached.
 func staleRoute(err error) bool {
-	if errors.Is(err, errPoolClosed) {
+	if errors.Is(err, execclient.ErrClosed) {
 		return false
 	}
 	st, ok := status.FromError(err)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/execclient"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -61,7 +62,7 @@ func (m *messaging) deliverStatus(err error, p registry.Presence, messageID stri
 	}
 	st, ok := status.FromError(err)
 	if !ok {
-		if errors.Is(err, errPoolClosed) {
+		if errors.Is(err, execclient.ErrClosed) {
 			return status.Error(codes.Unavailable, "control plane stopping; retry on another replica")
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/registry"
@@ -110,7 +111,7 @@ func (s *subscriber) offer(e *event) {
 // subscriber exists, and fans them in to the subscribers.
 type hub struct {
 	cache  Snapshotter
-	pool   *connPool
+	pool   *execclient.Pool
 	log    *slog.Logger
 	resync time.Duration
 	maxGap time.Duration
@@ -120,7 +121,7 @@ type hub struct {
 	wake chan struct{}
 }
 
-func newHub(cache Snapshotter, pool *connPool, cfg MessagingConfig, log *slog.Logger) *hub {
+func newHub(cache Snapshotter, pool *execclient.Pool, cfg MessagingConfig, log *slog.Logger) *hub {
 	return &hub{
 		cache: cache, pool: pool, log: log, resync: cfg.ResyncInterval, maxGap: cfg.ResubscribeMaxDelay,
 		subs: map[*subscriber]struct{}{}, wake: make(chan struct{}, 1),
@@ -270,7 +271,7 @@ func (h *hub) follow(ctx context.Context, e registry.Executor) *follower {
 // followOnce runs one Subscribe stream to addr until it fails; got says
 // whether it delivered anything.
 func (h *hub) followOnce(ctx context.Context, addr string) (got bool, err error) {
-	c, release, err := h.pool.acquire(addr)
+	c, release, err := h.pool.Acquire(addr)
 	if err != nil {
 		return false, err
 	}

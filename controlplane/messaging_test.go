@@ -651,30 +651,3 @@ type assignOnly struct{}
 func (assignOnly) SignWeighted(string, string, string, float64, time.Duration) (string, time.Time, error) {
 	return "", time.Time{}, nil
 }
-
-// TestServiceTokenRenewed: the pooled connection presents a fresh service
-// token once the current one passed half its life; executors accept both.
-func TestServiceTokenRenewed(t *testing.T) {
-	k := newKeys(t)
-	ex := startExec(t, "e1", k.verifier)
-	cfg := testMessagingConfig()
-	cfg.ServiceTokenTTL = 2 * time.Second
-	f := startMessaging(t, k, cfg, ex)
-	f.store.setPresence(ex.presence("d1"))
-	send := func() {
-		t.Helper()
-		if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send()
-	send()
-	if n := ex.tokensSeen(); n != 1 {
-		t.Fatalf("distinct tokens after two quick Sends = %d; want 1 (cached)", n)
-	}
-	time.Sleep(1100 * time.Millisecond) // past half of the 2s life
-	send()
-	if n := ex.tokensSeen(); n != 2 {
-		t.Errorf("distinct tokens after half the life = %d; want 2 (renewed)", n)
-	}
-}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/execclient"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -44,9 +44,15 @@ func (r *rebalanceFlags) serve(ctx context.Context, srv *controlplane.Server, li
 	}
 	cfg := r.cfg
 	cfg.ReplicaID = replica
-	mover := rebalance.NewGRPCMover(signer, replica, 5*time.Minute)
-	defer mover.Close()
-	rb, err := rebalance.New(cfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
+	pcfg := execclient.DefaultConfig()
+	pcfg.Subject = replica
+	pool, err := execclient.New(pcfg, execclient.Deps{Signer: signer, Executors: cache, Log: log})
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	defer pool.Close()
+	rb, err := rebalance.New(cfg, reg, cache, signer, rebalance.NewGRPCMover(pool), log.With("component", "rebalancer"))
 	if err != nil {
 		lis.Close()
 		return err

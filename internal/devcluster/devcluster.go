@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/execclient"
 	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/rpcserver"
@@ -201,9 +202,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if cfg.Rebalance != nil {
 		rcfg := *cfg.Rebalance
 		rcfg.ReplicaID = cfg.ControlPlane.ReplicaID
-		mover := rebalance.NewGRPCMover(signer, rcfg.ReplicaID, 5*time.Minute)
-		defer mover.Close()
-		rb, err := rebalance.New(rcfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
+		pcfg := execclient.DefaultConfig()
+		pcfg.Subject = rcfg.ReplicaID
+		pool, err := execclient.New(pcfg, execclient.Deps{Signer: signer, Executors: cache, Log: log})
+		if err != nil {
+			stopCP()
+			_ = cpGroup.Wait()
+			return err
+		}
+		defer pool.Close()
+		rb, err := rebalance.New(rcfg, reg, cache, signer, rebalance.NewGRPCMover(pool), log.With("component", "rebalancer"))
 		if err != nil {
 			stopCP()
 			_ = cpGroup.Wait()
