@@ -17,7 +17,6 @@ import (
 
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
-	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
@@ -77,7 +76,6 @@ type Server struct {
 	policy   atomic.Pointer[policy.Compiled]
 	tokens   *tokenCache
 	labels   *labelMemo // nil when disabled
-	msg      *messaging // nil without WithMessaging
 	// hints are the reconnect hints of every Assign answer, built once:
 	// answers share them, so nothing may modify an answer's Reconnect.
 	hints *controlplanev1.ReconnectHints
@@ -102,9 +100,8 @@ type Stats struct {
 	Refused int64
 }
 
-// New wires a control plane. It starts nothing and does no I/O. Options add
-// to it: WithMessaging serves MessagingService.
-func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger, opts ...Option) (*Server, error) {
+// New wires a control plane. It starts nothing and does no I/O.
+func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -128,9 +125,6 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
 	}
 	s.labels = newLabelMemo(cfg.LabelMemoSize)
-	if err := s.applyOptions(opts); err != nil {
-		return nil, err
-	}
 	cache.OnAssignment(s.learn)
 	return s, nil
 }
@@ -155,16 +149,8 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
 	adminv1.RegisterAdminServiceServer(rpc.GRPC, &adminServer{s: s})
 	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName}
-	if s.msg != nil {
-		messagingv1.RegisterMessagingServiceServer(rpc.GRPC, s.msg)
-		services = append(services, messagingv1.MessagingService_ServiceDesc.ServiceName)
-		defer s.msg.close() // after the server stopped
-	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.cache.Run(ctx) })
-	if s.msg != nil {
-		g.Go(func() error { return s.msg.run(ctx) })
-	}
 	g.Go(func() error {
 		if err := rpc.GRPC.Serve(lis); err != nil {
 			return fmt.Errorf("controlplane: serve: %w", err)

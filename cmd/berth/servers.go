@@ -11,6 +11,7 @@ import (
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -18,7 +19,7 @@ import (
 
 func newControlPlaneCmd(g *globals) *cobra.Command {
 	cfg := controlplane.DefaultConfig()
-	mcfg := controlplane.DefaultMessagingConfig()
+	mcfg := messaging.DefaultConfig()
 	var listen, keyFile string
 	rb := rebalanceFlags{on: true, cfg: rebalance.DefaultConfig()}
 	cmd := &cobra.Command{
@@ -45,8 +46,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 			defer cli.Close()
 			reg := registry.New(cli, g.prefix)
 			cache := reg.NewCache(log.With("component", "cache"))
-			srv, err := controlplane.New(cfg, cache, reg, signer, log,
-				controlplane.WithMessaging(reg), controlplane.WithMessagingConfig(mcfg))
+			srv, err := controlplane.New(cfg, cache, reg, signer, log)
 			if err != nil {
 				return err
 			}

@@ -141,8 +141,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		return err
 	}
 	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(cfg.ControlPlane, cache, reg, signer, log.With("component", "controlplane"),
-		controlplane.WithMessaging(reg))
+	cp, err := controlplane.New(cfg.ControlPlane, cache, reg, signer, log.With("component", "controlplane"))
 	if err != nil {
 		cpLis.Close()
 		return err
