@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/policy"
@@ -147,8 +146,7 @@ func (s *Server) Stats() Stats {
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	rpc := rpcserver.New(s.cfg.RPC, s.log)
 	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
-	adminv1.RegisterAdminServiceServer(rpc.GRPC, &adminServer{s: s})
-	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName}
+	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.cache.Run(ctx) })
 	g.Go(func() error {
