@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -138,6 +139,12 @@ func (s *Server) Stats() Stats {
 		Assigns: s.stats.assigns.Load(), Writes: s.stats.writes.Load(), WriteErrors: s.stats.writeErrors.Load(),
 		Shed: s.stats.shed.Load(), Refused: s.stats.refused.Load(),
 	}
+}
+
+// Register registers ControlPlaneService on s. The caller owns the gRPC
+// server and the registry cache's Run.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	controlplanev1.RegisterControlPlaneServiceServer(r, s)
 }
 
 // Run serves ControlPlaneService on lis until ctx is cancelled. It reports
