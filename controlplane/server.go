@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,27 +15,20 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
-	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
 
 // Snapshotter is the read side of the registry the control plane needs: a
-// watch-fed cache. *registry.Cache implements it.
+// watch-fed cache, run by the caller. *registry.Cache implements it.
 type Snapshotter interface {
 	// Snapshot returns the current immutable snapshot.
 	Snapshot() *registry.Snapshot
 	// Assignment returns a device's cached assignment record.
 	Assignment(deviceID string) (registry.Assignment, bool)
-	// Run keeps the cache in sync until ctx is done.
-	Run(ctx context.Context) error
-	// WaitReady blocks until the first load completed.
-	WaitReady(ctx context.Context) error
 	// OnAssignment registers a callback for assignment records the watch
 	// delivers; called before Run.
 	OnAssignment(fn func(registry.Assignment))
-	// RangeAssignments calls fn for every cached assignment record.
-	RangeAssignments(fn func(registry.Assignment) bool)
 	// History returns a device's cached traffic history record.
 	History(deviceID string) (registry.History, bool)
 }
@@ -145,34 +136,6 @@ func (s *Server) Stats() Stats {
 // server and the registry cache's Run.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	controlplanev1.RegisterControlPlaneServiceServer(r, s)
-}
-
-// Run serves ControlPlaneService on lis until ctx is cancelled. It reports
-// SERVING through the health service once the registry cache is loaded, and
-// returns nil after a clean stop.
-func (s *Server) Run(ctx context.Context, lis net.Listener) error {
-	rpc := rpcserver.New(s.cfg.RPC, s.log)
-	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
-	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.cache.Run(ctx) })
-	g.Go(func() error {
-		if err := rpc.GRPC.Serve(lis); err != nil {
-			return fmt.Errorf("controlplane: serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		if err := s.cache.WaitReady(ctx); err == nil {
-			rpc.SetServing(true, services...)
-			s.log.Info("control plane serving", "addr", lis.Addr().String())
-		}
-		<-ctx.Done()
-		rpc.SetServing(false, services...)
-		rpc.Stop(5 * time.Second)
-		return nil
-	})
-	return g.Wait()
 }
 
 // Assign implements ControlPlaneService.Assign.
