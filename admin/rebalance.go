@@ -45,6 +45,7 @@ type migratingStore struct {
 	migrate bool
 }
 
+// PutPolicy implements PolicyStore.
 func (m migratingStore) PutPolicy(ctx context.Context, p registry.StoredPolicy, basedOn int64) (int64, error) {
 	return m.s.PutPolicyMigrating(ctx, p, basedOn, m.migrate)
 }
