@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/embedetcd"
@@ -430,7 +431,7 @@ func applyBenchPolicy(ctx context.Context, reg *registry.Registry, n int, log *s
 	if snap.Policy != nil {
 		based = snap.Policy.Version
 	}
-	v, warns, err := controlplane.ApplyPolicy(ctx, reg, snap, doc, based, "berth bench assign", time.Now())
+	v, warns, err := admin.ApplyPolicy(ctx, reg, snap, doc, based, "berth bench assign", time.Now())
 	for _, w := range warns {
 		log.Warn("benchmark policy", "warning", w)
 	}

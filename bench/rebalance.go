@@ -19,9 +19,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/berthproject/berth/controlplane"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
@@ -191,23 +191,19 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 	}
 
 	// The control plane and its rebalancer, in this process.
-	cpCfg := controlplane.DefaultConfig()
-	cpCfg.ReplicaID = "bench-cp"
-	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(cpCfg, cache, reg, signer, log.With("component", "controlplane"))
+	rcfg := node.DefaultReplicaConfig()
+	rcfg.ControlPlane.ReplicaID = "bench-cp"
+	rb := rebalance.DefaultConfig()
+	rb.Rate, rb.Thresholds, rb.MinInterval = cfg.Rate, cfg.Thresholds, cfg.MinInterval
+	rb.MaxInFlight = max(rb.MaxInFlight, int(5*cfg.Rate))
+	rcfg.Rebalance = &rb
+	mover := &countingMover{routes: map[string]int{}}
+	r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log,
+		WrapMover: func(m rebalance.Mover) rebalance.Mover { mover.m = m; return mover }})
 	if err != nil {
 		return nil, err
 	}
-	rcfg := rebalance.DefaultConfig()
-	rcfg.ReplicaID, rcfg.Rate, rcfg.Thresholds, rcfg.MinInterval = cpCfg.ReplicaID, cfg.Rate, cfg.Thresholds, cfg.MinInterval
-	rcfg.MaxInFlight = max(rcfg.MaxInFlight, int(5*cfg.Rate))
-	grpcMover := rebalance.NewGRPCMover(signer, cpCfg.ReplicaID, 5*time.Minute)
-	defer grpcMover.Close()
-	mover := &countingMover{m: grpcMover, routes: map[string]int{}}
-	rb, err := rebalance.New(rcfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
-	if err != nil {
-		return nil, err
-	}
+	cp := r.ControlPlane()
 	lis, err := rpcserver.Listen("127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -218,8 +214,7 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 		stopRun()
 		_ = run.Wait()
 	}()
-	run.Go(func() error { return cp.Run(runCtx, lis) })
-	run.Go(func() error { return rb.Run(runCtx) })
+	run.Go(func() error { return r.Run(runCtx, lis) })
 
 	// The control plane's view of who connects, per second.
 	view := reg.NewPresenceView(log.With("component", "presence"))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/berthproject/berth/executor"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -219,13 +220,13 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 			lis.Close()
 			return errors.New("bench serve: berth mode needs a registry")
 		}
-		srv, rr, err := newBenchExecutor(cfg, lis.Addr().String(), reg, log)
+		ex, err := newBenchExecutor(cfg, lis.Addr().String(), reg, log)
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		g.Go(func() error { return srv.Run(gctx, lis) })
-		streams, ready = srv.Sessions, rr.Registered
+		g.Go(func() error { return ex.Run(gctx, lis) })
+		streams, ready = ex.Server().Sessions, ex.Registration().Registered
 	default:
 		bare := &bareServer{executorID: cfg.ExecutorID, groupID: cfg.GroupID}
 		rpc := rpcserver.New(rpcserver.DefaultConfig(), log)
@@ -311,28 +312,22 @@ func answer(ctx context.Context, in io.Reader, out io.Writer, stats func() (Serv
 // streams before stopping it, so the drain has nothing to wait for.
 const benchDrainTimeout = 2 * time.Second
 
-// newBenchExecutor wires a real executor with its registration.
-func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log *slog.Logger) (*executor.Server, *registry.Registration, error) {
+// newBenchExecutor wires a real executor with its registration; it records
+// no usage.
+func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log *slog.Logger) (*node.Executor, error) {
 	pub, err := token.ReadPublicKeyFile(cfg.PublicKeyFile)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	v, err := token.NewVerifier(nil, pub)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ec := executor.DefaultConfig()
-	ec.ID, ec.GroupID, ec.Address, ec.Capacity = cfg.ExecutorID, cfg.GroupID, addr, cfg.Capacity
-	ec.DrainTimeout = benchDrainTimeout
-	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: addr, Capacity: ec.Capacity}, ec.Registration, log)
-	if err != nil {
-		return nil, nil, err
-	}
-	srv, err := executor.New(ec, v, rr, log, executor.WithQueue(reg))
-	if err != nil {
-		return nil, nil, err
-	}
-	return srv, rr, nil
+	ec := node.DefaultExecutorConfig()
+	ec.RecordUsage = false
+	ec.Executor.ID, ec.Executor.GroupID, ec.Executor.Address, ec.Executor.Capacity = cfg.ExecutorID, cfg.GroupID, addr, cfg.Capacity
+	ec.Executor.DrainTimeout = benchDrainTimeout
+	return node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: v, Log: log})
 }
 
 // bareServer is the baseline: the least a grpc-go server does to hold an

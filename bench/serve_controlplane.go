@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -26,26 +26,20 @@ func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Regis
 	if reg == nil {
 		return errors.New("bench serve: controlplane mode needs a registry")
 	}
-	cpCfg := controlplane.DefaultConfig()
-	if cfg.TokenCacheSize >= 0 {
-		cpCfg.TokenCacheSize = cfg.TokenCacheSize
-	}
-	if cfg.LabelMemoSize >= 0 {
-		cpCfg.LabelMemoSize = cfg.LabelMemoSize
-	}
 	lis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cp, cache, err := newBenchControlPlane(cpCfg, reg, log)
+	r, err := newBenchControlPlane(cfg.TokenCacheSize, cfg.LabelMemoSize, reg, log)
 	if err != nil {
 		lis.Close()
 		return err
 	}
+	cp, cache := r.ControlPlane(), r.Cache()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return cp.Run(gctx, lis) })
+	g.Go(func() error { return r.Run(gctx, lis) })
 	g.Go(func() error {
 		if err := cache.WaitReady(gctx); err != nil {
 			return err
@@ -69,22 +63,27 @@ func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Regis
 	return err
 }
 
-// newBenchControlPlane wires a control plane with a fresh signing key.
-func newBenchControlPlane(cfg controlplane.Config, reg *registry.Registry, log *slog.Logger) (*controlplane.Server, *registry.Cache, error) {
+// newBenchControlPlane wires a control plane replica (without the
+// rebalancer) with a fresh signing key, and the given token cache and label
+// memo sizes (-1 keeps the default).
+func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log *slog.Logger) (*node.Replica, error) {
 	priv, err := token.GenerateKey()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	signer, err := token.NewSigner(priv, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(cfg, cache, reg, signer, log.With("component", "controlplane"))
-	if err != nil {
-		return nil, nil, err
+	cfg := node.DefaultReplicaConfig()
+	cfg.Rebalance = nil
+	if tokenCache >= 0 {
+		cfg.ControlPlane.TokenCacheSize = tokenCache
 	}
-	return cp, cache, nil
+	if labelMemo >= 0 {
+		cfg.ControlPlane.LabelMemoSize = labelMemo
+	}
+	return node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log})
 }
 
 // controlPlaneUnderTest is a control plane the benchmark measures: in a
@@ -103,14 +102,7 @@ type controlPlaneUnderTest struct {
 // process.
 func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, log *slog.Logger) (*controlPlaneUnderTest, error) {
 	if len(cfg.Command) == 0 {
-		cpCfg := controlplane.DefaultConfig()
-		if tokenCache >= 0 {
-			cpCfg.TokenCacheSize = tokenCache
-		}
-		if labelMemo >= 0 {
-			cpCfg.LabelMemoSize = labelMemo
-		}
-		cp, cache, err := newBenchControlPlane(cpCfg, reg, log)
+		r, err := newBenchControlPlane(tokenCache, labelMemo, reg, log)
 		if err != nil {
 			return nil, err
 		}
@@ -120,11 +112,11 @@ func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *regi
 		}
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- cp.Run(runCtx, lis) }()
+		go func() { done <- r.Run(runCtx, lis) }()
 		return &controlPlaneUnderTest{
 			addr: lis.Addr().String(),
 			counters: func(context.Context) (int64, int, error) {
-				return cp.Stats().Writes, cache.AssignmentCount(), nil
+				return r.ControlPlane().Stats().Writes, r.Cache().AssignmentCount(), nil
 			},
 			stop: func() error { stop(); return <-done },
 		}, nil

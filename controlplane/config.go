@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -44,8 +43,6 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Reconnect are the backoff hints sent to devices.
 	Reconnect Backoff
-	// RPC tunes the gRPC server.
-	RPC rpcserver.Config
 }
 
 // Backoff are reconnect hints: gRPC's connection backoff parameters.
@@ -72,7 +69,6 @@ func DefaultConfig() Config {
 		WriteTimeout:      5 * time.Second,
 		// gRPC's own connection backoff defaults.
 		Reconnect: Backoff{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 120 * time.Second},
-		RPC:       rpcserver.DefaultConfig(),
 	}
 }
 

@@ -5,41 +5,31 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
-	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
-	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
 
 // Snapshotter is the read side of the registry the control plane needs: a
-// watch-fed cache. *registry.Cache implements it.
+// watch-fed cache, run by the caller. *registry.Cache implements it.
 type Snapshotter interface {
 	// Snapshot returns the current immutable snapshot.
 	Snapshot() *registry.Snapshot
 	// Assignment returns a device's cached assignment record.
 	Assignment(deviceID string) (registry.Assignment, bool)
-	// Run keeps the cache in sync until ctx is done.
-	Run(ctx context.Context) error
-	// WaitReady blocks until the first load completed.
-	WaitReady(ctx context.Context) error
 	// OnAssignment registers a callback for assignment records the watch
 	// delivers; called before Run.
 	OnAssignment(fn func(registry.Assignment))
-	// RangeAssignments calls fn for every cached assignment record.
-	RangeAssignments(fn func(registry.Assignment) bool)
 	// History returns a device's cached traffic history record.
 	History(deviceID string) (registry.History, bool)
 }
@@ -78,7 +68,6 @@ type Server struct {
 	policies *placement.Policies
 	tokens   *tokenCache
 	labels   *labelMemo // nil when disabled
-	msg      *messaging // nil without WithMessaging
 	// hints are the reconnect hints of every Assign answer, built once:
 	// answers share them, so nothing may modify an answer's Reconnect.
 	hints *controlplanev1.ReconnectHints
@@ -103,9 +92,8 @@ type Stats struct {
 	Refused int64
 }
 
-// New wires a control plane. It starts nothing and does no I/O. Options add
-// to it: WithMessaging serves MessagingService.
-func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger, opts ...Option) (*Server, error) {
+// New wires a control plane. It starts nothing and does no I/O.
+func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -129,9 +117,6 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
 	}
 	s.labels = newLabelMemo(cfg.LabelMemoSize)
-	if err := s.applyOptions(opts); err != nil {
-		return nil, err
-	}
 	cache.OnAssignment(s.learn)
 	return s, nil
 }
@@ -148,41 +133,10 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Run serves ControlPlaneService on lis until ctx is cancelled. It reports
-// SERVING through the health service once the registry cache is loaded, and
-// returns nil after a clean stop.
-func (s *Server) Run(ctx context.Context, lis net.Listener) error {
-	rpc := rpcserver.New(s.cfg.RPC, s.log)
-	controlplanev1.RegisterControlPlaneServiceServer(rpc.GRPC, s)
-	adminv1.RegisterAdminServiceServer(rpc.GRPC, &adminServer{s: s})
-	services := []string{controlplanev1.ControlPlaneService_ServiceDesc.ServiceName, adminv1.AdminService_ServiceDesc.ServiceName}
-	if s.msg != nil {
-		messagingv1.RegisterMessagingServiceServer(rpc.GRPC, s.msg)
-		services = append(services, messagingv1.MessagingService_ServiceDesc.ServiceName)
-		defer s.msg.close() // after the server stopped
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.cache.Run(ctx) })
-	if s.msg != nil {
-		g.Go(func() error { return s.msg.run(ctx) })
-	}
-	g.Go(func() error {
-		if err := rpc.GRPC.Serve(lis); err != nil {
-			return fmt.Errorf("controlplane: serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		if err := s.cache.WaitReady(ctx); err == nil {
-			rpc.SetServing(true, services...)
-			s.log.Info("control plane serving", "addr", lis.Addr().String())
-		}
-		<-ctx.Done()
-		rpc.SetServing(false, services...)
-		rpc.Stop(5 * time.Second)
-		return nil
-	})
-	return g.Wait()
+// Register registers ControlPlaneService on s. The caller owns the gRPC
+// server and the registry cache's Run.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	controlplanev1.RegisterControlPlaneServiceServer(r, s)
 }
 
 // Assign implements ControlPlaneService.Assign.

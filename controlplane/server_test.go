@@ -53,19 +53,7 @@ func (f *fakeCache) History(id string) (registry.History, bool) {
 	return h, ok
 }
 
-func (f *fakeCache) Run(ctx context.Context) error          { <-ctx.Done(); return nil }
-func (f *fakeCache) WaitReady(ctx context.Context) error    { return nil }
 func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
-
-func (f *fakeCache) RangeAssignments(fn func(registry.Assignment) bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, a := range f.records {
-		if !fn(a) {
-			return
-		}
-	}
-}
 
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
@@ -132,9 +120,10 @@ func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs
 		t.Fatal(err)
 	}
 	lis := bufconn.Listen(1 << 20)
-	ctx, cancel := context.WithCancel(context.Background())
+	gs := grpc.NewServer()
+	srv.Register(gs)
 	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, lis) }()
+	go func() { done <- gs.Serve(lis) }()
 	cc, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -143,9 +132,9 @@ func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs
 	}
 	t.Cleanup(func() {
 		cc.Close()
-		cancel()
+		gs.Stop()
 		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+			t.Errorf("Serve: %v", err)
 		}
 	})
 	return &fixture{client: controlplanev1.NewControlPlaneServiceClient(cc), cache: cache, store: store, verifier: verifier}

@@ -6,20 +6,19 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
+	"github.com/berthproject/berth/registry"
 )
 
 // Input limits of Assign: the policy's input bounds, on which the cost bound
 // of its expressions rests.
 const (
-	maxIDLen         = policy.MaxIDLen
 	maxSpecField     = policy.MaxSpecField
 	maxAttributes    = policy.MaxAttributes
 	maxAttrKey       = policy.MaxAttrKey
@@ -32,7 +31,7 @@ const (
 
 // validateAssign checks an AssignRequest and says what is wrong.
 func validateAssign(r *controlplanev1.AssignRequest) error {
-	if err := validateDeviceID(r.GetDeviceId()); err != nil {
+	if err := registry.CheckID("device_id", r.GetDeviceId()); err != nil {
 		return err
 	}
 	if n := len(r.GetSpec().GetModel()); n > maxSpecField {
@@ -81,11 +80,11 @@ func validateAssign(r *controlplanev1.AssignRequest) error {
 func toStatus(err error, retry time.Duration) error {
 	switch {
 	case errors.Is(err, placement.ErrNoCapacity):
-		return withRetry(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "placement: ")+"; retry later", retry)
+		return rpcserver.WithRetry(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "placement: ")+"; retry later", retry)
 	case errors.Is(err, placement.ErrNoGroup):
-		return withRetry(codes.Unavailable, strings.TrimPrefix(err.Error(), "placement: ")+" (usable: active, with a live executor that is not draining)", retry)
+		return rpcserver.WithRetry(codes.Unavailable, strings.TrimPrefix(err.Error(), "placement: ")+" (usable: active, with a live executor that is not draining)", retry)
 	case errors.Is(err, errRegistryWrite):
-		return withRetry(codes.Unavailable, "registry unavailable: the assignment could not be recorded", retry)
+		return rpcserver.WithRetry(codes.Unavailable, "registry unavailable: the assignment could not be recorded", retry)
 	default:
 		return status.Error(codes.Internal, "internal error")
 	}
@@ -93,14 +92,5 @@ func toStatus(err error, retry time.Duration) error {
 
 // shedStatus is the answer when the control plane is overloaded.
 func shedStatus(retry time.Duration) error {
-	return withRetry(codes.ResourceExhausted, "control plane overloaded; retry later", retry)
-}
-
-// withRetry makes a status carrying a RetryInfo detail.
-func withRetry(c codes.Code, msg string, retry time.Duration) error {
-	st := status.New(c, msg)
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); err == nil {
-		return d.Err()
-	}
-	return st.Err()
+	return rpcserver.WithRetry(codes.ResourceExhausted, "control plane overloaded; retry later", retry)
 }

@@ -124,6 +124,11 @@ func (s *Signer) sign(c jwtClaims, ttl time.Duration, withID bool) (string, time
 	return signed, c.ExpiresAt.Time, nil
 }
 
+// ServiceTokenTTL is the default life of a service token: control planes
+// mint a new one at half of it, and executors remember a verified one until
+// it expires.
+const ServiceTokenTTL = 10 * time.Minute
+
 // SignService mints a service token for a control plane replica (subject),
 // valid for ttl: it lets the replica call executors' internal service.
 func (s *Signer) SignService(subject string, ttl time.Duration) (string, time.Time, error) {

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
@@ -47,7 +47,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				if snap.Policy != nil {
 					based = snap.Policy.Version
 				}
-				v, warns, err := controlplane.ApplyPolicyMigrating(ctx, reg, snap, doc, based, whoami(), time.Now(), migrate)
+				v, warns, err := admin.ApplyPolicyMigrating(ctx, reg, snap, doc, based, whoami(), time.Now(), migrate)
 				for _, w := range warns {
 					fmt.Fprintln(c.stderr, "warning:", w)
 				}
@@ -212,7 +212,7 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 				if err != nil && !errors.Is(err, registry.ErrNotFound) {
 					return err
 				}
-				r := controlplane.ExplainResponse(snap, pol, rec, traffic.Decayed(time.Now()))
+				r := admin.ExplainResponse(snap, pol, rec, traffic.Decayed(time.Now()))
 				if c.output == "json" {
 					b, err := protojson.MarshalOptions{Multiline: true}.Marshal(r)
 					if err != nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/admin"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	"github.com/berthproject/berth/registry"
 )
@@ -89,7 +89,7 @@ func addCtlRebalanceCmds(c *ctlFlags, ctl, group *cobra.Command) {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				st, err := controlplane.RebalanceStatus(ctx, reg)
+				st, err := admin.RebalanceStatus(ctx, reg)
 				if err != nil {
 					return err
 				}

@@ -12,7 +12,7 @@ import (
 
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := devcluster.DefaultConfig()
-	rb := rebalanceFlags{on: true, cfg: *cfg.Rebalance}
+	rb := rebalanceFlags{on: true, cfg: *cfg.Replica.Rebalance}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an all-in-one cluster: embedded etcd, a control plane, two groups of two executors",
@@ -22,10 +22,7 @@ func newDevCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Rebalance = nil
-			if rb.on {
-				cfg.Rebalance = &rb.cfg
-			}
+			cfg.Replica.Rebalance = rb.config()
 			return devcluster.Run(cmd.Context(), cfg, log, func(info devcluster.Info) {
 				ids := make([]string, 0, len(info.Executors))
 				for id := range info.Executors {

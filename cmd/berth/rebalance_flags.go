@@ -1,18 +1,9 @@
 package main
 
 import (
-	"context"
-	"log/slog"
-	"net"
-	"time"
-
 	"github.com/spf13/pflag"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/rebalance"
-	"github.com/berthproject/berth/registry"
-	"github.com/berthproject/berth/token"
 )
 
 // rebalanceFlags are the rebalancer's flags of `berth controlplane` and
@@ -34,25 +25,11 @@ func (r *rebalanceFlags) register(f *pflag.FlagSet) {
 	f.DurationVar(&r.cfg.LeaseTTL, "rebalance-lease-ttl", r.cfg.LeaseTTL, "lease of the rebalancer's leadership: how long a dead leader blocks the next")
 }
 
-// serveWithRebalancer runs srv on lis and, when on, the rebalancer next to
-// it, until ctx is cancelled.
-func (r *rebalanceFlags) serve(ctx context.Context, srv *controlplane.Server, lis net.Listener, replica string,
-	reg *registry.Registry, cache *registry.Cache, signer *token.Signer, log *slog.Logger,
-) error {
+// config is the rebalancer's config of a replica: nil when it is off.
+func (r *rebalanceFlags) config() *rebalance.Config {
 	if !r.on {
-		return srv.Run(ctx, lis)
+		return nil
 	}
-	cfg := r.cfg
-	cfg.ReplicaID = replica
-	mover := rebalance.NewGRPCMover(signer, replica, 5*time.Minute)
-	defer mover.Close()
-	rb, err := rebalance.New(cfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
-	if err != nil {
-		lis.Close()
-		return err
-	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(ctx, lis) })
-	g.Go(func() error { return rb.Run(ctx) })
-	return g.Wait()
+	c := r.cfg
+	return &c
 }

@@ -1,26 +1,23 @@
 package main
 
 import (
-	"context"
 	"crypto/ed25519"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
 
-	"github.com/berthproject/berth/controlplane"
-	"github.com/berthproject/berth/executor"
+	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
-	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
 
 func newControlPlaneCmd(g *globals) *cobra.Command {
-	cfg := controlplane.DefaultConfig()
-	mcfg := controlplane.DefaultMessagingConfig()
+	rcfg := node.DefaultReplicaConfig()
+	cfg, mcfg := &rcfg.ControlPlane, &rcfg.Messaging
 	var listen, keyFile string
-	rb := rebalanceFlags{on: true, cfg: rebalance.DefaultConfig()}
+	rb := rebalanceFlags{on: true, cfg: *rcfg.Rebalance}
 	cmd := &cobra.Command{
 		Use:   "controlplane",
 		Short: "Serve Assign and messaging against an external etcd",
@@ -43,10 +40,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			reg := registry.New(cli, g.prefix)
-			cache := reg.NewCache(log.With("component", "cache"))
-			srv, err := controlplane.New(cfg, cache, reg, signer, log,
-				controlplane.WithMessaging(reg), controlplane.WithMessagingConfig(mcfg))
+			rcfg.Rebalance = rb.config()
+			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log})
 			if err != nil {
 				return err
 			}
@@ -55,7 +50,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "berth controlplane listening on %s\n", lis.Addr())
-			return rb.serve(cmd.Context(), srv, lis, cfg.ReplicaID, reg, cache, signer, log)
+			return r.Run(cmd.Context(), lis)
 		},
 	}
 	g.etcdFlags(cmd)
@@ -75,7 +70,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 }
 
 func newExecutorCmd(g *globals) *cobra.Command {
-	cfg := executor.DefaultConfig()
+	ncfg := node.DefaultExecutorConfig()
+	cfg := &ncfg.Executor
 	var listen string
 	var keyFiles []string
 	cmd := &cobra.Command{
@@ -116,32 +112,13 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cli.Close()
-			reg := registry.New(cli, g.prefix)
-			log = log.With("executor", cfg.ID)
-			rr, err := reg.NewRegistration(registry.Executor{ID: cfg.ID, GroupID: cfg.GroupID, Address: cfg.Address, Capacity: cfg.Capacity}, cfg.Registration, log)
+			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log})
 			if err != nil {
 				lis.Close()
 				return err
 			}
-			usage := reg.NewUsageRecorder(0, log.With("component", "usage"))
-			srv, err := executor.New(cfg, verifier, rr, log, executor.WithQueue(reg), executor.WithUsage(usage))
-			if err != nil {
-				lis.Close()
-				return err
-			}
-			// The usage recorder outlives the streams, so that the usage
-			// of the last ones is written too.
-			uctx, stopUsage := context.WithCancel(context.WithoutCancel(cmd.Context()))
-			usageDone := make(chan struct{})
-			go func() {
-				defer close(usageDone)
-				_ = usage.Run(uctx)
-			}()
 			fmt.Fprintf(g.stdout, "berth executor %s listening on %s\n", cfg.ID, lis.Addr())
-			err = srv.Run(cmd.Context(), lis)
-			stopUsage()
-			<-usageDone
-			return err
+			return ex.Run(cmd.Context(), lis)
 		},
 	}
 	g.etcdFlags(cmd)

@@ -1,6 +1,7 @@
 // Package devcluster runs a whole berth cluster in one process: an embedded
 // etcd, a control plane and groups of executors on free loopback ports, with
-// a fresh signing key. It is `berth dev`, and the fixture of benchmarks.
+// a fresh signing key, each server built by its composition root (package
+// internal/node). It is `berth dev`, and the fixture of benchmarks.
 package devcluster
 
 import (
@@ -20,8 +21,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/berthproject/berth/controlplane"
-	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
@@ -44,12 +45,10 @@ type Config struct {
 	GroupCapacity int
 	// Executor tunes every executor; ID, GroupID, Address and Capacity are
 	// filled in per executor.
-	Executor executor.Config
-	// ControlPlane tunes the control plane.
-	ControlPlane controlplane.Config
-	// Rebalance runs the rebalancer next to the control plane (nil: off);
-	// its ReplicaID is the control plane's.
-	Rebalance *rebalance.Config
+	Executor node.ExecutorConfig
+	// Replica tunes the control plane replica; its Rebalance runs the
+	// rebalancer next to it (nil: off).
+	Replica node.ReplicaConfig
 }
 
 // DefaultConfig is what `berth dev` runs: two groups of two executors.
@@ -60,10 +59,17 @@ func DefaultConfig() Config {
 		Groups:            2,
 		ExecutorsPerGroup: 2,
 		GroupCapacity:     10000,
-		Executor:          executor.DefaultConfig(),
-		ControlPlane:      controlplane.DefaultConfig(),
-		Rebalance:         DevRebalanceConfig(),
+		Executor:          node.DefaultExecutorConfig(),
+		Replica:           devReplicaConfig(),
 	}
+}
+
+// devReplicaConfig is the control plane of `berth dev`: the defaults, with
+// the rebalancer of DevRebalanceConfig.
+func devReplicaConfig() node.ReplicaConfig {
+	c := node.DefaultReplicaConfig()
+	c.Rebalance = DevRebalanceConfig()
+	return c
 }
 
 // DevRebalanceConfig is the rebalancer of `berth dev`: thresholds for
@@ -139,9 +145,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if err != nil {
 		return err
 	}
-	cache := reg.NewCache(log.With("component", "cache"))
-	cp, err := controlplane.New(cfg.ControlPlane, cache, reg, signer, log.With("component", "controlplane"),
-		controlplane.WithMessaging(reg))
+	cp, err := node.NewReplica(cfg.Replica, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log})
 	if err != nil {
 		cpLis.Close()
 		return err
@@ -149,10 +153,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile}
 
 	type exec struct {
-		srv *executor.Server
+		ex  *node.Executor
 		lis net.Listener
 	}
-	usage := reg.NewUsageRecorder(0, log.With("component", "usage"))
 	var execs []exec
 	defer func() {
 		for _, e := range execs {
@@ -172,23 +175,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 				return err
 			}
 			ec := cfg.Executor
-			ec.ID = fmt.Sprintf("%s-exec-%d", gid, i+1)
-			ec.GroupID = gid
-			ec.Address = lis.Addr().String()
-			ec.Capacity = cfg.GroupCapacity / cfg.ExecutorsPerGroup
-			elog := log.With("component", "executor", "executor", ec.ID)
-			rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: gid, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, elog)
-			if err == nil {
-				var srv *executor.Server
-				srv, err = executor.New(ec, verifier, rr, elog, executor.WithQueue(reg), executor.WithUsage(usage))
-				execs = append(execs, exec{srv, lis})
-			}
+			ec.Executor.ID = fmt.Sprintf("%s-exec-%d", gid, i+1)
+			ec.Executor.GroupID = gid
+			ec.Executor.Address = lis.Addr().String()
+			ec.Executor.Capacity = cfg.GroupCapacity / cfg.ExecutorsPerGroup
+			ex, err := node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: verifier, Log: log.With("component", "executor")})
 			if err != nil {
 				lis.Close()
 				cpLis.Close()
 				return err
 			}
-			info.Executors[ec.ID] = ec.Address
+			execs = append(execs, exec{ex, lis})
+			info.Executors[ec.Executor.ID] = ec.Executor.Address
 		}
 	}
 
@@ -198,37 +196,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	defer stopCP()
 	var cpGroup errgroup.Group
 	cpGroup.Go(func() error { return cp.Run(cpCtx, cpLis) })
-	if cfg.Rebalance != nil {
-		rcfg := *cfg.Rebalance
-		rcfg.ReplicaID = cfg.ControlPlane.ReplicaID
-		mover := rebalance.NewGRPCMover(signer, rcfg.ReplicaID, 5*time.Minute)
-		defer mover.Close()
-		rb, err := rebalance.New(rcfg, reg, cache, signer, mover, log.With("component", "rebalancer"))
-		if err != nil {
-			stopCP()
-			_ = cpGroup.Wait()
-			return err
-		}
-		cpGroup.Go(func() error { return rb.Run(cpCtx) })
-	}
-
-	// The usage recorder outlives the executors, so that the usage of the
-	// last streams is written too.
-	uctx, stopUsage := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopUsage()
-	var usageGroup errgroup.Group
-	usageGroup.Go(func() error { return usage.Run(uctx) })
-	defer func() {
-		stopUsage()
-		_ = usageGroup.Wait()
-	}()
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, e := range execs {
-		g.Go(func() error { return e.srv.Run(gctx, e.lis) })
+		g.Go(func() error { return e.ex.Run(gctx, e.lis) })
 	}
 	g.Go(func() error {
-		if err := waitReady(gctx, reg, cp, info); err != nil {
+		if err := waitReady(gctx, reg, cp.ControlPlane(), info); err != nil {
 			return err
 		}
 		if ready != nil {

@@ -1,4 +1,4 @@
-package controlplane
+package messaging
 
 import (
 	"context"
@@ -36,7 +36,7 @@ const redeliverPage = 64
 
 // redeliverer keeps the devices due for redelivery.
 type redeliverer struct {
-	m   *messaging
+	m   *Server
 	log *slog.Logger
 
 	mu      sync.Mutex
@@ -53,7 +53,7 @@ type redeliverState struct {
 	attempts int // failed rounds so far
 }
 
-func newRedeliverer(m *messaging, log *slog.Logger) *redeliverer {
+func newRedeliverer(m *Server, log *slog.Logger) *redeliverer {
 	return &redeliverer{m: m, log: log, due: map[string]*redeliverState{}, running: map[string]bool{}, wake: make(chan struct{}, 1)}
 }
 

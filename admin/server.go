@@ -1,12 +1,14 @@
-package controlplane
+package admin
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -21,15 +23,90 @@ import (
 // maxPolicyDocument bounds a policy document.
 const maxPolicyDocument = 256 << 10
 
-// adminServer implements AdminService on a control plane's cache and store.
-type adminServer struct {
+// Cache is the replica's watch-fed view of the registry that AdminService
+// reads. *registry.Cache implements it.
+type Cache interface {
+	// Snapshot returns the current immutable snapshot.
+	Snapshot() *registry.Snapshot
+	// Assignment returns a device's cached assignment record.
+	Assignment(deviceID string) (registry.Assignment, bool)
+	// RangeAssignments calls fn for every cached assignment record.
+	RangeAssignments(fn func(registry.Assignment) bool)
+	// History returns a device's cached traffic history record.
+	History(deviceID string) (registry.History, bool)
+}
+
+// Policies gives the compiled placement policy in force for a snapshot,
+// as Assign uses it. *controlplane.Server implements it.
+type Policies interface {
+	PolicyFor(snap *registry.Snapshot) *policy.Compiled
+}
+
+var _ Cache = (*registry.Cache)(nil)
+
+// Deps are what a Server is built on.
+type Deps struct {
+	// Cache is the registry cache. Required; admin does not run it.
+	Cache Cache
+	// Policies is the policy in force. Required.
+	Policies Policies
+	// Store stores policies. Required. When it is also a PolicyMigrator
+	// (*registry.Registry is), ApplyPolicy keeps the migrate mark in step.
+	Store PolicyStore
+	// Rebalance reads and writes the rebalancer's state and the drain
+	// marks; nil answers those calls UNIMPLEMENTED.
+	Rebalance RebalanceStore
+	// Log may be nil.
+	Log *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server implements AdminService on a control plane replica's cache and
+// the registry.
+type Server struct {
 	adminv1.UnimplementedAdminServiceServer
-	s *Server
+
+	cache     Cache
+	policies  Policies
+	store     PolicyStore
+	rebalance RebalanceStore // nil: no rebalancer store
+	log       *slog.Logger
+	now       func() time.Time
+}
+
+// New wires a Server. It starts nothing and does no I/O.
+func New(deps Deps) (*Server, error) {
+	if deps.Cache == nil || deps.Policies == nil || deps.Store == nil {
+		return nil, errors.New("admin: a cache, the policies and a policy store are required")
+	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, log: deps.Log, now: deps.Now}, nil
+}
+
+// Register registers AdminService on s.
+func (a *Server) Register(s grpc.ServiceRegistrar) {
+	adminv1.RegisterAdminServiceServer(s, a)
+}
+
+// history returns the device's traffic history as of now (zero without a
+// record).
+func (a *Server) history(deviceID string) registry.History {
+	h, ok := a.cache.History(deviceID)
+	if !ok {
+		return registry.History{}
+	}
+	return h.Decayed(a.now())
 }
 
 // GetPolicy implements AdminService.GetPolicy.
-func (a *adminServer) GetPolicy(ctx context.Context, _ *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
-	sp := a.s.cache.Snapshot().Policy
+func (a *Server) GetPolicy(ctx context.Context, _ *adminv1.GetPolicyRequest) (*adminv1.GetPolicyResponse, error) {
+	sp := a.cache.Snapshot().Policy
 	if sp == nil {
 		return nil, status.Error(codes.NotFound, "no policy applied; the built-in default (every device label \"default\", balanced by connections) is in force")
 	}
@@ -38,30 +115,30 @@ func (a *adminServer) GetPolicy(ctx context.Context, _ *adminv1.GetPolicyRequest
 }
 
 // ApplyPolicy implements AdminService.ApplyPolicy.
-func (a *adminServer) ApplyPolicy(ctx context.Context, req *adminv1.ApplyPolicyRequest) (*adminv1.ApplyPolicyResponse, error) {
+func (a *Server) ApplyPolicy(ctx context.Context, req *adminv1.ApplyPolicyRequest) (*adminv1.ApplyPolicyResponse, error) {
 	store, err := a.policyStoreFor(req.GetMigrate())
 	if err != nil {
 		return nil, err
 	}
-	version, warns, err := ApplyPolicy(ctx, store, a.s.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), req.GetAppliedBy(), a.s.now())
+	version, warns, err := ApplyPolicy(ctx, store, a.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), req.GetAppliedBy(), a.now())
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	a.s.log.Info("placement policy applied", "version", version, "by", req.GetAppliedBy(), "migrate", req.GetMigrate())
+	a.log.Info("placement policy applied", "version", version, "by", req.GetAppliedBy(), "migrate", req.GetMigrate())
 	return &adminv1.ApplyPolicyResponse{Version: version, Warnings: warns}, nil
 }
 
 // DryRunPolicy implements AdminService.DryRunPolicy.
-func (a *adminServer) DryRunPolicy(_ context.Context, req *adminv1.DryRunPolicyRequest) (*adminv1.DryRunPolicyResponse, error) {
+func (a *Server) DryRunPolicy(_ context.Context, req *adminv1.DryRunPolicyRequest) (*adminv1.DryRunPolicyResponse, error) {
 	if len(req.GetDocument()) > maxPolicyDocument {
 		return nil, status.Errorf(codes.InvalidArgument, "document is %d bytes; at most %d", len(req.GetDocument()), maxPolicyDocument)
 	}
-	snap := a.s.cache.Snapshot()
+	snap := a.cache.Snapshot()
 	pol, warns, err := placement.ValidatePolicy([]byte(req.GetDocument()), snap)
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	r := placement.DryRun(snap, pol, a.s.cache.RangeAssignments, a.s.history)
+	r := placement.DryRun(snap, pol, a.cache.RangeAssignments, a.history)
 	out := &adminv1.DryRunPolicyResponse{Devices: int64(r.Devices), LabelChanges: int64(r.LabelChanges), GroupChanges: int64(r.GroupChanges), Warnings: warns}
 	for _, l := range r.ByLabel {
 		out.ByLabel = append(out.ByLabel, &adminv1.LabelChange{Label: l.Label, Devices: int64(l.Devices), LabelChanges: int64(l.LabelChanges), GroupChanges: int64(l.GroupChanges)})
@@ -70,16 +147,16 @@ func (a *adminServer) DryRunPolicy(_ context.Context, req *adminv1.DryRunPolicyR
 }
 
 // Explain implements AdminService.Explain.
-func (a *adminServer) Explain(_ context.Context, req *adminv1.ExplainRequest) (*adminv1.ExplainResponse, error) {
+func (a *Server) Explain(_ context.Context, req *adminv1.ExplainRequest) (*adminv1.ExplainResponse, error) {
 	if !registry.ValidID(req.GetDeviceId()) {
 		return nil, status.Errorf(codes.InvalidArgument, "device_id %q: want 1-128 of [A-Za-z0-9._:@-]", req.GetDeviceId())
 	}
-	rec, ok := a.s.cache.Assignment(req.GetDeviceId())
+	rec, ok := a.cache.Assignment(req.GetDeviceId())
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "device %s has no assignment record", req.GetDeviceId())
 	}
-	snap := a.s.cache.Snapshot()
-	return ExplainResponse(snap, a.s.policyFor(snap), rec, a.s.history(rec.DeviceID)), nil
+	snap := a.cache.Snapshot()
+	return ExplainResponse(snap, a.policies.PolicyFor(snap), rec, a.history(rec.DeviceID)), nil
 }
 
 // ExplainResponse decides again for rec, with its traffic history as of
@@ -136,7 +213,7 @@ func ApplyPolicy(ctx context.Context, store PolicyStore, snap *registry.Snapshot
 	}
 	js, err := protojson.Marshal(pol.Source())
 	if err != nil {
-		return 0, nil, fmt.Errorf("controlplane: encode policy: %w", err)
+		return 0, nil, fmt.Errorf("admin: encode policy: %w", err)
 	}
 	v, err := store.PutPolicy(ctx, registry.StoredPolicy{Document: js, AppliedAt: now.UTC(), AppliedBy: by}, basedOn)
 	if err != nil {

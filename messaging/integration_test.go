@@ -1,9 +1,8 @@
-package controlplane_test
+package messaging_test
 
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 
@@ -12,14 +11,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/berthproject/berth/controlplane"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
 )
 
-// TestMessagingOnRegistry sends through a control plane on a real registry:
+// TestMessagingOnRegistry sends through messaging on a real registry:
 // a queued message is in etcd before Send answers, and leaves it only once
 // the device acknowledged it; idempotency keys hold across Sends.
 func TestMessagingOnRegistry(t *testing.T) {
@@ -43,30 +41,13 @@ func TestMessagingOnRegistry(t *testing.T) {
 	go func() { rdone <- rr.Run(rctx) }()
 	t.Cleanup(func() { rcancel(); <-rdone })
 
-	cfg := controlplane.DefaultConfig()
-	cfg.ReplicaID = "cp-it"
-	srv, err := controlplane.New(cfg, reg.NewCache(nil), reg, k.signer, nil, controlplane.WithMessaging(reg), controlplane.WithMessagingConfig(testMessagingConfig()))
+	cache := reg.NewCache(nil)
+	addr := serveMessaging(t, k, testMessagingConfig(), cache, reg, cache.Run)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	sdone := make(chan error, 1)
-	go func() { sdone <- srv.Run(sctx, lis) }()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cc.Close()
-		scancel()
-		if err := <-sdone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	t.Cleanup(func() { cc.Close() })
 	c := messagingv1.NewMessagingServiceClient(cc)
 	queue := messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE
 

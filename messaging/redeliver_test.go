@@ -1,4 +1,4 @@
-package controlplane_test
+package messaging_test
 
 import (
 	"context"
@@ -10,14 +10,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/berthproject/berth/controlplane"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/messaging"
 )
 
 // redeliverConfig retries quickly.
-func redeliverConfig() controlplane.MessagingConfig {
+func redeliverConfig() messaging.Config {
 	c := testMessagingConfig()
 	c.RedeliverMinDelay, c.RedeliverMaxDelay = 10*time.Millisecond, 50*time.Millisecond
 	return c

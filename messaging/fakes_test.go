@@ -1,4 +1,4 @@
-package controlplane_test
+package messaging_test
 
 import (
 	"context"
@@ -12,21 +12,24 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
 
-// fakeMsgStore is a MessageStore in memory that behaves like the registry's.
+// fakeMsgStore is a Store in memory that behaves like the registry's.
 type fakeMsgStore struct {
 	mu       sync.Mutex
 	presence map[string]registry.Presence
@@ -38,7 +41,7 @@ type fakeMsgStore struct {
 	fail     error // returned by every method when set
 }
 
-var _ controlplane.MessageStore = (*fakeMsgStore)(nil)
+var _ messaging.Store = (*fakeMsgStore)(nil)
 
 func newFakeMsgStore() *fakeMsgStore {
 	return &fakeMsgStore{
@@ -203,6 +206,28 @@ func (s *fakeMsgStore) SweepExpired(_ context.Context, now time.Time) (int, erro
 		s.queues[d] = keep
 	}
 	return n, nil
+}
+
+// fakeCache is the registry cache of a replica, set by hand.
+type fakeCache struct {
+	mu      sync.Mutex
+	snap    *registry.Snapshot
+	records map[string]registry.Assignment
+}
+
+var _ messaging.Cache = (*fakeCache)(nil)
+
+func (f *fakeCache) Snapshot() *registry.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snap
+}
+
+func (f *fakeCache) Assignment(id string) (registry.Assignment, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.records[id]
+	return a, ok
 }
 
 // fakeExec is an executor's internal service on loopback. It checks the
@@ -389,8 +414,7 @@ func newKeys(t *testing.T) keys {
 	return keys{s, v}
 }
 
-// msgFixture is a control plane serving MessagingService on loopback over
-// fakes.
+// msgFixture is MessagingService served on loopback over fakes.
 type msgFixture struct {
 	client messagingv1.MessagingServiceClient
 	addr   string
@@ -400,14 +424,14 @@ type msgFixture struct {
 }
 
 // testMessagingConfig is quick to resync and sweep.
-func testMessagingConfig() controlplane.MessagingConfig {
-	c := controlplane.DefaultMessagingConfig()
+func testMessagingConfig() messaging.Config {
+	c := messaging.DefaultConfig()
 	c.ResyncInterval = 20 * time.Millisecond
 	c.ResubscribeMaxDelay = 200 * time.Millisecond
 	return c
 }
 
-func startMessaging(t *testing.T, k keys, mcfg controlplane.MessagingConfig, execs ...*fakeExec) *msgFixture {
+func startMessaging(t *testing.T, k keys, mcfg messaging.Config, execs ...*fakeExec) *msgFixture {
 	t.Helper()
 	recs := make([]registry.Executor, len(execs))
 	for i, e := range execs {
@@ -418,10 +442,27 @@ func startMessaging(t *testing.T, k keys, mcfg controlplane.MessagingConfig, exe
 		records: map[string]registry.Assignment{},
 	}
 	store := newFakeMsgStore()
-	cfg := controlplane.DefaultConfig()
-	cfg.ReplicaID = "cp-test"
-	srv, err := controlplane.New(cfg, cache, &fakeStore{cache: cache}, k.signer, nil,
-		controlplane.WithMessaging(store), controlplane.WithMessagingConfig(mcfg))
+	addr := serveMessaging(t, k, mcfg, cache, store, nil)
+	f := &msgFixture{addr: addr, cache: cache, store: store, keys: k}
+	f.client = messagingv1.NewMessagingServiceClient(f.dial(t))
+	return f
+}
+
+// serveMessaging serves MessagingService over cache and store on
+// loopback, calling executors through a pool of connections minting
+// service tokens for "cp-test" with k, as a control plane replica does; run
+// (when set) is run next to it, as a replica runs its registry cache. It
+// returns the address and stops everything at cleanup, in a replica's
+// order: messaging's work, the gRPC server, messaging, the pool.
+func serveMessaging(t *testing.T, k keys, mcfg messaging.Config, cache messaging.Cache, store messaging.Store, run func(context.Context) error) string {
+	t.Helper()
+	pcfg := execclient.DefaultConfig()
+	pcfg.Subject = "cp-test"
+	pool, err := execclient.New(pcfg, execclient.Deps{Signer: k.signer, Executors: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := messaging.New(mcfg, messaging.Deps{Store: store, Cache: cache, Executors: pool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,21 +470,33 @@ func startMessaging(t *testing.T, k keys, mcfg controlplane.MessagingConfig, exe
 	if err != nil {
 		t.Fatal(err)
 	}
+	rpc := rpcserver.New(rpcserver.DefaultConfig(), nil)
+	srv.Register(rpc.GRPC)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, lis) }()
-	f := &msgFixture{addr: lis.Addr().String(), cache: cache, store: store, keys: k}
-	f.client = messagingv1.NewMessagingServiceClient(f.dial(t))
+	var g errgroup.Group
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error { return pool.Run(ctx) })
+	if run != nil {
+		g.Go(func() error { return run(ctx) })
+	}
+	served := make(chan error, 1)
+	go func() { served <- rpc.GRPC.Serve(lis) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
+		if err := g.Wait(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
+		rpc.Stop(5 * time.Second)
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		srv.Close()
+		pool.Close()
 	})
-	return f
+	return lis.Addr().String()
 }
 
-// dial opens a client connection to the control plane, closed at cleanup.
+// dial opens a client connection to the messaging server, closed at cleanup.
 func (f *msgFixture) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	cc, err := grpc.NewClient(f.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)

@@ -1,8 +1,9 @@
-package controlplane_test
+package messaging_test
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -13,10 +14,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/berthproject/berth/controlplane"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -625,56 +626,42 @@ func TestSweeper(t *testing.T) {
 	})
 }
 
-func TestMessagingOptions(t *testing.T) {
-	k := newKeys(t)
+// TestNewRefuses: New refuses a bad config and missing dependencies, and
+// does no I/O (nothing here serves).
+func TestNewRefuses(t *testing.T) {
 	cache := &fakeCache{snap: registry.NewSnapshot(1, nil, nil), records: map[string]registry.Assignment{}}
-	cfg := controlplane.DefaultConfig()
-	bad := controlplane.DefaultMessagingConfig()
+	clients := fakeClients{}
+	good := messaging.Deps{Store: newFakeMsgStore(), Cache: cache, Executors: clients}
+	bad := messaging.DefaultConfig()
 	bad.QueuePerDevice = 0
-	if _, err := controlplane.New(cfg, cache, &fakeStore{cache: cache}, k.signer, nil, controlplane.WithMessaging(newFakeMsgStore()), controlplane.WithMessagingConfig(bad)); err == nil {
-		t.Error("New with a bad messaging config succeeded")
+	tests := []struct {
+		name string
+		cfg  messaging.Config
+		deps messaging.Deps
+		want string // in the error; "" wants none
+	}{
+		{name: "defaults", cfg: messaging.DefaultConfig(), deps: good},
+		{name: "bad config", cfg: bad, deps: good, want: "queue limits 0 per device"},
+		{name: "no store", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Cache: cache, Executors: clients}, want: "store"},
+		{name: "no cache", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Executors: clients}, want: "cache"},
+		{name: "no executor clients", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Cache: cache}, want: "executor clients"},
 	}
-	if _, err := controlplane.New(cfg, cache, &fakeStore{cache: cache}, k.signer, nil, controlplane.WithMessagingConfig(controlplane.DefaultMessagingConfig())); err == nil {
-		t.Error("New with messaging options but no WithMessaging succeeded")
-	}
-	if _, err := controlplane.New(cfg, cache, &fakeStore{cache: cache}, assignOnly{}, nil, controlplane.WithMessaging(newFakeMsgStore())); err == nil || !strings.Contains(err.Error(), "SignService") {
-		t.Errorf("New with a signer without SignService = %v; want an error naming SignService", err)
-	}
-	if _, err := controlplane.New(cfg, cache, &fakeStore{cache: cache}, assignOnly{}, nil, controlplane.WithMessaging(newFakeMsgStore()), controlplane.WithServiceSigner(k.signer)); err != nil {
-		t.Errorf("New with WithServiceSigner: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := messaging.New(tt.cfg, tt.deps)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("New = %v; want no error", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("New = %v; want an error naming %q", err, tt.want)
+			}
+		})
 	}
 }
 
-// assignOnly signs assignment tokens only.
-type assignOnly struct{}
+// fakeClients lends no executor.
+type fakeClients struct{}
 
-func (assignOnly) SignWeighted(string, string, string, float64, time.Duration) (string, time.Time, error) {
-	return "", time.Time{}, nil
-}
-
-// TestServiceTokenRenewed: the pooled connection presents a fresh service
-// token once the current one passed half its life; executors accept both.
-func TestServiceTokenRenewed(t *testing.T) {
-	k := newKeys(t)
-	ex := startExec(t, "e1", k.verifier)
-	cfg := testMessagingConfig()
-	cfg.ServiceTokenTTL = 2 * time.Second
-	f := startMessaging(t, k, cfg, ex)
-	f.store.setPresence(ex.presence("d1"))
-	send := func() {
-		t.Helper()
-		if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send()
-	send()
-	if n := ex.tokensSeen(); n != 1 {
-		t.Fatalf("distinct tokens after two quick Sends = %d; want 1 (cached)", n)
-	}
-	time.Sleep(1100 * time.Millisecond) // past half of the 2s life
-	send()
-	if n := ex.tokensSeen(); n != 2 {
-		t.Errorf("distinct tokens after half the life = %d; want 2 (renewed)", n)
-	}
+func (fakeClients) Acquire(string) (executorv1.ExecutorInternalServiceClient, func(), error) {
+	return nil, nil, errors.New("no executors here")
 }

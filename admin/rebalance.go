@@ -1,4 +1,4 @@
-package controlplane
+package admin
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 )
 
 // RebalanceStore is what the rebalancing part of AdminService reads and
-// writes. *registry.Registry implements it; a control plane whose
-// AssignmentStore does not answers those calls UNIMPLEMENTED.
+// writes. *registry.Registry implements it; a Server without one answers
+// those calls UNIMPLEMENTED.
 type RebalanceStore interface {
 	RebalanceState(ctx context.Context) (registry.RebalanceState, error)
 	RebalanceControl(ctx context.Context) (registry.RebalanceControl, error)
@@ -45,6 +45,7 @@ type migratingStore struct {
 	migrate bool
 }
 
+// PutPolicy implements PolicyStore.
 func (m migratingStore) PutPolicy(ctx context.Context, p registry.StoredPolicy, basedOn int64) (int64, error) {
 	return m.s.PutPolicyMigrating(ctx, p, basedOn, m.migrate)
 }
@@ -58,56 +59,54 @@ func ApplyPolicyMigrating(ctx context.Context, store PolicyMigrator, snap *regis
 
 // policyStoreFor is the store ApplyPolicy uses for a request: one that
 // keeps the migrate mark in step when the store can.
-func (a *adminServer) policyStoreFor(migrate bool) (PolicyStore, error) {
-	if pm, ok := a.s.store.(PolicyMigrator); ok {
+func (a *Server) policyStoreFor(migrate bool) (PolicyStore, error) {
+	if pm, ok := a.store.(PolicyMigrator); ok {
 		return migratingStore{s: pm, migrate: migrate}, nil
 	}
 	if migrate {
 		return nil, status.Error(codes.Unimplemented, "this control plane cannot store a policy with migrate")
 	}
-	return a.s.store, nil
+	return a.store, nil
 }
 
 // migrating reports whether the policy of version v was applied with
 // migrate (false when it cannot tell).
-func (a *adminServer) migrating(ctx context.Context, v int64) bool {
-	rs, ok := a.s.store.(RebalanceStore)
-	if !ok {
+func (a *Server) migrating(ctx context.Context, v int64) bool {
+	if a.rebalance == nil {
 		return false
 	}
-	c, err := rs.RebalanceControl(ctx)
+	c, err := a.rebalance.RebalanceControl(ctx)
 	return err == nil && c.MigrateVersion != 0 && c.MigrateVersion == v
 }
 
-func (a *adminServer) rebalanceStore() (RebalanceStore, error) {
-	rs, ok := a.s.store.(RebalanceStore)
-	if !ok {
+func (a *Server) rebalanceStore() (RebalanceStore, error) {
+	if a.rebalance == nil {
 		return nil, status.Error(codes.Unimplemented, "this control plane has no rebalancer store")
 	}
-	return rs, nil
+	return a.rebalance, nil
 }
 
 // DrainGroup implements AdminService.DrainGroup.
-func (a *adminServer) DrainGroup(ctx context.Context, req *adminv1.DrainGroupRequest) (*adminv1.DrainGroupResponse, error) {
+func (a *Server) DrainGroup(ctx context.Context, req *adminv1.DrainGroupRequest) (*adminv1.DrainGroupResponse, error) {
 	g, err := a.setGroupState(ctx, req.GetGroupId(), registry.GroupDraining)
 	if err != nil {
 		return nil, err
 	}
-	a.s.log.Info("group draining", "group", g.ID)
+	a.log.Info("group draining", "group", g.ID)
 	return &adminv1.DrainGroupResponse{State: string(g.State)}, nil
 }
 
 // UndrainGroup implements AdminService.UndrainGroup.
-func (a *adminServer) UndrainGroup(ctx context.Context, req *adminv1.UndrainGroupRequest) (*adminv1.UndrainGroupResponse, error) {
+func (a *Server) UndrainGroup(ctx context.Context, req *adminv1.UndrainGroupRequest) (*adminv1.UndrainGroupResponse, error) {
 	g, err := a.setGroupState(ctx, req.GetGroupId(), registry.GroupActive)
 	if err != nil {
 		return nil, err
 	}
-	a.s.log.Info("group active again", "group", g.ID)
+	a.log.Info("group active again", "group", g.ID)
 	return &adminv1.UndrainGroupResponse{State: string(g.State)}, nil
 }
 
-func (a *adminServer) setGroupState(ctx context.Context, id string, st registry.GroupState) (registry.Group, error) {
+func (a *Server) setGroupState(ctx context.Context, id string, st registry.GroupState) (registry.Group, error) {
 	if !registry.ValidID(id) {
 		return registry.Group{}, status.Errorf(codes.InvalidArgument, "group_id %q: want 1-128 of [A-Za-z0-9._:@-]", id)
 	}
@@ -123,7 +122,7 @@ func (a *adminServer) setGroupState(ctx context.Context, id string, st registry.
 }
 
 // DrainExecutor implements AdminService.DrainExecutor.
-func (a *adminServer) DrainExecutor(ctx context.Context, req *adminv1.DrainExecutorRequest) (*adminv1.DrainExecutorResponse, error) {
+func (a *Server) DrainExecutor(ctx context.Context, req *adminv1.DrainExecutorRequest) (*adminv1.DrainExecutorResponse, error) {
 	id := req.GetExecutorId()
 	if !registry.ValidID(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "executor_id %q: want 1-128 of [A-Za-z0-9._:@-]", id)
@@ -132,16 +131,16 @@ func (a *adminServer) DrainExecutor(ctx context.Context, req *adminv1.DrainExecu
 	if err != nil {
 		return nil, err
 	}
-	if err := rs.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: id, By: req.GetDrainedBy(), At: a.s.now().UTC()}); err != nil {
+	if err := rs.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: id, By: req.GetDrainedBy(), At: a.now().UTC()}); err != nil {
 		return nil, rebalanceStatus(err, "executor "+id)
 	}
-	_, registered := a.s.cache.Snapshot().Executors[id]
-	a.s.log.Info("executor drain mark set", "executor", id, "by", req.GetDrainedBy(), "registered", registered)
+	_, registered := a.cache.Snapshot().Executors[id]
+	a.log.Info("executor drain mark set", "executor", id, "by", req.GetDrainedBy(), "registered", registered)
 	return &adminv1.DrainExecutorResponse{Registered: registered}, nil
 }
 
 // UndrainExecutor implements AdminService.UndrainExecutor.
-func (a *adminServer) UndrainExecutor(ctx context.Context, req *adminv1.UndrainExecutorRequest) (*adminv1.UndrainExecutorResponse, error) {
+func (a *Server) UndrainExecutor(ctx context.Context, req *adminv1.UndrainExecutorRequest) (*adminv1.UndrainExecutorResponse, error) {
 	id := req.GetExecutorId()
 	if !registry.ValidID(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "executor_id %q: want 1-128 of [A-Za-z0-9._:@-]", id)
@@ -158,7 +157,7 @@ func (a *adminServer) UndrainExecutor(ctx context.Context, req *adminv1.UndrainE
 }
 
 // GetRebalanceStatus implements AdminService.GetRebalanceStatus.
-func (a *adminServer) GetRebalanceStatus(ctx context.Context, _ *adminv1.GetRebalanceStatusRequest) (*adminv1.GetRebalanceStatusResponse, error) {
+func (a *Server) GetRebalanceStatus(ctx context.Context, _ *adminv1.GetRebalanceStatusRequest) (*adminv1.GetRebalanceStatusResponse, error) {
 	rs, err := a.rebalanceStore()
 	if err != nil {
 		return nil, err
@@ -171,7 +170,7 @@ func (a *adminServer) GetRebalanceStatus(ctx context.Context, _ *adminv1.GetReba
 }
 
 // PauseRebalance implements AdminService.PauseRebalance.
-func (a *adminServer) PauseRebalance(ctx context.Context, req *adminv1.PauseRebalanceRequest) (*adminv1.PauseRebalanceResponse, error) {
+func (a *Server) PauseRebalance(ctx context.Context, req *adminv1.PauseRebalanceRequest) (*adminv1.PauseRebalanceResponse, error) {
 	if len(req.GetPausedBy()) > 256 || len(req.GetReason()) > 1024 {
 		return nil, status.Error(codes.InvalidArgument, "paused_by is at most 256 bytes, reason at most 1024")
 	}
@@ -179,15 +178,15 @@ func (a *adminServer) PauseRebalance(ctx context.Context, req *adminv1.PauseReba
 	if err != nil {
 		return nil, err
 	}
-	if err := rs.SetRebalancePause(ctx, &registry.RebalancePause{By: req.GetPausedBy(), Reason: req.GetReason(), At: a.s.now().UTC()}); err != nil {
+	if err := rs.SetRebalancePause(ctx, &registry.RebalancePause{By: req.GetPausedBy(), Reason: req.GetReason(), At: a.now().UTC()}); err != nil {
 		return nil, rebalanceStatus(err, "pause")
 	}
-	a.s.log.Info("rebalancer paused", "by", req.GetPausedBy(), "reason", req.GetReason())
+	a.log.Info("rebalancer paused", "by", req.GetPausedBy(), "reason", req.GetReason())
 	return &adminv1.PauseRebalanceResponse{}, nil
 }
 
 // ResumeRebalance implements AdminService.ResumeRebalance.
-func (a *adminServer) ResumeRebalance(ctx context.Context, _ *adminv1.ResumeRebalanceRequest) (*adminv1.ResumeRebalanceResponse, error) {
+func (a *Server) ResumeRebalance(ctx context.Context, _ *adminv1.ResumeRebalanceRequest) (*adminv1.ResumeRebalanceResponse, error) {
 	rs, err := a.rebalanceStore()
 	if err != nil {
 		return nil, err
@@ -195,7 +194,7 @@ func (a *adminServer) ResumeRebalance(ctx context.Context, _ *adminv1.ResumeReba
 	if err := rs.SetRebalancePause(ctx, nil); err != nil {
 		return nil, rebalanceStatus(err, "resume")
 	}
-	a.s.log.Info("rebalancer resumed")
+	a.log.Info("rebalancer resumed")
 	return &adminv1.ResumeRebalanceResponse{}, nil
 }
 

@@ -1,4 +1,4 @@
-package controlplane
+package messaging
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/execclient"
+	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -35,7 +37,7 @@ func unknownDeviceStatus(device string) error {
 // queueFullStatus names the queue bound that was reached.
 func queueFullStatus(err error, retry time.Duration) error {
 	msg := strings.TrimPrefix(err.Error(), registry.ErrQueueFull.Error()+": ")
-	return withRetry(codes.ResourceExhausted, "queue full: "+msg+"; nothing was stored", retry)
+	return rpcserver.WithRetry(codes.ResourceExhausted, "queue full: "+msg+"; nothing was stored", retry)
 }
 
 // contextStatus is the status of a call that ended with its context.
@@ -44,31 +46,31 @@ func contextStatus(err error) error {
 }
 
 // registryStatus reports a registry failure without its raw error.
-func (m *messaging) registryStatus(ctx context.Context, err error, what string) error {
+func (m *Server) registryStatus(ctx context.Context, err error, what string) error {
 	if ctx.Err() != nil {
 		return contextStatus(ctx.Err())
 	}
 	m.log.Warn("registry error", "what", what, "err", err)
-	return withRetry(codes.Unavailable, "registry unavailable: "+what, m.retry)
+	return rpcserver.WithRetry(codes.Unavailable, "registry unavailable: "+what, m.retry)
 }
 
 // deliverStatus maps the executor's answer to a Deliver into the caller's
 // status. call says the message expected a reply.
-func (m *messaging) deliverStatus(err error, p registry.Presence, messageID string, call bool) error {
+func (m *Server) deliverStatus(err error, p registry.Presence, messageID string, call bool) error {
 	verb := "acknowledge"
 	if call {
 		verb = "answer"
 	}
 	st, ok := status.FromError(err)
 	if !ok {
-		if errors.Is(err, errPoolClosed) {
+		if errors.Is(err, execclient.ErrClosed) {
 			return status.Error(codes.Unavailable, "control plane stopping; retry on another replica")
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return contextStatus(err)
 		}
 		m.log.Warn("delivery failed", "device", p.DeviceID, "executor", p.ExecutorID, "err", err)
-		return withRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
+		return rpcserver.WithRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
 	}
 	switch st.Code() {
 	case codes.NotFound:
@@ -79,7 +81,7 @@ func (m *messaging) deliverStatus(err error, p registry.Presence, messageID stri
 	case codes.Canceled:
 		return status.Error(codes.Canceled, "the call was cancelled")
 	case codes.ResourceExhausted:
-		return withRetry(codes.ResourceExhausted, fmt.Sprintf("device %s: its send queue on executor %s is full", p.DeviceID, p.ExecutorID), m.retry)
+		return rpcserver.WithRetry(codes.ResourceExhausted, fmt.Sprintf("device %s: its send queue on executor %s is full", p.DeviceID, p.ExecutorID), m.retry)
 	case codes.Unauthenticated, codes.PermissionDenied:
 		m.log.Error("executor refused the service token; do executors verify with this control plane's public key?",
 			"executor", p.ExecutorID, "code", st.Code(), "err", st.Message())
@@ -87,10 +89,10 @@ func (m *messaging) deliverStatus(err error, p registry.Presence, messageID stri
 	case codes.Unimplemented:
 		return status.Errorf(codes.Unavailable, "executor %s does not deliver messages (an older version?)", p.ExecutorID)
 	case codes.Unavailable:
-		return withRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
+		return rpcserver.WithRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
 	default:
 		m.log.Warn("delivery failed", "device", p.DeviceID, "executor", p.ExecutorID, "code", st.Code(), "err", st.Message())
-		return withRetry(codes.Unavailable, fmt.Sprintf("delivery to device %s failed at executor %s (%s)", p.DeviceID, p.ExecutorID, st.Code()), m.retry)
+		return rpcserver.WithRetry(codes.Unavailable, fmt.Sprintf("delivery to device %s failed at executor %s (%s)", p.DeviceID, p.ExecutorID, st.Code()), m.retry)
 	}
 }
 

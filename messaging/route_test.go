@@ -1,4 +1,4 @@
-package controlplane_test
+package messaging_test
 
 import (
 	"context"

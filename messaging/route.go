@@ -1,4 +1,4 @@
-package controlplane
+package messaging
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/registry"
 )
@@ -166,7 +167,7 @@ func (c *routeCache) intern(k execKey) *execKey {
 // route finds where dev is connected: from the cache when allowed and
 // fresh, else from the registry (and then cached). online is false when
 // the device holds no stream; cached says the answer came from the cache.
-func (m *messaging) route(ctx context.Context, dev string, useCache bool) (p registry.Presence, online, cached bool, err error) {
+func (m *Server) route(ctx context.Context, dev string, useCache bool) (p registry.Presence, online, cached bool, err error) {
 	if useCache {
 		if p, ok := m.routes.get(dev); ok {
 			return p, true, true, nil
@@ -186,7 +187,7 @@ func (m *messaging) route(ctx context.Context, dev string, useCache bool) (p reg
 // because the device is not (or no longer) there is read again from the
 // registry, and the delivery tried once more when the record names another
 // stream.
-func (m *messaging) deliverRouted(ctx context.Context, dev string, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
+func (m *Server) deliverRouted(ctx context.Context, dev string, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
 	p, online, cached, err := m.route(ctx, dev, true)
 	if err != nil || !online {
 		return nil, p, online, err
@@ -196,7 +197,7 @@ func (m *messaging) deliverRouted(ctx context.Context, dev string, msg *executor
 
 // deliverAt is deliverRouted from a route already found; cached says it
 // came from the cache.
-func (m *messaging) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
+func (m *Server) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
 	resp, err := m.deliver(ctx, p, msg, def)
 	if err == nil {
 		if cached {
@@ -237,7 +238,7 @@ func (m *messaging) deliverAt(ctx context.Context, p registry.Presence, cached b
 // where the route said: the executor does not hold it (NOT_FOUND), its
 // stream ended before the Ack, or the executor cannot be reached.
 func staleRoute(err error) bool {
-	if errors.Is(err, errPoolClosed) {
+	if errors.Is(err, execclient.ErrClosed) {
 		return false
 	}
 	st, ok := status.FromError(err)

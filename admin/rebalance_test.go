@@ -1,4 +1,4 @@
-package controlplane_test
+package admin_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package controlplane_test
+package admin_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/controlplane"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
@@ -21,7 +22,9 @@ import (
 	"github.com/berthproject/berth/token"
 )
 
-// replica is a control plane on a real registry, served on loopback.
+// replica is a control plane on a real registry, serving Assign and
+// AdminService on loopback, wired by hand as a replica's composition root
+// wires them.
 type replica struct {
 	assign controlplanev1.ControlPlaneServiceClient
 	admin  adminv1.AdminServiceClient
@@ -36,7 +39,12 @@ func startReplica(t *testing.T, reg *registry.Registry, id string, key ed25519.P
 	}
 	cfg := controlplane.DefaultConfig()
 	cfg.ReplicaID = id
-	srv, err := controlplane.New(cfg, reg.NewCache(nil), reg, signer, nil)
+	cache := reg.NewCache(nil)
+	srv, err := controlplane.New(cfg, cache, reg, signer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm, err := admin.New(admin.Deps{Cache: cache, Policies: srv, Store: reg, Rebalance: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,18 +52,27 @@ func startReplica(t *testing.T, reg *registry.Registry, id string, key ed25519.P
 	if err != nil {
 		t.Fatal(err)
 	}
+	gs := grpc.NewServer()
+	controlplanev1.RegisterControlPlaneServiceServer(gs, srv)
+	adm.Register(gs)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, lis) }()
+	cacheDone := make(chan error, 1)
+	go func() { cacheDone <- cache.Run(ctx) }()
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		cc.Close()
+		gs.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+		if err := <-cacheDone; err != nil {
+			t.Errorf("cache Run: %v", err)
 		}
 	})
 	return &replica{assign: controlplanev1.NewControlPlaneServiceClient(cc), admin: adminv1.NewAdminServiceClient(cc), srv: srv}

@@ -1,4 +1,4 @@
-package controlplane
+package messaging
 
 import (
 	"context"
@@ -25,7 +25,7 @@ import (
 // publishes that match its filters from the moment it is registered; when
 // its buffer is full, publishes are dropped for it alone and counted in the
 // next response's dropped field.
-func (m *messaging) Subscribe(req *messagingv1.SubscribeRequest, stream grpc.ServerStreamingServer[messagingv1.SubscribeResponse]) error {
+func (m *Server) Subscribe(req *messagingv1.SubscribeRequest, stream grpc.ServerStreamingServer[messagingv1.SubscribeResponse]) error {
 	if err := validateSubscribe(req); err != nil {
 		return invalidArgument(err)
 	}
@@ -109,8 +109,8 @@ func (s *subscriber) offer(e *event) {
 // hub follows the publishes of every live executor while at least one
 // subscriber exists, and fans them in to the subscribers.
 type hub struct {
-	cache  Snapshotter
-	pool   *connPool
+	cache  Cache
+	pool   ExecutorClients
 	log    *slog.Logger
 	resync time.Duration
 	maxGap time.Duration
@@ -120,7 +120,7 @@ type hub struct {
 	wake chan struct{}
 }
 
-func newHub(cache Snapshotter, pool *connPool, cfg MessagingConfig, log *slog.Logger) *hub {
+func newHub(cache Cache, pool ExecutorClients, cfg Config, log *slog.Logger) *hub {
 	return &hub{
 		cache: cache, pool: pool, log: log, resync: cfg.ResyncInterval, maxGap: cfg.ResubscribeMaxDelay,
 		subs: map[*subscriber]struct{}{}, wake: make(chan struct{}, 1),
@@ -270,7 +270,7 @@ func (h *hub) follow(ctx context.Context, e registry.Executor) *follower {
 // followOnce runs one Subscribe stream to addr until it fails; got says
 // whether it delivered anything.
 func (h *hub) followOnce(ctx context.Context, addr string) (got bool, err error) {
-	c, release, err := h.pool.acquire(addr)
+	c, release, err := h.pool.Acquire(addr)
 	if err != nil {
 		return false, err
 	}

@@ -1,4 +1,4 @@
-package controlplane
+package messaging
 
 import (
 	"context"
@@ -16,239 +16,14 @@ import (
 	"github.com/berthproject/berth/registry"
 )
 
-// MessageStore is the registry side of messaging: presence records and the
-// durable per-device queues. *registry.Registry implements it.
-type MessageStore interface {
-	// Presence reads where a device is connected; registry.ErrNotFound when
-	// it is not.
-	Presence(ctx context.Context, deviceID string) (registry.Presence, error)
-	// Enqueue stores a message at the end of its device's queue, within
-	// limits (registry.ErrQueueFull beyond them); dup is set when the
-	// idempotency key was used before.
-	Enqueue(ctx context.Context, m registry.QueuedMessage, limits registry.QueueLimits) (stored registry.QueuedMessage, dup bool, err error)
-	// RememberIdempotency records a key for a message that is not queued;
-	// false and the first record when the key was used before.
-	RememberIdempotency(ctx context.Context, device, key string, rec registry.IdempotencyRecord) (registry.IdempotencyRecord, bool, error)
-	// MarkDelivered records that the message of a key was acknowledged.
-	MarkDelivered(ctx context.Context, device, key string, rec registry.IdempotencyRecord) error
-	// QueueLen counts a device's waiting messages.
-	QueueLen(ctx context.Context, device string) (int64, error)
-	// Queue returns a device's waiting messages in order, at most limit.
-	Queue(ctx context.Context, device string, limit int64) ([]registry.QueuedMessage, error)
-	// Dequeue removes an acknowledged message.
-	Dequeue(ctx context.Context, device string, seq int64) error
-	// SweepExpired removes expired messages and idempotency records.
-	SweepExpired(ctx context.Context, now time.Time) (int, error)
-}
-
-// ServiceSigner mints the service tokens a control plane presents to
-// executors. *token.Signer implements it.
-type ServiceSigner interface {
-	SignService(subject string, ttl time.Duration) (string, time.Time, error)
-}
-
-var _ MessageStore = (*registry.Registry)(nil)
-
-// MessagingConfig tunes MessagingService.
-type MessagingConfig struct {
-	// QueuePerDevice bounds the messages waiting for one device.
-	QueuePerDevice int64
-	// QueueTotal bounds the messages waiting for all devices.
-	QueueTotal int64
-	// DefaultTTL is how long a queued message waits when Send names no TTL;
-	// MaxTTL is the longest TTL accepted.
-	DefaultTTL, MaxTTL time.Duration
-	// SendTimeout bounds an ONLINE_ONLY delivery when the caller set no
-	// deadline; CallTimeout does the same for Call.
-	SendTimeout, CallTimeout time.Duration
-	// QueueAttemptTimeout bounds the immediate delivery attempt of a QUEUE
-	// Send to a connected device; when it fails the message stays queued.
-	QueueAttemptTimeout time.Duration
-	// ServiceTokenTTL is the life of the service token presented to
-	// executors; it is minted again at half its life.
-	ServiceTokenTTL time.Duration
-	// SubscriberBuffer bounds the publishes waiting for one subscriber;
-	// beyond it they are dropped for that subscriber and counted.
-	SubscriberBuffer int
-	// SweepInterval is how often expired queued messages are removed.
-	SweepInterval time.Duration
-	// IdleConnTimeout closes the connection to an executor that left the
-	// registry once it has been unused that long.
-	IdleConnTimeout time.Duration
-	// ResubscribeMaxDelay caps the backoff between attempts to follow an
-	// executor's publishes.
-	ResubscribeMaxDelay time.Duration
-	// ResyncInterval is how often the executors followed for subscribers
-	// are compared with the registry snapshot.
-	ResyncInterval time.Duration
-	// PresenceCacheSize bounds the devices whose presence a replica
-	// remembers; PresenceCacheTTL is how long it trusts what it read (a
-	// failed delivery drops the entry at once).
-	PresenceCacheSize int
-	PresenceCacheTTL  time.Duration
-	// RedeliverMinDelay and RedeliverMaxDelay bound the wait before each
-	// round of redelivery of a connected device's queue after a failed
-	// attempt; RedeliverAttempts is how many failed rounds end it,
-	// RedeliverPending how many devices may wait for one, and
-	// RedeliverWorkers how many rounds run at once.
-	RedeliverMinDelay, RedeliverMaxDelay time.Duration
-	RedeliverAttempts, RedeliverPending  int
-	RedeliverWorkers                     int
-}
-
-// Bounds of MessagingService input.
-const (
-	maxPayload        = 256 << 10
-	maxContentType    = 128
-	maxFilterEntries  = 1000
-	maxFilterValueLen = 128
-	maxReplyErrorLen  = 1024
-)
-
-// DefaultMessagingConfig returns the settings of `berth controlplane`.
-func DefaultMessagingConfig() MessagingConfig {
-	return MessagingConfig{
-		QueuePerDevice:      1000,
-		QueueTotal:          1_000_000,
-		DefaultTTL:          time.Hour,
-		MaxTTL:              7 * 24 * time.Hour,
-		SendTimeout:         10 * time.Second,
-		CallTimeout:         30 * time.Second,
-		QueueAttemptTimeout: 5 * time.Second,
-		ServiceTokenTTL:     10 * time.Minute,
-		SubscriberBuffer:    1024,
-		SweepInterval:       time.Minute,
-		IdleConnTimeout:     time.Minute,
-		ResubscribeMaxDelay: 10 * time.Second,
-		ResyncInterval:      time.Second,
-		PresenceCacheSize:   1 << 20,
-		PresenceCacheTTL:    10 * time.Second,
-		RedeliverMinDelay:   500 * time.Millisecond,
-		RedeliverMaxDelay:   30 * time.Second,
-		RedeliverAttempts:   10,
-		RedeliverPending:    100_000,
-		RedeliverWorkers:    32,
-	}
-}
-
-// Validate checks c.
-func (c MessagingConfig) Validate() error {
-	var errs []error
-	if c.QueuePerDevice <= 0 || c.QueueTotal <= 0 {
-		errs = append(errs, fmt.Errorf("queue limits %d per device, %d total: want > 0", c.QueuePerDevice, c.QueueTotal))
-	}
-	if c.DefaultTTL <= 0 || c.MaxTTL < c.DefaultTTL {
-		errs = append(errs, fmt.Errorf("TTL default %v, max %v: want 0 < default <= max", c.DefaultTTL, c.MaxTTL))
-	}
-	for _, d := range []struct {
-		name string
-		d    time.Duration
-	}{
-		{"send timeout", c.SendTimeout}, {"call timeout", c.CallTimeout}, {"queue attempt timeout", c.QueueAttemptTimeout},
-		{"sweep interval", c.SweepInterval}, {"idle conn timeout", c.IdleConnTimeout},
-		{"resubscribe max delay", c.ResubscribeMaxDelay}, {"resync interval", c.ResyncInterval},
-		{"presence cache TTL", c.PresenceCacheTTL}, {"redeliver min delay", c.RedeliverMinDelay},
-	} {
-		if d.d <= 0 {
-			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.d))
-		}
-	}
-	if c.ServiceTokenTTL < 2*time.Second {
-		errs = append(errs, fmt.Errorf("service token TTL %v: want at least 2s", c.ServiceTokenTTL))
-	}
-	if c.SubscriberBuffer <= 0 {
-		errs = append(errs, fmt.Errorf("subscriber buffer %d: want > 0", c.SubscriberBuffer))
-	}
-	if c.PresenceCacheSize < 0 {
-		errs = append(errs, fmt.Errorf("presence cache size %d: want >= 0 (0: no cache)", c.PresenceCacheSize))
-	}
-	if c.RedeliverMaxDelay < c.RedeliverMinDelay {
-		errs = append(errs, fmt.Errorf("redeliver max delay %v: want >= the min delay %v", c.RedeliverMaxDelay, c.RedeliverMinDelay))
-	}
-	if c.RedeliverAttempts <= 0 || c.RedeliverPending <= 0 || c.RedeliverWorkers <= 0 {
-		errs = append(errs, fmt.Errorf("redeliver attempts %d, pending %d, workers %d: want > 0", c.RedeliverAttempts, c.RedeliverPending, c.RedeliverWorkers))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("controlplane: invalid messaging config: %w", err)
-	}
-	return nil
-}
-
-// Option adds to a control plane built by New.
-type Option func(*options)
-
-type options struct {
-	msgStore  MessageStore
-	msgCfg    *MessagingConfig
-	svcSigner ServiceSigner
-	dialOpts  []grpc.DialOption
-}
-
-// WithMessaging serves MessagingService on store. Service tokens are minted
-// by the signer given to New (it must have SignService, as *token.Signer
-// does) unless WithServiceSigner names another.
-func WithMessaging(store MessageStore) Option {
-	return func(o *options) { o.msgStore = store }
-}
-
-// WithMessagingConfig tunes MessagingService (DefaultMessagingConfig
-// otherwise).
-func WithMessagingConfig(c MessagingConfig) Option {
-	return func(o *options) { o.msgCfg = &c }
-}
-
-// WithServiceSigner mints the service tokens presented to executors.
-func WithServiceSigner(s ServiceSigner) Option {
-	return func(o *options) { o.svcSigner = s }
-}
-
-// WithExecutorDialOptions adds dial options to the connections to
-// executors (after insecure credentials, keepalive and the service token).
-func WithExecutorDialOptions(opts ...grpc.DialOption) Option {
-	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
-}
-
-// applyOptions builds what the options ask for.
-func (s *Server) applyOptions(opts []Option) error {
-	var o options
-	for _, fn := range opts {
-		if fn != nil {
-			fn(&o)
-		}
-	}
-	if o.msgStore == nil {
-		if o.msgCfg != nil || o.svcSigner != nil || o.dialOpts != nil {
-			return errors.New("controlplane: messaging options need WithMessaging")
-		}
-		return nil
-	}
-	cfg := DefaultMessagingConfig()
-	if o.msgCfg != nil {
-		cfg = *o.msgCfg
-	}
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	signer := o.svcSigner
-	if signer == nil {
-		ss, ok := s.signer.(ServiceSigner)
-		if !ok {
-			return errors.New("controlplane: messaging needs a signer with SignService (WithServiceSigner)")
-		}
-		signer = ss
-	}
-	s.msg = newMessaging(cfg, o.msgStore, s.cache, signer, s.cfg.ReplicaID, s.cfg.RetryAfter, o.dialOpts, s.log.With("component", "messaging"), s.now)
-	return nil
-}
-
-// messaging implements MessagingService.
-type messaging struct {
+// Server implements MessagingService on a control plane replica.
+type Server struct {
 	messagingv1.UnimplementedMessagingServiceServer
 
-	cfg       MessagingConfig
-	store     MessageStore
-	cache     Snapshotter
-	pool      *connPool
+	cfg       Config
+	store     Store
+	cache     Cache
+	pool      ExecutorClients
 	hub       *hub
 	routes    *routeCache // nil: every route is read from the registry
 	redeliver *redeliverer
@@ -260,32 +35,47 @@ type messaging struct {
 	stopping chan struct{}
 }
 
-func newMessaging(cfg MessagingConfig, store MessageStore, cache Snapshotter, signer ServiceSigner, replica string,
-	retry time.Duration, dialOpts []grpc.DialOption, log *slog.Logger, now func() time.Time,
-) *messaging {
-	creds := newServiceCreds(signer, replica, cfg.ServiceTokenTTL, now)
-	pool := newConnPool(creds, dialOpts, now)
-	m := &messaging{
-		cfg: cfg, store: store, cache: cache, pool: pool, log: log, now: now, retry: retry,
+// New validates cfg and wires a Server. It starts nothing and does no I/O.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Store == nil || deps.Cache == nil || deps.Executors == nil {
+		return nil, errors.New("messaging: a store, a cache and executor clients are required")
+	}
+	log, now := deps.Log, deps.Now
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	m := &Server{
+		cfg: cfg, store: deps.Store, cache: deps.Cache, pool: deps.Executors, log: log, now: now, retry: cfg.RetryAfter,
 		stopping: make(chan struct{}),
 	}
-	m.hub = newHub(cache, pool, cfg, log)
+	m.hub = newHub(m.cache, m.pool, cfg, log)
 	if cfg.PresenceCacheSize > 0 {
 		m.routes = newRouteCache(cfg.PresenceCacheSize, cfg.PresenceCacheTTL, now)
 	}
 	m.redeliver = newRedeliverer(m, log)
-	return m
+	return m, nil
 }
 
-// run keeps the background work of messaging going until ctx is done: the
-// subscriptions to executors, the sweeper of expired messages, the
-// redelivery of queues to connected devices and the pruning of connections
-// to executors that left.
-func (m *messaging) run(ctx context.Context) error {
+// Register registers MessagingService on s.
+func (m *Server) Register(s grpc.ServiceRegistrar) {
+	messagingv1.RegisterMessagingServiceServer(s, m)
+}
+
+// Run keeps the background work of messaging going until ctx is done: the
+// subscriptions to executors, the sweeper of expired messages and the
+// redelivery of queues to connected devices. When ctx ends, the open
+// Subscribe calls end too (so that a graceful stop of the gRPC server does
+// not wait for them); Run returns nil once its goroutines are done.
+func (m *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.hub.run(ctx) })
 	wg.Go(func() { m.sweep(ctx) })
-	wg.Go(func() { m.prune(ctx) })
 	wg.Go(func() { m.redeliver.run(ctx) })
 	<-ctx.Done()
 	m.stopOnce.Do(func() { close(m.stopping) })
@@ -293,16 +83,16 @@ func (m *messaging) run(ctx context.Context) error {
 	return nil
 }
 
-// close closes the connections to executors; call it after the server
-// stopped.
-func (m *messaging) close() {
+// Close ends the Subscribe calls still open; call it after the gRPC server
+// stopped. It is idempotent. The connections to executors belong to the
+// caller.
+func (m *Server) Close() {
 	m.stopOnce.Do(func() { close(m.stopping) })
-	m.pool.close()
 }
 
 // sweep removes expired queued messages every SweepInterval. Several
 // replicas sweeping at once is harmless: deletes of gone keys do nothing.
-func (m *messaging) sweep(ctx context.Context) {
+func (m *Server) sweep(ctx context.Context) {
 	t := time.NewTicker(m.cfg.SweepInterval)
 	defer t.Stop()
 	for {
@@ -323,29 +113,8 @@ func (m *messaging) sweep(ctx context.Context) {
 	}
 }
 
-// prune closes idle connections to executors that left the snapshot.
-func (m *messaging) prune(ctx context.Context) {
-	t := time.NewTicker(max(m.cfg.IdleConnTimeout/2, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		snap := m.cache.Snapshot()
-		live := make(map[string]bool, len(snap.Executors))
-		for _, e := range snap.Executors {
-			live[e.Address] = true
-		}
-		if n := m.pool.prune(live, m.cfg.IdleConnTimeout); n > 0 {
-			m.log.Debug("closed connections to executors that left", "closed", n)
-		}
-	}
-}
-
 // Send implements MessagingService.Send.
-func (m *messaging) Send(ctx context.Context, req *messagingv1.SendRequest) (*messagingv1.SendResponse, error) {
+func (m *Server) Send(ctx context.Context, req *messagingv1.SendRequest) (*messagingv1.SendResponse, error) {
 	ttl, err := validateSend(req, m.cfg)
 	if err != nil {
 		return nil, invalidArgument(err)
@@ -361,7 +130,7 @@ func (m *messaging) Send(ctx context.Context, req *messagingv1.SendRequest) (*me
 // retried later with the same key. A retry of a Send whose message the
 // device acknowledged answers DELIVERED without sending; any other retry
 // delivers the first Send's message again, under its id.
-func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
+func (m *Server) sendOnline(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
 	dev := req.GetDeviceId()
 	p, online, cached, err := m.route(ctx, dev, true)
 	if err != nil {
@@ -411,7 +180,7 @@ func (m *messaging) sendOnline(ctx context.Context, req *messagingv1.SendRequest
 }
 
 // sendQueued stores first, then tries to deliver at once.
-func (m *messaging) sendQueued(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
+func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
 	dev := req.GetDeviceId()
 	now := m.now()
 	stored, dup, err := m.store.Enqueue(ctx, registry.QueuedMessage{
@@ -476,7 +245,7 @@ func (m *messaging) sendQueued(ctx context.Context, req *messagingv1.SendRequest
 }
 
 // Call implements MessagingService.Call.
-func (m *messaging) Call(ctx context.Context, req *messagingv1.CallRequest) (*messagingv1.CallResponse, error) {
+func (m *Server) Call(ctx context.Context, req *messagingv1.CallRequest) (*messagingv1.CallResponse, error) {
 	if err := validateMessage(req.GetDeviceId(), req.GetPayload(), req.GetContentType()); err != nil {
 		return nil, invalidArgument(err)
 	}
@@ -509,7 +278,7 @@ func (m *messaging) Call(ctx context.Context, req *messagingv1.CallRequest) (*me
 }
 
 // GetDevice implements MessagingService.GetDevice.
-func (m *messaging) GetDevice(ctx context.Context, req *messagingv1.GetDeviceRequest) (*messagingv1.GetDeviceResponse, error) {
+func (m *Server) GetDevice(ctx context.Context, req *messagingv1.GetDeviceRequest) (*messagingv1.GetDeviceResponse, error) {
 	dev := req.GetDeviceId()
 	if err := validateDeviceID(dev); err != nil {
 		return nil, invalidArgument(err)
@@ -540,7 +309,7 @@ func (m *messaging) GetDevice(ctx context.Context, req *messagingv1.GetDeviceReq
 }
 
 // presence reads where dev is connected; online is false when it is not.
-func (m *messaging) presence(ctx context.Context, dev string) (p registry.Presence, online bool, err error) {
+func (m *Server) presence(ctx context.Context, dev string) (p registry.Presence, online bool, err error) {
 	p, err = m.store.Presence(ctx, dev)
 	switch {
 	case err == nil:
@@ -554,10 +323,10 @@ func (m *messaging) presence(ctx context.Context, dev string) (p registry.Presen
 
 // deliver hands msg to the executor named by p: one Deliver on the pooled
 // connection to it, within the caller's deadline (def when it has none).
-func (m *messaging) deliver(ctx context.Context, p registry.Presence, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, error) {
+func (m *Server) deliver(ctx context.Context, p registry.Presence, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, error) {
 	ctx, cancel := deliveryContext(ctx, def)
 	defer cancel()
-	c, release, err := m.pool.acquire(p.Address)
+	c, release, err := m.pool.Acquire(p.Address)
 	if err != nil {
 		return nil, err
 	}
@@ -592,17 +361,7 @@ func duplicateDetail(key string) string {
 }
 
 // validateDeviceID checks a device id at the edge.
-func validateDeviceID(id string) error {
-	switch {
-	case id == "":
-		return errors.New("device_id is required")
-	case len(id) > maxIDLen:
-		return fmt.Errorf("device_id is %d bytes; at most %d", len(id), maxIDLen)
-	case !registry.ValidID(id):
-		return fmt.Errorf("device_id %q: want 1-128 of [A-Za-z0-9._:@-]", id)
-	}
-	return nil
-}
+func validateDeviceID(id string) error { return registry.CheckID("device_id", id) }
 
 // validateMessage checks what Send and Call share.
 func validateMessage(device string, payload []byte, contentType string) error {
@@ -619,7 +378,7 @@ func validateMessage(device string, payload []byte, contentType string) error {
 }
 
 // validateSend checks a SendRequest and returns its TTL.
-func validateSend(r *messagingv1.SendRequest, cfg MessagingConfig) (time.Duration, error) {
+func validateSend(r *messagingv1.SendRequest, cfg Config) (time.Duration, error) {
 	if err := validateMessage(r.GetDeviceId(), r.GetPayload(), r.GetContentType()); err != nil {
 		return 0, err
 	}

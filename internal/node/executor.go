@@ -1,0 +1,108 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync/atomic"
+
+	"github.com/berthproject/berth/executor"
+	"github.com/berthproject/berth/registry"
+)
+
+// ExecutorConfig is everything an executor is built from.
+type ExecutorConfig struct {
+	// Executor tunes the executor; its ID, GroupID, Address and Capacity
+	// are also its registry record, and its Registration the record's
+	// lease and writes.
+	Executor executor.Config
+	// RecordUsage writes each device's traffic history to the registry
+	// when its stream ends (and hourly for long streams), for the policy's
+	// history inputs. The stream benchmarks turn it off.
+	RecordUsage bool
+}
+
+// DefaultExecutorConfig returns the settings of `berth executor`; ID,
+// GroupID and Address have no default.
+func DefaultExecutorConfig() ExecutorConfig {
+	return ExecutorConfig{Executor: executor.DefaultConfig(), RecordUsage: true}
+}
+
+// ExecutorDeps are what an executor is built on.
+type ExecutorDeps struct {
+	// Registry is the etcd registry. Required.
+	Registry *registry.Registry
+	// Verifier checks assignment tokens and control planes' service
+	// tokens. Required.
+	Verifier executor.Verifier
+	// Log may be nil; the executor's id is added to it.
+	Log *slog.Logger
+}
+
+// Executor is one executor: its registration, its device streams and its
+// usage recorder.
+type Executor struct {
+	srv   *executor.Server
+	rr    *registry.Registration
+	usage *registry.UsageRecorder // nil: usage is not recorded
+
+	running atomic.Bool
+}
+
+// NewExecutor validates cfg and wires an executor. It starts nothing and
+// does no I/O.
+func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
+	if deps.Registry == nil || deps.Verifier == nil {
+		return nil, errors.New("node: an executor needs a registry and a verifier")
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ec, reg := cfg.Executor, deps.Registry
+	log = log.With("executor", ec.ID)
+	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, log)
+	if err != nil {
+		return nil, err
+	}
+	e := &Executor{rr: rr}
+	opts := []executor.Option{executor.WithQueue(reg)}
+	if cfg.RecordUsage {
+		e.usage = reg.NewUsageRecorder(0, log.With("component", "usage"))
+		opts = append(opts, executor.WithUsage(e.usage))
+	}
+	if e.srv, err = executor.New(ec, deps.Verifier, rr, log, opts...); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Server returns the executor's stream server (for its counters).
+func (e *Executor) Server() *executor.Server { return e.srv }
+
+// Registration returns the executor's registry record.
+func (e *Executor) Registration() *registry.Registration { return e.rr }
+
+// Run serves on lis until ctx is cancelled, then drains and stops as
+// executor.Server.Run does, and returns nil after a clean stop. The usage
+// recorder outlives the streams, so that the usage of the last ones is
+// written too. Run closes lis; it may be called once.
+func (e *Executor) Run(ctx context.Context, lis net.Listener) error {
+	if !e.running.CompareAndSwap(false, true) {
+		return ErrRunTwice
+	}
+	if e.usage == nil {
+		return e.srv.Run(ctx, lis)
+	}
+	uctx, stopUsage := context.WithCancel(context.WithoutCancel(ctx))
+	usageDone := make(chan struct{})
+	go func() {
+		defer close(usageDone)
+		_ = e.usage.Run(uctx)
+	}()
+	err := e.srv.Run(ctx, lis)
+	stopUsage()
+	<-usageDone
+	return err
+}

@@ -1,0 +1,125 @@
+package messaging
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config tunes MessagingService.
+type Config struct {
+	// QueuePerDevice bounds the messages waiting for one device.
+	QueuePerDevice int64
+	// QueueTotal bounds the messages waiting for all devices.
+	QueueTotal int64
+	// DefaultTTL is how long a queued message waits when Send names no TTL;
+	// MaxTTL is the longest TTL accepted.
+	DefaultTTL, MaxTTL time.Duration
+	// SendTimeout bounds an ONLINE_ONLY delivery when the caller set no
+	// deadline; CallTimeout does the same for Call.
+	SendTimeout, CallTimeout time.Duration
+	// QueueAttemptTimeout bounds the immediate delivery attempt of a QUEUE
+	// Send to a connected device; when it fails the message stays queued.
+	QueueAttemptTimeout time.Duration
+	// RetryAfter is the retry hint of the refusals that carry one (queue
+	// full, registry or executor unavailable).
+	RetryAfter time.Duration
+	// SubscriberBuffer bounds the publishes waiting for one subscriber;
+	// beyond it they are dropped for that subscriber and counted.
+	SubscriberBuffer int
+	// SweepInterval is how often expired queued messages are removed.
+	SweepInterval time.Duration
+	// ResubscribeMaxDelay caps the backoff between attempts to follow an
+	// executor's publishes.
+	ResubscribeMaxDelay time.Duration
+	// ResyncInterval is how often the executors followed for subscribers
+	// are compared with the registry snapshot.
+	ResyncInterval time.Duration
+	// PresenceCacheSize bounds the devices whose presence a replica
+	// remembers; PresenceCacheTTL is how long it trusts what it read (a
+	// failed delivery drops the entry at once).
+	PresenceCacheSize int
+	PresenceCacheTTL  time.Duration
+	// RedeliverMinDelay and RedeliverMaxDelay bound the wait before each
+	// round of redelivery of a connected device's queue after a failed
+	// attempt; RedeliverAttempts is how many failed rounds end it,
+	// RedeliverPending how many devices may wait for one, and
+	// RedeliverWorkers how many rounds run at once.
+	RedeliverMinDelay, RedeliverMaxDelay time.Duration
+	RedeliverAttempts, RedeliverPending  int
+	RedeliverWorkers                     int
+}
+
+// Bounds of MessagingService input.
+const (
+	maxPayload        = 256 << 10
+	maxContentType    = 128
+	maxFilterEntries  = 1000
+	maxFilterValueLen = 128
+	maxReplyErrorLen  = 1024
+)
+
+// DefaultConfig returns the settings of `berth controlplane`.
+func DefaultConfig() Config {
+	return Config{
+		QueuePerDevice:      1000,
+		QueueTotal:          1_000_000,
+		DefaultTTL:          time.Hour,
+		MaxTTL:              7 * 24 * time.Hour,
+		SendTimeout:         10 * time.Second,
+		CallTimeout:         30 * time.Second,
+		QueueAttemptTimeout: 5 * time.Second,
+		RetryAfter:          time.Second,
+		SubscriberBuffer:    1024,
+		SweepInterval:       time.Minute,
+		ResubscribeMaxDelay: 10 * time.Second,
+		ResyncInterval:      time.Second,
+		PresenceCacheSize:   1 << 20,
+		PresenceCacheTTL:    10 * time.Second,
+		RedeliverMinDelay:   500 * time.Millisecond,
+		RedeliverMaxDelay:   30 * time.Second,
+		RedeliverAttempts:   10,
+		RedeliverPending:    100_000,
+		RedeliverWorkers:    32,
+	}
+}
+
+// Validate checks c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.QueuePerDevice <= 0 || c.QueueTotal <= 0 {
+		errs = append(errs, fmt.Errorf("queue limits %d per device, %d total: want > 0", c.QueuePerDevice, c.QueueTotal))
+	}
+	if c.DefaultTTL <= 0 || c.MaxTTL < c.DefaultTTL {
+		errs = append(errs, fmt.Errorf("TTL default %v, max %v: want 0 < default <= max", c.DefaultTTL, c.MaxTTL))
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"send timeout", c.SendTimeout}, {"call timeout", c.CallTimeout}, {"queue attempt timeout", c.QueueAttemptTimeout},
+		{"retry after", c.RetryAfter}, {"sweep interval", c.SweepInterval},
+		{"resubscribe max delay", c.ResubscribeMaxDelay}, {"resync interval", c.ResyncInterval},
+		{"presence cache TTL", c.PresenceCacheTTL}, {"redeliver min delay", c.RedeliverMinDelay},
+	} {
+		if d.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.d))
+		}
+	}
+	if c.SubscriberBuffer <= 0 {
+		errs = append(errs, fmt.Errorf("subscriber buffer %d: want > 0", c.SubscriberBuffer))
+	}
+	if c.PresenceCacheSize < 0 {
+		errs = append(errs, fmt.Errorf("presence cache size %d: want >= 0 (0: no cache)", c.PresenceCacheSize))
+	}
+	if c.RedeliverMaxDelay < c.RedeliverMinDelay {
+		errs = append(errs, fmt.Errorf("redeliver max delay %v: want >= the min delay %v", c.RedeliverMaxDelay, c.RedeliverMinDelay))
+	}
+	if c.RedeliverAttempts <= 0 || c.RedeliverPending <= 0 || c.RedeliverWorkers <= 0 {
+		errs = append(errs, fmt.Errorf("redeliver attempts %d, pending %d, workers %d: want > 0", c.RedeliverAttempts, c.RedeliverPending, c.RedeliverWorkers))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("messaging: invalid config: %w", err)
+	}
+	return nil
+}
