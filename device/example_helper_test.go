@@ -44,7 +44,7 @@ func startCluster() (*cluster, error) {
 	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Groups, cfg.ExecutorsPerGroup, cfg.GroupCapacity = 1, 1, 100
-	cfg.Rebalance = nil
+	cfg.Replica.Rebalance = nil
 
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &cluster{cancel: cancel, done: make(chan error, 1)}
