@@ -71,11 +71,11 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	if err := kg.wait(30 * time.Second); err != nil {
 		t.Fatalf("keygen: %v", err)
 	}
-	for g := 1; g <= groups; g++ {
-		ctl(t, c.etcd, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
-	}
 	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
 	c.cpAddr = c.cp.addr()
+	for g := 1; g <= groups; g++ {
+		ctl(t, c.cpAddr, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
+	}
 	for g := 1; g <= groups; g++ {
 		for i := 1; i <= perGroup; i++ {
 			id := fmt.Sprintf("group-%d-exec-%d", g, i)
@@ -89,7 +89,7 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	for id := range c.executors {
 		ids = append(ids, id)
 	}
-	waitRegistered(t, c.etcd, ids...)
+	waitRegistered(t, c.cpAddr, ids...)
 	return c
 }
 
@@ -128,7 +128,7 @@ func TestFleetSurvivesExecutorLoss(t *testing.T) {
 	if math.Abs(u1-u2) > 0.10 {
 		t.Errorf("group utilization %.2f vs %.2f: more than 10%% apart (%v)", u1, u2, s.groups)
 	}
-	out := ctl(t, c.etcd, "devices", "-o", "json")
+	out := ctl(t, c.cpAddr, "devices", "-o", "json")
 	if n := strings.Count(out, `"device"`); n != devices {
 		t.Errorf("ctl devices lists %d assignment records, want %d", n, devices)
 	}

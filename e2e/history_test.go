@@ -39,19 +39,19 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	if err := start(t, "keygen", "keygen", "--private", priv, "--public", pub).wait(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ctl(t, etcd, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
-	ctl(t, etcd, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
+	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
+	ctl(t, cp, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
+	ctl(t, cp, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
 	polFile := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(polFile, []byte(historyPolicy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctl(t, etcd, "policy", "apply", "-f", polFile)
-	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
+	ctl(t, cp, "policy", "apply", "-f", polFile)
 	for _, g := range []string{"g-normal", "g-heavy"} {
 		start(t, g, "executor", "--etcd", etcd, "--group", g, "--id", g+"-exec", "--capacity", "100",
 			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s").addr()
 	}
-	waitRegistered(t, etcd, "g-normal-exec", "g-heavy-exec")
+	waitRegistered(t, cp, "g-normal-exec", "g-heavy-exec")
 
 	connect := func() *device.Device {
 		t.Helper()
@@ -91,7 +91,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	}
 	var perDay float64
 	testutil.WaitFor(t, 30*time.Second, "the history record read back by the control plane", func() bool {
-		perDay = explainedMessagesPerDay(t, etcd, "dev-chatty")
+		perDay = explainedMessagesPerDay(t, cp, "dev-chatty")
 		return perDay >= published-1 // decayed over seconds: 30 reads 29.99…
 	})
 	t.Logf("messages_per_day after %d publishes: %v", published, perDay)
@@ -105,7 +105,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 
 // explainedMessagesPerDay is the messages_per_day `berth ctl explain` shows
 // for the device (0 before its first assignment record).
-func explainedMessagesPerDay(t *testing.T, etcd, deviceID string) float64 {
+func explainedMessagesPerDay(t *testing.T, cp, deviceID string) float64 {
 	t.Helper()
 	var out struct {
 		Input struct {
@@ -114,7 +114,7 @@ func explainedMessagesPerDay(t *testing.T, etcd, deviceID string) float64 {
 			} `json:"history"`
 		} `json:"input"`
 	}
-	raw := ctl(t, etcd, "explain", deviceID, "-o", "json")
+	raw := ctl(t, cp, "explain", deviceID, "-o", "json")
 	if err := json.Unmarshal([]byte(raw), &out); err != nil {
 		t.Fatalf("explain -o json: %v\n%s", err, raw)
 	}

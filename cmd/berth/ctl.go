@@ -49,7 +49,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 		addr = defaultControlPlane
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server ($"+controlPlaneEnv+" sets the default)")
+	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
 	pf.Int32Var(&c.pageSize, "page-size", 1000, "items per page of a listing (the server allows at most 1000)")

@@ -27,10 +27,11 @@ const connectTimeout = 2 * time.Second
 var errLegacyEtcd = errors.New("ctl talks to a control plane now, not to etcd: drop --etcd/--prefix and pass --controlplane ADDR (or set " +
 	controlPlaneEnv + "); with no control plane up, `berth ctl registry --etcd …` reaches etcd directly")
 
-// connect opens a connection to the control plane at --controlplane and
-// makes sure one answers there: within connectTimeout when nothing does;
-// while it answers NOT_SERVING (loading its view of the registry), until it
-// serves or ctx ends.
+// connect opens a connection to a control plane at --controlplane (a
+// comma-separated list names replicas to try in order) and makes sure one
+// answers there: within connectTimeout per address when nothing does; while
+// the only ones that answer say NOT_SERVING (loading their view of the
+// registry), until one serves or ctx ends.
 func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.legacyEtcd != "" || c.legacyPrefix != "" {
 		return nil, errLegacyEtcd
@@ -38,45 +39,72 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.output != "table" && c.output != "json" {
 		return nil, fmt.Errorf("--output %q: want table or json", c.output)
 	}
-	addr := strings.TrimSpace(c.controlplane)
-	if addr == "" {
+	var addrs []string
+	for _, a := range strings.Split(c.controlplane, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
 		return nil, fmt.Errorf("--controlplane: no address (nor %s)", controlPlaneEnv)
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("control plane %s: %w", addr, err)
+	var (
+		waiting     *grpc.ClientConn // the first that answered NOT_SERVING
+		waitingAddr string
+		failures    []error
+	)
+	for _, addr := range addrs {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			failures = append(failures, fmt.Errorf("control plane %s: %w", addr, err))
+			continue
+		}
+		serving, err := checkServing(ctx, cc, addr)
+		switch {
+		case err == nil && serving:
+			if waiting != nil {
+				waiting.Close()
+			}
+			return cc, nil
+		case err == nil && waiting == nil:
+			waiting, waitingAddr = cc, addr
+		default:
+			failures = append(failures, err)
+			cc.Close()
+		}
 	}
-	if err := c.checkServing(ctx, cc, addr); err != nil {
-		cc.Close()
-		return nil, err
+	if waiting != nil {
+		if err := waitServing(ctx, healthpb.NewHealthClient(waiting), waitingAddr); err != nil {
+			waiting.Close()
+			return nil, err
+		}
+		return waiting, nil
 	}
-	return cc, nil
+	return nil, errors.Join(failures...)
 }
 
-// checkServing asks the health service of the control plane at addr.
-func (c *ctlFlags) checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) error {
-	hc := healthpb.NewHealthClient(cc)
+// checkServing asks the health service of the control plane at addr
+// whether it serves.
+func checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) (bool, error) {
 	hctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	resp, err := hc.Check(hctx, &healthpb.HealthCheckRequest{})
+	resp, err := healthpb.NewHealthClient(cc).Check(hctx, &healthpb.HealthCheckRequest{})
 	cancel()
 	switch {
-	case err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING:
-		return nil
 	case err == nil:
-		return c.waitServing(ctx, hc, addr)
+		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
 	case status.Code(err) == codes.Unimplemented && strings.Contains(status.Convert(err).Message(), "unexpected HTTP status code"):
-		return fmt.Errorf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
+		return false, fmt.Errorf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
 			addr, status.Convert(err).Message(), controlPlaneEnv)
 	case status.Code(err) == codes.Unimplemented:
-		return nil // a gRPC server without the health service: its calls will tell
+		return true, nil // a gRPC server without the health service: its calls will tell
 	case ctx.Err() != nil:
-		return fmt.Errorf("control plane %s: %w", addr, ctx.Err())
+		return false, fmt.Errorf("control plane %s: %w", addr, ctx.Err())
 	}
-	return unreachable(addr, err)
+	return false, unreachable(addr, err)
 }
 
 // waitServing waits until the control plane at addr serves, or ctx ends.
-func (c *ctlFlags) waitServing(ctx context.Context, hc healthpb.HealthClient, addr string) error {
+func waitServing(ctx context.Context, hc healthpb.HealthClient, addr string) error {
 	notServing := fmt.Errorf("control plane at %s is not serving (loading its view of the registry, or stopping; is etcd up?)", addr)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -122,6 +122,7 @@ func TestCtlWithoutControlPlane(t *testing.T) {
 		{"subscribe", "", []string{"subscribe", "--controlplane", addr}, []string{"no control plane at " + addr}},
 		{"address from the environment", envAddr, []string{"devices"}, []string{"no control plane at " + envAddr}},
 		{"flag over the environment", envAddr, []string{"tenants", "--controlplane", addr}, []string{"no control plane at " + addr}},
+		{"every replica", "", []string{"groups", "--controlplane", addr + "," + envAddr}, []string{"no control plane at " + addr, "no control plane at " + envAddr}},
 		{"legacy --etcd", "", []string{"--etcd", "http://127.0.0.1:2379", "groups"}, []string{"not to etcd", "--controlplane", "ctl registry"}},
 		{"bad output", "", []string{"groups", "-o", "yaml", "--controlplane", addr}, []string{"--output"}},
 	}

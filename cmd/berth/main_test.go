@@ -57,6 +57,10 @@ func TestCtl(t *testing.T) {
 	if out := ctl("groups"); !strings.Contains(out, "GROUP") || !strings.Contains(out, "default,eu") {
 		t.Errorf("groups table:\n%s", out)
 	}
+	// Of several replicas, the first that answers serves.
+	if out, _, err := berth(t, "ctl", "groups", "--controlplane", freeAddr(t)+","+cp.addr); err != nil || !strings.Contains(out, "default,eu") {
+		t.Errorf("groups with a dead replica first = %q, %v; want the live one's answer", out, err)
+	}
 	if out := ctl("executors", "-o", "json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("executors of an empty cluster = %q, want []", out)
 	}
