@@ -56,6 +56,9 @@ type Deps struct {
 	// Rebalance reads and writes the rebalancer's state and the drain
 	// marks; nil answers those calls UNIMPLEMENTED.
 	Rebalance RebalanceStore
+	// Fleet writes groups and tenants; nil answers those calls
+	// UNIMPLEMENTED.
+	Fleet FleetStore
 	// Log may be nil.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -71,6 +74,7 @@ type Server struct {
 	policies  Policies
 	store     PolicyStore
 	rebalance RebalanceStore // nil: no rebalancer store
+	fleet     FleetStore     // nil: no group and tenant writes
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -86,7 +90,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, log: deps.Log, now: deps.Now}, nil
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, log: deps.Log, now: deps.Now}, nil
 }
 
 // Register registers AdminService on s.

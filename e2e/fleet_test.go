@@ -44,7 +44,7 @@ func TestFleetSurvivesExecutorLoss(t *testing.T) {
 	if math.Abs(u1-u2) > 0.10 {
 		t.Errorf("group utilization %.2f vs %.2f: more than 10%% apart (%v)", u1, u2, s.groups)
 	}
-	out := ctl(t, c.etcd, "devices", "-o", "json")
+	out := ctl(t, c.cpAddr, "devices", "-o", "json")
 	if n := strings.Count(out, `"device"`); n != devices {
 		t.Errorf("ctl devices lists %d assignment records, want %d", n, devices)
 	}

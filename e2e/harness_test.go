@@ -61,11 +61,11 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
 	priv, pub := keygen(t)
 	c.privKey, c.pubKey = priv, pub
-	for g := 1; g <= groups; g++ {
-		ctl(t, c.etcd, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
-	}
 	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
 	c.cpAddr = c.cp.addr()
+	for g := 1; g <= groups; g++ {
+		ctl(t, c.cpAddr, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
+	}
 	for g := 1; g <= groups; g++ {
 		for i := 1; i <= perGroup; i++ {
 			id := fmt.Sprintf("group-%d-exec-%d", g, i)
@@ -79,7 +79,7 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	for id := range c.executors {
 		ids = append(ids, id)
 	}
-	waitRegistered(t, c.etcd, ids...)
+	waitRegistered(t, c.cpAddr, ids...)
 	return c
 }
 
@@ -170,10 +170,10 @@ type rbStatus struct {
 }
 
 // rbRecords reads every assignment record with `ctl devices -o json`.
-func rbRecords(t *testing.T, etcd string) []rbRecord {
+func rbRecords(t *testing.T, cp string) []rbRecord {
 	t.Helper()
 	var recs []rbRecord
-	if err := json.Unmarshal([]byte(ctl(t, etcd, "devices", "-o", "json")), &recs); err != nil {
+	if err := json.Unmarshal([]byte(ctl(t, cp, "devices", "-o", "json")), &recs); err != nil {
 		t.Fatal(err)
 	}
 	return recs
@@ -181,10 +181,10 @@ func rbRecords(t *testing.T, etcd string) []rbRecord {
 
 // rbStatusOf reads the rebalancer's state with `ctl rebalance status -o
 // json`.
-func rbStatusOf(t *testing.T, etcd string) rbStatus {
+func rbStatusOf(t *testing.T, cp string) rbStatus {
 	t.Helper()
 	var st rbStatus
-	if err := json.Unmarshal([]byte(ctl(t, etcd, "rebalance", "status", "-o", "json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(ctl(t, cp, "rebalance", "status", "-o", "json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -192,7 +192,7 @@ func rbStatusOf(t *testing.T, etcd string) rbStatus {
 
 // explainedMessagesPerDay is the messages_per_day `berth ctl explain` shows
 // for the device (0 before its first assignment record).
-func explainedMessagesPerDay(t *testing.T, etcd, deviceID string) float64 {
+func explainedMessagesPerDay(t *testing.T, cp, deviceID string) float64 {
 	t.Helper()
 	var out struct {
 		Input struct {
@@ -201,7 +201,7 @@ func explainedMessagesPerDay(t *testing.T, etcd, deviceID string) float64 {
 			} `json:"history"`
 		} `json:"input"`
 	}
-	raw := ctl(t, etcd, "explain", deviceID, "-o", "json")
+	raw := ctl(t, cp, "explain", deviceID, "-o", "json")
 	if err := json.Unmarshal([]byte(raw), &out); err != nil {
 		t.Fatalf("explain -o json: %v\n%s", err, raw)
 	}

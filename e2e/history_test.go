@@ -31,17 +31,17 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	}
 	etcd := startEtcd(t)
 	priv, pub := keygen(t)
-	ctl(t, etcd, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
-	ctl(t, etcd, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
+	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
+	ctl(t, cp, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
+	ctl(t, cp, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
 	polFile := filepath.Join(t.TempDir(), "policy.yaml")
 	writeFile(t, polFile, historyPolicy)
-	ctl(t, etcd, "policy", "apply", "-f", polFile)
-	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
+	ctl(t, cp, "policy", "apply", "-f", polFile)
 	for _, g := range []string{"g-normal", "g-heavy"} {
 		start(t, g, "executor", "--etcd", etcd, "--group", g, "--id", g+"-exec", "--capacity", "100",
 			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s").addr()
 	}
-	waitRegistered(t, etcd, "g-normal-exec", "g-heavy-exec")
+	waitRegistered(t, cp, "g-normal-exec", "g-heavy-exec")
 
 	connect := func() *device.Device {
 		t.Helper()
@@ -81,7 +81,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	}
 	var perDay float64
 	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "the history record read back by the control plane", func() bool {
-		perDay = explainedMessagesPerDay(t, etcd, "dev-chatty")
+		perDay = explainedMessagesPerDay(t, cp, "dev-chatty")
 		return perDay >= published-1 // decayed over seconds: 30 reads 29.99…
 	})
 	t.Logf("messages_per_day after %d publishes: %v", published, perDay)

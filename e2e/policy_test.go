@@ -56,24 +56,6 @@ func TestPolicyPlacesFleet(t *testing.T) {
 		{"g-sensors", "sensors", 900},
 		{"g-eu", "eu", 450},
 	}
-	labelsOf := map[string][]string{}
-	capOf := map[string]int{}
-	for _, g := range groups {
-		ctl(t, c.etcd, "group", "put", g.id, "--labels", g.labels, "--capacity", strconv.Itoa(g.capacity))
-		labelsOf[g.id] = strings.Split(g.labels, ",")
-		capOf[g.id] = g.capacity
-	}
-	// Tenants: 1 and 3 are gold, 5 is in the EU.
-	ctl(t, c.etcd, "tenant", "put", "tenant-1", "--attr", "tier=gold")
-	ctl(t, c.etcd, "tenant", "put", "tenant-3", "--attr", "tier=gold,region=eu")
-	ctl(t, c.etcd, "tenant", "put", "tenant-5", "--attr", "region=eu", "--services", "print")
-	polFile := filepath.Join(t.TempDir(), "policy.yaml")
-	writeFile(t, polFile, policyDoc)
-	out := ctl(t, c.etcd, "policy", "apply", "-f", polFile)
-	if !strings.Contains(out, "policy applied") {
-		t.Fatalf("policy apply: %s", out)
-	}
-
 	var cps []string
 	for i := 1; i <= 3; i++ {
 		// The rebalancer evens out what placement at connect time leaves
@@ -83,6 +65,25 @@ func TestPolicyPlacesFleet(t *testing.T) {
 			"--rebalance-rel-threshold", "0.05", "--rebalance-abs-threshold", "10", "--rebalance-interval", "200ms", "--rebalance-rate", "200")
 		cps = append(cps, p.addr())
 	}
+	cp := strings.Join(cps, ",") // ctl uses the first that answers
+	labelsOf := map[string][]string{}
+	capOf := map[string]int{}
+	for _, g := range groups {
+		ctl(t, cp, "group", "put", g.id, "--labels", g.labels, "--capacity", strconv.Itoa(g.capacity))
+		labelsOf[g.id] = strings.Split(g.labels, ",")
+		capOf[g.id] = g.capacity
+	}
+	// Tenants: 1 and 3 are gold, 5 is in the EU.
+	ctl(t, cp, "tenant", "put", "tenant-1", "--attr", "tier=gold")
+	ctl(t, cp, "tenant", "put", "tenant-3", "--attr", "tier=gold,region=eu")
+	ctl(t, cp, "tenant", "put", "tenant-5", "--attr", "region=eu", "--services", "print")
+	polFile := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, polFile, policyDoc)
+	out := ctl(t, cp, "policy", "apply", "-f", polFile)
+	if !strings.Contains(out, "policy applied") {
+		t.Fatalf("policy apply: %s", out)
+	}
+
 	for _, g := range groups {
 		id := g.id + "-exec"
 		c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", g.id, "--id", id,
@@ -93,7 +94,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 	for id := range c.executors {
 		ids = append(ids, id)
 	}
-	waitRegistered(t, c.etcd, ids...)
+	waitRegistered(t, cp, ids...)
 
 	models := []string{"printer-a", "printer-b", "sensor-x", "printer-c"}
 	services := []string{"print", "print+scan", "print", "telemetry", "scan"}
@@ -117,7 +118,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 			Label  string `json:"label"`
 			Rule   string `json:"rule"`
 		}
-		if err := json.Unmarshal([]byte(ctl(t, c.etcd, "devices", "-o", "json")), &recs); err != nil {
+		if err := json.Unmarshal([]byte(ctl(t, cp, "devices", "-o", "json")), &recs); err != nil {
 			t.Fatal(err)
 		}
 		if len(recs) != devices {
@@ -160,7 +161,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 	t.Logf("devices per group: %v", perGroup)
 
 	// Explain tells the same story for one device.
-	ex := ctl(t, c.etcd, "explain", "sim-000001")
+	ex := ctl(t, cp, "explain", "sim-000001")
 	if !strings.Contains(ex, "rule gold-tenants -> label gold") || !strings.Contains(ex, "CHOSEN") {
 		t.Errorf("explain sim-000001 does not show the gold rule and a choice:\n%s", ex)
 	}

@@ -179,12 +179,13 @@ func startEtcd(t *testing.T) string {
 	return testutil.StartEtcd(t).Endpoint()
 }
 
-// ctl runs `berth ctl args...` to completion and returns its stdout.
-func ctl(t *testing.T, etcd string, args ...string) string {
+// ctl runs `berth ctl args...` against the control plane at cp (replicas
+// to try in order, comma separated) to completion and returns its stdout.
+func ctl(t *testing.T, cp string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	full := append([]string{"ctl", "--etcd", etcd}, args...)
+	full := append([]string{"ctl", "--controlplane", cp}, args...)
 	out, err := exec.CommandContext(ctx, binary, full...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("berth %s: %v\n%s", strings.Join(full, " "), err, out)
@@ -192,17 +193,17 @@ func ctl(t *testing.T, etcd string, args ...string) string {
 	return string(out)
 }
 
-// waitRegistered waits until every executor in ids has its record in etcd,
-// so that devices started next find them (a control plane's watch-fed cache
-// follows within milliseconds); an executor prints its address before it
-// registers.
-func waitRegistered(t *testing.T, etcd string, ids ...string) {
+// waitRegistered waits until every executor in ids is registered as the
+// control plane at cp sees it, so that devices started next find them
+// (other replicas' watch-fed caches follow within milliseconds); an
+// executor prints its address before it registers.
+func waitRegistered(t *testing.T, cp string, ids ...string) {
 	t.Helper()
-	testutil.WaitFor(t, 30*time.Second, "executors registered: "+strings.Join(ids, ","), func() bool {
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "executors registered: "+strings.Join(ids, ","), func() bool {
 		var es []struct {
 			ID string `json:"id"`
 		}
-		if err := json.Unmarshal([]byte(ctl(t, etcd, "executors", "-o", "json")), &es); err != nil {
+		if err := json.Unmarshal([]byte(ctl(t, cp, "executors", "-o", "json")), &es); err != nil {
 			t.Fatalf("ctl executors -o json: %v", err)
 		}
 		seen := map[string]bool{}

@@ -32,13 +32,6 @@ func TestRebalance(t *testing.T) {
 	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
 	priv, pub := keygen(t)
 	dir := t.TempDir()
-	ctl(t, c.etcd, "group", "put", "g1", "--labels", "std", "--capacity", "1000")
-	ctl(t, c.etcd, "group", "put", "g2", "--labels", "std", "--capacity", "1000")
-	ctl(t, c.etcd, "group", "put", "s", "--labels", "sensors", "--capacity", "1000")
-	polFile := filepath.Join(dir, "policy.yaml")
-	writeFile(t, polFile, "default_label: std\n")
-	ctl(t, c.etcd, "policy", "apply", "-f", polFile)
-
 	cps := map[string]*proc{}
 	var addrs []string
 	for _, id := range []string{"cp-1", "cp-2"} {
@@ -47,12 +40,20 @@ func TestRebalance(t *testing.T) {
 			"--rebalance-min-interval", "5s", "--rebalance-interval", "200ms", "--rebalance-lease-ttl", "2s")
 		addrs = append(addrs, cps[id].addr())
 	}
+	cp := strings.Join(addrs, ",") // ctl uses the first that answers
+	ctl(t, cp, "group", "put", "g1", "--labels", "std", "--capacity", "1000")
+	ctl(t, cp, "group", "put", "g2", "--labels", "std", "--capacity", "1000")
+	ctl(t, cp, "group", "put", "s", "--labels", "sensors", "--capacity", "1000")
+	polFile := filepath.Join(dir, "policy.yaml")
+	writeFile(t, polFile, "default_label: std\n")
+	ctl(t, cp, "policy", "apply", "-f", polFile)
+
 	startExec := func(g string) {
 		id := g + "-exec"
 		c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", g, "--id", id, "--capacity", "1000",
 			"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
 		c.executors[id].addr()
-		waitRegistered(t, c.etcd, id)
+		waitRegistered(t, cp, id)
 	}
 	for _, g := range []string{"g1", "g2", "s"} {
 		startExec(g)
@@ -80,12 +81,12 @@ func TestRebalance(t *testing.T) {
 		}
 	}
 	writeFile(t, polFile, "default_label: std\nrules:\n  - {name: sensors, when: 'device.model == \"sensor-x\"', label: sensors}\n")
-	if out := ctl(t, c.etcd, "policy", "apply", "-f", polFile, "--migrate"); !strings.Contains(out, "rebalancer moves") {
+	if out := ctl(t, cp, "policy", "apply", "-f", polFile, "--migrate"); !strings.Contains(out, "rebalancer moves") {
 		t.Fatalf("policy apply --migrate: %s", out)
 	}
 	line = sim.waitLine(60*time.Second, "every sensor in group s", connected(func(s summary) bool { return s.groups["s"] == sensors }))
 	t.Logf("after the policy: %s", line)
-	recs := rbRecords(t, c.etcd)
+	recs := rbRecords(t, cp)
 	for _, r := range recs {
 		i, _ := strconv.Atoi(strings.TrimPrefix(r.Device, "sim-"))
 		isSensor := i%3 == 2
@@ -100,7 +101,7 @@ func TestRebalance(t *testing.T) {
 
 	// 2. A new std group fills to its fair share: 667 std devices over
 	// three groups, fair 222, threshold 22.
-	ctl(t, c.etcd, "group", "put", "g3", "--labels", "std", "--capacity", "1000")
+	ctl(t, cp, "group", "put", "g3", "--labels", "std", "--capacity", "1000")
 	startExec("g3")
 	within := func(s summary) bool {
 		std := s.groups["g1"] + s.groups["g2"] + s.groups["g3"]
@@ -118,12 +119,12 @@ func TestRebalance(t *testing.T) {
 	// 3. Drain g1 and kill the leading replica mid-drain: the other
 	// leads, finishes, and g1 empties with every device connected
 	// elsewhere.
-	ctl(t, c.etcd, "group", "drain", "g1")
+	ctl(t, cp, "group", "drain", "g1")
 	var st rbStatus
 	underWay, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	if err := testutil.Poll(underWay, pollEvery, func() bool {
-		st = rbStatusOf(t, c.etcd)
+		st = rbStatusOf(t, cp)
 		moved, _ := strconv.Atoi(st.Progress.Moved)
 		total, _ := strconv.Atoi(st.Plan.Total)
 		return total > 0 && moved >= 30 && cps[st.Leader] != nil
@@ -135,14 +136,14 @@ func TestRebalance(t *testing.T) {
 	cps[leader].signal(syscall.SIGKILL)
 	line = sim.waitLine(60*time.Second, "g1 empty, every device connected", connected(func(s summary) bool { return s.groups["g1"] == 0 }))
 	t.Logf("after the drain: %s", line)
-	st = rbStatusOf(t, c.etcd)
+	st = rbStatusOf(t, cp)
 	if st.Leader == leader || st.Leader == "" {
 		t.Errorf("leader after the kill = %q, want the other replica", st.Leader)
 	}
 
 	// No window of one second saw more moves than the rate (the limiter
 	// lets one more through at the start of a window).
-	recs = rbRecords(t, c.etcd)
+	recs = rbRecords(t, cp)
 	var at []time.Time
 	for _, r := range recs {
 		if !r.MovedAt.IsZero() {
@@ -194,7 +195,7 @@ func TestExecutorDrain(t *testing.T) {
 	})
 	t.Logf("before: %s", line)
 
-	out := ctl(t, c.etcd, "executor", "drain", drained)
+	out := ctl(t, c.cpAddr, "executor", "drain", drained)
 	t.Logf("drain: %s", strings.TrimSpace(out))
 	line = sim.waitLine(60*time.Second, drained+" empty, every device connected", func(l string) bool {
 		s, ok := parseSummary(l)
@@ -207,7 +208,7 @@ func TestExecutorDrain(t *testing.T) {
 			ID          string `json:"id"`
 			DrainMarked bool   `json:"drain_marked"`
 		}
-		if err := json.Unmarshal([]byte(ctl(t, c.etcd, "executors", "-o", "json")), &es); err != nil {
+		if err := json.Unmarshal([]byte(ctl(t, c.cpAddr, "executors", "-o", "json")), &es); err != nil {
 			t.Fatal(err)
 		}
 		m := map[string]bool{}
@@ -225,7 +226,7 @@ func TestExecutorDrain(t *testing.T) {
 	default:
 	}
 
-	ctl(t, c.etcd, "executor", "undrain", drained)
+	ctl(t, c.cpAddr, "executor", "undrain", drained)
 	testutil.WaitForEvery(t, 30*time.Second, pollEvery, drained+" no longer drain-marked", func() bool {
 		d, ok := marked()[drained]
 		return ok && !d

@@ -1,9 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/user"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,148 +15,58 @@ import (
 	"github.com/berthproject/berth/registry"
 )
 
+// controlPlaneEnv names the environment variable that gives --controlplane
+// its default.
+const controlPlaneEnv = "BERTH_CONTROLPLANE"
+
+// defaultControlPlane is where ctl looks for a control plane unless told.
+const defaultControlPlane = "127.0.0.1:7070"
+
 // ctlFlags are the flags of every ctl command.
 type ctlFlags struct {
 	*globals
-	output  string
-	timeout time.Duration
+	output       string
+	timeout      time.Duration
+	controlplane string
+	pageSize     int32
+	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
+	// written when ctl wrote etcd itself: they only say where to go now.
+	legacyEtcd, legacyPrefix string
 }
 
 func newCtlCmd(g *globals) *cobra.Command {
 	c := &ctlFlags{globals: g}
 	cmd := &cobra.Command{
 		Use:   "ctl",
-		Short: "Operate a berth cluster: groups, executors, devices",
+		Short: "Operate a berth cluster through a control plane: groups, tenants, executors, devices, policy, rebalancer, messages",
+		Long: "Operate a berth cluster through a control plane's AdminService and MessagingService.\n" +
+			"ctl needs only the address of one control plane replica (--controlplane, or the " + controlPlaneEnv + "\n" +
+			"environment variable). When no control plane is up, `berth ctl registry …` reads and writes\n" +
+			"etcd directly (break-glass).",
+	}
+	addr := os.Getenv(controlPlaneEnv)
+	if addr == "" {
+		addr = defaultControlPlane
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&g.etcd, "etcd", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
-	pf.StringVar(&g.prefix, "prefix", registry.DefaultPrefix, "key prefix of berth's data in etcd")
+	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
+	pf.Int32Var(&c.pageSize, "page-size", 1000, "items per page of a listing (the server allows at most 1000)")
+	_ = pf.MarkHidden("page-size")
+	pf.StringVar(&c.legacyEtcd, "etcd", "", "")
+	pf.StringVar(&c.legacyPrefix, "prefix", "", "")
+	_ = pf.MarkHidden("etcd")
+	_ = pf.MarkHidden("prefix")
 
-	groups := &cobra.Command{
-		Use:   "groups",
-		Short: "List processing groups with their executors and connections",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				gs, err := reg.Groups(ctx)
-				if err != nil {
-					return err
-				}
-				es, err := reg.Executors(ctx)
-				if err != nil {
-					return err
-				}
-				rows := groupRows(gs, es)
-				return printRows(c, rows, []string{"GROUP", "STATE", "LABELS", "CAPACITY", "EXECUTORS", "CONNECTIONS", "UTILIZATION"}, func(r groupRow) []string {
-					return []string{r.ID, string(r.State), strings.Join(r.Labels, ","), fmt.Sprint(r.Capacity), fmt.Sprint(r.Executors), fmt.Sprint(r.Connections), fmt.Sprintf("%.1f%%", 100*r.Utilization)}
-				})
-			})
-		},
-	}
-	put := &cobra.Command{
-		Use:   "put GROUP",
-		Short: "Create or replace a processing group",
-		Args:  cobra.ExactArgs(1),
-	}
-	var labels []string
-	var capacity int
-	var state string
-	put.Flags().StringSliceVar(&labels, "labels", []string{"default"}, "labels the group carries")
-	put.Flags().IntVar(&capacity, "capacity", 10000, "devices the group is sized for")
-	put.Flags().StringVar(&state, "state", string(registry.GroupActive), "active, draining or disabled")
-	put.RunE = func(cmd *cobra.Command, args []string) error {
-		return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-			gr := registry.Group{ID: args[0], Labels: labels, Capacity: capacity, State: registry.GroupState(state)}
-			if err := reg.PutGroup(ctx, gr); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.stdout, "group %s stored\n", gr.ID)
-			return nil
-		})
-	}
-	groupCmd := &cobra.Command{Use: "group", Short: "Change one processing group"}
-	groupCmd.AddCommand(put)
-
-	executors := &cobra.Command{
-		Use:   "executors",
-		Short: "List registered executors",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				es, err := reg.Executors(ctx)
-				if err != nil {
-					return err
-				}
-				return printRows(c, es, []string{"EXECUTOR", "GROUP", "ADDRESS", "CONNECTIONS", "CAPACITY", "DRAINING", "UPDATED"}, func(e registry.Executor) []string {
-					return []string{e.ID, e.GroupID, e.Address, fmt.Sprint(e.Connections), fmt.Sprint(e.Capacity), fmt.Sprint(e.Draining), e.UpdatedAt.Format(time.RFC3339)}
-				})
-			})
-		},
-	}
-	devices := &cobra.Command{
-		Use:   "devices",
-		Short: "List devices' assignment records",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				as, err := reg.Assignments(ctx)
-				if err != nil {
-					return err
-				}
-				return printRows(c, as, []string{"DEVICE", "GROUP", "LABEL", "ASSIGNED"}, func(a registry.Assignment) []string {
-					return []string{a.DeviceID, a.GroupID, a.Label, a.AssignedAt.Format(time.RFC3339)}
-				})
-			})
-		},
-	}
-	cmd.AddCommand(groups, groupCmd, executors, devices)
+	groups, group := newCtlGroupCmds(c)
+	executors, executor, devices := newCtlFleetCmds(c)
+	tenants, tenant := newCtlTenantCmds(c)
+	cmd.AddCommand(groups, group, executors, executor, devices, tenants, tenant, newCtlRebalanceCmd(c))
 	cmd.AddCommand(newCtlPolicyCmds(c)...)
 	cmd.AddCommand(newCtlMessagingCmds(c)...)
-	addCtlRebalanceCmds(c, cmd, groupCmd)
+	cmd.AddCommand(newCtlRegistryCmd(c))
 	return cmd
-}
-
-// groupRow is one line of `ctl groups`.
-type groupRow struct {
-	registry.Group
-	Executors   int     `json:"executors"`
-	Connections int     `json:"connections"`
-	Utilization float64 `json:"utilization"`
-}
-
-func groupRows(gs []registry.Group, es []registry.Executor) []groupRow {
-	rows := make([]groupRow, len(gs))
-	idx := map[string]int{}
-	for i, g := range gs {
-		rows[i] = groupRow{Group: g}
-		idx[g.ID] = i
-	}
-	for _, e := range es {
-		if i, ok := idx[e.GroupID]; ok {
-			rows[i].Executors++
-			rows[i].Connections += e.Connections
-		}
-	}
-	for i := range rows {
-		if rows[i].Capacity > 0 {
-			rows[i].Utilization = float64(rows[i].Connections) / float64(rows[i].Capacity)
-		}
-	}
-	return rows
-}
-
-// withRegistry runs fn with a registry over a fresh etcd client.
-func (c *ctlFlags) withRegistry(ctx context.Context, fn func(context.Context, *registry.Registry) error) error {
-	cli, err := c.etcdClient()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	return fn(ctx, registry.New(cli, c.prefix))
 }
 
 // printRows writes rows as a table (one line per row, cells giving the
@@ -177,4 +89,77 @@ func printRows[T any](c *ctlFlags, rows []T, header []string, cells func(T) []st
 		return tw.Flush()
 	}
 	return fmt.Errorf("--output %q: want table or json", c.output)
+}
+
+// groupRow is one line of `ctl groups`.
+type groupRow struct {
+	registry.Group
+	Executors   int     `json:"executors"`
+	Connections int     `json:"connections"`
+	Utilization float64 `json:"utilization"`
+}
+
+// printGroups writes `ctl groups`.
+func printGroups(c *ctlFlags, rows []groupRow) error {
+	return printRows(c, rows, []string{"GROUP", "STATE", "LABELS", "CAPACITY", "EXECUTORS", "CONNECTIONS", "UTILIZATION"}, func(r groupRow) []string {
+		return []string{r.ID, string(r.State), strings.Join(r.Labels, ","), fmt.Sprint(r.Capacity), fmt.Sprint(r.Executors), fmt.Sprint(r.Connections), fmt.Sprintf("%.1f%%", 100*r.Utilization)}
+	})
+}
+
+// printExecutors writes `ctl executors`.
+func printExecutors(c *ctlFlags, es []registry.Executor) error {
+	return printRows(c, es, []string{"EXECUTOR", "GROUP", "ADDRESS", "CONNECTIONS", "CAPACITY", "DRAINING", "UPDATED"}, func(e registry.Executor) []string {
+		return []string{e.ID, e.GroupID, e.Address, fmt.Sprint(e.Connections), fmt.Sprint(e.Capacity), fmt.Sprint(e.Draining), e.UpdatedAt.Format(time.RFC3339)}
+	})
+}
+
+// printDevices writes `ctl devices`.
+func printDevices(c *ctlFlags, as []registry.Assignment) error {
+	return printRows(c, as, []string{"DEVICE", "GROUP", "LABEL", "ASSIGNED"}, func(a registry.Assignment) []string {
+		return []string{a.DeviceID, a.GroupID, a.Label, a.AssignedAt.Format(time.RFC3339)}
+	})
+}
+
+// printTenants writes `ctl tenants`.
+func printTenants(c *ctlFlags, ts []registry.Tenant) error {
+	return printRows(c, ts, []string{"TENANT", "ATTRIBUTES", "SERVICES"}, func(t registry.Tenant) []string {
+		return []string{t.ID, kvString(t.Attributes), strings.Join(t.Services, ",")}
+	})
+}
+
+// whoami names the operator for the records: user@host.
+func whoami() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+func kvString(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func firstOf(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

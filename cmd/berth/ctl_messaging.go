@@ -12,12 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
@@ -31,12 +26,6 @@ const maxDataFile = 1 << 20
 // plane's MessagingService.
 type messagingFlags struct {
 	*ctlFlags
-	controlplane string
-}
-
-// addControlPlaneFlag adds --controlplane to cmd.
-func (m *messagingFlags) addControlPlaneFlag(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&m.controlplane, "controlplane", "127.0.0.1:7070", "address of a control plane's gRPC server")
 }
 
 // newCtlMessagingCmds adds send, call, device and subscribe to ctl.
@@ -76,7 +65,7 @@ func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 			return m.call(cmd.Context(), true, func(ctx context.Context, cl messagingv1.MessagingServiceClient) error {
 				resp, err := cl.Send(ctx, req)
 				if err != nil {
-					return rpcError("send", err)
+					return m.rpcError("send", err)
 				}
 				if m.output == "json" {
 					return m.printProto(resp)
@@ -94,7 +83,6 @@ func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 			})
 		},
 	}
-	m.addControlPlaneFlag(cmd)
 	data.add(cmd)
 	f := cmd.Flags()
 	f.BoolVar(&queue, "queue", false, "queue the message when the device is not connected (else fail at once)")
@@ -120,7 +108,7 @@ func newCtlCallCmd(c *ctlFlags) *cobra.Command {
 			return m.call(cmd.Context(), true, func(ctx context.Context, cl messagingv1.MessagingServiceClient) error {
 				resp, err := cl.Call(ctx, req)
 				if err != nil {
-					return rpcError("call", err)
+					return m.rpcError("call", err)
 				}
 				if m.output == "json" {
 					return m.printProto(resp)
@@ -130,7 +118,6 @@ func newCtlCallCmd(c *ctlFlags) *cobra.Command {
 			})
 		},
 	}
-	m.addControlPlaneFlag(cmd)
 	data.add(cmd)
 	return cmd
 }
@@ -145,7 +132,7 @@ func newCtlDeviceCmd(c *ctlFlags) *cobra.Command {
 			return m.call(cmd.Context(), true, func(ctx context.Context, cl messagingv1.MessagingServiceClient) error {
 				d, err := cl.GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: args[0]})
 				if err != nil {
-					return rpcError("device", err)
+					return m.rpcError("device", err)
 				}
 				if m.output == "json" {
 					return m.printProto(d)
@@ -171,7 +158,6 @@ func newCtlDeviceCmd(c *ctlFlags) *cobra.Command {
 			})
 		},
 	}
-	m.addControlPlaneFlag(cmd)
 	return cmd
 }
 
@@ -193,16 +179,16 @@ func newCtlSubscribeCmd(c *ctlFlags) *cobra.Command {
 				defer cancel()
 				s, err := cl.Subscribe(ctx, req)
 				if err != nil {
-					return rpcError("subscribe", err)
+					return m.rpcError("subscribe", err)
 				}
 				if _, err := s.Header(); err != nil {
-					return subscribeEnd(cmd.Context(), err)
+					return m.subscribeEnd(cmd.Context(), err)
 				}
 				fmt.Fprintln(m.stderr, "subscribed; waiting for publishes")
 				for n := 0; count <= 0 || n < count; n++ {
 					r, err := s.Recv()
 					if err != nil {
-						return subscribeEnd(cmd.Context(), err)
+						return m.subscribeEnd(cmd.Context(), err)
 					}
 					if r.GetDropped() > 0 {
 						fmt.Fprintf(m.stderr, "(%d publishes dropped before this one: this subscriber was too slow)\n", r.GetDropped())
@@ -226,7 +212,6 @@ func newCtlSubscribeCmd(c *ctlFlags) *cobra.Command {
 			})
 		},
 	}
-	m.addControlPlaneFlag(cmd)
 	f := cmd.Flags()
 	f.StringArrayVar(&devices, "device", nil, "only this device (repeatable)")
 	f.StringArrayVar(&tenants, "tenant", nil, "only devices of this tenant (repeatable)")
@@ -237,56 +222,27 @@ func newCtlSubscribeCmd(c *ctlFlags) *cobra.Command {
 
 // subscribeEnd turns the end of a subscription into the command's result:
 // an interrupt ends it cleanly.
-func subscribeEnd(ctx context.Context, err error) error {
+func (m *messagingFlags) subscribeEnd(ctx context.Context, err error) error {
 	if ctx.Err() != nil || errors.Is(err, io.EOF) {
 		return nil
 	}
-	return rpcError("subscribe", err)
+	return m.rpcError("subscribe", err)
 }
 
 // call runs fn with a client of the control plane; bounded says whether
-// --timeout applies.
+// --timeout applies (the first contact is bounded either way).
 func (m *messagingFlags) call(ctx context.Context, bounded bool, fn func(context.Context, messagingv1.MessagingServiceClient) error) error {
-	if m.output != "table" && m.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", m.output)
-	}
-	if m.controlplane == "" {
-		return errors.New("--controlplane: no address")
-	}
-	cc, err := grpc.NewClient(m.controlplane, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("control plane %s: %w", m.controlplane, err)
-	}
-	defer cc.Close()
 	if bounded {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, m.timeout)
 		defer cancel()
 	}
-	return fn(ctx, messagingv1.NewMessagingServiceClient(cc))
-}
-
-// printProto writes msg as indented protojson.
-func (m *messagingFlags) printProto(msg proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
+	cc, err := m.connect(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(m.stdout, string(b))
-	return nil
-}
-
-// rpcError makes a status readable: "send: Unavailable: device d is not
-// connected".
-func rpcError(what string, err error) error {
-	st, ok := status.FromError(err)
-	if !ok {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
-		return fmt.Errorf("%s: no control plane answers (is --controlplane right?): %s", what, st.Message())
-	}
-	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
+	defer cc.Close()
+	return fn(ctx, messagingv1.NewMessagingServiceClient(cc))
 }
 
 // payloadFlags are --data, --data-file and --content-type.

@@ -7,23 +7,27 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
-	"github.com/berthproject/berth/admin"
-	"github.com/berthproject/berth/placement"
+	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
 )
 
-// newCtlPolicyCmds adds policy, tenant and explain commands to ctl.
+// defaultPolicyDocument is what `policy get` shows when no policy was
+// applied: the built-in default.
+const defaultPolicyDocument = `{"defaultLabel":"default"}`
+
+// newCtlPolicyCmds adds `policy apply|get|dry-run` and `explain` to ctl.
 func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 	pol := &cobra.Command{Use: "policy", Short: "Read, check and apply the placement policy"}
 
@@ -38,28 +42,23 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				snap, err := reg.LoadSnapshot(ctx)
-				if err != nil {
-					return err
-				}
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
 				var based int64
-				if snap.Policy != nil {
-					based = snap.Policy.Version
+				cur, err := cl.GetPolicy(ctx, &adminv1.GetPolicyRequest{})
+				switch {
+				case err == nil:
+					based = cur.GetVersion()
+				case status.Code(err) != codes.NotFound:
+					return c.rpcError("policy apply", err)
 				}
-				v, warns, err := admin.ApplyPolicyMigrating(ctx, reg, snap, doc, based, whoami(), time.Now(), migrate)
-				for _, w := range warns {
+				r, err := cl.ApplyPolicy(ctx, &adminv1.ApplyPolicyRequest{Document: string(doc), BasedOnVersion: based, AppliedBy: whoami(), Migrate: migrate})
+				if err != nil {
+					return c.policyError("policy apply", err)
+				}
+				for _, w := range r.GetWarnings() {
 					fmt.Fprintln(c.stderr, "warning:", w)
 				}
-				if err != nil {
-					return explainPolicyError(err)
-				}
-				if migrate {
-					fmt.Fprintf(c.stdout, "policy applied: version %d (was %d); the rebalancer moves the devices it relabels\n", v, based)
-					return nil
-				}
-				fmt.Fprintf(c.stdout, "policy applied: version %d (was %d)\n", v, based)
-				return nil
+				return printApplied(c, r.GetVersion(), based, migrate)
 			})
 		},
 	}
@@ -72,26 +71,16 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 		Short: "Show the policy in force and its version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				sp, err := reg.Policy(ctx)
-				if errors.Is(err, registry.ErrNotFound) {
-					fmt.Fprintln(c.stdout, "# no policy applied: the built-in default is in force")
-					sp = registry.StoredPolicy{Document: []byte(`{"defaultLabel":"default"}`)}
-				} else if err != nil {
-					return err
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				r, err := cl.GetPolicy(ctx, &adminv1.GetPolicyRequest{})
+				if status.Code(err) == codes.NotFound {
+					return printPolicy(c, registry.StoredPolicy{}, false)
 				}
-				if c.output == "json" {
-					return json.NewEncoder(c.stdout).Encode(map[string]any{"version": sp.Version, "applied_at": sp.AppliedAt, "applied_by": sp.AppliedBy, "document": sp.Document})
-				}
-				y, err := yaml.JSONToYAML(sp.Document)
 				if err != nil {
-					return err
+					return c.rpcError("policy get", err)
 				}
-				if sp.Version != 0 {
-					fmt.Fprintf(c.stdout, "# version %d, applied %s by %s\n", sp.Version, sp.AppliedAt.Format(time.RFC3339), sp.AppliedBy)
-				}
-				_, err = c.stdout.Write(y)
-				return err
+				return printPolicy(c, registry.StoredPolicy{Document: []byte(r.GetDocument()), Version: r.GetVersion(),
+					AppliedAt: optTime(r.GetAppliedAt()), AppliedBy: r.GetAppliedBy()}, true)
 			})
 		},
 	}
@@ -105,44 +94,15 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				snap, err := reg.LoadSnapshot(ctx)
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				r, err := cl.DryRunPolicy(ctx, &adminv1.DryRunPolicyRequest{Document: string(doc)})
 				if err != nil {
-					return err
+					return c.policyError("policy dry-run", err)
 				}
-				pol, warns, err := placement.ValidatePolicy(doc, snap)
-				if err != nil {
-					return explainPolicyError(err)
-				}
-				for _, w := range warns {
+				for _, w := range r.GetWarnings() {
 					fmt.Fprintln(c.stderr, "warning:", w)
 				}
-				recs, err := reg.Assignments(ctx)
-				if err != nil {
-					return err
-				}
-				hist, err := reg.Histories(ctx)
-				if err != nil {
-					return err
-				}
-				now := time.Now()
-				r := placement.DryRun(snap, pol, func(fn func(registry.Assignment) bool) {
-					for _, a := range recs {
-						if !fn(a) {
-							return
-						}
-					}
-				}, func(id string) registry.History { return hist[id].Decayed(now) })
-				if c.output == "json" {
-					return json.NewEncoder(c.stdout).Encode(r)
-				}
-				fmt.Fprintf(c.stdout, "known devices: %d; label changes: %d; group changes: %d\n", r.Devices, r.LabelChanges, r.GroupChanges)
-				tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "LABEL\tDEVICES\tLABEL CHANGES\tGROUP CHANGES")
-				for _, l := range r.ByLabel {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", l.Label, l.Devices, l.LabelChanges, l.GroupChanges)
-				}
-				return tw.Flush()
+				return printDryRun(c, r)
 			})
 		},
 	}
@@ -150,114 +110,154 @@ func newCtlPolicyCmds(c *ctlFlags) []*cobra.Command {
 	_ = dry.MarkFlagRequired("file")
 	pol.AddCommand(apply, get, dry)
 
-	tenant := &cobra.Command{Use: "tenant", Short: "Change one tenant"}
-	var attrs map[string]string
-	var services []string
-	tput := &cobra.Command{
-		Use:   "put TENANT",
-		Short: "Create or replace a tenant's attributes and entitled services",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				if err := reg.PutTenant(ctx, registry.Tenant{ID: args[0], Attributes: attrs, Services: services}); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "tenant %s stored\n", args[0])
-				return nil
-			})
-		},
-	}
-	tput.Flags().StringToStringVar(&attrs, "attr", nil, "attributes, key=value (repeat or comma separate)")
-	tput.Flags().StringSliceVar(&services, "services", nil, "services the tenant is entitled to")
-	tenant.AddCommand(tput)
-
-	tenants := &cobra.Command{
-		Use:   "tenants",
-		Short: "List tenants",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				ts, err := reg.Tenants(ctx)
-				if err != nil {
-					return err
-				}
-				return printRows(c, ts, []string{"TENANT", "ATTRIBUTES", "SERVICES"}, func(t registry.Tenant) []string {
-					return []string{t.ID, kvString(t.Attributes), strings.Join(t.Services, ",")}
-				})
-			})
-		},
-	}
-
 	explain := &cobra.Command{
 		Use:   "explain DEVICE",
 		Short: "Decide again for a device and show why: inputs, rule, candidates, choice",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				rec, err := reg.Assignment(ctx, args[0])
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				r, err := cl.Explain(ctx, &adminv1.ExplainRequest{DeviceId: args[0]})
 				if err != nil {
-					return err
+					return c.rpcError("explain", err)
 				}
-				snap, err := reg.LoadSnapshot(ctx)
-				if err != nil {
-					return err
-				}
-				pol := policy.Default()
-				if snap.Policy != nil {
-					if pol, err = placement.CompileStored(*snap.Policy); err != nil {
-						return err
-					}
-				}
-				traffic, err := reg.History(ctx, args[0])
-				if err != nil && !errors.Is(err, registry.ErrNotFound) {
-					return err
-				}
-				r := admin.ExplainResponse(snap, pol, rec, traffic.Decayed(time.Now()))
-				if c.output == "json" {
-					b, err := protojson.MarshalOptions{Multiline: true}.Marshal(r)
-					if err != nil {
-						return err
-					}
-					_, err = fmt.Fprintln(c.stdout, string(b))
-					return err
-				}
-				w := c.stdout
-				in := r.GetInput()
-				fmt.Fprintf(w, "device %s\n", r.GetDeviceId())
-				fmt.Fprintf(w, "  inputs:   model=%q firmware=%q attributes={%s}\n", in.GetDevice().GetModel(), in.GetDevice().GetFirmware(), kvString(in.GetDevice().GetAttributes()))
-				fmt.Fprintf(w, "            tenant=%q {%s} services requested=%v entitled=%v\n", in.GetTenant().GetId(), kvString(in.GetTenant().GetAttributes()), in.GetServices().GetRequested(), in.GetServices().GetEntitled())
-				fmt.Fprintf(w, "            history: last group %q, last label %q\n", in.GetHistory().GetLastGroup(), in.GetHistory().GetLastLabel())
-				rule := r.GetRule()
-				if rule == "" {
-					rule = "(none: default label)"
-				}
-				fmt.Fprintf(w, "  policy:   version %d; rule %s -> label %s", r.GetPolicyVersion(), rule, r.GetLabel())
-				if r.GetFromLabel() != "" && r.GetFromLabel() != r.GetLabel() {
-					fmt.Fprintf(w, " (placed under fallback %s)", r.GetFromLabel())
-				}
-				fmt.Fprintln(w)
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "  GROUP\tLABEL\tUTILIZATION\tCAPACITY\tVERDICT")
-				for _, cg := range r.GetCandidates() {
-					verdict := "kept"
-					if !cg.GetKept() {
-						verdict = "dropped: " + cg.GetDropped()
-					}
-					if cg.GetGroupId() == r.GetGroupId() {
-						verdict = "CHOSEN"
-					}
-					fmt.Fprintf(tw, "  %s\t%s\t%.1f%%\t%d\t%s\n", cg.GetGroupId(), cg.GetLabel(), 100*cg.GetUtilization(), cg.GetCapacity(), verdict)
-				}
-				if err := tw.Flush(); err != nil {
-					return err
-				}
-				fmt.Fprintf(w, "  choice:   %s (%s)\n", orDash(r.GetGroupId()), r.GetReason())
-				fmt.Fprintf(w, "  recorded: group %s, label %s, at %s: %s\n", r.GetRecordedGroupId(), r.GetRecordedLabel(), r.GetRecordedAt().AsTime().Format(time.RFC3339), r.GetRecordedReason())
-				return nil
+				return printExplain(c, r)
 			})
 		},
 	}
-	return []*cobra.Command{pol, tenant, tenants, explain}
+	return []*cobra.Command{pol, explain}
+}
+
+// printApplied confirms a stored policy.
+func printApplied(c *ctlFlags, version, based int64, migrate bool) error {
+	if migrate {
+		fmt.Fprintf(c.stdout, "policy applied: version %d (was %d); the rebalancer moves the devices it relabels\n", version, based)
+		return nil
+	}
+	fmt.Fprintf(c.stdout, "policy applied: version %d (was %d)\n", version, based)
+	return nil
+}
+
+// printPolicy writes the policy in force (found false: none was applied,
+// the built-in default is in force) as YAML with a comment, or as JSON.
+func printPolicy(c *ctlFlags, sp registry.StoredPolicy, found bool) error {
+	if !found {
+		if c.output != "json" {
+			fmt.Fprintln(c.stdout, "# no policy applied: the built-in default is in force")
+		}
+		sp = registry.StoredPolicy{Document: []byte(defaultPolicyDocument)}
+	}
+	if c.output == "json" {
+		return json.NewEncoder(c.stdout).Encode(map[string]any{"version": sp.Version, "applied_at": sp.AppliedAt, "applied_by": sp.AppliedBy, "document": sp.Document})
+	}
+	y, err := yaml.JSONToYAML(sp.Document)
+	if err != nil {
+		return err
+	}
+	if sp.Version != 0 {
+		fmt.Fprintf(c.stdout, "# version %d, applied %s by %s\n", sp.Version, sp.AppliedAt.Format(time.RFC3339), sp.AppliedBy)
+	}
+	_, err = c.stdout.Write(y)
+	return err
+}
+
+// dryRunResult is `policy dry-run -o json`, as it always printed.
+type dryRunResult struct {
+	Devices, LabelChanges, GroupChanges int
+	ByLabel                             []dryRunLabel
+}
+
+// dryRunLabel is one label of a dryRunResult.
+type dryRunLabel struct {
+	Label                               string
+	Devices, LabelChanges, GroupChanges int
+}
+
+// printDryRun writes what a policy would change.
+func printDryRun(c *ctlFlags, r *adminv1.DryRunPolicyResponse) error {
+	res := dryRunResult{Devices: int(r.GetDevices()), LabelChanges: int(r.GetLabelChanges()), GroupChanges: int(r.GetGroupChanges())}
+	for _, l := range r.GetByLabel() {
+		res.ByLabel = append(res.ByLabel, dryRunLabel{Label: l.GetLabel(), Devices: int(l.GetDevices()), LabelChanges: int(l.GetLabelChanges()), GroupChanges: int(l.GetGroupChanges())})
+	}
+	if c.output == "json" {
+		return json.NewEncoder(c.stdout).Encode(res)
+	}
+	fmt.Fprintf(c.stdout, "known devices: %d; label changes: %d; group changes: %d\n", res.Devices, res.LabelChanges, res.GroupChanges)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LABEL\tDEVICES\tLABEL CHANGES\tGROUP CHANGES")
+	for _, l := range res.ByLabel {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", l.Label, l.Devices, l.LabelChanges, l.GroupChanges)
+	}
+	return tw.Flush()
+}
+
+// printExplain writes a placement decision, explained.
+func printExplain(c *ctlFlags, r *adminv1.ExplainResponse) error {
+	if c.output == "json" {
+		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(r)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(c.stdout, string(b))
+		return err
+	}
+	w := c.stdout
+	in := r.GetInput()
+	fmt.Fprintf(w, "device %s\n", r.GetDeviceId())
+	fmt.Fprintf(w, "  inputs:   model=%q firmware=%q attributes={%s}\n", in.GetDevice().GetModel(), in.GetDevice().GetFirmware(), kvString(in.GetDevice().GetAttributes()))
+	fmt.Fprintf(w, "            tenant=%q {%s} services requested=%v entitled=%v\n", in.GetTenant().GetId(), kvString(in.GetTenant().GetAttributes()), in.GetServices().GetRequested(), in.GetServices().GetEntitled())
+	fmt.Fprintf(w, "            history: last group %q, last label %q\n", in.GetHistory().GetLastGroup(), in.GetHistory().GetLastLabel())
+	rule := r.GetRule()
+	if rule == "" {
+		rule = "(none: default label)"
+	}
+	fmt.Fprintf(w, "  policy:   version %d; rule %s -> label %s", r.GetPolicyVersion(), rule, r.GetLabel())
+	if r.GetFromLabel() != "" && r.GetFromLabel() != r.GetLabel() {
+		fmt.Fprintf(w, " (placed under fallback %s)", r.GetFromLabel())
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  GROUP\tLABEL\tUTILIZATION\tCAPACITY\tVERDICT")
+	for _, cg := range r.GetCandidates() {
+		verdict := "kept"
+		if !cg.GetKept() {
+			verdict = "dropped: " + cg.GetDropped()
+		}
+		if cg.GetGroupId() == r.GetGroupId() {
+			verdict = "CHOSEN"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%.1f%%\t%d\t%s\n", cg.GetGroupId(), cg.GetLabel(), 100*cg.GetUtilization(), cg.GetCapacity(), verdict)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "  choice:   %s (%s)\n", orDash(r.GetGroupId()), r.GetReason())
+	fmt.Fprintf(w, "  recorded: group %s, label %s, at %s: %s\n", r.GetRecordedGroupId(), r.GetRecordedLabel(), r.GetRecordedAt().AsTime().Format(time.RFC3339), r.GetRecordedReason())
+	return nil
+}
+
+// policyError lists every problem of a refused document on its line, from
+// the status's BadRequest detail, as explainPolicyError does for a local
+// validation.
+func (c *ctlFlags) policyError(what string, err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.InvalidArgument:
+		var lines []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					lines = append(lines, "  "+policy.Problem{Where: v.GetField(), Reason: v.GetDescription()}.String())
+				}
+			}
+		}
+		if len(lines) > 0 {
+			return fmt.Errorf("policy refused; the policy in force stays:\n%s", strings.Join(lines, "\n"))
+		}
+		return fmt.Errorf("policy refused; the policy in force stays: %s", st.Message())
+	case codes.Aborted:
+		return fmt.Errorf("%w (someone applied another policy meanwhile)", c.rpcError(what, err))
+	}
+	return c.rpcError(what, err)
 }
 
 // readDoc reads a policy document from a file or stdin ("-").
@@ -282,33 +282,4 @@ func explainPolicyError(err error) error {
 		return fmt.Errorf("%w (someone applied another policy meanwhile)", err)
 	}
 	return err
-}
-
-func whoami() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
-	}
-	host, _ := os.Hostname()
-	return name + "@" + host
-}
-
-func kvString(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + m[k]
-	}
-	return strings.Join(parts, ",")
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -10,88 +10,21 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/berthproject/berth/admin"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
-	"github.com/berthproject/berth/registry"
 )
 
-// addCtlRebalanceCmds adds `group drain|undrain`, `executor drain|undrain`
-// and `rebalance status|pause|resume` to ctl.
-func addCtlRebalanceCmds(c *ctlFlags, ctl, group *cobra.Command) {
-	setState := func(verb string, st registry.GroupState) *cobra.Command {
-		return &cobra.Command{
-			Use:   verb + " GROUP",
-			Short: map[string]string{"drain": "Take no new device into a group; the rebalancer moves its devices away", "undrain": "Make a draining or disabled group active again"}[verb],
-			Args:  cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-					g, err := reg.SetGroupState(ctx, args[0], st)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(c.stdout, "group %s %s\n", g.ID, g.State)
-					return nil
-				})
-			},
-		}
-	}
-	group.AddCommand(setState("drain", registry.GroupDraining), setState("undrain", registry.GroupActive))
-
-	exec := &cobra.Command{Use: "executor", Short: "Drain or undrain one executor"}
-	exec.AddCommand(&cobra.Command{
-		Use:   "drain ID",
-		Short: "Stop Assign naming an executor; the rebalancer moves its devices to others (the mark outlives restarts)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				if err := reg.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: args[0], By: whoami(), At: time.Now().UTC()}); err != nil {
-					return err
-				}
-				es, err := reg.Executors(ctx)
-				if err != nil {
-					return err
-				}
-				known := false
-				for _, e := range es {
-					known = known || e.ID == args[0]
-				}
-				if !known {
-					fmt.Fprintf(c.stderr, "warning: executor %s is not registered now; the mark applies when it registers\n", args[0])
-				}
-				fmt.Fprintf(c.stdout, "executor %s drained\n", args[0])
-				return nil
-			})
-		},
-	}, &cobra.Command{
-		Use:   "undrain ID",
-		Short: "Remove an executor's drain mark",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				was, err := reg.DeleteExecutorDrain(ctx, args[0])
-				if err != nil {
-					return err
-				}
-				if !was {
-					fmt.Fprintf(c.stdout, "executor %s was not drained\n", args[0])
-					return nil
-				}
-				fmt.Fprintf(c.stdout, "executor %s undrained\n", args[0])
-				return nil
-			})
-		},
-	})
-
+// newCtlRebalanceCmd returns `rebalance status|pause|resume`.
+func newCtlRebalanceCmd(c *ctlFlags) *cobra.Command {
 	rb := &cobra.Command{Use: "rebalance", Short: "See, pause and resume the rebalancer that moves connected devices"}
 	rb.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "The rebalancer's plan (devices to move and why), progress, rate and ETA",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				st, err := admin.RebalanceStatus(ctx, reg)
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				st, err := cl.GetRebalanceStatus(ctx, &adminv1.GetRebalanceStatusRequest{})
 				if err != nil {
-					return err
+					return c.rpcError("rebalance status", err)
 				}
 				return printRebalanceStatus(c, st, time.Now())
 			})
@@ -103,9 +36,9 @@ func addCtlRebalanceCmds(c *ctlFlags, ctl, group *cobra.Command) {
 		Short: "Stop moving devices until resume (the plan is still computed)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				if err := reg.SetRebalancePause(ctx, &registry.RebalancePause{By: whoami(), Reason: reason, At: time.Now().UTC()}); err != nil {
-					return err
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				if _, err := cl.PauseRebalance(ctx, &adminv1.PauseRebalanceRequest{PausedBy: whoami(), Reason: reason}); err != nil {
+					return c.rpcError("rebalance pause", err)
 				}
 				fmt.Fprintln(c.stdout, "rebalancer paused")
 				return nil
@@ -118,16 +51,16 @@ func addCtlRebalanceCmds(c *ctlFlags, ctl, group *cobra.Command) {
 		Short: "Let the rebalancer move devices again",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				if err := reg.SetRebalancePause(ctx, nil); err != nil {
-					return err
+			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
+				if _, err := cl.ResumeRebalance(ctx, &adminv1.ResumeRebalanceRequest{}); err != nil {
+					return c.rpcError("rebalance resume", err)
 				}
 				fmt.Fprintln(c.stdout, "rebalancer resumed")
 				return nil
 			})
 		},
 	})
-	ctl.AddCommand(exec, rb)
+	return rb
 }
 
 // printRebalanceStatus writes st as text or JSON.
@@ -194,11 +127,4 @@ func printRebalanceStatus(c *ctlFlags, st *adminv1.GetRebalanceStatusResponse, n
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%d\n", gr.GetGroupId(), gr.GetState(), gr.GetConnected(), gr.GetFair(), gr.GetCapacity())
 	}
 	return tw.Flush()
-}
-
-func firstOf(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

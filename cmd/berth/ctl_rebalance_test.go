@@ -14,10 +14,10 @@ func TestCtlRebalance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("embedded etcd")
 	}
-	etcd := testutil.StartEtcd(t).Endpoint()
+	cp := startControlPlane(t)
 	ctl := func(args ...string) (string, string) {
 		t.Helper()
-		out, errOut, err := berth(t, append([]string{"ctl", "--etcd", etcd}, args...)...)
+		out, errOut, err := berth(t, append([]string{"ctl", "--controlplane", cp.addr}, args...)...)
 		if err != nil {
 			t.Fatalf("berth ctl %s: %v\n%s", strings.Join(args, " "), err, errOut)
 		}
@@ -27,13 +27,14 @@ func TestCtlRebalance(t *testing.T) {
 	if out, _ := ctl("group", "drain", "g1"); !strings.Contains(out, "group g1 draining") {
 		t.Errorf("group drain: %q", out)
 	}
-	if out, _ := ctl("groups"); !strings.Contains(out, "draining") {
-		t.Errorf("groups after drain:\n%s", out)
-	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "g1 listed draining", func() bool {
+		out, _ := ctl("groups")
+		return strings.Contains(out, "draining")
+	})
 	if out, _ := ctl("group", "undrain", "g1"); !strings.Contains(out, "group g1 active") {
 		t.Errorf("group undrain: %q", out)
 	}
-	if _, _, err := berth(t, "ctl", "--etcd", etcd, "group", "drain", "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
+	if _, _, err := berth(t, "ctl", "--controlplane", cp.addr, "group", "drain", "nope"); err == nil || !strings.Contains(err.Error(), "NotFound") {
 		t.Errorf("group drain nope: err = %v, want not found", err)
 	}
 

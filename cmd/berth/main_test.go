@@ -26,14 +26,16 @@ func berth(t *testing.T, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
+// TestCtl runs the group, policy, tenant and explain commands against a
+// running control plane.
 func TestCtl(t *testing.T) {
 	if testing.Short() {
 		t.Skip("embedded etcd")
 	}
-	etcd := testutil.StartEtcd(t).Endpoint()
+	cp := startControlPlane(t)
 	ctl := func(args ...string) string {
 		t.Helper()
-		out, errOut, err := berth(t, append([]string{"ctl", "--etcd", etcd}, args...)...)
+		out, errOut, err := berth(t, append([]string{"ctl", "--controlplane", cp.addr}, args...)...)
 		if err != nil {
 			t.Fatalf("berth ctl %s: %v\n%s", strings.Join(args, " "), err, errOut)
 		}
@@ -55,12 +57,19 @@ func TestCtl(t *testing.T) {
 	if out := ctl("groups"); !strings.Contains(out, "GROUP") || !strings.Contains(out, "default,eu") {
 		t.Errorf("groups table:\n%s", out)
 	}
+	// Of several replicas, the first that answers serves.
+	if out, _, err := berth(t, "ctl", "groups", "--controlplane", freeAddr(t)+","+cp.addr); err != nil || !strings.Contains(out, "default,eu") {
+		t.Errorf("groups with a dead replica first = %q, %v; want the live one's answer", out, err)
+	}
 	if out := ctl("executors", "-o", "json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("executors of an empty cluster = %q, want []", out)
 	}
+	if out := ctl("devices", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("devices of an empty cluster = %q, want []", out)
+	}
 
 	// A bad group is refused with the reason.
-	if _, _, err := berth(t, "ctl", "--etcd", etcd, "group", "put", "bad/id"); err == nil || !strings.Contains(err.Error(), "group id") {
+	if _, _, err := berth(t, "ctl", "--controlplane", cp.addr, "group", "put", "bad/id"); err == nil || !strings.Contains(err.Error(), "InvalidArgument: group_id") {
 		t.Errorf("group put bad/id = %v, want an error about the group id", err)
 	}
 
@@ -74,28 +83,54 @@ func TestCtl(t *testing.T) {
 	if err := os.WriteFile(good, []byte("default_label: default\nrules:\n  - {name: eu, when: 'device.model == \"EU\"', label: eu}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := berth(t, "ctl", "--etcd", etcd, "policy", "apply", "-f", bad)
-	if err == nil || !strings.Contains(err.Error(), "rules[0] (r).when") || !strings.Contains(err.Error(), "cycle") {
+	_, _, err := berth(t, "ctl", "--controlplane", cp.addr, "policy", "apply", "-f", bad)
+	if err == nil || !strings.Contains(err.Error(), "rules[0] (r).when") || !strings.Contains(err.Error(), "cycle") || !strings.Contains(err.Error(), "policy in force stays") {
 		t.Errorf("apply of a bad policy = %v, want both problems named", err)
 	}
-	if out := ctl("policy", "get"); !strings.Contains(out, "no policy applied") {
+	if _, _, err := berth(t, "ctl", "--controlplane", cp.addr, "policy", "dry-run", "-f", bad); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Errorf("dry-run of a bad policy = %v, want the problems named", err)
+	}
+	if out := ctl("policy", "get"); !strings.Contains(out, "no policy applied") || !strings.Contains(out, "defaultLabel: default") {
 		t.Errorf("policy get after a refused apply:\n%s", out)
 	}
-	if out := ctl("policy", "apply", "-f", good); !strings.Contains(out, "policy applied: version") {
+	var none struct {
+		Version  int64           `json:"version"`
+		Document json.RawMessage `json:"document"`
+	}
+	if err := json.Unmarshal([]byte(ctl("policy", "get", "-o", "json")), &none); err != nil || none.Version != 0 || string(none.Document) != `{"defaultLabel":"default"}` {
+		t.Errorf("policy get -o json with no policy = %+v, %v; want version 0 and the default document", none, err)
+	}
+	if out := ctl("policy", "apply", "-f", good); !strings.Contains(out, "policy applied: version") || !strings.Contains(out, "(was 0)") {
 		t.Errorf("apply of a good policy:\n%s", out)
 	}
-	if out := ctl("policy", "get"); !strings.Contains(out, "device.model == \"EU\"") {
-		t.Errorf("policy get:\n%s", out)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "the applied policy in the control plane's view", func() bool {
+		out, _, err := berth(t, "ctl", "--controlplane", cp.addr, "policy", "get")
+		return err == nil && strings.Contains(out, "device.model == \"EU\"") && strings.Contains(out, "# version")
+	})
+	out, _, err := berth(t, "ctl", "--controlplane", cp.addr, "policy", "apply", "-f", good)
+	if err != nil || !strings.Contains(out, "policy applied: version") || strings.Contains(out, "(was 0)") {
+		t.Errorf("second apply = %q, %v; want it based on the first", out, err)
 	}
 	if out := ctl("policy", "dry-run", "-f", good); !strings.Contains(out, "known devices: 0") {
 		t.Errorf("dry-run:\n%s", out)
+	}
+	var dry struct{ Devices, LabelChanges, GroupChanges int }
+	if err := json.Unmarshal([]byte(ctl("policy", "dry-run", "-f", good, "-o", "json")), &dry); err != nil || dry.Devices != 0 {
+		t.Errorf("dry-run -o json = %+v, %v", dry, err)
 	}
 
 	ctl("tenant", "put", "acme", "--attr", "tier=gold", "--services", "print,scan")
 	if out := ctl("tenants"); !strings.Contains(out, "tier=gold") || !strings.Contains(out, "print,scan") {
 		t.Errorf("tenants:\n%s", out)
 	}
-	if _, _, err := berth(t, "ctl", "--etcd", etcd, "explain", "nobody"); err == nil || !strings.Contains(err.Error(), "not found") {
+	ctl("tenant", "delete", "acme")
+	if out := ctl("tenants", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("tenants after delete = %q, want []", out)
+	}
+	if _, _, err := berth(t, "ctl", "--controlplane", cp.addr, "tenant", "delete", "acme"); err == nil || !strings.Contains(err.Error(), "NotFound") {
+		t.Errorf("tenant delete of an unknown tenant = %v, want NotFound", err)
+	}
+	if _, _, err := berth(t, "ctl", "--controlplane", cp.addr, "explain", "nobody"); err == nil || !strings.Contains(err.Error(), "explain: NotFound") {
 		t.Errorf("explain of an unknown device = %v, want not found", err)
 	}
 }

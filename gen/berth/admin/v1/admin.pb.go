@@ -1861,6 +1861,1406 @@ func (*ResumeRebalanceResponse) Descriptor() ([]byte, []int) {
 	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
+// Group is a processing group with its live state.
+type Group struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's id.
+	GroupId string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The labels it carries: a device whose assigned label is one of them
+	// may be placed in it.
+	Labels []string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
+	// The number of devices it is sized for.
+	Capacity int64 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// Its administrative state: "active" (takes devices), "draining" (keeps
+	// its devices, takes no new one) or "disabled" (takes none).
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Executors registered for it now.
+	Executors int64 `protobuf:"varint,5,opt,name=executors,proto3" json:"executors,omitempty"`
+	// Live streams over its executors, as they last reported.
+	Connections int64 `protobuf:"varint,6,opt,name=connections,proto3" json:"connections,omitempty"`
+	// connections / capacity (0.25 is 25%).
+	Utilization   float64 `protobuf:"fixed64,7,opt,name=utilization,proto3" json:"utilization,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Group) Reset() {
+	*x = Group{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Group) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Group) ProtoMessage() {}
+
+func (x *Group) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Group.ProtoReflect.Descriptor instead.
+func (*Group) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Group) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Group) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Group) GetCapacity() int64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *Group) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Group) GetExecutors() int64 {
+	if x != nil {
+		return x.Executors
+	}
+	return 0
+}
+
+func (x *Group) GetConnections() int64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Group) GetUtilization() float64 {
+	if x != nil {
+		return x.Utilization
+	}
+	return 0
+}
+
+// ListGroupsRequest asks for a page of groups.
+type ListGroupsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most groups to return: 0 means 100; more than 1000 is treated as 1000;
+	// negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListGroupsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGroupsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListGroupsResponse is a page of groups, ordered by id.
+type ListGroupsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The groups.
+	Groups []*Group `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*Group {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ListGroupsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// PutGroupRequest creates or replaces a group.
+type PutGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's id: 1-128 of [A-Za-z0-9._:@-].
+	GroupId string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The labels it carries: at most 64, each 1-128 of [A-Za-z0-9._:@-].
+	Labels []string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
+	// The number of devices it is sized for: 1 to 1,000,000,000.
+	Capacity int64 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// "active", "draining" or "disabled"; empty means "active".
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutGroupRequest) Reset() {
+	*x = PutGroupRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutGroupRequest) ProtoMessage() {}
+
+func (x *PutGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutGroupRequest.ProtoReflect.Descriptor instead.
+func (*PutGroupRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PutGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *PutGroupRequest) GetLabels() []string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *PutGroupRequest) GetCapacity() int64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *PutGroupRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+// PutGroupResponse is the group as stored.
+type PutGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group, with its live state as this replica sees it.
+	Group *Group `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Whether the group did not exist before.
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutGroupResponse) Reset() {
+	*x = PutGroupResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutGroupResponse) ProtoMessage() {}
+
+func (x *PutGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutGroupResponse.ProtoReflect.Descriptor instead.
+func (*PutGroupResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *PutGroupResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *PutGroupResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+// DeleteGroupRequest names a group to remove.
+type DeleteGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group.
+	GroupId       string `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupRequest) Reset() {
+	*x = DeleteGroupRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupRequest) ProtoMessage() {}
+
+func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DeleteGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// DeleteGroupResponse confirms the removal.
+type DeleteGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Assignment records that still name the group: those devices are
+	// placed anew on their next Assign.
+	Assignments   int64 `protobuf:"varint,1,opt,name=assignments,proto3" json:"assignments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupResponse) Reset() {
+	*x = DeleteGroupResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupResponse) ProtoMessage() {}
+
+func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeleteGroupResponse) GetAssignments() int64 {
+	if x != nil {
+		return x.Assignments
+	}
+	return 0
+}
+
+// Executor is a registered executor, as it last reported itself.
+type Executor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executor's id.
+	ExecutorId string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
+	// The group it serves.
+	GroupId string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// host:port devices and control planes reach it at.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// Most streams it admits.
+	Capacity int64 `protobuf:"varint,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// Its live streams.
+	Connections int64 `protobuf:"varint,5,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Its traffic load (messages per second over its last interval).
+	Load float64 `protobuf:"fixed64,6,opt,name=load,proto3" json:"load,omitempty"`
+	// Whether it is draining: redirecting its devices before it stops, or
+	// named by an operator's drain mark.
+	Draining bool `protobuf:"varint,7,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Whether an operator's drain mark (DrainExecutor) names it.
+	DrainMarked bool `protobuf:"varint,8,opt,name=drain_marked,json=drainMarked,proto3" json:"drain_marked,omitempty"`
+	// When it wrote its record, by its own clock.
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Executor) Reset() {
+	*x = Executor{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Executor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Executor) ProtoMessage() {}
+
+func (x *Executor) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Executor.ProtoReflect.Descriptor instead.
+func (*Executor) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Executor) GetExecutorId() string {
+	if x != nil {
+		return x.ExecutorId
+	}
+	return ""
+}
+
+func (x *Executor) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Executor) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Executor) GetCapacity() int64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *Executor) GetConnections() int64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Executor) GetLoad() float64 {
+	if x != nil {
+		return x.Load
+	}
+	return 0
+}
+
+func (x *Executor) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Executor) GetDrainMarked() bool {
+	if x != nil {
+		return x.DrainMarked
+	}
+	return false
+}
+
+func (x *Executor) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+// ListExecutorsRequest asks for a page of executors.
+type ListExecutorsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most executors to return: 0 means 100; more than 1000 is treated as
+	// 1000; negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only executors of this group; empty for all.
+	GroupId       string `protobuf:"bytes,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExecutorsRequest) Reset() {
+	*x = ListExecutorsRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExecutorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExecutorsRequest) ProtoMessage() {}
+
+func (x *ListExecutorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExecutorsRequest.ProtoReflect.Descriptor instead.
+func (*ListExecutorsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListExecutorsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListExecutorsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListExecutorsRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// ListExecutorsResponse is a page of executors, ordered by id.
+type ListExecutorsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executors.
+	Executors []*Executor `protobuf:"bytes,1,rep,name=executors,proto3" json:"executors,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExecutorsResponse) Reset() {
+	*x = ListExecutorsResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExecutorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExecutorsResponse) ProtoMessage() {}
+
+func (x *ListExecutorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExecutorsResponse.ProtoReflect.Descriptor instead.
+func (*ListExecutorsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListExecutorsResponse) GetExecutors() []*Executor {
+	if x != nil {
+		return x.Executors
+	}
+	return nil
+}
+
+func (x *ListExecutorsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeviceInputs are what a device declared in its last Assign that wrote
+// its record: what placement decided with.
+type DeviceInputs struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Model.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Firmware version.
+	Firmware string `protobuf:"bytes,2,opt,name=firmware,proto3" json:"firmware,omitempty"`
+	// Free-form hardware attributes.
+	Attributes map[string]string `protobuf:"bytes,3,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The tenant it belongs to.
+	TenantId string `protobuf:"bytes,4,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The user it belongs to.
+	UserId string `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The services it asked for.
+	Services []string `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"`
+	// Its load weight (1 for an average device; 0 when it declared none).
+	Weight        float64 `protobuf:"fixed64,7,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceInputs) Reset() {
+	*x = DeviceInputs{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceInputs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceInputs) ProtoMessage() {}
+
+func (x *DeviceInputs) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceInputs.ProtoReflect.Descriptor instead.
+func (*DeviceInputs) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeviceInputs) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *DeviceInputs) GetFirmware() string {
+	if x != nil {
+		return x.Firmware
+	}
+	return ""
+}
+
+func (x *DeviceInputs) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *DeviceInputs) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *DeviceInputs) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DeviceInputs) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *DeviceInputs) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// Device is a device's assignment record.
+type Device struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device's id.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The group it was placed in.
+	GroupId string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The label it was placed under.
+	Label string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// When the record was written.
+	AssignedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=assigned_at,json=assignedAt,proto3" json:"assigned_at,omitempty"`
+	// The policy rule that gave the label ("" for the default label).
+	Rule string `protobuf:"bytes,5,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Why the group was chosen.
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The version of the policy that decided.
+	PolicyVersion int64 `protobuf:"varint,7,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// The control plane replica that wrote the record.
+	Writer string `protobuf:"bytes,8,opt,name=writer,proto3" json:"writer,omitempty"`
+	// What the device declared; unset when the record holds nothing.
+	Inputs *DeviceInputs `protobuf:"bytes,9,opt,name=inputs,proto3" json:"inputs,omitempty"`
+	// When the rebalancer last moved the device; unset when it never did
+	// (or an Assign rewrote the record since).
+	MovedAt       *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=moved_at,json=movedAt,proto3" json:"moved_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Device) Reset() {
+	*x = Device{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Device) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Device) ProtoMessage() {}
+
+func (x *Device) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Device.ProtoReflect.Descriptor instead.
+func (*Device) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Device) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Device) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Device) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *Device) GetAssignedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AssignedAt
+	}
+	return nil
+}
+
+func (x *Device) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Device) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Device) GetPolicyVersion() int64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *Device) GetWriter() string {
+	if x != nil {
+		return x.Writer
+	}
+	return ""
+}
+
+func (x *Device) GetInputs() *DeviceInputs {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *Device) GetMovedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MovedAt
+	}
+	return nil
+}
+
+// ListDevicesRequest asks for a page of assignment records.
+type ListDevicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most records to return: 0 means 100; more than 1000 is treated as
+	// 1000; negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only devices whose record names this group; empty for all.
+	GroupId       string `protobuf:"bytes,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesRequest) Reset() {
+	*x = ListDevicesRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesRequest) ProtoMessage() {}
+
+func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListDevicesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDevicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+// ListDevicesResponse is a page of assignment records, ordered by device
+// id.
+type ListDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The records.
+	Devices []*Device `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesResponse) Reset() {
+	*x = ListDevicesResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesResponse) ProtoMessage() {}
+
+func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListDevicesResponse) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *ListDevicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Tenant is what operators store about a tenant.
+type Tenant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's id.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Free-form attributes the placement policy reads (tier, region...).
+	Attributes map[string]string `protobuf:"bytes,2,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The services the tenant is entitled to.
+	Services      []string `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tenant) Reset() {
+	*x = Tenant{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tenant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tenant) ProtoMessage() {}
+
+func (x *Tenant) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tenant.ProtoReflect.Descriptor instead.
+func (*Tenant) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Tenant) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *Tenant) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *Tenant) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+// PutTenantRequest creates or replaces a tenant.
+type PutTenantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's id: 1-128 of [A-Za-z0-9._:@-].
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// At most 64 attributes; keys 1-128 bytes, values at most 1024.
+	Attributes map[string]string `protobuf:"bytes,2,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// At most 256 services, each 1-64 bytes.
+	Services      []string `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTenantRequest) Reset() {
+	*x = PutTenantRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTenantRequest) ProtoMessage() {}
+
+func (x *PutTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTenantRequest.ProtoReflect.Descriptor instead.
+func (*PutTenantRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *PutTenantRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PutTenantRequest) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *PutTenantRequest) GetServices() []string {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+// PutTenantResponse is the tenant as stored.
+type PutTenantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	Tenant *Tenant `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Whether the tenant did not exist before.
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTenantResponse) Reset() {
+	*x = PutTenantResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTenantResponse) ProtoMessage() {}
+
+func (x *PutTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTenantResponse.ProtoReflect.Descriptor instead.
+func (*PutTenantResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *PutTenantResponse) GetTenant() *Tenant {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
+func (x *PutTenantResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+// ListTenantsRequest asks for a page of tenants.
+type ListTenantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most tenants to return: 0 means 100; more than 1000 is treated as
+	// 1000; negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsRequest) Reset() {
+	*x = ListTenantsRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsRequest) ProtoMessage() {}
+
+func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
+func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListTenantsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTenantsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListTenantsResponse is a page of tenants, ordered by id.
+type ListTenantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenants.
+	Tenants []*Tenant `protobuf:"bytes,1,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsResponse) Reset() {
+	*x = ListTenantsResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsResponse) ProtoMessage() {}
+
+func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
+func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListTenantsResponse) GetTenants() []*Tenant {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+func (x *ListTenantsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeleteTenantRequest names a tenant to remove.
+type DeleteTenantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTenantRequest) Reset() {
+	*x = DeleteTenantRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTenantRequest) ProtoMessage() {}
+
+func (x *DeleteTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTenantRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTenantRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *DeleteTenantRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+// DeleteTenantResponse confirms the removal.
+type DeleteTenantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTenantResponse) Reset() {
+	*x = DeleteTenantResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTenantResponse) ProtoMessage() {}
+
+func (x *DeleteTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTenantResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTenantResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
 var File_berth_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_admin_v1_admin_proto_rawDesc = "" +
@@ -2002,8 +3402,129 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x18\n" +
 	"\x16PauseRebalanceResponse\"\x18\n" +
 	"\x16ResumeRebalanceRequest\"\x19\n" +
-	"\x17ResumeRebalanceResponse2\x83\b\n" +
-	"\fAdminService\x12P\n" +
+	"\x17ResumeRebalanceResponse\"\xce\x01\n" +
+	"\x05Group\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x16\n" +
+	"\x06labels\x18\x02 \x03(\tR\x06labels\x12\x1a\n" +
+	"\bcapacity\x18\x03 \x01(\x03R\bcapacity\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1c\n" +
+	"\texecutors\x18\x05 \x01(\x03R\texecutors\x12 \n" +
+	"\vconnections\x18\x06 \x01(\x03R\vconnections\x12 \n" +
+	"\vutilization\x18\a \x01(\x01R\vutilization\"O\n" +
+	"\x11ListGroupsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"k\n" +
+	"\x12ListGroupsResponse\x12-\n" +
+	"\x06groups\x18\x01 \x03(\v2\x15.berth.admin.v1.GroupR\x06groups\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"v\n" +
+	"\x0fPutGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x16\n" +
+	"\x06labels\x18\x02 \x03(\tR\x06labels\x12\x1a\n" +
+	"\bcapacity\x18\x03 \x01(\x03R\bcapacity\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"Y\n" +
+	"\x10PutGroupResponse\x12+\n" +
+	"\x05group\x18\x01 \x01(\v2\x15.berth.admin.v1.GroupR\x05group\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"/\n" +
+	"\x12DeleteGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"7\n" +
+	"\x13DeleteGroupResponse\x12 \n" +
+	"\vassignments\x18\x01 \x01(\x03R\vassignments\"\xac\x02\n" +
+	"\bExecutor\x12\x1f\n" +
+	"\vexecutor_id\x18\x01 \x01(\tR\n" +
+	"executorId\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bcapacity\x18\x04 \x01(\x03R\bcapacity\x12 \n" +
+	"\vconnections\x18\x05 \x01(\x03R\vconnections\x12\x12\n" +
+	"\x04load\x18\x06 \x01(\x01R\x04load\x12\x1a\n" +
+	"\bdraining\x18\a \x01(\bR\bdraining\x12!\n" +
+	"\fdrain_marked\x18\b \x01(\bR\vdrainMarked\x129\n" +
+	"\n" +
+	"updated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"m\n" +
+	"\x14ListExecutorsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\tR\agroupId\"w\n" +
+	"\x15ListExecutorsResponse\x126\n" +
+	"\texecutors\x18\x01 \x03(\v2\x18.berth.admin.v1.ExecutorR\texecutors\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb7\x02\n" +
+	"\fDeviceInputs\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1a\n" +
+	"\bfirmware\x18\x02 \x01(\tR\bfirmware\x12L\n" +
+	"\n" +
+	"attributes\x18\x03 \x03(\v2,.berth.admin.v1.DeviceInputs.AttributesEntryR\n" +
+	"attributes\x12\x1b\n" +
+	"\ttenant_id\x18\x04 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x05 \x01(\tR\x06userId\x12\x1a\n" +
+	"\bservices\x18\x06 \x03(\tR\bservices\x12\x16\n" +
+	"\x06weight\x18\a \x01(\x01R\x06weight\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xeb\x02\n" +
+	"\x06Device\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12;\n" +
+	"\vassigned_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"assignedAt\x12\x12\n" +
+	"\x04rule\x18\x05 \x01(\tR\x04rule\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12%\n" +
+	"\x0epolicy_version\x18\a \x01(\x03R\rpolicyVersion\x12\x16\n" +
+	"\x06writer\x18\b \x01(\tR\x06writer\x124\n" +
+	"\x06inputs\x18\t \x01(\v2\x1c.berth.admin.v1.DeviceInputsR\x06inputs\x125\n" +
+	"\bmoved_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\amovedAt\"k\n" +
+	"\x12ListDevicesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\tR\agroupId\"o\n" +
+	"\x13ListDevicesResponse\x120\n" +
+	"\adevices\x18\x01 \x03(\v2\x16.berth.admin.v1.DeviceR\adevices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc8\x01\n" +
+	"\x06Tenant\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12F\n" +
+	"\n" +
+	"attributes\x18\x02 \x03(\v2&.berth.admin.v1.Tenant.AttributesEntryR\n" +
+	"attributes\x12\x1a\n" +
+	"\bservices\x18\x03 \x03(\tR\bservices\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x01\n" +
+	"\x10PutTenantRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12P\n" +
+	"\n" +
+	"attributes\x18\x02 \x03(\v20.berth.admin.v1.PutTenantRequest.AttributesEntryR\n" +
+	"attributes\x12\x1a\n" +
+	"\bservices\x18\x03 \x03(\tR\bservices\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"]\n" +
+	"\x11PutTenantResponse\x12.\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x16.berth.admin.v1.TenantR\x06tenant\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"P\n" +
+	"\x12ListTenantsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"o\n" +
+	"\x13ListTenantsResponse\x120\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.berth.admin.v1.TenantR\atenants\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
+	"\x13DeleteTenantRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"\x16\n" +
+	"\x14DeleteTenantResponse2\xba\r\n" +
+	"\fAdminService\x12S\n" +
+	"\n" +
+	"ListGroups\x12!.berth.admin.v1.ListGroupsRequest\x1a\".berth.admin.v1.ListGroupsResponse\x12M\n" +
+	"\bPutGroup\x12\x1f.berth.admin.v1.PutGroupRequest\x1a .berth.admin.v1.PutGroupResponse\x12V\n" +
+	"\vDeleteGroup\x12\".berth.admin.v1.DeleteGroupRequest\x1a#.berth.admin.v1.DeleteGroupResponse\x12\\\n" +
+	"\rListExecutors\x12$.berth.admin.v1.ListExecutorsRequest\x1a%.berth.admin.v1.ListExecutorsResponse\x12V\n" +
+	"\vListDevices\x12\".berth.admin.v1.ListDevicesRequest\x1a#.berth.admin.v1.ListDevicesResponse\x12P\n" +
+	"\tPutTenant\x12 .berth.admin.v1.PutTenantRequest\x1a!.berth.admin.v1.PutTenantResponse\x12V\n" +
+	"\vListTenants\x12\".berth.admin.v1.ListTenantsRequest\x1a#.berth.admin.v1.ListTenantsResponse\x12Y\n" +
+	"\fDeleteTenant\x12#.berth.admin.v1.DeleteTenantRequest\x1a$.berth.admin.v1.DeleteTenantResponse\x12P\n" +
 	"\tGetPolicy\x12 .berth.admin.v1.GetPolicyRequest\x1a!.berth.admin.v1.GetPolicyResponse\x12V\n" +
 	"\vApplyPolicy\x12\".berth.admin.v1.ApplyPolicyRequest\x1a#.berth.admin.v1.ApplyPolicyResponse\x12Y\n" +
 	"\fDryRunPolicy\x12#.berth.admin.v1.DryRunPolicyRequest\x1a$.berth.admin.v1.DryRunPolicyResponse\x12J\n" +
@@ -2031,7 +3552,7 @@ func file_berth_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_berth_admin_v1_admin_proto_rawDescData
 }
 
-var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_berth_admin_v1_admin_proto_goTypes = []any{
 	(*GetPolicyRequest)(nil),           // 0: berth.admin.v1.GetPolicyRequest
 	(*GetPolicyResponse)(nil),          // 1: berth.admin.v1.GetPolicyResponse
@@ -2061,53 +3582,106 @@ var file_berth_admin_v1_admin_proto_goTypes = []any{
 	(*PauseRebalanceResponse)(nil),     // 25: berth.admin.v1.PauseRebalanceResponse
 	(*ResumeRebalanceRequest)(nil),     // 26: berth.admin.v1.ResumeRebalanceRequest
 	(*ResumeRebalanceResponse)(nil),    // 27: berth.admin.v1.ResumeRebalanceResponse
-	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
-	(*v1.Input)(nil),                   // 29: berth.policy.v1.Input
-	(*durationpb.Duration)(nil),        // 30: google.protobuf.Duration
+	(*Group)(nil),                      // 28: berth.admin.v1.Group
+	(*ListGroupsRequest)(nil),          // 29: berth.admin.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),         // 30: berth.admin.v1.ListGroupsResponse
+	(*PutGroupRequest)(nil),            // 31: berth.admin.v1.PutGroupRequest
+	(*PutGroupResponse)(nil),           // 32: berth.admin.v1.PutGroupResponse
+	(*DeleteGroupRequest)(nil),         // 33: berth.admin.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),        // 34: berth.admin.v1.DeleteGroupResponse
+	(*Executor)(nil),                   // 35: berth.admin.v1.Executor
+	(*ListExecutorsRequest)(nil),       // 36: berth.admin.v1.ListExecutorsRequest
+	(*ListExecutorsResponse)(nil),      // 37: berth.admin.v1.ListExecutorsResponse
+	(*DeviceInputs)(nil),               // 38: berth.admin.v1.DeviceInputs
+	(*Device)(nil),                     // 39: berth.admin.v1.Device
+	(*ListDevicesRequest)(nil),         // 40: berth.admin.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),        // 41: berth.admin.v1.ListDevicesResponse
+	(*Tenant)(nil),                     // 42: berth.admin.v1.Tenant
+	(*PutTenantRequest)(nil),           // 43: berth.admin.v1.PutTenantRequest
+	(*PutTenantResponse)(nil),          // 44: berth.admin.v1.PutTenantResponse
+	(*ListTenantsRequest)(nil),         // 45: berth.admin.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),        // 46: berth.admin.v1.ListTenantsResponse
+	(*DeleteTenantRequest)(nil),        // 47: berth.admin.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),       // 48: berth.admin.v1.DeleteTenantResponse
+	nil,                                // 49: berth.admin.v1.DeviceInputs.AttributesEntry
+	nil,                                // 50: berth.admin.v1.Tenant.AttributesEntry
+	nil,                                // 51: berth.admin.v1.PutTenantRequest.AttributesEntry
+	(*timestamppb.Timestamp)(nil),      // 52: google.protobuf.Timestamp
+	(*v1.Input)(nil),                   // 53: berth.policy.v1.Input
+	(*durationpb.Duration)(nil),        // 54: google.protobuf.Duration
 }
 var file_berth_admin_v1_admin_proto_depIdxs = []int32{
-	28, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
+	52, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
 	5,  // 1: berth.admin.v1.DryRunPolicyResponse.by_label:type_name -> berth.admin.v1.LabelChange
-	29, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
+	53, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
 	8,  // 3: berth.admin.v1.ExplainResponse.candidates:type_name -> berth.admin.v1.CandidateGroup
-	28, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	28, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
-	28, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
-	30, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
-	28, // 8: berth.admin.v1.RebalanceProgress.finished_at:type_name -> google.protobuf.Timestamp
-	30, // 9: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
-	28, // 10: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
+	52, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	52, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
+	52, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
+	54, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
+	52, // 8: berth.admin.v1.RebalanceProgress.finished_at:type_name -> google.protobuf.Timestamp
+	54, // 9: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
+	52, // 10: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
 	19, // 11: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
 	20, // 12: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
 	21, // 13: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
 	22, // 14: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
-	0,  // 15: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
-	2,  // 16: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
-	4,  // 17: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
-	7,  // 18: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
-	10, // 19: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
-	12, // 20: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
-	14, // 21: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
-	16, // 22: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
-	18, // 23: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
-	24, // 24: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
-	26, // 25: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
-	1,  // 26: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
-	3,  // 27: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
-	6,  // 28: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
-	9,  // 29: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
-	11, // 30: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
-	13, // 31: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
-	15, // 32: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
-	17, // 33: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
-	23, // 34: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
-	25, // 35: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
-	27, // 36: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
-	26, // [26:37] is the sub-list for method output_type
-	15, // [15:26] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 15: berth.admin.v1.ListGroupsResponse.groups:type_name -> berth.admin.v1.Group
+	28, // 16: berth.admin.v1.PutGroupResponse.group:type_name -> berth.admin.v1.Group
+	52, // 17: berth.admin.v1.Executor.updated_at:type_name -> google.protobuf.Timestamp
+	35, // 18: berth.admin.v1.ListExecutorsResponse.executors:type_name -> berth.admin.v1.Executor
+	49, // 19: berth.admin.v1.DeviceInputs.attributes:type_name -> berth.admin.v1.DeviceInputs.AttributesEntry
+	52, // 20: berth.admin.v1.Device.assigned_at:type_name -> google.protobuf.Timestamp
+	38, // 21: berth.admin.v1.Device.inputs:type_name -> berth.admin.v1.DeviceInputs
+	52, // 22: berth.admin.v1.Device.moved_at:type_name -> google.protobuf.Timestamp
+	39, // 23: berth.admin.v1.ListDevicesResponse.devices:type_name -> berth.admin.v1.Device
+	50, // 24: berth.admin.v1.Tenant.attributes:type_name -> berth.admin.v1.Tenant.AttributesEntry
+	51, // 25: berth.admin.v1.PutTenantRequest.attributes:type_name -> berth.admin.v1.PutTenantRequest.AttributesEntry
+	42, // 26: berth.admin.v1.PutTenantResponse.tenant:type_name -> berth.admin.v1.Tenant
+	42, // 27: berth.admin.v1.ListTenantsResponse.tenants:type_name -> berth.admin.v1.Tenant
+	29, // 28: berth.admin.v1.AdminService.ListGroups:input_type -> berth.admin.v1.ListGroupsRequest
+	31, // 29: berth.admin.v1.AdminService.PutGroup:input_type -> berth.admin.v1.PutGroupRequest
+	33, // 30: berth.admin.v1.AdminService.DeleteGroup:input_type -> berth.admin.v1.DeleteGroupRequest
+	36, // 31: berth.admin.v1.AdminService.ListExecutors:input_type -> berth.admin.v1.ListExecutorsRequest
+	40, // 32: berth.admin.v1.AdminService.ListDevices:input_type -> berth.admin.v1.ListDevicesRequest
+	43, // 33: berth.admin.v1.AdminService.PutTenant:input_type -> berth.admin.v1.PutTenantRequest
+	45, // 34: berth.admin.v1.AdminService.ListTenants:input_type -> berth.admin.v1.ListTenantsRequest
+	47, // 35: berth.admin.v1.AdminService.DeleteTenant:input_type -> berth.admin.v1.DeleteTenantRequest
+	0,  // 36: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
+	2,  // 37: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
+	4,  // 38: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
+	7,  // 39: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
+	10, // 40: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
+	12, // 41: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
+	14, // 42: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
+	16, // 43: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
+	18, // 44: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
+	24, // 45: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
+	26, // 46: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
+	30, // 47: berth.admin.v1.AdminService.ListGroups:output_type -> berth.admin.v1.ListGroupsResponse
+	32, // 48: berth.admin.v1.AdminService.PutGroup:output_type -> berth.admin.v1.PutGroupResponse
+	34, // 49: berth.admin.v1.AdminService.DeleteGroup:output_type -> berth.admin.v1.DeleteGroupResponse
+	37, // 50: berth.admin.v1.AdminService.ListExecutors:output_type -> berth.admin.v1.ListExecutorsResponse
+	41, // 51: berth.admin.v1.AdminService.ListDevices:output_type -> berth.admin.v1.ListDevicesResponse
+	44, // 52: berth.admin.v1.AdminService.PutTenant:output_type -> berth.admin.v1.PutTenantResponse
+	46, // 53: berth.admin.v1.AdminService.ListTenants:output_type -> berth.admin.v1.ListTenantsResponse
+	48, // 54: berth.admin.v1.AdminService.DeleteTenant:output_type -> berth.admin.v1.DeleteTenantResponse
+	1,  // 55: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
+	3,  // 56: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
+	6,  // 57: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
+	9,  // 58: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
+	11, // 59: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
+	13, // 60: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
+	15, // 61: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
+	17, // 62: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
+	23, // 63: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
+	25, // 64: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
+	27, // 65: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
+	47, // [47:66] is the sub-list for method output_type
+	28, // [28:47] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_berth_admin_v1_admin_proto_init() }
@@ -2121,7 +3695,7 @@ func file_berth_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_admin_v1_admin_proto_rawDesc), len(file_berth_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

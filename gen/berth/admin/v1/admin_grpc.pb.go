@@ -19,6 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	AdminService_ListGroups_FullMethodName         = "/berth.admin.v1.AdminService/ListGroups"
+	AdminService_PutGroup_FullMethodName           = "/berth.admin.v1.AdminService/PutGroup"
+	AdminService_DeleteGroup_FullMethodName        = "/berth.admin.v1.AdminService/DeleteGroup"
+	AdminService_ListExecutors_FullMethodName      = "/berth.admin.v1.AdminService/ListExecutors"
+	AdminService_ListDevices_FullMethodName        = "/berth.admin.v1.AdminService/ListDevices"
+	AdminService_PutTenant_FullMethodName          = "/berth.admin.v1.AdminService/PutTenant"
+	AdminService_ListTenants_FullMethodName        = "/berth.admin.v1.AdminService/ListTenants"
+	AdminService_DeleteTenant_FullMethodName       = "/berth.admin.v1.AdminService/DeleteTenant"
 	AdminService_GetPolicy_FullMethodName          = "/berth.admin.v1.AdminService/GetPolicy"
 	AdminService_ApplyPolicy_FullMethodName        = "/berth.admin.v1.AdminService/ApplyPolicy"
 	AdminService_DryRunPolicy_FullMethodName       = "/berth.admin.v1.AdminService/DryRunPolicy"
@@ -36,11 +44,45 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService is for operators and their tools: the placement policy,
+// AdminService is for operators and their tools (`berth ctl` talks to it):
+// groups, tenants, executors and devices, the placement policy,
 // explanations of placement decisions, draining groups and executors, and
-// the rebalancer that moves connected devices. `berth ctl` offers the same
-// commands against etcd directly.
+// the rebalancer that moves connected devices.
+//
+// Listings read the replica's watch-fed view of the registry, which follows
+// etcd within milliseconds; they are paged (page_size, page_token,
+// next_page_token) and ordered by id. The writes of this service are
+// visible in the listings of the replica that made them when they return.
 type AdminServiceClient interface {
+	// ListGroups lists processing groups with their live state: executors
+	// registered, connections and utilization. UNAVAILABLE while the
+	// replica's view of the registry is not in sync.
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// PutGroup creates or replaces a processing group (labels, capacity,
+	// state). INVALID_ARGUMENT, naming the field, for bad input.
+	PutGroup(ctx context.Context, in *PutGroupRequest, opts ...grpc.CallOption) (*PutGroupResponse, error)
+	// DeleteGroup removes a processing group. It is refused with
+	// FAILED_PRECONDITION while any executor is registered for the group:
+	// stop (or move) its executors first; a group without executors has no
+	// connected device. Assignment records that still name the group stay;
+	// those devices are placed anew on their next Assign. NOT_FOUND for an
+	// unknown group.
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
+	// ListExecutors lists registered executors (those whose lease is alive),
+	// optionally of one group.
+	ListExecutors(ctx context.Context, in *ListExecutorsRequest, opts ...grpc.CallOption) (*ListExecutorsResponse, error)
+	// ListDevices lists devices' assignment records (which group each device
+	// was placed in, under which label, why), optionally of one group.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// PutTenant creates or replaces a tenant: the attributes the placement
+	// policy reads as `tenant.attributes` and the services it is entitled
+	// to.
+	PutTenant(ctx context.Context, in *PutTenantRequest, opts ...grpc.CallOption) (*PutTenantResponse, error)
+	// ListTenants lists tenants.
+	ListTenants(ctx context.Context, in *ListTenantsRequest, opts ...grpc.CallOption) (*ListTenantsResponse, error)
+	// DeleteTenant removes a tenant; its devices then read as a tenant with
+	// no attributes. NOT_FOUND for an unknown tenant.
+	DeleteTenant(ctx context.Context, in *DeleteTenantRequest, opts ...grpc.CallOption) (*DeleteTenantResponse, error)
 	// GetPolicy returns the placement policy in force and its version.
 	// NOT_FOUND when none was ever applied (the built-in default is in force).
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
@@ -85,6 +127,86 @@ type adminServiceClient struct {
 
 func NewAdminServiceClient(cc grpc.ClientConnInterface) AdminServiceClient {
 	return &adminServiceClient{cc}
+}
+
+func (c *adminServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PutGroup(ctx context.Context, in *PutGroupRequest, opts ...grpc.CallOption) (*PutGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutGroupResponse)
+	err := c.cc.Invoke(ctx, AdminService_PutGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListExecutors(ctx context.Context, in *ListExecutorsRequest, opts ...grpc.CallOption) (*ListExecutorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListExecutorsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListExecutors_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PutTenant(ctx context.Context, in *PutTenantRequest, opts ...grpc.CallOption) (*PutTenantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutTenantResponse)
+	err := c.cc.Invoke(ctx, AdminService_PutTenant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListTenants(ctx context.Context, in *ListTenantsRequest, opts ...grpc.CallOption) (*ListTenantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTenantsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListTenants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteTenant(ctx context.Context, in *DeleteTenantRequest, opts ...grpc.CallOption) (*DeleteTenantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTenantResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteTenant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *adminServiceClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error) {
@@ -201,11 +323,45 @@ func (c *adminServiceClient) ResumeRebalance(ctx context.Context, in *ResumeReba
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService is for operators and their tools: the placement policy,
+// AdminService is for operators and their tools (`berth ctl` talks to it):
+// groups, tenants, executors and devices, the placement policy,
 // explanations of placement decisions, draining groups and executors, and
-// the rebalancer that moves connected devices. `berth ctl` offers the same
-// commands against etcd directly.
+// the rebalancer that moves connected devices.
+//
+// Listings read the replica's watch-fed view of the registry, which follows
+// etcd within milliseconds; they are paged (page_size, page_token,
+// next_page_token) and ordered by id. The writes of this service are
+// visible in the listings of the replica that made them when they return.
 type AdminServiceServer interface {
+	// ListGroups lists processing groups with their live state: executors
+	// registered, connections and utilization. UNAVAILABLE while the
+	// replica's view of the registry is not in sync.
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// PutGroup creates or replaces a processing group (labels, capacity,
+	// state). INVALID_ARGUMENT, naming the field, for bad input.
+	PutGroup(context.Context, *PutGroupRequest) (*PutGroupResponse, error)
+	// DeleteGroup removes a processing group. It is refused with
+	// FAILED_PRECONDITION while any executor is registered for the group:
+	// stop (or move) its executors first; a group without executors has no
+	// connected device. Assignment records that still name the group stay;
+	// those devices are placed anew on their next Assign. NOT_FOUND for an
+	// unknown group.
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
+	// ListExecutors lists registered executors (those whose lease is alive),
+	// optionally of one group.
+	ListExecutors(context.Context, *ListExecutorsRequest) (*ListExecutorsResponse, error)
+	// ListDevices lists devices' assignment records (which group each device
+	// was placed in, under which label, why), optionally of one group.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// PutTenant creates or replaces a tenant: the attributes the placement
+	// policy reads as `tenant.attributes` and the services it is entitled
+	// to.
+	PutTenant(context.Context, *PutTenantRequest) (*PutTenantResponse, error)
+	// ListTenants lists tenants.
+	ListTenants(context.Context, *ListTenantsRequest) (*ListTenantsResponse, error)
+	// DeleteTenant removes a tenant; its devices then read as a tenant with
+	// no attributes. NOT_FOUND for an unknown tenant.
+	DeleteTenant(context.Context, *DeleteTenantRequest) (*DeleteTenantResponse, error)
 	// GetPolicy returns the placement policy in force and its version.
 	// NOT_FOUND when none was ever applied (the built-in default is in force).
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
@@ -252,6 +408,30 @@ type AdminServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAdminServiceServer struct{}
 
+func (UnimplementedAdminServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedAdminServiceServer) PutGroup(context.Context, *PutGroupRequest) (*PutGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) ListExecutors(context.Context, *ListExecutorsRequest) (*ListExecutorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListExecutors not implemented")
+}
+func (UnimplementedAdminServiceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedAdminServiceServer) PutTenant(context.Context, *PutTenantRequest) (*PutTenantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutTenant not implemented")
+}
+func (UnimplementedAdminServiceServer) ListTenants(context.Context, *ListTenantsRequest) (*ListTenantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTenants not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteTenant(context.Context, *DeleteTenantRequest) (*DeleteTenantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteTenant not implemented")
+}
 func (UnimplementedAdminServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
 }
@@ -304,6 +484,150 @@ func RegisterAdminServiceServer(s grpc.ServiceRegistrar, srv AdminServiceServer)
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&AdminService_ServiceDesc, srv)
+}
+
+func _AdminService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PutGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PutGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PutGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PutGroup(ctx, req.(*PutGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListExecutors_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListExecutorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListExecutors(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListExecutors_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListExecutors(ctx, req.(*ListExecutorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PutTenant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutTenantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PutTenant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PutTenant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PutTenant(ctx, req.(*PutTenantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListTenants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTenantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListTenants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListTenants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListTenants(ctx, req.(*ListTenantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteTenant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTenantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteTenant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteTenant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteTenant(ctx, req.(*DeleteTenantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _AdminService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -511,6 +835,38 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "berth.admin.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListGroups",
+			Handler:    _AdminService_ListGroups_Handler,
+		},
+		{
+			MethodName: "PutGroup",
+			Handler:    _AdminService_PutGroup_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _AdminService_DeleteGroup_Handler,
+		},
+		{
+			MethodName: "ListExecutors",
+			Handler:    _AdminService_ListExecutors_Handler,
+		},
+		{
+			MethodName: "ListDevices",
+			Handler:    _AdminService_ListDevices_Handler,
+		},
+		{
+			MethodName: "PutTenant",
+			Handler:    _AdminService_PutTenant_Handler,
+		},
+		{
+			MethodName: "ListTenants",
+			Handler:    _AdminService_ListTenants_Handler,
+		},
+		{
+			MethodName: "DeleteTenant",
+			Handler:    _AdminService_DeleteTenant_Handler,
+		},
 		{
 			MethodName: "GetPolicy",
 			Handler:    _AdminService_GetPolicy_Handler,
