@@ -21,9 +21,7 @@ run: build
 ## test: every test (unit, integration on embedded etcd, e2e with real processes) and the checks
 # e2e runs with -count=1: its tests build and start the berth binary, which
 # go test's cache does not see, so a cached pass could hide a change.
-# staticcheck is not part of it yet (lint-core, not lint): it still reports
-# findings in bench, cmd, controlplane and device.
-test: vet lint-core checkgenerate
+test: vet lint checkgenerate
 	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /e2e)
 	go test $(GO_TEST_FLAGS) -count=1 ./e2e/...
 
@@ -55,7 +53,6 @@ checkgenerate:
 ## lint: buf lint, gofmt and staticcheck
 lint: lint-core staticcheck
 
-## lint-core: buf lint and gofmt
 lint-core:
 	$(BUF) lint
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -84,7 +84,6 @@ func openPushFleet(ctx context.Context, cfg PushChildConfig) (*pushFleet, error)
 					grpc.WithTransportCredentials(insecure.NewCredentials()),
 					grpc.WithReadBufferSize(8<<10),
 					grpc.WithWriteBufferSize(8<<10),
-					grpc.WithSharedWriteBuffer(true),
 				)
 				if err != nil {
 					first.set(fmt.Errorf("bench: %w", err))

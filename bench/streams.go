@@ -374,7 +374,6 @@ func openFleet(ctx context.Context, plan ConnPlan, addrs []string, hellos []*exe
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithReadBufferSize(8<<10),
 			grpc.WithWriteBufferSize(8<<10),
-			grpc.WithSharedWriteBuffer(true),
 		)
 		if err != nil {
 			fl.close()

@@ -312,12 +312,6 @@ func (e *fakeExec) subjectsSeen() map[string]int {
 	return maps.Clone(e.subjects)
 }
 
-func (e *fakeExec) tokensSeen() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.tokens)
-}
-
 func (e *fakeExec) deliveries() []*executorv1.DeliverRequest {
 	e.mu.Lock()
 	defer e.mu.Unlock()

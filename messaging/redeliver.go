@@ -78,13 +78,6 @@ func (r *redeliverer) schedule(dev string) {
 	r.signal()
 }
 
-// pending counts the devices in the schedule.
-func (r *redeliverer) pending() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.due)
-}
-
 func (r *redeliverer) signal() {
 	select {
 	case r.wake <- struct{}{}:

@@ -138,18 +138,6 @@ func (c *routeCache) forget(p registry.Presence) {
 	}
 }
 
-// len counts the cached routes, fresh or not.
-func (c *routeCache) len() int {
-	n := 0
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
-}
-
 func (c *routeCache) intern(k execKey) *execKey {
 	c.emu.Lock()
 	defer c.emu.Unlock()
@@ -180,23 +168,13 @@ func (m *Server) route(ctx context.Context, dev string, useCache bool) (p regist
 	return p, online, false, err
 }
 
-// deliverRouted hands msg to dev wherever it is connected and waits for
-// the executor's answer, within ctx (def when ctx has no deadline). It
-// returns the presence it delivered to, or online false when the device
-// turned out not to be connected. A route taken from the cache that fails
-// because the device is not (or no longer) there is read again from the
-// registry, and the delivery tried once more when the record names another
-// stream.
-func (m *Server) deliverRouted(ctx context.Context, dev string, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
-	p, online, cached, err := m.route(ctx, dev, true)
-	if err != nil || !online {
-		return nil, p, online, err
-	}
-	return m.deliverAt(ctx, p, cached, msg, def)
-}
-
-// deliverAt is deliverRouted from a route already found; cached says it
-// came from the cache.
+// deliverAt hands msg to the device at p, found by route (cached says it
+// came from the cache), and waits for the executor's answer, within ctx
+// (def when ctx has no deadline). It returns the presence it delivered to,
+// or online false when the device turned out not to be connected. A cached
+// route that fails because the device is not (or no longer) there is read
+// again from the registry, and the delivery tried once more when the record
+// names another stream.
 func (m *Server) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
 	resp, err := m.deliver(ctx, p, msg, def)
 	if err == nil {

@@ -27,12 +27,7 @@ type globals struct {
 	profile        *os.File // the CPU profile being written, if any
 }
 
-func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
-	root, _ := newRoot(stdout, stderr)
-	return root
-}
-
-// newRoot is newRootCmd that also returns the globals its flags fill.
+// newRoot returns the root command and the globals its flags fill.
 func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
