@@ -158,13 +158,13 @@ func (c Config) Validate() error {
 func validBackoff(b backoff.Config) error {
 	switch {
 	case b.BaseDelay <= 0:
-		return errors.New("base delay must be positive")
+		return errors.New("its BaseDelay must be positive")
 	case b.MaxDelay < b.BaseDelay:
-		return errors.New("max delay must not be below the base delay")
+		return errors.New("its MaxDelay must not be below BaseDelay")
 	case b.Multiplier < 1:
-		return errors.New("multiplier must be at least 1")
+		return errors.New("its Multiplier must be at least 1")
 	case b.Jitter < 0 || b.Jitter > 1:
-		return errors.New("jitter must be within [0, 1]")
+		return errors.New("its Jitter must be within [0, 1]")
 	}
 	return nil
 }
