@@ -116,7 +116,10 @@ func TestReplicaAccess(t *testing.T) {
 			_, err := msgOf(viewerKey).Send(ctx, &messagingv1.SendRequest{DeviceId: "dev-t1", Payload: []byte("x")})
 			return err
 		}, want: codes.PermissionDenied, wantText: "needs role service"},
-		{name: "operator changes groups", call: func() error { _, err := adminOf(operatorKey).DrainGroup(ctx, &adminv1.DrainGroupRequest{GroupId: "g1"}); return err }},
+		{name: "operator changes groups", call: func() error {
+			_, err := adminOf(operatorKey).DrainGroup(ctx, &adminv1.DrainGroupRequest{GroupId: "g1"})
+			return err
+		}},
 		{name: "service of t1 reaches t1", call: func() error {
 			_, err := msgOf(serviceKey).GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: "dev-t1"})
 			return err
