@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -84,6 +85,17 @@ func startControlPlane(t *testing.T) testCluster {
 		}
 		return m != nil
 	})
+	// The first admin key, made the break-glass way, for every ctl call
+	// of the test.
+	key, errOut, err := berth(t, "ctl", "registry", "apikey", "create", "--etcd", etcd, "--name", "test admin", "--role", "admin", "-o", "json")
+	if err != nil {
+		t.Fatalf("ctl registry apikey create: %v\n%s", err, errOut)
+	}
+	var created struct{ ID, Secret string }
+	if err := json.Unmarshal([]byte(key), &created); err != nil || created.Secret == "" {
+		t.Fatalf("ctl registry apikey create printed %q: %v", key, err)
+	}
+	t.Setenv(apiKeyEnv, created.Secret)
 	// ctl waits for SERVING itself; this makes failures clearer.
 	if _, _, err := berth(t, "ctl", "groups", "--controlplane", addr); err != nil {
 		t.Fatalf("ctl groups on a fresh control plane: %v", err)
