@@ -99,4 +99,3 @@ func TestSubscribeNarrowed(t *testing.T) {
 		})
 	}
 }
-
