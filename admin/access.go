@@ -25,6 +25,23 @@ type AccessStore interface {
 
 var _ AccessStore = (*registry.Registry)(nil)
 
+// KeyView is the replica's watch-fed view of the API keys.
+// *registry.APIKeyView implements it.
+type KeyView interface {
+	APIKey(id string) (registry.APIKey, bool)
+}
+
+var _ KeyView = (*registry.APIKeyView)(nil)
+
+// settleKey waits, at most cacheSettle, until this replica's view of the
+// keys shows key id as done says.
+func (a *Server) settleKey(ctx context.Context, id string, done func(registry.APIKey, bool) bool) {
+	if a.keys == nil {
+		return
+	}
+	a.settleFunc(ctx, func() bool { return done(a.keys.APIKey(id)) })
+}
+
 func (a *Server) accessStore() (AccessStore, error) {
 	if a.access == nil {
 		return nil, status.Error(codes.Unimplemented, "this control plane keeps no API keys or audit trail")
@@ -46,6 +63,7 @@ func (a *Server) CreateAPIKey(ctx context.Context, req *adminv1.CreateAPIKeyRequ
 		return nil, rebalanceStatus(err, "api key")
 	}
 	a.log.Info("api key created", "id", k.ID, "name", k.Name, "roles", k.Roles, "by", k.CreatedBy)
+	a.settleKey(ctx, k.ID, func(_ registry.APIKey, ok bool) bool { return ok })
 	return &adminv1.CreateAPIKeyResponse{Key: apiKeyProto(k), Secret: secret}, nil
 }
 
@@ -85,6 +103,7 @@ func (a *Server) RevokeAPIKey(ctx context.Context, req *adminv1.RevokeAPIKeyRequ
 		return nil, rebalanceStatus(err, "api key "+req.GetId())
 	}
 	a.log.Info("api key revoked", "id", k.ID, "name", k.Name, "by", access.Who(ctx, ""))
+	a.settleKey(ctx, k.ID, func(k registry.APIKey, ok bool) bool { return !ok || k.Disabled })
 	return &adminv1.RevokeAPIKeyResponse{Key: apiKeyProto(k)}, nil
 }
 

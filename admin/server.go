@@ -63,6 +63,9 @@ type Deps struct {
 	// Access stores API keys and reads the audit trail; nil answers those
 	// calls UNIMPLEMENTED.
 	Access AccessStore
+	// Keys, when set, is the replica's view of the API keys: a key
+	// created or revoked here is in it when the call returns.
+	Keys KeyView
 	// Log may be nil.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -80,6 +83,7 @@ type Server struct {
 	rebalance RebalanceStore // nil: no rebalancer store
 	fleet     FleetStore     // nil: no group and tenant writes
 	access    AccessStore    // nil: no API keys or audit trail
+	keys      KeyView        // nil: no view to wait for
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -95,7 +99,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, access: deps.Access, log: deps.Log, now: deps.Now}, nil
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, access: deps.Access, keys: deps.Keys, log: deps.Log, now: deps.Now}, nil
 }
 
 // Register registers AdminService on s.

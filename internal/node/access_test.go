@@ -196,6 +196,10 @@ func TestReplicaAccess(t *testing.T) {
 	if err != nil || !revoked.GetKey().GetDisabled() {
 		t.Fatalf("RevokeAPIKey = %v, %v", revoked, err)
 	}
+	// The replica that revoked it refuses it as soon as the call returned.
+	if _, err := adminOf(operatorKey).ListGroups(ctx, &adminv1.ListGroupsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("cp-a right after the revocation: %v; want UNAUTHENTICATED", err)
+	}
 	testutil.WaitFor(t, 2*time.Second, "cp-b refusing the revoked key", func() bool {
 		_, err := other.ListGroups(ctx, &adminv1.ListGroupsRequest{})
 		return status.Code(err) == codes.Unauthenticated

@@ -156,10 +156,10 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Access: reg, Log: r.log}); err != nil {
+	r.keys = reg.NewAPIKeyView(r.log.With("component", "apikeys"))
+	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Access: reg, Keys: r.keys, Log: r.log}); err != nil {
 		return nil, err
 	}
-	r.keys = reg.NewAPIKeyView(r.log.With("component", "apikeys"))
 	if r.guard, err = access.New(cfg.Access, access.Deps{Keys: r.keys, Assignments: r.cache, Audit: reg, Log: r.log.With("component", "access")}); err != nil {
 		return nil, err
 	}

@@ -124,13 +124,16 @@ type AdminServiceClient interface {
 	// ResumeRebalance lifts an operator's pause.
 	ResumeRebalance(ctx context.Context, in *ResumeRebalanceRequest, opts ...grpc.CallOption) (*ResumeRebalanceResponse, error)
 	// CreateAPIKey creates an API key and returns its secret, which is shown
-	// only here: the control plane stores its SHA-256. Role admin.
+	// only here: the control plane stores its SHA-256. The key works on this
+	// replica when the call returns, on the others within about 2 seconds.
+	// Role admin.
 	CreateAPIKey(ctx context.Context, in *CreateAPIKeyRequest, opts ...grpc.CallOption) (*CreateAPIKeyResponse, error)
 	// ListAPIKeys lists API keys (never their secrets), ordered by id. Role
 	// admin.
 	ListAPIKeys(ctx context.Context, in *ListAPIKeysRequest, opts ...grpc.CallOption) (*ListAPIKeysResponse, error)
-	// RevokeAPIKey disables an API key; every replica refuses it within about
-	// 2 seconds. NOT_FOUND for an unknown key. Role admin.
+	// RevokeAPIKey disables an API key: this replica refuses it when the call
+	// returns, every other within about 2 seconds. NOT_FOUND for an unknown
+	// key. Role admin.
 	RevokeAPIKey(ctx context.Context, in *RevokeAPIKeyRequest, opts ...grpc.CallOption) (*RevokeAPIKeyResponse, error)
 	// ListAudit lists the audit trail, newest first: every change made
 	// through AdminService, who made it, from where and how it ended. Roles
@@ -456,13 +459,16 @@ type AdminServiceServer interface {
 	// ResumeRebalance lifts an operator's pause.
 	ResumeRebalance(context.Context, *ResumeRebalanceRequest) (*ResumeRebalanceResponse, error)
 	// CreateAPIKey creates an API key and returns its secret, which is shown
-	// only here: the control plane stores its SHA-256. Role admin.
+	// only here: the control plane stores its SHA-256. The key works on this
+	// replica when the call returns, on the others within about 2 seconds.
+	// Role admin.
 	CreateAPIKey(context.Context, *CreateAPIKeyRequest) (*CreateAPIKeyResponse, error)
 	// ListAPIKeys lists API keys (never their secrets), ordered by id. Role
 	// admin.
 	ListAPIKeys(context.Context, *ListAPIKeysRequest) (*ListAPIKeysResponse, error)
-	// RevokeAPIKey disables an API key; every replica refuses it within about
-	// 2 seconds. NOT_FOUND for an unknown key. Role admin.
+	// RevokeAPIKey disables an API key: this replica refuses it when the call
+	// returns, every other within about 2 seconds. NOT_FOUND for an unknown
+	// key. Role admin.
 	RevokeAPIKey(context.Context, *RevokeAPIKeyRequest) (*RevokeAPIKeyResponse, error)
 	// ListAudit lists the audit trail, newest first: every change made
 	// through AdminService, who made it, from where and how it ended. Roles
