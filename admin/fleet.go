@@ -75,14 +75,19 @@ func (a *Server) inSync() error {
 // replica's view of the registry shows a write. A view that lags longer
 // shows it later; the write stands either way.
 func (a *Server) settle(ctx context.Context, done func(*registry.Snapshot) bool) {
-	if done(a.cache.Snapshot()) {
+	a.settleFunc(ctx, func() bool { return done(a.cache.Snapshot()) })
+}
+
+// settleFunc waits, at most cacheSettle, until done reports true.
+func (a *Server) settleFunc(ctx context.Context, done func() bool) {
+	if done() {
 		return
 	}
 	deadline := time.NewTimer(cacheSettle)
 	defer deadline.Stop()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for !done(a.cache.Snapshot()) {
+	for !done() {
 		select {
 		case <-ctx.Done():
 			return

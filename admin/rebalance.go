@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/access"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	"github.com/berthproject/berth/registry"
 )
@@ -131,11 +132,11 @@ func (a *Server) DrainExecutor(ctx context.Context, req *adminv1.DrainExecutorRe
 	if err != nil {
 		return nil, err
 	}
-	if err := rs.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: id, By: req.GetDrainedBy(), At: a.now().UTC()}); err != nil {
+	if err := rs.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: id, By: access.Who(ctx, req.GetDrainedBy()), At: a.now().UTC()}); err != nil {
 		return nil, rebalanceStatus(err, "executor "+id)
 	}
 	_, registered := a.cache.Snapshot().Executors[id]
-	a.log.Info("executor drain mark set", "executor", id, "by", req.GetDrainedBy(), "registered", registered)
+	a.log.Info("executor drain mark set", "executor", id, "by", access.Who(ctx, req.GetDrainedBy()), "registered", registered)
 	return &adminv1.DrainExecutorResponse{Registered: registered}, nil
 }
 
@@ -178,10 +179,10 @@ func (a *Server) PauseRebalance(ctx context.Context, req *adminv1.PauseRebalance
 	if err != nil {
 		return nil, err
 	}
-	if err := rs.SetRebalancePause(ctx, &registry.RebalancePause{By: req.GetPausedBy(), Reason: req.GetReason(), At: a.now().UTC()}); err != nil {
+	if err := rs.SetRebalancePause(ctx, &registry.RebalancePause{By: access.Who(ctx, req.GetPausedBy()), Reason: req.GetReason(), At: a.now().UTC()}); err != nil {
 		return nil, rebalanceStatus(err, "pause")
 	}
-	a.log.Info("rebalancer paused", "by", req.GetPausedBy(), "reason", req.GetReason())
+	a.log.Info("rebalancer paused", "by", access.Who(ctx, req.GetPausedBy()), "reason", req.GetReason())
 	return &adminv1.PauseRebalanceResponse{}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/access"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
@@ -59,6 +60,12 @@ type Deps struct {
 	// Fleet writes groups and tenants; nil answers those calls
 	// UNIMPLEMENTED.
 	Fleet FleetStore
+	// Access stores API keys and reads the audit trail; nil answers those
+	// calls UNIMPLEMENTED.
+	Access AccessStore
+	// Keys, when set, is the replica's view of the API keys: a key
+	// created or revoked here is in it when the call returns.
+	Keys KeyView
 	// Log may be nil.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -75,6 +82,8 @@ type Server struct {
 	store     PolicyStore
 	rebalance RebalanceStore // nil: no rebalancer store
 	fleet     FleetStore     // nil: no group and tenant writes
+	access    AccessStore    // nil: no API keys or audit trail
+	keys      KeyView        // nil: no view to wait for
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -90,7 +99,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, log: deps.Log, now: deps.Now}, nil
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, access: deps.Access, keys: deps.Keys, log: deps.Log, now: deps.Now}, nil
 }
 
 // Register registers AdminService on s.
@@ -124,11 +133,13 @@ func (a *Server) ApplyPolicy(ctx context.Context, req *adminv1.ApplyPolicyReques
 	if err != nil {
 		return nil, err
 	}
-	version, warns, err := ApplyPolicy(ctx, store, a.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), req.GetAppliedBy(), a.now())
+	// The authenticated caller, whatever applied_by says.
+	by := access.Who(ctx, req.GetAppliedBy())
+	version, warns, err := ApplyPolicy(ctx, store, a.cache.Snapshot(), []byte(req.GetDocument()), req.GetBasedOnVersion(), by, a.now())
 	if err != nil {
 		return nil, policyStatus(err)
 	}
-	a.log.Info("placement policy applied", "version", version, "by", req.GetAppliedBy(), "migrate", req.GetMigrate())
+	a.log.Info("placement policy applied", "version", version, "by", by, "migrate", req.GetMigrate())
 	return &adminv1.ApplyPolicyResponse{Version: version, Warnings: warns}, nil
 }
 

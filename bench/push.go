@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/berthproject/berth/access"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/embedetcd"
@@ -410,10 +411,10 @@ func (h *pushHarness) stop() error {
 }
 
 // dial opens cfg.Conns connections to addr, closed by stop.
-func (h *pushHarness) dial(addr string) ([]*grpc.ClientConn, error) {
+func (h *pushHarness) dial(addr string, opts ...grpc.DialOption) ([]*grpc.ClientConn, error) {
 	conns := make([]*grpc.ClientConn, 0, h.cfg.Conns)
 	for range h.cfg.Conns {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 		if err != nil {
 			return nil, fmt.Errorf("bench: %w", err)
 		}
@@ -476,7 +477,15 @@ func (h *pushHarness) startBerth(ctx context.Context, dir, etcd string, reg *reg
 	if _, err := ex.waitLine(ctx, pushServerTimeout, listeningRE); err != nil {
 		return nil, err
 	}
-	conns, err := h.dial(cpAddr)
+	// The pushing service authenticates as any service does.
+	key, secret, err := access.NewAPIKey("bench push", []string{string(access.Service)}, nil, nil, "berth bench", time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := reg.CreateAPIKey(ctx, key); err != nil {
+		return nil, err
+	}
+	conns, err := h.dial(cpAddr, grpc.WithPerRPCCredentials(access.APIKeyCredentials(secret)))
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ type cluster struct {
 	Messaging messagingv1.MessagingServiceClient
 
 	conn   *grpc.ClientConn
+	apiKey string
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -57,7 +58,7 @@ func startCluster() (*cluster, error) {
 	defer timer.Stop()
 	select {
 	case info := <-ready:
-		c.ControlPlane = info.ControlPlane
+		c.ControlPlane, c.apiKey = info.ControlPlane, info.AdminAPIKey
 	case err := <-c.done:
 		cancel()
 		return nil, fmt.Errorf("cluster stopped before it was ready: %w", err)
@@ -65,7 +66,8 @@ func startCluster() (*cluster, error) {
 		cancel()
 		return nil, errors.Join(errors.New("cluster not ready in time"), <-c.done)
 	}
-	c.conn, err = grpc.NewClient(c.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c.conn, err = grpc.NewClient(c.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(apiKey(c.apiKey)))
 	if err != nil {
 		cancel()
 		return nil, errors.Join(err, <-c.done)
@@ -199,3 +201,13 @@ func (s *subscription) stop() {
 	s.cancel()
 	<-s.done
 }
+
+// apiKey presents the cluster's admin key as a service would present its
+// own: `authorization: Bearer <key>` on every call.
+type apiKey string
+
+func (k apiKey) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(k)}, nil
+}
+
+func (apiKey) RequireTransportSecurity() bool { return false }

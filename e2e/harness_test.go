@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/berthproject/berth/access"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 )
 
@@ -92,11 +93,13 @@ func (c *cluster) restartControlPlane(t *testing.T) string {
 	return c.cpAddr
 }
 
-// messagingClient dials a control plane's MessagingService; the connection
+// messagingClient dials a control plane's MessagingService with the test's
+// admin key (BERTH_API_KEY, see startEtcd); the connection
 // is closed when the test ends.
 func messagingClient(t *testing.T, addr string) messagingv1.MessagingServiceClient {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(access.APIKeyCredentials(os.Getenv("BERTH_API_KEY"))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,9 +174,24 @@ func (p *proc) addr() string {
 
 // startEtcd runs a real etcd server (embedded in the test process, as the
 // binaries only ever reach it over the network).
+// It then makes the first admin API key the break-glass way, `berth ctl
+// registry apikey create`, and puts it in BERTH_API_KEY for the test, so
+// that every ctl process and messagingClient presents it.
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	return testutil.StartEtcd(t).Endpoint()
+	ep := testutil.StartEtcd(t).Endpoint()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "ctl", "registry", "apikey", "create", "--etcd", ep, "--name", "e2e admin", "--role", "admin", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("berth ctl registry apikey create: %v", err)
+	}
+	var created struct{ Secret string }
+	if err := json.Unmarshal(out, &created); err != nil || created.Secret == "" {
+		t.Fatalf("berth ctl registry apikey create printed %q: %v", out, err)
+	}
+	t.Setenv("BERTH_API_KEY", created.Secret)
+	return ep
 }
 
 // ctl runs `berth ctl args...` against the control plane at cp (replicas

@@ -19,6 +19,10 @@ import (
 // its default.
 const controlPlaneEnv = "BERTH_CONTROLPLANE"
 
+// apiKeyEnv names the environment variable that gives --api-key its
+// default.
+const apiKeyEnv = "BERTH_API_KEY"
+
 // defaultControlPlane is where ctl looks for a control plane unless told.
 const defaultControlPlane = "127.0.0.1:7070"
 
@@ -29,6 +33,9 @@ type ctlFlags struct {
 	timeout      time.Duration
 	controlplane string
 	pageSize     int32
+	// apiKey is presented as `authorization: Bearer <key>` on every call
+	// (the seam for client-certificate flags: connect's dial options).
+	apiKey string
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string
@@ -50,6 +57,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
+	pf.StringVar(&c.apiKey, "api-key", os.Getenv(apiKeyEnv), "API key to authenticate with ($"+apiKeyEnv+" sets the default; `berth dev` writes one to its data directory)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
 	pf.Int32Var(&c.pageSize, "page-size", 1000, "items per page of a listing (the server allows at most 1000)")
@@ -66,6 +74,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(newCtlPolicyCmds(c)...)
 	cmd.AddCommand(newCtlMessagingCmds(c)...)
 	cmd.AddCommand(newCtlRegistryCmd(c))
+	cmd.AddCommand(newCtlAPIKeyCmd(c), newCtlAuditCmd(c))
 	return cmd
 }
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/berthproject/berth/access"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 )
 
@@ -54,7 +55,7 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 		failures    []error
 	)
 	for _, addr := range addrs {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, c.dialOptions()...)
 		if err != nil {
 			failures = append(failures, fmt.Errorf("control plane %s: %w", addr, err))
 			continue
@@ -81,6 +82,16 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 		return waiting, nil
 	}
 	return nil, errors.Join(failures...)
+}
+
+// dialOptions are the transport and the credentials ctl presents: the API
+// key of --api-key / $BERTH_API_KEY, if any.
+func (c *ctlFlags) dialOptions() []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if key := strings.TrimSpace(c.apiKey); key != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(access.APIKeyCredentials(key)))
+	}
+	return opts
 }
 
 // checkServing asks the health service of the control plane at addr
@@ -161,6 +172,9 @@ func (c *ctlFlags) rpcError(what string, err error) error {
 	}
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
 		return fmt.Errorf("%s: %w", what, unreachable(c.controlplane, err))
+	}
+	if st.Code() == codes.Unauthenticated && strings.TrimSpace(c.apiKey) == "" {
+		return fmt.Errorf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)
 	}
 	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -59,6 +60,18 @@ func startControlPlane(t *testing.T) testCluster {
 	if _, _, err := berth(t, "keygen", "--private", priv, "--public", pub); err != nil {
 		t.Fatal(err)
 	}
+	// The first admin key, made the break-glass way, for every ctl call
+	// of the test, made before the control plane starts so that its first
+	// listing of the keys holds it.
+	key, errOut, err := berth(t, "ctl", "registry", "apikey", "create", "--etcd", etcd, "--name", "test admin", "--role", "admin", "-o", "json")
+	if err != nil {
+		t.Fatalf("ctl registry apikey create: %v\n%s", err, errOut)
+	}
+	var created struct{ ID, Secret string }
+	if err := json.Unmarshal([]byte(key), &created); err != nil || created.Secret == "" {
+		t.Fatalf("ctl registry apikey create printed %q: %v", key, err)
+	}
+	t.Setenv(apiKeyEnv, created.Secret)
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	done := make(chan error, 1)

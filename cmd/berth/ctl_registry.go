@@ -150,7 +150,7 @@ func newCtlRegistryCmd(c *ctlFlags) *cobra.Command {
 	tput.Flags().StringSliceVar(&services, "services", nil, "services the tenant is entitled to")
 	tenant.AddCommand(tput)
 
-	reg.AddCommand(groups, group, executors, devices, tenants, tenant, newRegistryPolicyCmd(c), newRegistryExecutorCmd(c), newRegistryRebalanceCmd(c))
+	reg.AddCommand(groups, group, executors, devices, tenants, tenant, newRegistryPolicyCmd(c), newRegistryExecutorCmd(c), newRegistryRebalanceCmd(c), newRegistryAPIKeyCmd(c))
 	return reg
 }
 

@@ -33,8 +33,8 @@ func newDevCmd(g *globals) *cobra.Command {
 				for _, id := range ids {
 					ex = append(ex, id+"="+info.Executors[id])
 				}
-				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s\n",
-					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile)
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s api-key-file=%s\n",
+					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile, info.APIKeyFile)
 			})
 		},
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/node"
@@ -91,6 +92,9 @@ type Info struct {
 	Executors map[string]string
 	// PublicKeyFile holds the token verification key (PEM).
 	PublicKeyFile string
+	// APIKeyFile holds the admin API key made at start (mode 0600);
+	// AdminAPIKey is that key. AdminService and MessagingService need it.
+	APIKeyFile, AdminAPIKey string
 }
 
 // Run starts the cluster, calls ready once every server serves and every
@@ -141,6 +145,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		return err
 	}
 
+	keyFile, adminKey, err := writeAdminKey(ctx, reg, dir)
+	if err != nil {
+		return err
+	}
+
 	cpLis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -150,7 +159,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		cpLis.Close()
 		return err
 	}
-	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile}
+	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile, APIKeyFile: keyFile, AdminAPIKey: adminKey}
 
 	type exec struct {
 		ex  *node.Executor
@@ -278,4 +287,21 @@ func writePublicKey(dir string, pub ed25519.PublicKey) (string, error) {
 		return "", fmt.Errorf("devcluster: %w", err)
 	}
 	return p, nil
+}
+
+// writeAdminKey creates an admin API key and stores its secret in dir,
+// readable by its owner only.
+func writeAdminKey(ctx context.Context, reg *registry.Registry, dir string) (file, secret string, err error) {
+	k, secret, err := access.NewAPIKey("berth dev admin", []string{string(access.Admin)}, nil, nil, "berth dev", time.Now())
+	if err != nil {
+		return "", "", err
+	}
+	if err := reg.CreateAPIKey(ctx, k); err != nil {
+		return "", "", err
+	}
+	file = filepath.Join(dir, "admin.key")
+	if err := os.WriteFile(file, []byte(secret+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("devcluster: %w", err)
+	}
+	return file, secret, nil
 }

@@ -2,13 +2,19 @@ package devcluster_test
 
 import (
 	"context"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/berthproject/berth/access"
+	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/internal/devcluster"
 )
@@ -50,6 +56,27 @@ func TestRun(t *testing.T) {
 	}
 	if d := resp.GetDestination(); d.GetGroupId() == "" || len(d.GetEndpoints()) != 2 || d.GetToken() == "" {
 		t.Errorf("Assign = %v, want a group with 2 endpoints and a token", d)
+	}
+	// The admin key is in its file, readable by its owner only, and opens
+	// AdminService, which refuses a caller without it.
+	fi, err := os.Stat(info.APIKeyFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("api key file %s: %v, mode %v; want 0600", info.APIKeyFile, err, fi)
+	}
+	b, _ := os.ReadFile(info.APIKeyFile)
+	if strings.TrimSpace(string(b)) != info.AdminAPIKey {
+		t.Errorf("api key file holds %q; want the admin key", b)
+	}
+	if _, err := adminv1.NewAdminServiceClient(cc).ListGroups(ctx, &adminv1.ListGroupsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListGroups without a key = %v; want UNAUTHENTICATED", err)
+	}
+	keyed, err := grpc.NewClient(info.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(access.APIKeyCredentials(info.AdminAPIKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keyed.Close()
+	if _, err := adminv1.NewAdminServiceClient(keyed).ListGroups(ctx, &adminv1.ListGroupsRequest{}); err != nil {
+		t.Errorf("ListGroups with the admin key = %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {

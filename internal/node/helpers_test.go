@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/berthproject/berth/access"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/testutil"
@@ -131,4 +132,32 @@ func ackNext(st grpc.BidiStreamingClient[executorv1.ConnectRequest, executorv1.C
 			return m, st.Send(&executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Ack{Ack: &executorv1.Ack{MessageId: m.GetMessageId()}}})
 		}
 	}
+}
+
+// apiKey stores a new API key with roles (and tenants) and returns its
+// secret.
+func apiKey(t *testing.T, reg *registry.Registry, name string, roles []string, tenants ...string) string {
+	t.Helper()
+	k, secret, err := access.NewAPIKey(name, roles, tenants, nil, "test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.DefaultTimeout)
+	defer cancel()
+	if err := reg.CreateAPIKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+// dialKey opens a client connection presenting an API key, closed at
+// cleanup.
+func dialKey(t *testing.T, addr, key string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(access.APIKeyCredentials(key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/execclient"
@@ -45,6 +46,10 @@ type ReplicaConfig struct {
 	Rebalance *rebalance.Config
 	// RPC tunes the gRPC server.
 	RPC rpcserver.Config
+	// Access tunes who may call AdminService and MessagingService (API
+	// keys always; client certificates when it names an operator CA) and
+	// bounds the audit trail. Those services always need a caller.
+	Access access.Config
 	// StopTimeout bounds the graceful stop of the gRPC server; the calls
 	// and streams still open then are cut.
 	StopTimeout time.Duration
@@ -116,6 +121,8 @@ type Replica struct {
 	msg   *messaging.Server
 	admin *admin.Server
 	rb    *rebalance.Rebalancer // nil: off
+	keys  *registry.APIKeyView
+	guard *access.Guard
 
 	running atomic.Bool
 }
@@ -149,7 +156,11 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Log: r.log}); err != nil {
+	r.keys = reg.NewAPIKeyView(r.log.With("component", "apikeys"))
+	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Access: reg, Keys: r.keys, Log: r.log}); err != nil {
+		return nil, err
+	}
+	if r.guard, err = access.New(cfg.Access, access.Deps{Keys: r.keys, Assignments: r.cache, Audit: reg, Log: r.log.With("component", "access")}); err != nil {
 		return nil, err
 	}
 	if cfg.Rebalance != nil {
@@ -188,7 +199,7 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
-	rpc := rpcserver.New(r.cfg.RPC, r.log)
+	rpc := rpcserver.New(r.cfg.RPC, r.log, r.guard.ServerOptions()...)
 	r.cp.Register(rpc.GRPC)
 	r.msg.Register(rpc.GRPC)
 	r.admin.Register(rpc.GRPC)
@@ -216,6 +227,7 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 		})
 	}
 	background("registry cache", r.cache.Run)
+	background("api key view", r.keys.Run)
 	background("executor connections", r.pool.Run)
 	if r.rb != nil {
 		background("rebalancer", r.rb.Run)
@@ -231,7 +243,7 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error { return r.msg.Run(gctx) })
 	g.Go(func() error {
-		if err := r.cache.WaitReady(gctx); err == nil {
+		if err := errors.Join(r.cache.WaitReady(gctx), r.keys.WaitReady(gctx)); err == nil {
 			rpc.SetServing(true, services...)
 			r.log.Info("control plane serving", "addr", lis.Addr().String())
 		}

@@ -77,7 +77,8 @@ func TestReplica(t *testing.T) {
 	}
 	st := connect(ctx, t, dial(t, elis.Addr().String()), "dev-1", d.GetToken())
 
-	msg := messagingv1.NewMessagingServiceClient(cc)
+	admin := dialKey(t, lis.Addr().String(), apiKey(t, reg, "test admin", []string{"admin"}))
+	msg := messagingv1.NewMessagingServiceClient(admin)
 	testutil.WaitFor(t, testutil.DefaultTimeout, "dev-1 online", func() bool {
 		dev, err := msg.GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: "dev-1"})
 		return err == nil && dev.GetOnline()
@@ -98,7 +99,7 @@ func TestReplica(t *testing.T) {
 		t.Fatalf("device: %v", err)
 	}
 
-	_, err = adminv1.NewAdminServiceClient(cc).GetPolicy(ctx, &adminv1.GetPolicyRequest{})
+	_, err = adminv1.NewAdminServiceClient(admin).GetPolicy(ctx, &adminv1.GetPolicyRequest{})
 	if status.Code(err) != codes.NotFound || !strings.Contains(status.Convert(err).Message(), "no policy applied") {
 		t.Errorf("GetPolicy = %v; want NOT_FOUND: no policy applied", err)
 	}

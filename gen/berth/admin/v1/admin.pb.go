@@ -3265,7 +3265,7 @@ var File_berth_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1aberth/admin/v1/admin.proto\x12\x0eberth.admin.v1\x1a\x1cberth/policy/v1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x1aberth/admin/v1/admin.proto\x12\x0eberth.admin.v1\x1a\x1bberth/admin/v1/access.proto\x1a\x1cberth/policy/v1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
 	"\x10GetPolicyRequest\"\xbd\x01\n" +
 	"\x11GetPolicyResponse\x12\x1a\n" +
 	"\bdocument\x18\x01 \x01(\tR\bdocument\x12\x18\n" +
@@ -3514,7 +3514,7 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
 	"\x13DeleteTenantRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"\x16\n" +
-	"\x14DeleteTenantResponse2\xba\r\n" +
+	"\x14DeleteTenantResponse2\x9a\x10\n" +
 	"\fAdminService\x12S\n" +
 	"\n" +
 	"ListGroups\x12!.berth.admin.v1.ListGroupsRequest\x1a\".berth.admin.v1.ListGroupsResponse\x12M\n" +
@@ -3536,7 +3536,11 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fUndrainExecutor\x12&.berth.admin.v1.UndrainExecutorRequest\x1a'.berth.admin.v1.UndrainExecutorResponse\x12k\n" +
 	"\x12GetRebalanceStatus\x12).berth.admin.v1.GetRebalanceStatusRequest\x1a*.berth.admin.v1.GetRebalanceStatusResponse\x12_\n" +
 	"\x0ePauseRebalance\x12%.berth.admin.v1.PauseRebalanceRequest\x1a&.berth.admin.v1.PauseRebalanceResponse\x12b\n" +
-	"\x0fResumeRebalance\x12&.berth.admin.v1.ResumeRebalanceRequest\x1a'.berth.admin.v1.ResumeRebalanceResponseB\xb4\x01\n" +
+	"\x0fResumeRebalance\x12&.berth.admin.v1.ResumeRebalanceRequest\x1a'.berth.admin.v1.ResumeRebalanceResponse\x12Y\n" +
+	"\fCreateAPIKey\x12#.berth.admin.v1.CreateAPIKeyRequest\x1a$.berth.admin.v1.CreateAPIKeyResponse\x12V\n" +
+	"\vListAPIKeys\x12\".berth.admin.v1.ListAPIKeysRequest\x1a#.berth.admin.v1.ListAPIKeysResponse\x12Y\n" +
+	"\fRevokeAPIKey\x12#.berth.admin.v1.RevokeAPIKeyRequest\x1a$.berth.admin.v1.RevokeAPIKeyResponse\x12P\n" +
+	"\tListAudit\x12 .berth.admin.v1.ListAuditRequest\x1a!.berth.admin.v1.ListAuditResponseB\xb4\x01\n" +
 	"\x12com.berth.admin.v1B\n" +
 	"AdminProtoP\x01Z8github.com/berthproject/berth/gen/berth/admin/v1;adminv1\xa2\x02\x03BAX\xaa\x02\x0eBerth.Admin.V1\xca\x02\x0eBerth\\Admin\\V1\xe2\x02\x1aBerth\\Admin\\V1\\GPBMetadata\xea\x02\x10Berth::Admin::V1b\x06proto3"
 
@@ -3609,6 +3613,14 @@ var file_berth_admin_v1_admin_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),      // 52: google.protobuf.Timestamp
 	(*v1.Input)(nil),                   // 53: berth.policy.v1.Input
 	(*durationpb.Duration)(nil),        // 54: google.protobuf.Duration
+	(*CreateAPIKeyRequest)(nil),        // 55: berth.admin.v1.CreateAPIKeyRequest
+	(*ListAPIKeysRequest)(nil),         // 56: berth.admin.v1.ListAPIKeysRequest
+	(*RevokeAPIKeyRequest)(nil),        // 57: berth.admin.v1.RevokeAPIKeyRequest
+	(*ListAuditRequest)(nil),           // 58: berth.admin.v1.ListAuditRequest
+	(*CreateAPIKeyResponse)(nil),       // 59: berth.admin.v1.CreateAPIKeyResponse
+	(*ListAPIKeysResponse)(nil),        // 60: berth.admin.v1.ListAPIKeysResponse
+	(*RevokeAPIKeyResponse)(nil),       // 61: berth.admin.v1.RevokeAPIKeyResponse
+	(*ListAuditResponse)(nil),          // 62: berth.admin.v1.ListAuditResponse
 }
 var file_berth_admin_v1_admin_proto_depIdxs = []int32{
 	52, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
@@ -3658,27 +3670,35 @@ var file_berth_admin_v1_admin_proto_depIdxs = []int32{
 	18, // 44: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
 	24, // 45: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
 	26, // 46: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
-	30, // 47: berth.admin.v1.AdminService.ListGroups:output_type -> berth.admin.v1.ListGroupsResponse
-	32, // 48: berth.admin.v1.AdminService.PutGroup:output_type -> berth.admin.v1.PutGroupResponse
-	34, // 49: berth.admin.v1.AdminService.DeleteGroup:output_type -> berth.admin.v1.DeleteGroupResponse
-	37, // 50: berth.admin.v1.AdminService.ListExecutors:output_type -> berth.admin.v1.ListExecutorsResponse
-	41, // 51: berth.admin.v1.AdminService.ListDevices:output_type -> berth.admin.v1.ListDevicesResponse
-	44, // 52: berth.admin.v1.AdminService.PutTenant:output_type -> berth.admin.v1.PutTenantResponse
-	46, // 53: berth.admin.v1.AdminService.ListTenants:output_type -> berth.admin.v1.ListTenantsResponse
-	48, // 54: berth.admin.v1.AdminService.DeleteTenant:output_type -> berth.admin.v1.DeleteTenantResponse
-	1,  // 55: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
-	3,  // 56: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
-	6,  // 57: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
-	9,  // 58: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
-	11, // 59: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
-	13, // 60: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
-	15, // 61: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
-	17, // 62: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
-	23, // 63: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
-	25, // 64: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
-	27, // 65: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
-	47, // [47:66] is the sub-list for method output_type
-	28, // [28:47] is the sub-list for method input_type
+	55, // 47: berth.admin.v1.AdminService.CreateAPIKey:input_type -> berth.admin.v1.CreateAPIKeyRequest
+	56, // 48: berth.admin.v1.AdminService.ListAPIKeys:input_type -> berth.admin.v1.ListAPIKeysRequest
+	57, // 49: berth.admin.v1.AdminService.RevokeAPIKey:input_type -> berth.admin.v1.RevokeAPIKeyRequest
+	58, // 50: berth.admin.v1.AdminService.ListAudit:input_type -> berth.admin.v1.ListAuditRequest
+	30, // 51: berth.admin.v1.AdminService.ListGroups:output_type -> berth.admin.v1.ListGroupsResponse
+	32, // 52: berth.admin.v1.AdminService.PutGroup:output_type -> berth.admin.v1.PutGroupResponse
+	34, // 53: berth.admin.v1.AdminService.DeleteGroup:output_type -> berth.admin.v1.DeleteGroupResponse
+	37, // 54: berth.admin.v1.AdminService.ListExecutors:output_type -> berth.admin.v1.ListExecutorsResponse
+	41, // 55: berth.admin.v1.AdminService.ListDevices:output_type -> berth.admin.v1.ListDevicesResponse
+	44, // 56: berth.admin.v1.AdminService.PutTenant:output_type -> berth.admin.v1.PutTenantResponse
+	46, // 57: berth.admin.v1.AdminService.ListTenants:output_type -> berth.admin.v1.ListTenantsResponse
+	48, // 58: berth.admin.v1.AdminService.DeleteTenant:output_type -> berth.admin.v1.DeleteTenantResponse
+	1,  // 59: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
+	3,  // 60: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
+	6,  // 61: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
+	9,  // 62: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
+	11, // 63: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
+	13, // 64: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
+	15, // 65: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
+	17, // 66: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
+	23, // 67: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
+	25, // 68: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
+	27, // 69: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
+	59, // 70: berth.admin.v1.AdminService.CreateAPIKey:output_type -> berth.admin.v1.CreateAPIKeyResponse
+	60, // 71: berth.admin.v1.AdminService.ListAPIKeys:output_type -> berth.admin.v1.ListAPIKeysResponse
+	61, // 72: berth.admin.v1.AdminService.RevokeAPIKey:output_type -> berth.admin.v1.RevokeAPIKeyResponse
+	62, // 73: berth.admin.v1.AdminService.ListAudit:output_type -> berth.admin.v1.ListAuditResponse
+	51, // [51:74] is the sub-list for method output_type
+	28, // [28:51] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -3689,6 +3709,7 @@ func file_berth_admin_v1_admin_proto_init() {
 	if File_berth_admin_v1_admin_proto != nil {
 		return
 	}
+	file_berth_admin_v1_access_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
