@@ -2,6 +2,7 @@ package execclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,8 +20,9 @@ import (
 // ErrClosed is returned by Acquire after Close.
 var ErrClosed = errors.New("execclient: connections to executors are closed")
 
-// DialOptions are the options of every connection to an executor:
-// plaintext, creds on every call, and keepalive pings every 30s (timeout
+// DialOptions are the options of every connection to an executor: TLS
+// with tlsCfg (nil: plaintext, for loopback and --insecure clusters),
+// creds on every call, and keepalive pings every 30s (timeout
 // 10s), which executors tolerate: their servers (internal/rpcserver)
 // accept client pings every 15s at most, with or without a call under way.
 //
@@ -32,9 +34,13 @@ var ErrClosed = errors.New("execclient: connections to executors are closed")
 // and the executors' enforcement policy permits it (a client pinging an
 // idle connection without that permission would be sent GOAWAY
 // "too_many_pings").
-func DialOptions(creds credentials.PerRPCCredentials) []grpc.DialOption {
+func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc.DialOption {
+	transport := insecure.NewCredentials()
+	if tlsCfg != nil {
+		transport = credentials.NewTLS(tlsCfg)
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}
@@ -79,7 +85,7 @@ func New(cfg Config, deps Deps) (*Pool, error) {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
 	creds := NewCredentials(deps.Signer, cfg.Subject, cfg.TokenTTL, deps.Now, deps.Log)
-	opts := append(DialOptions(creds), cfg.DialOptions...)
+	opts := append(DialOptions(creds, cfg.TLS), cfg.DialOptions...)
 	return &Pool{
 		opts: opts, creds: creds, execs: deps.Executors, idle: cfg.IdleTimeout, now: deps.Now, log: deps.Log,
 		conns: map[string]*conn{},

@@ -3,7 +3,9 @@ package tlsfiles
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 )
@@ -115,4 +117,20 @@ func ClientConfig(f ClientFiles, log *slog.Logger, now func() time.Time) (*tls.C
 		cfg.GetClientCertificate = kp.GetClientCertificate
 	}
 	return cfg, nil
+}
+
+// ErrPlaintext is returned by CheckPlaintext for plaintext off loopback.
+var ErrPlaintext = errors.New("tlsfiles: plaintext off loopback")
+
+// CheckPlaintext allows a plaintext listener on addr only on a loopback
+// address, or when insecure (the operator's explicit --insecure). A
+// wildcard address (0.0.0.0, [::]) is not loopback.
+func CheckPlaintext(addr net.Addr, insecure bool) error {
+	if insecure {
+		return nil
+	}
+	if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrPlaintext, addr)
 }

@@ -302,3 +302,31 @@ func TestConfigErrors(t *testing.T) {
 		t.Error("ServerConfig with a broken key: no error")
 	}
 }
+
+func TestCheckPlaintext(t *testing.T) {
+	tests := []struct {
+		addr     string
+		insecure bool
+		wantErr  bool
+	}{
+		{"127.0.0.1:7070", false, false},
+		{"[::1]:7070", false, false},
+		{"0.0.0.0:7070", false, true},
+		{"[::]:7070", false, true},
+		{"10.1.2.3:7070", false, true},
+		{"10.1.2.3:7070", true, false},
+	}
+	for _, tc := range tests {
+		a, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = tlsfiles.CheckPlaintext(a, tc.insecure)
+		if gotErr := err != nil; gotErr != tc.wantErr {
+			t.Errorf("CheckPlaintext(%s, insecure %v) = %v, want error %v", tc.addr, tc.insecure, err, tc.wantErr)
+		}
+		if err != nil && !errors.Is(err, tlsfiles.ErrPlaintext) {
+			t.Errorf("CheckPlaintext(%s): err = %v, want ErrPlaintext", tc.addr, err)
+		}
+	}
+}
