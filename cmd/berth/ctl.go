@@ -29,6 +29,7 @@ type ctlFlags struct {
 	timeout      time.Duration
 	controlplane string
 	pageSize     int32
+	tls          clientTLSFlags
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string
@@ -52,6 +53,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
+	c.tls.register(pf, true)
 	pf.Int32Var(&c.pageSize, "page-size", 1000, "items per page of a listing (the server allows at most 1000)")
 	_ = pf.MarkHidden("page-size")
 	pf.StringVar(&c.legacyEtcd, "etcd", "", "")

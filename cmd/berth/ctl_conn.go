@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -48,13 +47,17 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("--controlplane: no address (nor %s)", controlPlaneEnv)
 	}
+	transport, err := c.tls.transport()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		waiting     *grpc.ClientConn // the first that answered NOT_SERVING
 		waitingAddr string
 		failures    []error
 	)
 	for _, addr := range addrs {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(transport))
 		if err != nil {
 			failures = append(failures, fmt.Errorf("control plane %s: %w", addr, err))
 			continue

@@ -48,6 +48,7 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 		newControlPlaneCmd(g),
 		newExecutorCmd(g),
 		newKeygenCmd(g),
+		newCertCmd(g),
 		newCtlCmd(g),
 		newSimulateCmd(g),
 		newBenchCmd(g),

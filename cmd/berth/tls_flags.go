@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/internal/tlsfiles"
 )
@@ -40,4 +43,50 @@ func (s *serverTLSFlags) config(lis net.Listener, log *slog.Logger) (*tls.Config
 		return nil, fmt.Errorf("refusing to serve plaintext on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure to allow it", lis.Addr())
 	}
 	return nil, nil
+}
+
+// Environment variables giving ctl's TLS flags their defaults.
+const (
+	caEnv   = "BERTH_CA"
+	certEnv = "BERTH_CERT"
+	keyEnv  = "BERTH_KEY"
+)
+
+// clientTLSFlags are a client's TLS flags: TLS is on when --ca, or
+// --cert and --key, are given.
+type clientTLSFlags struct {
+	files tlsfiles.ClientFiles
+}
+
+// register adds --ca, --cert and --key; with env, their defaults come
+// from BERTH_CA, BERTH_CERT and BERTH_KEY.
+func (c *clientTLSFlags) register(f *pflag.FlagSet, env bool) {
+	def := func(name string) (string, string) {
+		if !env {
+			return "", ""
+		}
+		return os.Getenv(name), " ($" + name + " sets the default)"
+	}
+	ca, caNote := def(caEnv)
+	cert, certNote := def(certEnv)
+	key, keyNote := def(keyEnv)
+	f.StringVar(&c.files.CA, "ca", ca, "PEM CA(s) the server's certificate must chain to: connect over TLS"+caNote)
+	f.StringVar(&c.files.Cert, "cert", cert, "PEM client certificate to present (TLS)"+certNote)
+	f.StringVar(&c.files.Key, "key", key, "PEM private key of --cert"+keyNote)
+}
+
+// transport returns the transport credentials the flags ask for:
+// plaintext when none is given.
+func (c *clientTLSFlags) transport() (credentials.TransportCredentials, error) {
+	if c.files.CA == "" && c.files.Cert == "" && c.files.Key == "" {
+		return insecure.NewCredentials(), nil
+	}
+	cfg, err := tlsfiles.ClientConfig(c.files, nil, nil)
+	if errors.Is(err, tlsfiles.ErrIncomplete) {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
 }
