@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -126,6 +127,16 @@ func newExecutorCmd(g *globals) *cobra.Command {
 			if cfg.Address == "" {
 				cfg.Address = lis.Addr().String()
 			}
+			if cfg.RPC.TLS == nil && cfg.TLSName != "" {
+				lis.Close()
+				return errors.New("--advertise-name needs --tls-cert: it names the executor's TLS certificate")
+			}
+			if cfg.RPC.TLS != nil && cfg.TLSName == "" {
+				if cfg.TLSName, _, err = net.SplitHostPort(cfg.Address); err != nil {
+					lis.Close()
+					return fmt.Errorf("--advertise %q: %w", cfg.Address, err)
+				}
+			}
 			if cfg.ID == "" {
 				host, _ := os.Hostname()
 				cfg.ID = fmt.Sprintf("%s-%s-%d", cfg.GroupID, host, os.Getpid())
@@ -153,6 +164,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.ID, "id", "", "executor id (default: group-host-pid)")
 	f.StringVar(&cfg.GroupID, "group", "", "the processing group this executor serves")
 	f.StringVar(&cfg.Address, "advertise", "", "address devices connect to (default: the listen address)")
+	f.StringVar(&cfg.TLSName, "advertise-name", "", "with --tls-cert: the name devices verify the executor's certificate by, sent in Assign's endpoints (default: the host of --advertise)")
 	f.IntVar(&cfg.Capacity, "capacity", 10000, "most streams this executor admits")
 	f.StringSliceVar(&keyFiles, "token-public-key", nil, "PEM Ed25519 public key(s) that verify assignment tokens")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long a SIGTERM drain waits for devices to leave")

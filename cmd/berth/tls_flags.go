@@ -75,16 +75,27 @@ func (c *clientTLSFlags) register(f *pflag.FlagSet, env bool) {
 	f.StringVar(&c.files.Key, "key", key, "PEM private key of --cert"+keyNote)
 }
 
-// transport returns the transport credentials the flags ask for:
-// plaintext when none is given.
-func (c *clientTLSFlags) transport() (credentials.TransportCredentials, error) {
-	if c.files.CA == "" && c.files.Cert == "" && c.files.Key == "" {
-		return insecure.NewCredentials(), nil
-	}
+// enabled reports whether any flag asks for TLS.
+func (c *clientTLSFlags) enabled() bool {
+	return c.files.CA != "" || c.files.Cert != "" || c.files.Key != ""
+}
+
+// config returns the TLS configuration the flags ask for.
+func (c *clientTLSFlags) config() (*tls.Config, error) {
 	cfg, err := tlsfiles.ClientConfig(c.files, nil, nil)
 	if errors.Is(err, tlsfiles.ErrIncomplete) {
 		return nil, errors.New("--cert and --key go together")
 	}
+	return cfg, err
+}
+
+// transport returns the transport credentials the flags ask for:
+// plaintext when none is given.
+func (c *clientTLSFlags) transport() (credentials.TransportCredentials, error) {
+	if !c.enabled() {
+		return insecure.NewCredentials(), nil
+	}
+	cfg, err := c.config()
 	if err != nil {
 		return nil, err
 	}
