@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,6 +52,7 @@ func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc
 // concurrent use.
 type Pool struct {
 	opts  []grpc.DialOption
+	tls   bool // connections are TLS: an executor's TLSName is its authority
 	creds *Credentials
 	execs Executors // nil: nothing is pruned
 	idle  time.Duration
@@ -87,7 +89,7 @@ func New(cfg Config, deps Deps) (*Pool, error) {
 	creds := NewCredentials(deps.Signer, cfg.Subject, cfg.TokenTTL, deps.Now, deps.Log)
 	opts := append(DialOptions(creds, cfg.TLS), cfg.DialOptions...)
 	return &Pool{
-		opts: opts, creds: creds, execs: deps.Executors, idle: cfg.IdleTimeout, now: deps.Now, log: deps.Log,
+		opts: opts, tls: cfg.TLS != nil, creds: creds, execs: deps.Executors, idle: cfg.IdleTimeout, now: deps.Now, log: deps.Log,
 		conns: map[string]*conn{},
 	}, nil
 }
@@ -106,7 +108,11 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 	}
 	c, ok := p.conns[addr]
 	if !ok {
-		cc, err := grpc.NewClient(addr, p.opts...)
+		opts := p.opts
+		if name := p.tlsName(addr); name != "" {
+			opts = append(slices.Clip(opts), grpc.WithAuthority(name))
+		}
+		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("execclient: executor address %q: %w", addr, err)
 		}
@@ -124,6 +130,25 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 		})
 	}
 	return c.client, release, nil
+}
+
+// tlsName is the TLS name the registry gives the executor at addr, which
+// its certificate is checked by (as devices check it); "" without TLS, or
+// when the executor gives none (then its address's host is checked).
+func (p *Pool) tlsName(addr string) string {
+	if !p.tls || p.execs == nil {
+		return ""
+	}
+	snap := p.execs.Snapshot()
+	if snap == nil {
+		return ""
+	}
+	for _, e := range snap.Executors {
+		if e.Address == addr {
+			return e.TLSName
+		}
+	}
+	return ""
 }
 
 // Prune closes the connections to addresses the registry no longer names
