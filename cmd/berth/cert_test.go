@@ -119,6 +119,7 @@ func TestServersRefusePlaintext(t *testing.T) {
 		{"control plane on 0.0.0.0", []string{"controlplane", "--etcd", noEtcd, "--signing-key", priv, "--listen", "0.0.0.0:0"}, "--insecure"},
 		{"executor on 0.0.0.0", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--listen", "0.0.0.0:0"}, "--insecure"},
 		{"control plane TLS without --executor-ca", []string{"controlplane", "--etcd", noEtcd, "--signing-key", priv, "--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem")}, "--executor-ca"},
+		{"executor --advertise-name without TLS", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--advertise-name", "exec.example"}, "--tls-cert"},
 		{"executor cert without key", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--tls-cert", filepath.Join(dir, "server.pem")}, "--tls-key"},
 	}
 	for _, tc := range tests {

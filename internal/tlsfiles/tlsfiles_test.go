@@ -330,3 +330,61 @@ func TestCheckPlaintext(t *testing.T) {
 		}
 	}
 }
+
+// TestClientCAReload: a rotated client CA file is picked up without a
+// restart; a broken one keeps the last good pool.
+func TestClientCAReload(t *testing.T) {
+	f := newFixture(t)
+	f.writePair(t, f.serverPair(t), f.cf, f.kf)
+	newCA, err := pki.NewCA("new", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCA := filepath.Join(f.dir, "client-ca.pem")
+	writeCA := func(data []byte) {
+		t.Helper()
+		if err := os.WriteFile(clientCA, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f.stamp = f.stamp.Add(time.Second)
+		if err := os.Chtimes(clientCA, f.stamp, f.stamp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCA(f.ca.CertPEM())
+	dev, err := newCA.IssueDevice("d1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dcf, dkf := filepath.Join(f.dir, "d1.pem"), filepath.Join(f.dir, "d1-key.pem")
+	f.writePair(t, dev, dcf, dkf)
+	clk := &clock{t: time.Unix(0, 0)}
+	scfg, err := tlsfiles.ServerConfig(tlsfiles.ServerFiles{Cert: f.cf, Key: f.kf, ClientCA: clientCA}, nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := server(t, scfg)
+	ccfg, err := tlsfiles.ClientConfig(tlsfiles.ClientFiles{CA: f.caFile, Cert: dcf, Key: dkf}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name    string
+		write   []byte // nil: no change
+		wantErr bool
+	}{
+		{"old client CA: the new CA's client is refused", nil, true},
+		{"rotated to the new CA: accepted", newCA.CertPEM(), false},
+		{"broken file: the last good pool stays", []byte("junk"), false},
+	}
+	for _, st := range steps {
+		if st.write != nil {
+			writeCA(st.write)
+			clk.add(tlsfiles.CheckInterval)
+		}
+		_, err := dial(ccfg, addr)
+		if gotErr := err != nil; gotErr != st.wantErr {
+			t.Errorf("%s: handshake err = %v, want error %v", st.name, err, st.wantErr)
+		}
+	}
+}
