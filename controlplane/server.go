@@ -226,7 +226,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	}
 	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
 	for i, e := range d.Endpoints {
-		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
+		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization(), TlsServerName: e.Executor.TLSName}
 	}
 	return &controlplanev1.AssignResponse{
 		Destination: &controlplanev1.Destination{

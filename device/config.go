@@ -1,6 +1,7 @@
 package device
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,9 +56,16 @@ type Config struct {
 	// backoff.DefaultConfig. When an AssignResponse carries ReconnectHints,
 	// the hints are used instead (field by field, for the fields they set).
 	Backoff backoff.Config
-	// DialOptions are appended to the SDK's dial options (insecure transport
-	// credentials, keepalive, connect parameters), so they override them;
-	// pass TLS credentials here. They apply to every connection the Device
+	// TLS, when set, makes the Device reach the control plane and its
+	// executors over TLS with it: RootCAs are the CAs the servers'
+	// certificates chain to, and Certificates (or GetClientCertificate) the
+	// device's own certificate for mTLS. An executor's certificate is
+	// checked against the name the Assign answer gives for it
+	// (Endpoint.tls_server_name), or its address's host. Nil: plaintext.
+	TLS *tls.Config
+	// DialOptions are appended to the SDK's dial options (transport
+	// credentials, keepalive, connect parameters), so they override them.
+	// They apply to every connection the Device
 	// creates: the control plane's (unless ControlPlaneConn is set) and the
 	// executors'.
 	DialOptions []grpc.DialOption

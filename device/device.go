@@ -14,6 +14,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -97,8 +98,13 @@ func Connect(ctx context.Context, cfg Config) (*Device, error) {
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
+	transport := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		transport = credentials.NewTLS(cfg.TLS)
+	}
+	// The transport comes first: openStream replaces it per executor.
 	d.dialOpts = append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithKeepaliveParams(keepaliveParams),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           cfg.Backoff,

@@ -80,6 +80,13 @@ type harness struct {
 
 func newHarness(t *testing.T, specs ...execSpec) *harness {
 	t.Helper()
+	return newHarnessWith(t, nil, specs...)
+}
+
+// newHarnessWith is newHarness with servers' options by name ("cp" or an
+// executor id), for example their TLS credentials.
+func newHarnessWith(t *testing.T, opts map[string][]grpc.ServerOption, specs ...execSpec) *harness {
+	t.Helper()
 	h := &harness{
 		t:         t,
 		execs:     map[string]*fakeExec{},
@@ -88,7 +95,7 @@ func newHarness(t *testing.T, specs ...execSpec) *harness {
 	var servers []*grpc.Server
 	serve := func(name string, register func(*grpc.Server)) {
 		l := bufconn.Listen(1 << 20)
-		srv := grpc.NewServer(grpc.WaitForHandlers(true)) // Stop joins handlers before wg.Wait
+		srv := grpc.NewServer(append([]grpc.ServerOption{grpc.WaitForHandlers(true)}, opts[name]...)...) // Stop joins handlers before wg.Wait
 		register(srv)
 		h.listeners[name] = l
 		servers = append(servers, srv)

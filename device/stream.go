@@ -12,6 +12,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // ErrStreamClosed is returned when a frame cannot be sent because the stream
@@ -86,7 +87,15 @@ func (r *sendReq) withdraw() bool { return r.state.CompareAndSwap(reqQueued, req
 // and the caller must close it.
 func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destination, ep *controlplanev1.Endpoint) (*stream, error) {
 	addr := ep.GetAddress()
-	conn, err := grpc.NewClient(addr, d.dialOpts...)
+	opts := d.dialOpts
+	if name := ep.GetTlsServerName(); d.cfg.TLS != nil && name != "" {
+		tc := d.cfg.TLS.Clone()
+		tc.ServerName = name
+		// In place of the SDK's transport, d.dialOpts[0] (see New); the
+		// caller's DialOptions still override it.
+		opts = append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, d.dialOpts[1:]...)
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("device: executor %s: %w", addr, err)
 	}

@@ -1,6 +1,7 @@
 package execclient
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,10 @@ type Config struct {
 	// IdleTimeout closes the connection to an executor that left the
 	// registry once nobody has used it for that long.
 	IdleTimeout time.Duration
+	// TLS, when set, is the client configuration every connection to an
+	// executor uses: the service tokens then travel only inside TLS. Nil
+	// dials plaintext (loopback clusters, --insecure).
+	TLS *tls.Config
 	// DialOptions are added after the pool's own (DialOptions).
 	DialOptions []grpc.DialOption
 }

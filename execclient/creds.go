@@ -97,5 +97,6 @@ func (c *Credentials) GetRequestMetadata(context.Context, ...string) (map[string
 }
 
 // RequireTransportSecurity implements credentials.PerRPCCredentials:
-// executors are reached in plaintext, as devices reach them.
+// false, as a cluster may run plaintext on loopback or with --insecure;
+// with Config.TLS set, every connection of the pool is TLS.
 func (c *Credentials) RequireTransportSecurity() bool { return false }

@@ -2,9 +2,11 @@ package execclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,8 +21,9 @@ import (
 // ErrClosed is returned by Acquire after Close.
 var ErrClosed = errors.New("execclient: connections to executors are closed")
 
-// DialOptions are the options of every connection to an executor:
-// plaintext, creds on every call, and keepalive pings every 30s (timeout
+// DialOptions are the options of every connection to an executor: TLS
+// with tlsCfg (nil: plaintext, for loopback and --insecure clusters),
+// creds on every call, and keepalive pings every 30s (timeout
 // 10s), which executors tolerate: their servers (internal/rpcserver)
 // accept client pings every 15s at most, with or without a call under way.
 //
@@ -32,9 +35,13 @@ var ErrClosed = errors.New("execclient: connections to executors are closed")
 // and the executors' enforcement policy permits it (a client pinging an
 // idle connection without that permission would be sent GOAWAY
 // "too_many_pings").
-func DialOptions(creds credentials.PerRPCCredentials) []grpc.DialOption {
+func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc.DialOption {
+	transport := insecure.NewCredentials()
+	if tlsCfg != nil {
+		transport = credentials.NewTLS(tlsCfg)
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}
@@ -45,6 +52,7 @@ func DialOptions(creds credentials.PerRPCCredentials) []grpc.DialOption {
 // concurrent use.
 type Pool struct {
 	opts  []grpc.DialOption
+	tls   bool // connections are TLS: an executor's TLSName is its authority
 	creds *Credentials
 	execs Executors // nil: nothing is pruned
 	idle  time.Duration
@@ -79,9 +87,9 @@ func New(cfg Config, deps Deps) (*Pool, error) {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
 	creds := NewCredentials(deps.Signer, cfg.Subject, cfg.TokenTTL, deps.Now, deps.Log)
-	opts := append(DialOptions(creds), cfg.DialOptions...)
+	opts := append(DialOptions(creds, cfg.TLS), cfg.DialOptions...)
 	return &Pool{
-		opts: opts, creds: creds, execs: deps.Executors, idle: cfg.IdleTimeout, now: deps.Now, log: deps.Log,
+		opts: opts, tls: cfg.TLS != nil, creds: creds, execs: deps.Executors, idle: cfg.IdleTimeout, now: deps.Now, log: deps.Log,
 		conns: map[string]*conn{},
 	}, nil
 }
@@ -100,7 +108,11 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 	}
 	c, ok := p.conns[addr]
 	if !ok {
-		cc, err := grpc.NewClient(addr, p.opts...)
+		opts := p.opts
+		if name := p.tlsName(addr); name != "" {
+			opts = append(slices.Clip(opts), grpc.WithAuthority(name))
+		}
+		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("execclient: executor address %q: %w", addr, err)
 		}
@@ -118,6 +130,25 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 		})
 	}
 	return c.client, release, nil
+}
+
+// tlsName is the TLS name the registry gives the executor at addr, which
+// its certificate is checked by (as devices check it); "" without TLS, or
+// when the executor gives none (then its address's host is checked).
+func (p *Pool) tlsName(addr string) string {
+	if !p.tls || p.execs == nil {
+		return ""
+	}
+	snap := p.execs.Snapshot()
+	if snap == nil {
+		return ""
+	}
+	for _, e := range snap.Executors {
+		if e.Address == addr {
+			return e.TLSName
+		}
+	}
+	return ""
 }
 
 // Prune closes the connections to addresses the registry no longer names

@@ -26,6 +26,10 @@ type Config struct {
 	// Address is the host:port devices connect to, as written to the
 	// registry (the advertised address, not necessarily the listen address).
 	Address string
+	// TLSName, when set, says the executor serves TLS and names its
+	// certificate: devices verify the executor by it (Assign's
+	// Endpoint.tls_server_name). Empty: plaintext.
+	TLSName string
 	// Capacity is the most device streams admitted at once.
 	Capacity int
 	// HelloTimeout bounds the wait for a stream's first frame.

@@ -67,6 +67,9 @@ type Executor struct {
 	GroupID string `json:"group"`
 	// Address is host:port of its gRPC server.
 	Address string `json:"address"`
+	// TLSName, when set, is the name its TLS server certificate is
+	// verified by; devices get it in Assign's endpoints. Empty: plaintext.
+	TLSName string `json:"tls_name,omitempty"`
 	// Capacity is the most streams it admits.
 	Capacity int `json:"capacity"`
 	// Connections is its live stream count.
@@ -168,8 +171,24 @@ func (e Executor) Validate() error {
 		return fmt.Errorf("%w: executor %s: empty address", ErrInvalid, e.ID)
 	case e.Capacity <= 0:
 		return fmt.Errorf("%w: executor %s: capacity %d must be positive", ErrInvalid, e.ID, e.Capacity)
+	case !validTLSName(e.TLSName):
+		return fmt.Errorf("%w: executor %s: TLS name %q: want at most 253 of [A-Za-z0-9.:-]", ErrInvalid, e.ID, e.TLSName)
 	}
 	return nil
+}
+
+// validTLSName reports whether s may name a TLS server (a DNS name or an
+// IP address); empty is allowed (no TLS).
+func validTLSName(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Validate checks a before it is written.

@@ -462,7 +462,7 @@ func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *
 	}
 	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
 	for i, e := range d.Endpoints {
-		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization()}
+		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization(), TlsServerName: e.Executor.TLSName}
 	}
 	err = r.mover.Move(wctx, j.addr, &executorv1.MoveRequest{
 		DeviceId: mv.Device,

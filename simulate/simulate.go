@@ -6,6 +6,7 @@ package simulate
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/device"
@@ -46,6 +48,10 @@ type Config struct {
 	Backoff backoff.Config
 	// StartRate bounds device starts per second (0: all at once).
 	StartRate int
+	// TLS, when set, reaches the control planes and the executors over TLS
+	// with it (every device presents the same client certificate, if any).
+	// Nil: plaintext.
+	TLS *tls.Config
 }
 
 // DefaultConfig is what `berth simulate` runs.
@@ -169,7 +175,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		if addr = strings.TrimSpace(addr); addr == "" {
 			continue
 		}
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		transport := insecure.NewCredentials()
+		if cfg.TLS != nil {
+			transport = credentials.NewTLS(cfg.TLS)
+		}
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(transport))
 		if err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}
@@ -245,6 +255,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log *slog.Logger) device.Config {
 	dc := device.DefaultConfig()
 	dc.ControlPlaneConn = cc
+	dc.TLS = cfg.TLS
 	dc.DeviceID = fmt.Sprintf("%s%06d", cfg.IDPrefix, i)
 	dc.Spec = device.Spec{Model: "generic", Firmware: "1.0.0"}
 	if len(cfg.Models) > 0 {

@@ -36,6 +36,7 @@ type ctlFlags struct {
 	// apiKey is presented as `authorization: Bearer <key>` on every call
 	// (the seam for client-certificate flags: connect's dial options).
 	apiKey string
+	tls          clientTLSFlags
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string
@@ -60,6 +61,7 @@ func newCtlCmd(g *globals) *cobra.Command {
 	pf.StringVar(&c.apiKey, "api-key", os.Getenv(apiKeyEnv), "API key to authenticate with ($"+apiKeyEnv+" sets the default; `berth dev` writes one to its data directory)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
+	c.tls.register(pf, true)
 	pf.Int32Var(&c.pageSize, "page-size", 1000, "items per page of a listing (the server allows at most 1000)")
 	_ = pf.MarkHidden("page-size")
 	pf.StringVar(&c.legacyEtcd, "etcd", "", "")

@@ -9,7 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -49,13 +49,17 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("--controlplane: no address (nor %s)", controlPlaneEnv)
 	}
+	transport, err := c.tls.transport()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		waiting     *grpc.ClientConn // the first that answered NOT_SERVING
 		waitingAddr string
 		failures    []error
 	)
 	for _, addr := range addrs {
-		cc, err := grpc.NewClient(addr, c.dialOptions()...)
+		cc, err := grpc.NewClient(addr, c.dialOptions(transport)...)
 		if err != nil {
 			failures = append(failures, fmt.Errorf("control plane %s: %w", addr, err))
 			continue
@@ -86,8 +90,8 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 
 // dialOptions are the transport and the credentials ctl presents: the API
 // key of --api-key / $BERTH_API_KEY, if any.
-func (c *ctlFlags) dialOptions() []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+func (c *ctlFlags) dialOptions(transport credentials.TransportCredentials) []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(transport)}
 	if key := strings.TrimSpace(c.apiKey); key != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(access.APIKeyCredentials(key)))
 	}

@@ -53,6 +53,13 @@ type testCluster struct {
 // ends.
 func startControlPlane(t *testing.T) testCluster {
 	t.Helper()
+	return startControlPlaneWith(t, nil, nil)
+}
+
+// startControlPlaneWith is startControlPlane with extra flags for the
+// control plane and for ctl.
+func startControlPlaneWith(t *testing.T, cpArgs, ctlArgs []string) testCluster {
+	t.Helper()
 	srv := testutil.StartEtcd(t)
 	etcd := srv.Endpoint()
 	dir := t.TempDir()
@@ -76,7 +83,8 @@ func startControlPlane(t *testing.T) testCluster {
 	var out, errb syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--rebalance=false", "--log-level", "warn"}, &out, &errb)
+		args := []string{"controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--rebalance=false", "--log-level", "warn"}
+		done <- run(ctx, append(args, cpArgs...), &out, &errb)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -98,7 +106,7 @@ func startControlPlane(t *testing.T) testCluster {
 		return m != nil
 	})
 	// ctl waits for SERVING itself; this makes failures clearer.
-	if _, _, err := berth(t, "ctl", "groups", "--controlplane", addr); err != nil {
+	if _, _, err := berth(t, append([]string{"ctl", "groups", "--controlplane", addr}, ctlArgs...)...); err != nil {
 		t.Fatalf("ctl groups on a fresh control plane: %v", err)
 	}
 	return testCluster{etcd: etcd, addr: addr, reg: registry.New(testutil.EtcdClient(t, srv), "")}

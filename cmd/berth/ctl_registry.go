@@ -22,9 +22,7 @@ func newCtlRegistryCmd(c *ctlFlags) *cobra.Command {
 			"and write berth's keys in etcd directly (--etcd, --prefix) and BYPASS THE CONTROL PLANE: its\n" +
 			"checks and its log of changes. With a control plane up, use the other ctl commands.",
 	}
-	pf := reg.PersistentFlags()
-	pf.StringVar(&c.etcd, "etcd", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
-	pf.StringVar(&c.prefix, "prefix", registry.DefaultPrefix, "key prefix of berth's data in etcd")
+	c.etcdFlagSet(reg.PersistentFlags())
 
 	groups := &cobra.Command{
 		Use:   "groups",

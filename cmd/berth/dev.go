@@ -13,6 +13,7 @@ import (
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := devcluster.DefaultConfig()
 	rb := rebalanceFlags{on: true, cfg: *cfg.Replica.Rebalance}
+	var insecure bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an all-in-one cluster: embedded etcd, a control plane, two groups of two executors",
@@ -23,6 +24,7 @@ func newDevCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Replica.Rebalance = rb.config()
+			cfg.TLS = !insecure
 			return devcluster.Run(cmd.Context(), cfg, log, func(info devcluster.Info) {
 				ids := make([]string, 0, len(info.Executors))
 				for id := range info.Executors {
@@ -33,8 +35,12 @@ func newDevCmd(g *globals) *cobra.Command {
 				for _, id := range ids {
 					ex = append(ex, id+"="+info.Executors[id])
 				}
-				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s api-key-file=%s\n",
-					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile, info.APIKeyFile)
+				ca := "none (plaintext: --insecure)"
+				if info.CAFile != "" {
+					ca = info.CAFile
+				}
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s ca=%s api-key-file=%s\n",
+					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile, ca, info.APIKeyFile)
 			})
 		},
 	}
@@ -44,6 +50,7 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "number of processing groups")
 	f.IntVar(&cfg.ExecutorsPerGroup, "executors-per-group", cfg.ExecutorsPerGroup, "executors in each group")
 	f.IntVar(&cfg.GroupCapacity, "group-capacity", cfg.GroupCapacity, "devices each group is sized for")
+	f.BoolVar(&insecure, "insecure", false, "serve plaintext instead of TLS with a throwaway CA (made in --data-dir/tls, or reused from there)")
 	rb.register(f)
 	return cmd
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,9 +11,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/berthproject/berth/internal/tlsfiles"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -23,6 +26,10 @@ type globals struct {
 	logFormat      string
 	etcd           string
 	prefix         string
+	etcdTLS        clientTLSFlags // --etcd-ca, --etcd-cert, --etcd-key
+	etcdUser       string
+	etcdPassword   string
+	envPassword    string // $BERTH_ETCD_PASSWORD, kept out of --help
 	cpuProfile     string
 	profile        *os.File // the CPU profile being written, if any
 }
@@ -48,6 +55,7 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 		newControlPlaneCmd(g),
 		newExecutorCmd(g),
 		newKeygenCmd(g),
+		newCertCmd(g),
 		newCtlCmd(g),
 		newSimulateCmd(g),
 		newBenchCmd(g),
@@ -83,10 +91,24 @@ func (g *globals) stopProfile() error {
 	return err
 }
 
-// etcdFlags adds --etcd and --prefix to cmd.
-func (g *globals) etcdFlags(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&g.etcd, "etcd", "http://127.0.0.1:2379", "etcd endpoints, comma separated")
-	cmd.Flags().StringVar(&g.prefix, "prefix", registry.DefaultPrefix, "key prefix of berth's data in etcd")
+// etcdPasswordEnv names the environment variable that gives
+// --etcd-password its default, to keep the password off command lines.
+const etcdPasswordEnv = "BERTH_ETCD_PASSWORD"
+
+// etcdFlags adds --etcd, --prefix and etcd's TLS and credential flags to
+// cmd.
+func (g *globals) etcdFlags(cmd *cobra.Command) { g.etcdFlagSet(cmd.Flags()) }
+
+// etcdFlagSet adds the flags of etcdFlags to f.
+func (g *globals) etcdFlagSet(f *pflag.FlagSet) {
+	f.StringVar(&g.etcd, "etcd", "http://127.0.0.1:2379", "etcd endpoints, comma separated (https://… with --etcd-ca)")
+	f.StringVar(&g.prefix, "prefix", registry.DefaultPrefix, "key prefix of berth's data in etcd")
+	f.StringVar(&g.etcdTLS.files.CA, "etcd-ca", "", "PEM CA(s) etcd's certificate chains to: reach etcd over TLS")
+	f.StringVar(&g.etcdTLS.files.Cert, "etcd-cert", "", "PEM client certificate presented to etcd")
+	f.StringVar(&g.etcdTLS.files.Key, "etcd-key", "", "PEM private key of --etcd-cert")
+	f.StringVar(&g.etcdUser, "etcd-user", "", "etcd user name (etcd authentication)")
+	g.envPassword = os.Getenv(etcdPasswordEnv)
+	f.StringVar(&g.etcdPassword, "etcd-password", "", "password of --etcd-user (default $"+etcdPasswordEnv+"; prefer it: command lines are visible to other users)")
 }
 
 // logger builds the process logger from the flags.
@@ -116,7 +138,25 @@ func (g *globals) etcdClient() (*clientv3.Client, error) {
 	if len(eps) == 0 {
 		return nil, fmt.Errorf("--etcd: no endpoint")
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	pw := g.etcdPassword
+	if pw == "" && g.etcdUser != "" {
+		pw = g.envPassword
+	}
+	cfg := clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: g.etcdUser, Password: pw}
+	if (g.etcdUser == "") != (pw == "") {
+		return nil, fmt.Errorf("--etcd-user and --etcd-password (or $%s) go together", etcdPasswordEnv)
+	}
+	if t := g.etcdTLS.files; t.CA != "" || t.Cert != "" || t.Key != "" {
+		tc, err := tlsfiles.ClientConfig(t, nil, nil)
+		if errors.Is(err, tlsfiles.ErrIncomplete) {
+			return nil, errors.New("--etcd-cert and --etcd-key go together")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		cfg.TLS = tc
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", g.etcd, err)
 	}

@@ -2,13 +2,17 @@ package main
 
 import (
 	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/internal/tlsfiles"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
@@ -16,7 +20,8 @@ import (
 func newControlPlaneCmd(g *globals) *cobra.Command {
 	rcfg := node.DefaultReplicaConfig()
 	cfg, mcfg := &rcfg.ControlPlane, &rcfg.Messaging
-	var listen, keyFile string
+	var listen, keyFile, executorCA string
+	var tlsf serverTLSFlags
 	rb := rebalanceFlags{on: true, cfg: *rcfg.Rebalance}
 	cmd := &cobra.Command{
 		Use:   "controlplane",
@@ -35,21 +40,34 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if executorCA != "" {
+				if rcfg.Executors.TLS, err = tlsfiles.ClientConfig(tlsfiles.ClientFiles{CA: executorCA}, log, nil); err != nil {
+					return fmt.Errorf("--executor-ca: %w", err)
+				}
+			} else if tlsf.files.Enabled() && !tlsf.insecure {
+				return errors.New("--executor-ca is needed with --tls-cert: the control plane's service tokens must reach executors over TLS (or give --insecure to reach them in plaintext)")
+			}
+			lis, err := rpcserver.Listen(listen)
+			if err != nil {
+				return err
+			}
+			if rcfg.RPC.TLS, err = tlsf.config(lis, log); err != nil {
+				lis.Close()
+				return err
+			}
 			cli, err := g.etcdClient()
 			if err != nil {
+				lis.Close()
 				return err
 			}
 			defer cli.Close()
 			rcfg.Rebalance = rb.config()
 			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log})
 			if err != nil {
+				lis.Close()
 				return err
 			}
-			lis, err := rpcserver.Listen(listen)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "berth controlplane listening on %s\n", lis.Addr())
+			fmt.Fprintf(g.stdout, "berth controlplane listening on %s (%s)\n", lis.Addr(), transportName(rcfg.RPC.TLS))
 			return r.Run(cmd.Context(), lis)
 		},
 	}
@@ -64,6 +82,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
+	f.StringVar(&executorCA, "executor-ca", "", "PEM CA(s) the executors' certificates chain to: reach executors over TLS (needed with --tls-cert unless --insecure)")
+	tlsf.register(f)
 	rb.register(f)
 	_ = cmd.MarkFlagRequired("signing-key")
 	return cmd
@@ -74,6 +94,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	cfg := &ncfg.Executor
 	var listen string
 	var keyFiles []string
+	var tlsf serverTLSFlags
 	cmd := &cobra.Command{
 		Use:   "executor",
 		Short: "Hold device streams for one processing group",
@@ -99,8 +120,22 @@ func newExecutorCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cfg.RPC.TLS, err = tlsf.config(lis, log); err != nil {
+				lis.Close()
+				return err
+			}
 			if cfg.Address == "" {
 				cfg.Address = lis.Addr().String()
+			}
+			if cfg.RPC.TLS == nil && cfg.TLSName != "" {
+				lis.Close()
+				return errors.New("--advertise-name needs --tls-cert: it names the executor's TLS certificate")
+			}
+			if cfg.RPC.TLS != nil && cfg.TLSName == "" {
+				if cfg.TLSName, _, err = net.SplitHostPort(cfg.Address); err != nil {
+					lis.Close()
+					return fmt.Errorf("--advertise %q: %w", cfg.Address, err)
+				}
 			}
 			if cfg.ID == "" {
 				host, _ := os.Hostname()
@@ -117,7 +152,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				lis.Close()
 				return err
 			}
-			fmt.Fprintf(g.stdout, "berth executor %s listening on %s\n", cfg.ID, lis.Addr())
+			fmt.Fprintf(g.stdout, "berth executor %s listening on %s (%s)\n", cfg.ID, lis.Addr(), transportName(cfg.RPC.TLS))
 			return ex.Run(cmd.Context(), lis)
 		},
 	}
@@ -129,9 +164,11 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.ID, "id", "", "executor id (default: group-host-pid)")
 	f.StringVar(&cfg.GroupID, "group", "", "the processing group this executor serves")
 	f.StringVar(&cfg.Address, "advertise", "", "address devices connect to (default: the listen address)")
+	f.StringVar(&cfg.TLSName, "advertise-name", "", "with --tls-cert: the name devices verify the executor's certificate by, sent in Assign's endpoints (default: the host of --advertise)")
 	f.IntVar(&cfg.Capacity, "capacity", 10000, "most streams this executor admits")
 	f.StringSliceVar(&keyFiles, "token-public-key", nil, "PEM Ed25519 public key(s) that verify assignment tokens")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long a SIGTERM drain waits for devices to leave")
+	tlsf.register(f)
 	_ = cmd.MarkFlagRequired("group")
 	_ = cmd.MarkFlagRequired("token-public-key")
 	return cmd
@@ -169,4 +206,12 @@ func newKeygenCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&priv, "private", "token-signing.pem", "private key file (for control planes)")
 	cmd.Flags().StringVar(&pub, "public", "token-public.pem", "public key file (for executors)")
 	return cmd
+}
+
+// transportName says how a listener serves, for the ready lines.
+func transportName(c *tls.Config) string {
+	if c == nil {
+		return "plaintext"
+	}
+	return "TLS"
 }

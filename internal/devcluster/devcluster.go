@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -50,6 +51,11 @@ type Config struct {
 	// Replica tunes the control plane replica; its Rebalance runs the
 	// rebalancer next to it (nil: off).
 	Replica node.ReplicaConfig
+	// TLS serves every listener over TLS with a throwaway CA and a server
+	// certificate for loopback, made in DataDir/tls or reused from there
+	// (Info.CAFile); the control plane reaches executors over TLS too.
+	// False: plaintext (`berth dev --insecure`, in-process tests).
+	TLS bool
 }
 
 // DefaultConfig is what `berth dev` runs: two groups of two executors.
@@ -95,6 +101,9 @@ type Info struct {
 	// APIKeyFile holds the admin API key made at start (mode 0600);
 	// AdminAPIKey is that key. AdminService and MessagingService need it.
 	APIKeyFile, AdminAPIKey string
+	// CAFile holds the CA that signed the servers' certificates (PEM);
+	// empty when the cluster serves plaintext.
+	CAFile string
 }
 
 // Run starts the cluster, calls ready once every server serves and every
@@ -150,6 +159,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		return err
 	}
 
+	var dt *devTLS
+	if cfg.TLS {
+		if dt, err = setupTLS(dir, cfg.Listen, log); err != nil {
+			return err
+		}
+		cfg.Replica.RPC.TLS = dt.server
+		cfg.Replica.Executors.TLS = dt.client
+		cfg.Executor.Executor.RPC.TLS = dt.server
+		cfg.Executor.Executor.TLSName = "127.0.0.1"
+	}
 	cpLis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -160,6 +179,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		return err
 	}
 	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile, APIKeyFile: keyFile, AdminAPIKey: adminKey}
+	transport := insecure.NewCredentials()
+	if dt != nil {
+		info.CAFile = dt.caFile
+		transport = credentials.NewTLS(dt.client)
+	}
 
 	type exec struct {
 		ex  *node.Executor
@@ -211,7 +235,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		g.Go(func() error { return e.ex.Run(gctx, e.lis) })
 	}
 	g.Go(func() error {
-		if err := waitReady(gctx, reg, cp.ControlPlane(), info); err != nil {
+		if err := waitReady(gctx, reg, cp.ControlPlane(), info, transport); err != nil {
 			return err
 		}
 		if ready != nil {
@@ -232,7 +256,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 
 // waitReady waits until every server reports SERVING, every executor is
 // registered, and the control plane's cache has seen them all.
-func waitReady(ctx context.Context, reg *registry.Registry, cp *controlplane.Server, info Info) error {
+func waitReady(ctx context.Context, reg *registry.Registry, cp *controlplane.Server, info Info, transport credentials.TransportCredentials) error {
 	addrs := []string{info.ControlPlane}
 	for _, a := range info.Executors {
 		addrs = append(addrs, a)
@@ -240,7 +264,7 @@ func waitReady(ctx context.Context, reg *registry.Registry, cp *controlplane.Ser
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		ok, err := allServing(ctx, addrs)
+		ok, err := allServing(ctx, addrs, transport)
 		if err != nil {
 			return err
 		}
@@ -259,9 +283,9 @@ func waitReady(ctx context.Context, reg *registry.Registry, cp *controlplane.Ser
 }
 
 // allServing reports whether every address answers SERVING to a health check.
-func allServing(ctx context.Context, addrs []string) (bool, error) {
+func allServing(ctx context.Context, addrs []string, transport credentials.TransportCredentials) (bool, error) {
 	for _, a := range addrs {
-		cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(transport))
 		if err != nil {
 			return false, fmt.Errorf("devcluster: %w", err)
 		}

@@ -17,8 +17,9 @@ import (
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd *embed.Etcd
-	once sync.Once
+	etcd   *embed.Etcd
+	scheme string // of the client URL
+	once   sync.Once
 }
 
 // Config says where the server keeps its data and how it logs.
@@ -35,6 +36,17 @@ type Config struct {
 	// acknowledged writes. For tests only, where many packages share one
 	// disk and durability across machine crashes is not what is tested.
 	UnsafeNoFsync bool
+	// ClientTLS, when set, serves clients over TLS (https) only.
+	ClientTLS *ClientTLS
+}
+
+// ClientTLS are the files of an embedded etcd's client TLS.
+type ClientTLS struct {
+	// CertFile and KeyFile are the server's certificate and key (PEM).
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes the server require client
+	// certificates chaining to it.
+	ClientCAFile string
 }
 
 // Start starts the server and waits until it serves, or ctx is done.
@@ -48,7 +60,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec := embed.NewConfig()
 	ec.Dir = cfg.Dir
 	ec.Name = "berth-dev"
-	cu := url.URL{Scheme: "http", Host: cfg.ClientAddr}
+	scheme := "http"
+	if t := cfg.ClientTLS; t != nil {
+		scheme = "https"
+		ec.ClientTLSInfo.CertFile = t.CertFile
+		ec.ClientTLSInfo.KeyFile = t.KeyFile
+		ec.ClientTLSInfo.TrustedCAFile = t.ClientCAFile
+		ec.ClientTLSInfo.ClientCertAuth = t.ClientCAFile != ""
+	}
+	cu := url.URL{Scheme: scheme, Host: cfg.ClientAddr}
 	peer, err := url.Parse("http://127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -83,14 +103,23 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e}, nil
+	return &Server{etcd: e, scheme: scheme}, nil
 }
 
-// Endpoint returns the client URL, for example "http://127.0.0.1:40123".
-func (s *Server) Endpoint() string { return "http://" + s.etcd.Clients[0].Addr().String() }
+// ErrTLSClient is returned by Client for a server serving TLS: its
+// clients need their own TLS configuration.
+var ErrTLSClient = errors.New("embedetcd: the server serves TLS; build a client with its TLS configuration")
 
-// Client returns a new client of the server; the caller closes it.
+// Endpoint returns the client URL, for example "http://127.0.0.1:40123"
+// ("https://…" with ClientTLS).
+func (s *Server) Endpoint() string { return s.scheme + "://" + s.etcd.Clients[0].Addr().String() }
+
+// Client returns a new plaintext client of the server; the caller closes
+// it. It fails with ErrTLSClient for a server serving TLS.
 func (s *Server) Client() (*clientv3.Client, error) {
+	if s.scheme != "http" {
+		return nil, ErrTLSClient
+	}
 	return clientv3.New(clientv3.Config{
 		Endpoints:   []string{s.Endpoint()},
 		DialTimeout: 5 * time.Second,

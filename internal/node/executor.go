@@ -62,7 +62,7 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 	}
 	ec, reg := cfg.Executor, deps.Registry
 	log = log.With("executor", ec.ID)
-	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, Capacity: ec.Capacity}, ec.Registration, log)
+	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, TLSName: ec.TLSName, Capacity: ec.Capacity}, ec.Registration, log)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ package rpcserver
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -36,6 +38,11 @@ type Config struct {
 	KeepaliveMinTime time.Duration
 	// MaxConcurrentStreams bounds the streams of one connection.
 	MaxConcurrentStreams uint32
+	// TLS, when set, makes the server serve TLS with it (see
+	// internal/tlsfiles: reloaded certificates, client certificates
+	// requested); handlers read the client's certificate, if any, from
+	// credentials.TLSInfo in the peer. Nil serves plaintext.
+	TLS *tls.Config
 }
 
 // DefaultConfig returns settings that suit device fleets: small messages,
@@ -85,6 +92,9 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 			recovery.StreamServerInterceptor(recoverOpt),
 			calls.stream,
 		),
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
 	opts = append(opts, extra...)
 	s := grpc.NewServer(opts...)

@@ -245,7 +245,11 @@ type Endpoint struct {
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// The executor's utilization (connections over capacity, 0..1) when the
 	// answer was made. Endpoints are sorted by it, least loaded first.
-	Utilization   float64 `protobuf:"fixed64,3,opt,name=utilization,proto3" json:"utilization,omitempty"`
+	Utilization float64 `protobuf:"fixed64,3,opt,name=utilization,proto3" json:"utilization,omitempty"`
+	// The name the executor's TLS certificate is verified by (a DNS name or an
+	// IP address): connect to `address` over TLS and check the certificate
+	// against this name. Empty when the executor serves plaintext.
+	TlsServerName string `protobuf:"bytes,4,opt,name=tls_server_name,json=tlsServerName,proto3" json:"tls_server_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +303,13 @@ func (x *Endpoint) GetUtilization() float64 {
 		return x.Utilization
 	}
 	return 0
+}
+
+func (x *Endpoint) GetTlsServerName() string {
+	if x != nil {
+		return x.TlsServerName
+	}
+	return ""
 }
 
 // Destination is where a device should connect: a group, its executors and a
@@ -546,12 +557,13 @@ const file_berth_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"\ttenant_id\x18\x03 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x04 \x01(\tR\x06userId\x12\x1a\n" +
 	"\bservices\x18\x05 \x03(\tR\bservices\x12E\n" +
-	"\bprevious\x18\x06 \x01(\v2).berth.controlplane.v1.PreviousAssignmentR\bprevious\"g\n" +
+	"\bprevious\x18\x06 \x01(\v2).berth.controlplane.v1.PreviousAssignmentR\bprevious\"\x8f\x01\n" +
 	"\bEndpoint\x12\x1f\n" +
 	"\vexecutor_id\x18\x01 \x01(\tR\n" +
 	"executorId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12 \n" +
-	"\vutilization\x18\x03 \x01(\x01R\vutilization\"\xd9\x01\n" +
+	"\vutilization\x18\x03 \x01(\x01R\vutilization\x12&\n" +
+	"\x0ftls_server_name\x18\x04 \x01(\tR\rtlsServerName\"\xd9\x01\n" +
 	"\vDestination\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12=\n" +
