@@ -36,7 +36,7 @@ type ctlFlags struct {
 	// apiKey is presented as `authorization: Bearer <key>` on every call
 	// (the seam for client-certificate flags: connect's dial options).
 	apiKey string
-	tls          clientTLSFlags
+	tls    clientTLSFlags
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/internal/tlsfiles"
@@ -20,7 +22,8 @@ import (
 func newControlPlaneCmd(g *globals) *cobra.Command {
 	rcfg := node.DefaultReplicaConfig()
 	cfg, mcfg := &rcfg.ControlPlane, &rcfg.Messaging
-	var listen, keyFile, executorCA string
+	var listen, keyFile, executorCA, operatorCA string
+	var certRoles []string
 	var tlsf serverTLSFlags
 	rb := rebalanceFlags{on: true, cfg: *rcfg.Rebalance}
 	cmd := &cobra.Command{
@@ -46,6 +49,19 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				}
 			} else if tlsf.files.Enabled() && !tlsf.insecure {
 				return errors.New("--executor-ca is needed with --tls-cert: the control plane's service tokens must reach executors over TLS (or give --insecure to reach them in plaintext)")
+			}
+			if rcfg.Access.CertRoles, err = parseCertRoles(certRoles); err != nil {
+				return err
+			}
+			if operatorCA != "" {
+				if !tlsf.files.Enabled() {
+					return errors.New("--operator-ca needs --tls-cert: client certificates are read from TLS connections")
+				}
+				if rcfg.Access.OperatorCAs, err = tlsfiles.ReadCAPool(operatorCA); err != nil {
+					return fmt.Errorf("--operator-ca: %w", err)
+				}
+			} else if len(certRoles) > 0 {
+				return errors.New("--cert-role needs --operator-ca: the CA that service and operator certificates chain to")
 			}
 			lis, err := rpcserver.Listen(listen)
 			if err != nil {
@@ -82,6 +98,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
+	f.StringVar(&operatorCA, "operator-ca", "", "PEM CA(s) that service and operator client certificates chain to; such a certificate authenticates its caller (by its berth://service/<name> URI, else its CN) besides API keys (needs --tls-cert)")
+	f.StringArrayVar(&certRoles, "cert-role", nil, "NAME=ROLE[+ROLE…]: the roles (admin, operator, viewer, service) of the certificate named NAME; repeatable (a certificate without one authenticates but may call nothing)")
 	f.StringVar(&executorCA, "executor-ca", "", "PEM CA(s) the executors' certificates chain to: reach executors over TLS (needed with --tls-cert unless --insecure)")
 	tlsf.register(f)
 	rb.register(f)
@@ -214,4 +232,30 @@ func transportName(c *tls.Config) string {
 		return "plaintext"
 	}
 	return "TLS"
+}
+
+// parseCertRoles reads --cert-role values, NAME=ROLE[+ROLE…] each.
+func parseCertRoles(vals []string) (map[string][]access.Role, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	out := make(map[string][]access.Role, len(vals))
+	for _, v := range vals {
+		name, roles, ok := strings.Cut(v, "=")
+		if !ok || strings.TrimSpace(name) == "" || roles == "" {
+			return nil, fmt.Errorf("--cert-role %q: want NAME=ROLE[+ROLE…]", v)
+		}
+		name = strings.TrimSpace(name)
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--cert-role %q: %s is given twice", v, name)
+		}
+		for _, r := range strings.Split(roles, "+") {
+			role, err := access.ParseRole(strings.TrimSpace(r))
+			if err != nil {
+				return nil, fmt.Errorf("--cert-role %q: %w", v, err)
+			}
+			out[name] = append(out[name], role)
+		}
+	}
+	return out, nil
 }
