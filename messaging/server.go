@@ -186,7 +186,10 @@ func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, t
 	stored, dup, err := m.store.Enqueue(ctx, registry.QueuedMessage{
 		ID: registry.NewMessageID(), DeviceID: dev, Payload: req.GetPayload(), ContentType: req.GetContentType(),
 		EnqueuedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC(), IdempotencyKey: req.GetIdempotencyKey(),
-	}, registry.QueueLimits{PerDevice: m.cfg.QueuePerDevice, Total: m.cfg.QueueTotal})
+	}, registry.QueueLimits{
+		PerDevice: m.cfg.QueuePerDevice, PerDeviceBytes: m.cfg.QueueBytesPerDevice,
+		Total: m.cfg.QueueTotal, TotalBytes: m.cfg.QueueTotalBytes,
+	})
 	switch {
 	case errors.Is(err, registry.ErrQueueFull):
 		return nil, queueFullStatus(err, m.retry)

@@ -63,6 +63,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.LabelMemoSize, "label-memo-size", cfg.LabelMemoSize, "devices whose label is kept with the inputs it came from, about 1.3 KB each (0: none)")
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
+	f.Int64Var(&mcfg.QueueBytesPerDevice, "queue-bytes-per-device", mcfg.QueueBytesPerDevice, "most bytes of etcd the messages queued for one device may take (at least 1 MiB)")
+	f.Int64Var(&mcfg.QueueTotalBytes, "queue-total-bytes", mcfg.QueueTotalBytes, "most bytes of etcd the messages queued for all devices may take; keep it well inside etcd's quota (--quota-backend-bytes, 2 GiB by default) so presence and assignment writes keep room (at least 8 MiB)")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
 	rb.register(f)
 	_ = cmd.MarkFlagRequired("signing-key")
