@@ -130,8 +130,9 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 		shards := decodeShards(r.prefix+queueTotalDir, resp.Responses[2].GetResponseRange().GetKvs())
 		m.Seq = next
 		key := r.queueKey(m.DeviceID, next)
-		b, err := r.encodeCharged(&m, key)
-		if err != nil {
+		// The charge does not depend on the shard (its field has one
+		// digit), so it is known before one is picked.
+		if _, err := r.encodeCharged(&m, key); err != nil {
 			return m, false, err
 		}
 		if limits.PerDevice > 0 && use.Count+1 > limits.PerDevice {
@@ -146,7 +147,8 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 			return m, false, fmt.Errorf("%w: %d messages, %d bytes waiting in all (at most %d messages, %d bytes)", ErrQueueFull, total.Count, total.Bytes, limits.Total, limits.TotalBytes)
 		}
 		m.Shard = shard
-		if b, err = r.encodeCharged(&m, key); err != nil {
+		b, err := r.encodeCharged(&m, key)
+		if err != nil {
 			return m, false, err
 		}
 		sk := r.queueTotalKey(shard)

@@ -19,6 +19,7 @@ import (
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/rebalance"
@@ -45,6 +46,9 @@ type ReplicaConfig struct {
 	Rebalance *rebalance.Config
 	// RPC tunes the gRPC server.
 	RPC rpcserver.Config
+	// RateLimits limit Assign, Send, Call and Subscribe per caller (zero:
+	// off; `berth controlplane` uses DefaultRateLimits).
+	RateLimits RateLimits
 	// StopTimeout bounds the graceful stop of the gRPC server; the calls
 	// and streams still open then are cut.
 	StopTimeout time.Duration
@@ -60,6 +64,7 @@ func DefaultReplicaConfig() ReplicaConfig {
 		Executors:    execclient.DefaultConfig(),
 		Rebalance:    &rb,
 		RPC:          rpcserver.DefaultConfig(),
+		RateLimits:   DefaultRateLimits(),
 		StopTimeout:  5 * time.Second,
 	}
 }
@@ -80,7 +85,7 @@ func (c ReplicaConfig) withReplicaID() ReplicaConfig {
 // Validate checks c and every part of it.
 func (c ReplicaConfig) Validate() error {
 	c = c.withReplicaID()
-	errs := []error{c.ControlPlane.Validate(), c.Messaging.Validate(), c.Executors.Validate()}
+	errs := []error{c.ControlPlane.Validate(), c.Messaging.Validate(), c.Executors.Validate(), c.RateLimits.Validate()}
 	if c.Rebalance != nil {
 		errs = append(errs, c.Rebalance.Validate())
 	}
@@ -116,6 +121,7 @@ type Replica struct {
 	msg   *messaging.Server
 	admin *admin.Server
 	rb    *rebalance.Rebalancer // nil: off
+	limit *ratelimit.Limiter
 
 	running atomic.Bool
 }
@@ -142,6 +148,9 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		return nil, err
 	}
 	r.pool = pool
+	if r.limit, err = ratelimit.New(cfg.RateLimits.config(), CallerIdentity, nil); err != nil {
+		return nil, err
+	}
 	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log); err != nil {
 		return nil, err
 	}
@@ -167,6 +176,9 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 // ControlPlane returns the Assign server (for its counters).
 func (r *Replica) ControlPlane() *controlplane.Server { return r.cp }
 
+// RateLimited returns the calls refused by the rate limits, by method.
+func (r *Replica) RateLimited() map[string]uint64 { return r.limit.Refused() }
+
 // Cache returns the replica's registry cache.
 func (r *Replica) Cache() *registry.Cache { return r.cache }
 
@@ -188,7 +200,8 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
-	rpc := rpcserver.New(r.cfg.RPC, r.log)
+	rpc := rpcserver.New(r.cfg.RPC, r.log,
+		grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
 	r.cp.Register(rpc.GRPC)
 	r.msg.Register(rpc.GRPC)
 	r.admin.Register(rpc.GRPC)
