@@ -79,6 +79,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	}
 	claims, err := s.verify(hello)
 	if err != nil {
+		s.refusedToken(ctx, hello.GetDeviceId(), err)
 		return false, err
 	}
 	ss.weight = claims.Weight

@@ -39,6 +39,11 @@ type Stats struct {
 	// acknowledged and removed from the queue; QueueExpired those removed
 	// unsent because their time was over.
 	QueueDelivered, QueueExpired uint64
+	// AuthRefused counts refused credentials by reason: device streams
+	// refused for their assignment token, and ExecutorInternalService
+	// calls refused for their service token. Each is logged at warn, at
+	// most one line a second per reason (with the count left out).
+	AuthRefused map[string]uint64
 	// Draining reports whether the executor is draining.
 	Draining bool
 	// Registered reports whether the Registrar says the record is in the
