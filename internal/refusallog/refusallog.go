@@ -93,4 +93,3 @@ func (l *Log) Counts() map[string]uint64 {
 	}
 	return out
 }
-
