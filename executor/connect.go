@@ -271,6 +271,9 @@ func (s *Server) handle(ss *session, req *executorv1.ConnectRequest) (err error)
 			h(ss.deviceID, f.Reply.GetMessageId())
 		}
 	case *executorv1.ConnectRequest_Publish:
+		if why, err := checkPublish(f.Publish); err != nil {
+			return s.refusePublish(ss, why, err)
+		}
 		ss.traffic.countPublish(f.Publish)
 		s.publish(ss.deviceID, f.Publish)
 	case *executorv1.ConnectRequest_Hello:

@@ -62,6 +62,8 @@ type Server struct {
 	// authLog logs refused credentials (device and service tokens) at
 	// warn, rate-limited, and counts them by reason.
 	authLog *refusallog.Log
+	// publishLog logs refused publishes, rate-limited.
+	publishLog *refusallog.Log
 	// weight is the sum of the load weights of the sessions, reported
 	// as the executor's load.
 	weight float64
@@ -97,6 +99,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		usage:      o.usage,
 		log:        log,
 		authLog:    refusallog.New(log, "authentication refused", refusallog.DefaultInterval, nil),
+		publishLog: refusallog.New(log, "publish refused", refusallog.DefaultInterval, nil),
 		sessions:   make(map[string]*session),
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),
@@ -288,6 +291,7 @@ func (s *Server) Stats() Stats {
 		Delivering:       int(s.stats.waiting.Load()),
 		Subscribers:      subs,
 		PublishesDropped: s.stats.dropped.Load(),
+		PublishesRefused: s.stats.publishesRefused.Load(),
 		AuthRefused:      s.authLog.Counts(),
 		QueueDelivered:   s.stats.queueDelivered.Load(),
 		QueueExpired:     s.stats.queueExpired.Load(),
