@@ -7,8 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/executor"
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 )
 
 // A publish out of bounds reaches no hook (nor subscriber) and is
