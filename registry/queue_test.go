@@ -140,6 +140,12 @@ func TestEnqueueBoundsConcurrent(t *testing.T) {
 	ctx := testContext(t)
 	exp := time.Now().Add(time.Hour)
 	const senders, each = 8, 10
+	// What one message of one byte to dev-N costs.
+	probe, _, err := registry.New(e.cli, testPrefix+"-probe").Enqueue(ctx, registry.QueuedMessage{DeviceID: "dev-0", Payload: []byte("x"), EnqueuedAt: exp, ExpiresAt: exp}, registry.QueueLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgSize := probe.Size
 	tests := []struct {
 		name    string
 		limits  registry.QueueLimits
@@ -148,6 +154,10 @@ func TestEnqueueBoundsConcurrent(t *testing.T) {
 	}{
 		{name: "one device, count", limits: registry.QueueLimits{PerDevice: 25}, devices: 1, want: 25},
 		{name: "many devices, count in all", limits: registry.QueueLimits{Total: 37}, devices: 40, want: 37},
+		// Messages of one byte of payload to dev-N cost the same; the
+		// bound holds 25 and a half of them.
+		{name: "one device, bytes", limits: registry.QueueLimits{PerDeviceBytes: 25*msgSize + msgSize/2}, devices: 1, want: 25},
+		{name: "many devices, bytes in all", limits: registry.QueueLimits{TotalBytes: 8*(4*msgSize) + msgSize/2}, devices: 9, want: 32},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,7 +170,9 @@ func TestEnqueueBoundsConcurrent(t *testing.T) {
 				wg.Go(func() {
 					for k := range each {
 						dev := fmt.Sprintf("dev-%d", (s*each+k)%tt.devices)
-						_, _, err := r.Enqueue(ctx, registry.QueuedMessage{DeviceID: dev, Payload: []byte("x"), ExpiresAt: exp}, tt.limits)
+						// Fixed times: every message costs the same
+						// (but for a digit of seq past 9).
+						_, _, err := r.Enqueue(ctx, registry.QueuedMessage{DeviceID: dev, Payload: []byte("x"), EnqueuedAt: exp, ExpiresAt: exp}, tt.limits)
 						switch {
 						case err == nil:
 							taken.Add(1)
