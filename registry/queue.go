@@ -141,7 +141,9 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 		if limits.PerDeviceBytes > 0 && use.Bytes+m.Size > limits.PerDeviceBytes {
 			return m, false, fmt.Errorf("%w: device %s has %d bytes waiting; this message needs %d more (at most %d)", ErrQueueFull, m.DeviceID, use.Bytes, m.Size, limits.PerDeviceBytes)
 		}
-		shard, ok := pickShard(shards, shardOf(m.DeviceID), m.Size, limits)
+		// A retry starts one shard further: the one it lost a race on is
+		// the busiest.
+		shard, ok := pickShard(shards, (shardOf(m.DeviceID)+attempt)%QueueShards, m.Size, limits)
 		if !ok {
 			total := sumUsage(shards)
 			return m, false, fmt.Errorf("%w: %d messages, %d bytes waiting in all (at most %d messages, %d bytes)", ErrQueueFull, total.Count, total.Bytes, limits.Total, limits.TotalBytes)
