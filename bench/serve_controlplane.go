@@ -77,6 +77,8 @@ func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log
 	}
 	cfg := node.DefaultReplicaConfig()
 	cfg.Rebalance = nil
+	// The load comes from one host and a few device ids: no rate limits.
+	cfg.RateLimits = node.RateLimits{}
 	if tokenCache >= 0 {
 		cfg.ControlPlane.TokenCacheSize = tokenCache
 	}

@@ -198,12 +198,19 @@ func (d *Device) Messages() <-chan *Message {
 }
 
 // Publish sends data upstream on the current stream. It returns an error
-// wrapping [ErrNotConnected] when the Device holds no stream. Publish neither
+// wrapping [ErrNotConnected] when the Device holds no stream, and one
+// wrapping [ErrInvalidPublish], sending nothing, for a publish the executor
+// would refuse: a payload over [MaxPublishPayload] bytes, a topic or content
+// type over 128 bytes or with control characters. (An executor drops such
+// a frame, and closes a stream that sends many.) Publish neither
 // queues nor retries: a frame is sent at most once. ctx bounds the wait for
 // the stream's send queue as for [Message.Ack]: when it ends first, Publish
 // returns an error wrapping ctx's error, and the frame is withdrawn unless
 // the stream was already writing it.
 func (d *Device) Publish(ctx context.Context, topic string, payload []byte, contentType string) error {
+	if err := checkPublish(topic, payload, contentType); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	s := d.cur
 	d.mu.Unlock()

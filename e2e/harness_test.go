@@ -115,13 +115,14 @@ func getDevice(mc messagingv1.MessagingServiceClient, id string) (*messagingv1.G
 }
 
 // sendQueued queues n messages "<prefix>-<i>" for dev, one after the
-// other, and checks that each answered QUEUED.
+// other, and checks that each answered QUEUED. The device may never have
+// been assigned yet (allow_unassigned).
 func sendQueued(t *testing.T, mc messagingv1.MessagingServiceClient, dev, prefix string, n int) {
 	t.Helper()
 	for i := range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: fmt.Appendf(nil, "%s-%d", prefix, i),
-			ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour)})
+			ContentType: "text/plain", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour), AllowUnassigned: true})
 		cancel()
 		if err != nil || resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED {
 			t.Fatalf("queue message %d for %s: %v, %v; want QUEUED", i, dev, resp.GetStatus(), err)

@@ -79,6 +79,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	}
 	claims, err := s.verify(hello)
 	if err != nil {
+		s.refusedToken(ctx, hello.GetDeviceId(), err)
 		return false, err
 	}
 	ss.weight = claims.Weight
@@ -270,6 +271,9 @@ func (s *Server) handle(ss *session, req *executorv1.ConnectRequest) (err error)
 			h(ss.deviceID, f.Reply.GetMessageId())
 		}
 	case *executorv1.ConnectRequest_Publish:
+		if why, err := checkPublish(f.Publish); err != nil {
+			return s.refusePublish(ss, why, err)
+		}
 		ss.traffic.countPublish(f.Publish)
 		s.publish(ss.deviceID, f.Publish)
 	case *executorv1.ConnectRequest_Hello:

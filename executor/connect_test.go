@@ -2,6 +2,7 @@ package executor_test
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,9 @@ func TestConnectRefusals(t *testing.T) {
 		first    func(t *testing.T, h *harness) *executorv1.ConnectRequest
 		wantCode codes.Code
 		wantMsg  string
+		// wantAuth is the reason the refusal is counted (and logged at
+		// warn) under in Stats().AuthRefused; "" for none.
+		wantAuth string
 	}{
 		{
 			name:     "no Hello in time",
@@ -67,12 +71,14 @@ func TestConnectRefusals(t *testing.T) {
 			first:    func(*testing.T, *harness) *executorv1.ConnectRequest { return helloFrame("d1", "") },
 			wantCode: codes.Unauthenticated,
 			wantMsg:  "assignment token missing",
+			wantAuth: "assignment token missing",
 		},
 		{
 			name:     "token garbled",
 			first:    func(*testing.T, *harness) *executorv1.ConnectRequest { return helloFrame("d1", "not-a-token") },
 			wantCode: codes.Unauthenticated,
 			wantMsg:  "assignment token invalid: ",
+			wantAuth: "assignment token invalid",
 		},
 		{
 			name: "token forged with another key",
@@ -85,6 +91,7 @@ func TestConnectRefusals(t *testing.T) {
 			},
 			wantCode: codes.Unauthenticated,
 			wantMsg:  "assignment token invalid: ",
+			wantAuth: "assignment token invalid",
 		},
 		{
 			name: "token expired",
@@ -107,6 +114,7 @@ func TestConnectRefusals(t *testing.T) {
 			first:    func(t *testing.T, h *harness) *executorv1.ConnectRequest { return helloFrame("d1", h.token(t, "d2")) },
 			wantCode: codes.PermissionDenied,
 			wantMsg:  "token was minted for another device",
+			wantAuth: "assignment token for another device",
 		},
 		{
 			name: "token for another group",
@@ -155,6 +163,13 @@ func TestConnectRefusals(t *testing.T) {
 			st := h.srv.Stats()
 			if got := st.Refused[tt.wantCode]; got != 1 {
 				t.Errorf("Stats().Refused[%v] = %d; want 1 (all: %v)", tt.wantCode, got, st.Refused)
+			}
+			wantAuth := map[string]uint64{}
+			if tt.wantAuth != "" {
+				wantAuth[tt.wantAuth] = 1
+			}
+			if !maps.Equal(st.AuthRefused, wantAuth) {
+				t.Errorf("Stats().AuthRefused = %v; want %v", st.AuthRefused, wantAuth)
 			}
 			if got := h.srv.Sessions(); got != before {
 				t.Errorf("Sessions() = %d after the refusal; want %d", got, before)

@@ -53,8 +53,17 @@ func (s *Server) authorize(ctx context.Context) (context.Context, error) {
 }
 
 // serviceClaims is authorize's check; it returns the raw token and its
-// claims.
+// claims. A refusal is logged and counted (refusedService).
 func (s *Server) serviceClaims(ctx context.Context) (string, token.Claims, error) {
+	raw, c, err := s.checkServiceToken(ctx)
+	if err != nil {
+		s.refusedService(ctx, err)
+	}
+	return raw, c, err
+}
+
+// checkServiceToken is serviceClaims without the log.
+func (s *Server) checkServiceToken(ctx context.Context) (string, token.Claims, error) {
 	raw, err := auth.AuthFromMD(ctx, "bearer")
 	if err != nil {
 		return "", token.Claims{}, status.Error(codes.Unauthenticated, `service token missing: want metadata "authorization: Bearer <token>"`)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"testing"
 	"time"
 
@@ -115,6 +116,12 @@ func TestInternalServiceAuth(t *testing.T) {
 			_, err = sub.Recv()
 			wantStatus(t, err, tt.wantCode, tt.wantMsg)
 		})
+	}
+
+	// Each refusal (of Deliver and of Subscribe) is counted by reason.
+	wantAuth := map[string]uint64{"service token missing": 6, "service token invalid": 4, "service token expired": 2, "not a control plane's service token": 2}
+	if got := h.srv.Stats().AuthRefused; !maps.Equal(got, wantAuth) {
+		t.Errorf("Stats().AuthRefused = %v; want %v", got, wantAuth)
 	}
 
 	// The device-facing service needs no metadata: its Hello carries the

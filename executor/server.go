@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/refusallog"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 )
@@ -58,6 +59,11 @@ type Server struct {
 	dropLogAt atomic.Int64
 
 	stats counters
+	// authLog logs refused credentials (device and service tokens) at
+	// warn, rate-limited, and counts them by reason.
+	authLog *refusallog.Log
+	// publishLog logs refused publishes, rate-limited.
+	publishLog *refusallog.Log
 	// weight is the sum of the load weights of the sessions, reported
 	// as the executor's load.
 	weight float64
@@ -92,6 +98,8 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		queue:      o.queue,
 		usage:      o.usage,
 		log:        log,
+		authLog:    refusallog.New(log, "authentication refused", refusallog.DefaultInterval, nil),
+		publishLog: refusallog.New(log, "publish refused", refusallog.DefaultInterval, nil),
 		sessions:   make(map[string]*session),
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),
@@ -283,6 +291,8 @@ func (s *Server) Stats() Stats {
 		Delivering:       int(s.stats.waiting.Load()),
 		Subscribers:      subs,
 		PublishesDropped: s.stats.dropped.Load(),
+		PublishesRefused: s.stats.publishesRefused.Load(),
+		AuthRefused:      s.authLog.Counts(),
 		QueueDelivered:   s.stats.queueDelivered.Load(),
 		QueueExpired:     s.stats.queueExpired.Load(),
 		Draining:         draining,

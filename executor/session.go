@@ -43,6 +43,9 @@ type session struct {
 	since time.Time
 	// traffic is what went through the stream since it was last reported.
 	traffic traffic
+	// publishesRefused counts the publishes refused on this stream; only
+	// the receive goroutine uses it.
+	publishesRefused int
 
 	// waiters are the deliveries waiting for the device's Ack or Reply,
 	// by message id; resolved by the receive goroutine.

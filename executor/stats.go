@@ -35,10 +35,18 @@ type Stats struct {
 	// PublishesDropped counts publishes not given to a subscriber because
 	// its buffer was full (one per subscriber that missed it).
 	PublishesDropped uint64
+	// PublishesRefused counts publishes out of bounds (payload, topic,
+	// content type), dropped before any subscriber saw them.
+	PublishesRefused uint64
 	// QueueDelivered counts queued messages delivered on connect,
 	// acknowledged and removed from the queue; QueueExpired those removed
 	// unsent because their time was over.
 	QueueDelivered, QueueExpired uint64
+	// AuthRefused counts refused credentials by reason: device streams
+	// refused for their assignment token, and ExecutorInternalService
+	// calls refused for their service token. Each is logged at warn, at
+	// most one line a second per reason (with the count left out).
+	AuthRefused map[string]uint64
 	// Draining reports whether the executor is draining.
 	Draining bool
 	// Registered reports whether the Registrar says the record is in the
@@ -50,6 +58,7 @@ type Stats struct {
 type counters struct {
 	accepted, replaced, timeouts, stuck, frames atomic.Uint64
 	dropped, queueDelivered, queueExpired       atomic.Uint64
+	publishesRefused                            atomic.Uint64
 	// waiting counts the registered waiters of every session.
 	waiting atomic.Int64
 

@@ -138,8 +138,10 @@ type DeviceInputs struct {
 // become etcd key segments, so no slashes or control characters.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@-]{1,128}$`)
 
-// ValidID reports whether id can be used as a group, executor or device id.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
+// ValidID reports whether id can be used as a group, executor or device id:
+// 1-128 of [A-Za-z0-9._:@-], and neither "." nor "..", which read as path
+// steps wherever an id becomes part of a path or key.
+func ValidID(id string) bool { return id != "." && id != ".." && idPattern.MatchString(id) }
 
 // Validate checks g before it is written.
 func (g Group) Validate() error {

@@ -24,6 +24,10 @@ func TestValidID(t *testing.T) {
 		{name: "space", id: "a b", want: false},
 		{name: "newline", id: "a\n", want: false},
 		{name: "non-ascii", id: "gruppé", want: false},
+		{name: "dot", id: ".", want: false},
+		{name: "dot dot", id: "..", want: false},
+		{name: "three dots", id: "...", want: true},
+		{name: "dot dot prefix", id: "..a", want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,14 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/berthproject/berth/registry"
 )
 
 // Config tunes MessagingService.
 type Config struct {
-	// QueuePerDevice bounds the messages waiting for one device.
-	QueuePerDevice int64
-	// QueueTotal bounds the messages waiting for all devices.
-	QueueTotal int64
+	// QueuePerDevice bounds the messages waiting for one device, and
+	// QueueBytesPerDevice what they cost etcd (key and stored value).
+	QueuePerDevice, QueueBytesPerDevice int64
+	// QueueTotal bounds the messages waiting for all devices, and
+	// QueueTotalBytes what they cost etcd. Keep QueueTotalBytes well inside
+	// etcd's quota (--quota-backend-bytes, 2 GiB by default), so that
+	// assignment and presence writes always have room: the default is a
+	// quarter of it.
+	QueueTotal, QueueTotalBytes int64
 	// DefaultTTL is how long a queued message waits when Send names no TTL;
 	// MaxTTL is the longest TTL accepted.
 	DefaultTTL, MaxTTL time.Duration
@@ -57,13 +64,18 @@ const (
 	maxFilterEntries  = 1000
 	maxFilterValueLen = 128
 	maxReplyErrorLen  = 1024
+	// minQueueBytes is the least a bound in bytes may be: room for one
+	// queued message of maxPayload (base64 in its JSON record) and more.
+	minQueueBytes = 1 << 20
 )
 
 // DefaultConfig returns the settings of `berth controlplane`.
 func DefaultConfig() Config {
 	return Config{
 		QueuePerDevice:      1000,
+		QueueBytesPerDevice: 16 << 20,
 		QueueTotal:          1_000_000,
+		QueueTotalBytes:     512 << 20,
 		DefaultTTL:          time.Hour,
 		MaxTTL:              7 * 24 * time.Hour,
 		SendTimeout:         10 * time.Second,
@@ -89,6 +101,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.QueuePerDevice <= 0 || c.QueueTotal <= 0 {
 		errs = append(errs, fmt.Errorf("queue limits %d per device, %d total: want > 0", c.QueuePerDevice, c.QueueTotal))
+	}
+	// Each bound in bytes must hold at least one message of the largest
+	// payload; the total one in each of its shards.
+	if c.QueueBytesPerDevice < minQueueBytes || c.QueueTotalBytes < minQueueBytes*registry.QueueShards {
+		errs = append(errs, fmt.Errorf("queue bytes %d per device, %d total: want at least %d and %d", c.QueueBytesPerDevice, c.QueueTotalBytes, minQueueBytes, minQueueBytes*registry.QueueShards))
 	}
 	if c.DefaultTTL <= 0 || c.MaxTTL < c.DefaultTTL {
 		errs = append(errs, fmt.Errorf("TTL default %v, max %v: want 0 < default <= max", c.DefaultTTL, c.MaxTTL))

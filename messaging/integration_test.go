@@ -52,7 +52,7 @@ func TestMessagingOnRegistry(t *testing.T) {
 	queue := messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE
 
 	// Offline: persisted, QUEUED.
-	first, err := c.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("one"), Mode: queue})
+	first, err := c.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("one"), Mode: queue, AllowUnassigned: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -194,6 +194,7 @@ func TestSendQueue(t *testing.T) {
 	k := newKeys(t)
 	ex := startExec(t, "e1", k.verifier)
 	f := startMessaging(t, k, testMessagingConfig(), ex)
+	f.setRecord(registry.Assignment{DeviceID: "d1", GroupID: "g1"})
 	c := ctxT(t)
 
 	// Offline: stored, QUEUED, with the default TTL of an hour.
@@ -262,7 +263,7 @@ func TestSendQueueIdempotency(t *testing.T) {
 	k := newKeys(t)
 	f := startMessaging(t, k, testMessagingConfig())
 	c := ctxT(t)
-	req := &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x"), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, IdempotencyKey: "k-1"}
+	req := &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x"), Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, IdempotencyKey: "k-1", AllowUnassigned: true}
 	first, err := f.client.Send(c, req)
 	if err != nil {
 		t.Fatal(err)
@@ -286,7 +287,7 @@ func TestSendQueueFull(t *testing.T) {
 	f := startMessaging(t, k, cfg)
 	c := ctxT(t)
 	send := func(dev string) error {
-		_, err := f.client.Send(c, &messagingv1.SendRequest{DeviceId: dev, Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE})
+		_, err := f.client.Send(c, &messagingv1.SendRequest{DeviceId: dev, Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, AllowUnassigned: true})
 		return err
 	}
 	for _, d := range []string{"d1", "d1"} {
@@ -430,7 +431,7 @@ func TestGetDevice(t *testing.T) {
 	wantCode(t, "GetDevice of a bad id", err, codes.InvalidArgument, "device_id")
 
 	// Only queued messages.
-	if _, err := f.client.Send(c, &messagingv1.SendRequest{DeviceId: "q1", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE}); err != nil {
+	if _, err := f.client.Send(c, &messagingv1.SendRequest{DeviceId: "q1", Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, AllowUnassigned: true}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := f.client.GetDevice(c, &messagingv1.GetDeviceRequest{DeviceId: "q1"})
@@ -634,6 +635,8 @@ func TestNewRefuses(t *testing.T) {
 	good := messaging.Deps{Store: newFakeMsgStore(), Cache: cache, Executors: clients}
 	bad := messaging.DefaultConfig()
 	bad.QueuePerDevice = 0
+	smallBytes := messaging.DefaultConfig()
+	smallBytes.QueueTotalBytes = 4 << 20
 	tests := []struct {
 		name string
 		cfg  messaging.Config
@@ -642,6 +645,7 @@ func TestNewRefuses(t *testing.T) {
 	}{
 		{name: "defaults", cfg: messaging.DefaultConfig(), deps: good},
 		{name: "bad config", cfg: bad, deps: good, want: "queue limits 0 per device"},
+		{name: "total bytes below a message per shard", cfg: smallBytes, deps: good, want: "queue bytes 16777216 per device, 4194304 total: want at least 1048576 and 8388608"},
 		{name: "no store", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Cache: cache, Executors: clients}, want: "store"},
 		{name: "no cache", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Executors: clients}, want: "cache"},
 		{name: "no executor clients", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Cache: cache}, want: "executor clients"},
@@ -664,4 +668,42 @@ type fakeClients struct{}
 
 func (fakeClients) Acquire(string) (executorv1.ExecutorInternalServiceClient, func(), error) {
 	return nil, nil, errors.New("no executors here")
+}
+
+// A QUEUE Send to a device that was never assigned and is not connected is
+// refused, unless the caller allows it; nothing is queued for it.
+func TestSendQueueUnassigned(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	f := startMessaging(t, k, testMessagingConfig(), ex)
+	f.setRecord(registry.Assignment{DeviceID: "assigned", GroupID: "g1"})
+	f.store.setPresence(ex.presence("connected")) // no record in the cache yet
+	queue := messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE
+	tests := []struct {
+		name       string
+		req        *messagingv1.SendRequest
+		wantCode   codes.Code
+		wantMsg    string
+		wantQueued int
+	}{
+		{name: "never assigned", req: &messagingv1.SendRequest{DeviceId: "made-up", Mode: queue}, wantCode: codes.NotFound,
+			wantMsg: "device made-up was never assigned (no assignment record) and is not connected; nothing was queued"},
+		{name: "never assigned, allowed", req: &messagingv1.SendRequest{DeviceId: "made-up-2", Mode: queue, AllowUnassigned: true}, wantQueued: 1},
+		{name: "assigned, offline", req: &messagingv1.SendRequest{DeviceId: "assigned", Mode: queue}, wantQueued: 1},
+		{name: "connected before its record reached the cache", req: &messagingv1.SendRequest{DeviceId: "connected", Mode: queue}},
+		{name: "online only is not concerned", req: &messagingv1.SendRequest{DeviceId: "made-up-3"}, wantCode: codes.Unavailable, wantMsg: "is not connected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.client.Send(ctxT(t), tt.req)
+			if tt.wantCode != codes.OK {
+				wantCode(t, "Send", err, tt.wantCode, tt.wantMsg)
+			} else if err != nil {
+				t.Fatalf("Send = %v; want it taken", err)
+			}
+			if got := len(f.store.queue(tt.req.GetDeviceId())); got != tt.wantQueued {
+				t.Errorf("queue of %s holds %d; want %d", tt.req.GetDeviceId(), got, tt.wantQueued)
+			}
+		})
+	}
 }

@@ -34,7 +34,7 @@ func TestSendQueueRedelivers(t *testing.T) {
 	queue := messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE
 
 	// One message waits from before the device connected.
-	first, err := f.client.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("one"), Mode: queue})
+	first, err := f.client.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("one"), Mode: queue, AllowUnassigned: true})
 	if err != nil || first.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED {
 		t.Fatalf("Send to the offline device = %v, %v; want QUEUED", first, err)
 	}

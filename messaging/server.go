@@ -182,11 +182,19 @@ func (m *Server) sendOnline(ctx context.Context, req *messagingv1.SendRequest, t
 // sendQueued stores first, then tries to deliver at once.
 func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, ttl time.Duration) (*messagingv1.SendResponse, error) {
 	dev := req.GetDeviceId()
+	if !req.GetAllowUnassigned() {
+		if err := m.checkAssigned(ctx, dev); err != nil {
+			return nil, err
+		}
+	}
 	now := m.now()
 	stored, dup, err := m.store.Enqueue(ctx, registry.QueuedMessage{
 		ID: registry.NewMessageID(), DeviceID: dev, Payload: req.GetPayload(), ContentType: req.GetContentType(),
 		EnqueuedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC(), IdempotencyKey: req.GetIdempotencyKey(),
-	}, registry.QueueLimits{PerDevice: m.cfg.QueuePerDevice, Total: m.cfg.QueueTotal})
+	}, registry.QueueLimits{
+		PerDevice: m.cfg.QueuePerDevice, PerDeviceBytes: m.cfg.QueueBytesPerDevice,
+		Total: m.cfg.QueueTotal, TotalBytes: m.cfg.QueueTotalBytes,
+	})
 	switch {
 	case errors.Is(err, registry.ErrQueueFull):
 		return nil, queueFullStatus(err, m.retry)
@@ -242,6 +250,24 @@ func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, t
 		m.log.Warn("dequeueing an acknowledged message; it stays queued and may be delivered again", "device", dev, "message", stored.ID, "seq", stored.Seq, "err", err)
 	}
 	return &messagingv1.SendResponse{MessageId: stored.ID, Status: messagingv1.SendStatus_SEND_STATUS_DELIVERED}, nil
+}
+
+// checkAssigned refuses a device that was never assigned: no assignment
+// record in the cache and not connected (presence is read only for a
+// device the cache does not know, such as one assigned a moment ago on
+// another replica whose record the watch has not brought yet).
+func (m *Server) checkAssigned(ctx context.Context, dev string) error {
+	if _, ok := m.cache.Assignment(dev); ok {
+		return nil
+	}
+	_, online, _, err := m.route(ctx, dev, true)
+	switch {
+	case err != nil:
+		return m.registryStatus(ctx, err, fmt.Sprintf("cannot look up device %s", dev))
+	case !online:
+		return unassignedStatus(dev)
+	}
+	return nil
 }
 
 // Call implements MessagingService.Call.

@@ -34,6 +34,11 @@ func unknownDeviceStatus(device string) error {
 	return status.Errorf(codes.NotFound, "device %s is unknown: not connected, no assignment record, no queued messages", device)
 }
 
+// unassignedStatus refuses to queue for a device that was never assigned.
+func unassignedStatus(device string) error {
+	return status.Errorf(codes.NotFound, "device %s was never assigned (no assignment record) and is not connected; nothing was queued (set allow_unassigned to queue for it anyway)", device)
+}
+
 // queueFullStatus names the queue bound that was reached.
 func queueFullStatus(err error, retry time.Duration) error {
 	msg := strings.TrimPrefix(err.Error(), registry.ErrQueueFull.Error()+": ")

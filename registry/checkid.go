@@ -17,7 +17,7 @@ func CheckID(field, id string) error {
 	case len(id) > MaxIDLen:
 		return fmt.Errorf("%s is %d bytes; at most %d", field, len(id), MaxIDLen)
 	case !ValidID(id):
-		return fmt.Errorf("%s %q: want 1-128 of [A-Za-z0-9._:@-]", field, id)
+		return fmt.Errorf("%s %q: want 1-128 of [A-Za-z0-9._:@-], not \".\" or \"..\"", field, id)
 	}
 	return nil
 }

@@ -15,7 +15,9 @@ func TestCheckID(t *testing.T) {
 		{name: "longest", id: strings.Repeat("d", 128)},
 		{name: "empty", id: "", want: "device_id is required"},
 		{name: "long", id: strings.Repeat("d", 129), want: "device_id is 129 bytes; at most 128"},
-		{name: "slash", id: "a/b", want: `device_id "a/b": want 1-128 of [A-Za-z0-9._:@-]`},
+		{name: "slash", id: "a/b", want: `device_id "a/b": want 1-128 of [A-Za-z0-9._:@-], not "." or ".."`},
+		{name: "dot", id: ".", want: `device_id ".": want 1-128 of [A-Za-z0-9._:@-], not "." or ".."`},
+		{name: "dot dot", id: "..", want: `device_id "..": want 1-128 of [A-Za-z0-9._:@-], not "." or ".."`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

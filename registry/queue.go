@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -45,6 +45,12 @@ type QueuedMessage struct {
 	ExpiresAt  time.Time `json:"expires_at"`
 	// IdempotencyKey is the sender's key, if any.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Size is the bytes the message was charged against its device's and
+	// the total bounds (at least its key and stored value), and Shard the
+	// total counter charged; removing the message frees them. Messages
+	// stored before the bounds in bytes have Size 0 and free nothing.
+	Size  int64 `json:"size,omitempty"`
+	Shard int   `json:"shard"`
 }
 
 // IdempotencyRecord remembers a Send's key until its message expires.
@@ -60,12 +66,16 @@ type IdempotencyRecord struct {
 	Delivered bool `json:"delivered,omitempty"`
 }
 
-// QueueLimits bound the queues.
+// QueueLimits bound the queues; 0 leaves a bound off. Bytes are what a
+// message costs etcd: its key and stored value (see QueuedMessage.Size).
 type QueueLimits struct {
-	// PerDevice bounds the messages waiting for one device.
-	PerDevice int64
-	// Total bounds the messages waiting for all devices.
-	Total int64
+	// PerDevice and PerDeviceBytes bound the messages waiting for one
+	// device, in count and in bytes.
+	PerDevice, PerDeviceBytes int64
+	// Total and TotalBytes bound the messages waiting for all devices, in
+	// count and in bytes. They are split evenly over QueueShards counters
+	// (see pickShard), so their sum is never passed.
+	Total, TotalBytes int64
 }
 
 func (r *Registry) queuePrefix(device string) string { return r.prefix + queueDir + device + "/" }
@@ -99,45 +109,64 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 			return m, ok, err
 		}
 	}
-	n, err := r.QueueLen(ctx, m.DeviceID)
-	if err != nil {
-		return m, false, err
-	}
-	if limits.PerDevice > 0 && n >= limits.PerDevice {
-		return m, false, fmt.Errorf("%w: device %s has %d messages waiting (at most %d)", ErrQueueFull, m.DeviceID, n, limits.PerDevice)
-	}
-	if limits.Total > 0 {
-		total, err := r.totalQueued(ctx)
-		if err != nil {
-			return m, false, err
-		}
-		if total >= limits.Total {
-			return m, false, fmt.Errorf("%w: %d messages waiting in all (at most %d)", ErrQueueFull, total, limits.Total)
-		}
-	}
 	seqKey := r.prefix + queueSeqDir + m.DeviceID
+	useKey := r.queueUseKey(m.DeviceID)
 	for attempt := 0; ; attempt++ {
-		resp, err := r.cli.Get(ctx, seqKey)
+		resp, err := r.cli.Txn(ctx).Then(
+			clientv3.OpGet(seqKey), clientv3.OpGet(useKey), clientv3.OpGet(r.prefix+queueTotalDir, clientv3.WithPrefix()),
+		).Commit()
 		if err != nil {
-			return m, false, fmt.Errorf("registry: read queue sequence: %w", err)
+			return m, false, fmt.Errorf("registry: read queue usage: %w", err)
 		}
 		var next int64 = 1
-		var rev int64
-		if len(resp.Kvs) > 0 {
-			rev = resp.Kvs[0].ModRevision
-			if next, err = strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64); err != nil {
+		var seqRev int64
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			seqRev = kvs[0].ModRevision
+			if next, err = strconv.ParseInt(string(kvs[0].Value), 10, 64); err != nil {
 				return m, false, fmt.Errorf("registry: queue sequence of %s: %w", m.DeviceID, err)
 			}
 		}
+		use, useRev := decodeUsage(resp.Responses[1].GetResponseRange().GetKvs())
+		shards := decodeShards(r.prefix+queueTotalDir, resp.Responses[2].GetResponseRange().GetKvs())
 		m.Seq = next
-		b, err := json.Marshal(m)
-		if err != nil {
-			return m, false, fmt.Errorf("registry: encode message: %w", err)
+		key := r.queueKey(m.DeviceID, next)
+		// The charge does not depend on the shard (its field has one
+		// digit), so it is known before one is picked.
+		if _, err := r.encodeCharged(&m, key); err != nil {
+			return m, false, err
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(seqKey), "=", rev)}
+		if limits.PerDevice > 0 && use.Count+1 > limits.PerDevice {
+			return m, false, fmt.Errorf("%w: device %s has %d messages waiting (at most %d)", ErrQueueFull, m.DeviceID, use.Count, limits.PerDevice)
+		}
+		if limits.PerDeviceBytes > 0 && use.Bytes+m.Size > limits.PerDeviceBytes {
+			return m, false, fmt.Errorf("%w: device %s has %d bytes waiting; this message needs %d more (at most %d)", ErrQueueFull, m.DeviceID, use.Bytes, m.Size, limits.PerDeviceBytes)
+		}
+		// A retry starts one shard further: the one it lost a race on is
+		// the busiest.
+		shard, ok := pickShard(shards, (shardOf(m.DeviceID)+attempt)%QueueShards, m.Size, limits)
+		if !ok {
+			total := sumUsage(shards)
+			return m, false, fmt.Errorf("%w: %d messages, %d bytes waiting in all (at most %d messages, %d bytes)", ErrQueueFull, total.Count, total.Bytes, limits.Total, limits.TotalBytes)
+		}
+		m.Shard = shard
+		b, err := r.encodeCharged(&m, key)
+		if err != nil {
+			return m, false, err
+		}
+		sk := r.queueTotalKey(shard)
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(seqKey), "=", seqRev),
+			clientv3.Compare(clientv3.ModRevision(useKey), "=", useRev),
+			clientv3.Compare(clientv3.ModRevision(sk), "=", shards[shard].rev),
+		}
+		use.Count, use.Bytes = use.Count+1, use.Bytes+m.Size
+		tot := shards[shard].Usage
+		tot.Count, tot.Bytes = tot.Count+1, tot.Bytes+m.Size
 		ops := []clientv3.Op{
 			clientv3.OpPut(seqKey, strconv.FormatInt(next+1, 10)),
-			clientv3.OpPut(r.queueKey(m.DeviceID, next), string(b)),
+			clientv3.OpPut(key, string(b)),
+			clientv3.OpPut(useKey, use.encode()),
+			clientv3.OpPut(sk, tot.encode()),
 		}
 		if m.IdempotencyKey != "" {
 			ik := r.idemKey(m.DeviceID, m.IdempotencyKey)
@@ -150,10 +179,10 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 			return m, false, fmt.Errorf("registry: enqueue: %w", err)
 		}
 		if tr.Succeeded {
-			r.queued.add(1)
 			return m, false, nil
 		}
-		// Lost a race: another Send moved the sequence, or used the key.
+		// Lost a race: another Send moved the sequence, the device's
+		// usage or the shard's total, or used the key.
 		if m.IdempotencyKey != "" {
 			if rec, ok, err := r.idempotency(ctx, m.DeviceID, m.IdempotencyKey); err != nil || ok {
 				if ok {
@@ -162,8 +191,11 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 				return m, ok, err
 			}
 		}
-		if attempt >= 16 {
+		if attempt >= maxQueueAttempts {
 			return m, false, fmt.Errorf("%w: queue of %s", ErrConflict, m.DeviceID)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return m, false, err
 		}
 	}
 }
@@ -249,93 +281,67 @@ func (r *Registry) QueueLen(ctx context.Context, device string) (int64, error) {
 	return resp.Count, nil
 }
 
-// Dequeue removes an acknowledged message. It is not an error if it is
-// already gone (another acknowledgement removed it).
+// Dequeue removes an acknowledged message and frees what it was charged,
+// in one transaction. It is not an error if it is already gone (another
+// acknowledgement removed it).
 func (r *Registry) Dequeue(ctx context.Context, device string, seq int64) error {
-	if _, err := r.cli.Delete(ctx, r.queueKey(device, seq)); err != nil {
+	if err := r.removeQueued(ctx, device, []string{r.queueKey(device, seq)}); err != nil {
 		return fmt.Errorf("registry: dequeue %s/%d: %w", device, seq, err)
 	}
 	return nil
 }
 
 // SweepExpired deletes queued messages and idempotency records whose time
-// is past now, and returns how many messages it removed.
+// is past now, and returns how many messages it removed. Messages are
+// removed with what they were charged, one transaction per device and
+// batch.
 func (r *Registry) SweepExpired(ctx context.Context, now time.Time) (int, error) {
-	var dels []string
+	var idems []string
+	msgs := map[string][]string{}
+	expired := func(kv *mvccpb.KeyValue) bool {
+		var v struct {
+			ExpiresAt time.Time `json:"expires_at"`
+		}
+		return json.Unmarshal(kv.Value, &v) == nil && !v.ExpiresAt.IsZero() && v.ExpiresAt.Before(now)
+	}
+	if _, err := r.listKVs(ctx, r.prefix+queueDir, func(kv *mvccpb.KeyValue) error {
+		if expired(kv) {
+			dev, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), r.prefix+queueDir), "/")
+			msgs[dev] = append(msgs[dev], string(kv.Key))
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if _, err := r.listKVs(ctx, r.prefix+idemDir, func(kv *mvccpb.KeyValue) error {
+		if expired(kv) {
+			idems = append(idems, string(kv.Key))
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
 	n := 0
-	collect := func(isMsg bool) func(kv *mvccpb.KeyValue) error {
-		return func(kv *mvccpb.KeyValue) error {
-			var v struct {
-				ExpiresAt time.Time `json:"expires_at"`
+	for dev, keys := range msgs {
+		for len(keys) > 0 {
+			k := min(len(keys), maxTxnOps-2-QueueShards)
+			if err := r.removeQueued(ctx, dev, keys[:k]); err != nil {
+				return n, fmt.Errorf("registry: sweep: %w", err)
 			}
-			if err := json.Unmarshal(kv.Value, &v); err == nil && !v.ExpiresAt.IsZero() && v.ExpiresAt.Before(now) {
-				dels = append(dels, string(kv.Key))
-				if isMsg {
-					n++
-				}
-			}
-			return nil
+			n += k
+			keys = keys[k:]
 		}
 	}
-	if _, err := r.listKVs(ctx, r.prefix+queueDir, collect(true)); err != nil {
-		return 0, err
-	}
-	if _, err := r.listKVs(ctx, r.prefix+idemDir, collect(false)); err != nil {
-		return 0, err
-	}
-	for len(dels) > 0 {
-		k := min(len(dels), maxTxnOps)
+	for len(idems) > 0 {
+		k := min(len(idems), maxTxnOps)
 		ops := make([]clientv3.Op, k)
-		for i, key := range dels[:k] {
+		for i, key := range idems[:k] {
 			ops[i] = clientv3.OpDelete(key)
 		}
 		if _, err := r.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 			return n, fmt.Errorf("registry: sweep: %w", err)
 		}
-		dels = dels[k:]
+		idems = idems[k:]
 	}
 	return n, nil
-}
-
-// QueueCountInterval is how often a Registry counts the messages waiting in
-// all queues for the total bound. Counting is a range over every queued
-// key, so it is not done on every Send: between counts, the messages this
-// Registry queued are added, and what other control plane replicas queued
-// in the meantime is seen at the next count, as are the messages removed.
-// The total bound may thus be passed by what the other replicas queue
-// within one interval, and space freed is used from the next count on.
-const QueueCountInterval = time.Second
-
-// queuedCount is a Registry's last count of queued messages.
-type queuedCount struct {
-	mu sync.Mutex
-	n  int64
-	at time.Time // zero: never counted
-}
-
-func (q *queuedCount) add(n int64) {
-	q.mu.Lock()
-	q.n += n
-	q.mu.Unlock()
-}
-
-// totalQueued returns the messages waiting in all queues: counted in etcd
-// at most once per QueueCountInterval, with this Registry's enqueues since.
-func (r *Registry) totalQueued(ctx context.Context) (int64, error) {
-	q := &r.queued
-	q.mu.Lock()
-	if !q.at.IsZero() && time.Since(q.at) < QueueCountInterval {
-		n := q.n
-		q.mu.Unlock()
-		return n, nil
-	}
-	q.mu.Unlock()
-	resp, err := r.cli.Get(ctx, r.prefix+queueDir, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return 0, fmt.Errorf("registry: count queue: %w", err)
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.n, q.at = resp.Count, time.Now()
-	return q.n, nil
 }

@@ -24,7 +24,6 @@ const (
 type Registry struct {
 	cli    *clientv3.Client
 	prefix string
-	queued queuedCount
 }
 
 // New returns a Registry over cli with keys under prefix ("" means

@@ -36,7 +36,7 @@ func newCtlMessagingCmds(c *ctlFlags) []*cobra.Command {
 func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 	m := &messagingFlags{ctlFlags: c}
 	var data payloadFlags
-	var queue bool
+	var queue, allowUnassigned bool
 	var ttl time.Duration
 	var key string
 	cmd := &cobra.Command{
@@ -44,7 +44,8 @@ func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 		Short: "Send a message to a device (at once, or queued with --queue)",
 		Long: "Send a message to a device through a control plane. Without --queue the device must be\n" +
 			"connected and acknowledge it in time; with --queue the message is stored first and delivered\n" +
-			"now or when the device connects, until --ttl ends.",
+			"now or when the device connects, until --ttl ends. A device never assigned and not connected\n" +
+			"is refused (NOT_FOUND) unless --allow-unassigned is given.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			payload, err := data.read(cmd)
@@ -55,6 +56,12 @@ func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 				Mode: messagingv1.DeliveryMode_DELIVERY_MODE_ONLINE_ONLY}
 			if queue {
 				req.Mode = messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE
+			}
+			if allowUnassigned {
+				if !queue {
+					return errors.New("--allow-unassigned needs --queue")
+				}
+				req.AllowUnassigned = true
 			}
 			if cmd.Flags().Changed("ttl") {
 				if ttl <= 0 {
@@ -87,6 +94,7 @@ func newCtlSendCmd(c *ctlFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&queue, "queue", false, "queue the message when the device is not connected (else fail at once)")
 	f.DurationVar(&ttl, "ttl", 0, "how long a queued message may wait (default on the server: 1h; at most 168h)")
+	f.BoolVar(&allowUnassigned, "allow-unassigned", false, "with --queue: queue even for a device that was never assigned and is not connected")
 	f.StringVar(&key, "idempotency-key", "", "makes retries safe: a second send with the same key returns the first message id")
 	return cmd
 }

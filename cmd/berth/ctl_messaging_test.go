@@ -134,8 +134,15 @@ func TestCtlMessaging(t *testing.T) {
 	}
 	sr = f.last().(*messagingv1.SendRequest)
 	if string(sr.GetPayload()) != `{"job":1}` || sr.GetContentType() != "application/json" ||
-		sr.GetMode() != messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE || sr.GetTtl().AsDuration() != 2*time.Hour {
+		sr.GetMode() != messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE || sr.GetTtl().AsDuration() != 2*time.Hour || sr.GetAllowUnassigned() {
 		t.Errorf("send --queue request = %v", sr)
+	}
+	ctl("send", "d1", "--data", "x", "--queue", "--allow-unassigned")
+	if sr = f.last().(*messagingv1.SendRequest); !sr.GetAllowUnassigned() || sr.GetMode() != messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE {
+		t.Errorf("send --queue --allow-unassigned request = %v", sr)
+	}
+	if _, _, err := berth(t, "ctl", "send", "d1", "--data", "x", "--allow-unassigned", "--controlplane", addr); err == nil || !strings.Contains(err.Error(), "--allow-unassigned needs --queue") {
+		t.Errorf("send --allow-unassigned without --queue = %v; want refused", err)
 	}
 
 	var resp map[string]any

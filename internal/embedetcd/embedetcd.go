@@ -36,6 +36,9 @@ type Config struct {
 	// acknowledged writes. For tests only, where many packages share one
 	// disk and durability across machine crashes is not what is tested.
 	UnsafeNoFsync bool
+	// QuotaBackendBytes is etcd's space quota (0: etcd's default, 2 GiB).
+	// Past it etcd raises its NOSPACE alarm and refuses every write.
+	QuotaBackendBytes int64
 	// ClientTLS, when set, serves clients over TLS (https) only.
 	ClientTLS *ClientTLS
 }
@@ -86,6 +89,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	}
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
+	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
 	if cfg.AutoCompactionRetention > 0 {
 		ec.AutoCompactionMode = "periodic"
 		ec.AutoCompactionRetention = cfg.AutoCompactionRetention.String()

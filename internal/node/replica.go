@@ -20,6 +20,7 @@ import (
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/rebalance"
@@ -50,6 +51,9 @@ type ReplicaConfig struct {
 	// keys always; client certificates when it names an operator CA) and
 	// bounds the audit trail. Those services always need a caller.
 	Access access.Config
+	// RateLimits limit Assign, Send, Call and Subscribe per caller (zero:
+	// off; `berth controlplane` uses DefaultRateLimits).
+	RateLimits RateLimits
 	// StopTimeout bounds the graceful stop of the gRPC server; the calls
 	// and streams still open then are cut.
 	StopTimeout time.Duration
@@ -65,6 +69,7 @@ func DefaultReplicaConfig() ReplicaConfig {
 		Executors:    execclient.DefaultConfig(),
 		Rebalance:    &rb,
 		RPC:          rpcserver.DefaultConfig(),
+		RateLimits:   DefaultRateLimits(),
 		StopTimeout:  5 * time.Second,
 	}
 }
@@ -85,7 +90,7 @@ func (c ReplicaConfig) withReplicaID() ReplicaConfig {
 // Validate checks c and every part of it.
 func (c ReplicaConfig) Validate() error {
 	c = c.withReplicaID()
-	errs := []error{c.ControlPlane.Validate(), c.Messaging.Validate(), c.Executors.Validate()}
+	errs := []error{c.ControlPlane.Validate(), c.Messaging.Validate(), c.Executors.Validate(), c.RateLimits.Validate()}
 	if c.Rebalance != nil {
 		errs = append(errs, c.Rebalance.Validate())
 	}
@@ -123,6 +128,7 @@ type Replica struct {
 	rb    *rebalance.Rebalancer // nil: off
 	keys  *registry.APIKeyView
 	guard *access.Guard
+	limit *ratelimit.Limiter
 
 	running atomic.Bool
 }
@@ -149,6 +155,9 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		return nil, err
 	}
 	r.pool = pool
+	if r.limit, err = ratelimit.New(cfg.RateLimits.config(), CallerIdentity, nil); err != nil {
+		return nil, err
+	}
 	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log); err != nil {
 		return nil, err
 	}
@@ -178,6 +187,9 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 // ControlPlane returns the Assign server (for its counters).
 func (r *Replica) ControlPlane() *controlplane.Server { return r.cp }
 
+// RateLimited returns the calls refused by the rate limits, by method.
+func (r *Replica) RateLimited() map[string]uint64 { return r.limit.Refused() }
+
 // Cache returns the replica's registry cache.
 func (r *Replica) Cache() *registry.Cache { return r.cache }
 
@@ -199,7 +211,9 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
-	rpc := rpcserver.New(r.cfg.RPC, r.log, r.guard.ServerOptions()...)
+	opts := append(r.guard.ServerOptions(),
+		grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
+	rpc := rpcserver.New(r.cfg.RPC, r.log, opts...)
 	r.cp.Register(rpc.GRPC)
 	r.msg.Register(rpc.GRPC)
 	r.admin.Register(rpc.GRPC)

@@ -7,14 +7,17 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/node"
+	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/rebalance"
 )
@@ -23,7 +26,7 @@ import (
 // composition roots on one etcd: the replica reports every service SERVING
 // once its cache is loaded, Assign sends a device to the executor, a Send
 // reaches the device through the replica's connection to the executor
-// (with its service token), AdminService answers, the rebalancer leads,
+// (with its service token), Assign is rate limited per device, AdminService answers, the rebalancer leads,
 // and both stop cleanly.
 func TestReplica(t *testing.T) {
 	if testing.Short() {
@@ -44,6 +47,7 @@ func TestReplica(t *testing.T) {
 	cfg := node.DefaultReplicaConfig()
 	cfg.ControlPlane.ReplicaID = "cp-test"
 	cfg.Rebalance.Interval = 50 * time.Millisecond
+	cfg.RateLimits.Assign = ratelimit.Rule{Rate: 0.01, Burst: 2}
 	moves := 0
 	r, err := node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: k.signer,
 		WrapMover: func(m rebalance.Mover) rebalance.Mover { moves++; return m }})
@@ -99,6 +103,26 @@ func TestReplica(t *testing.T) {
 		t.Fatalf("device: %v", err)
 	}
 
+	// Assign is limited per device id: a burst of two, then refused with
+	// a retry hint; another device is not concerned.
+	cp := controlplanev1.NewControlPlaneServiceClient(cc)
+	for i := range 3 {
+		var tr metadata.MD
+		_, err := cp.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-busy"}, grpc.Trailer(&tr))
+		switch {
+		case i < 2 && err != nil:
+			t.Fatalf("Assign %d of dev-busy: %v", i, err)
+		case i == 2 && (status.Code(err) != codes.ResourceExhausted || len(tr.Get(ratelimit.PushbackTrailer)) != 1):
+			t.Fatalf("third Assign of dev-busy = %v, trailer %v; want RESOURCE_EXHAUSTED with %s", err, tr, ratelimit.PushbackTrailer)
+		}
+	}
+	if _, err := cp.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-2"}); err != nil {
+		t.Errorf("Assign of dev-2 after dev-busy was limited: %v", err)
+	}
+	if got := r.RateLimited()[controlplanev1.ControlPlaneService_Assign_FullMethodName]; got != 1 {
+		t.Errorf("RateLimited()[Assign] = %d; want 1", got)
+	}
+
 	_, err = adminv1.NewAdminServiceClient(admin).GetPolicy(ctx, &adminv1.GetPolicyRequest{})
 	if status.Code(err) != codes.NotFound || !strings.Contains(status.Convert(err).Message(), "no policy applied") {
 		t.Errorf("GetPolicy = %v; want NOT_FOUND: no policy applied", err)
@@ -127,6 +151,8 @@ func TestReplicaConfigValidate(t *testing.T) {
 		{name: "rebalancer off", change: func(c *node.ReplicaConfig) { c.Rebalance = nil }},
 		{name: "bad replica id", change: func(c *node.ReplicaConfig) { c.ControlPlane.ReplicaID = "a/b" }, want: "replica id"},
 		{name: "bad messaging", change: func(c *node.ReplicaConfig) { c.Messaging.QueueTotal = 0 }, want: "messaging: invalid config"},
+		{name: "rate limits off", change: func(c *node.ReplicaConfig) { c.RateLimits = node.RateLimits{} }},
+		{name: "rate without burst", change: func(c *node.ReplicaConfig) { c.RateLimits.Send.Burst = 0 }, want: "node: rate limits"},
 		{name: "bad executor connections", change: func(c *node.ReplicaConfig) { c.Executors.IdleTimeout = 0 }, want: "execclient: invalid config"},
 		{name: "bad rebalancer", change: func(c *node.ReplicaConfig) { c.Rebalance.Rate = 0 }, want: "rebalance: invalid config"},
 		{name: "no stop timeout", change: func(c *node.ReplicaConfig) { c.StopTimeout = 0 }, want: "stop timeout"},

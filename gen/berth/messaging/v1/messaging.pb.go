@@ -148,9 +148,14 @@ type SendRequest struct {
 	// the application once). QUEUE: nothing is queued again.
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// What to do when the device is not connected.
-	Mode          DeliveryMode `protobuf:"varint,6,opt,name=mode,proto3,enum=berth.messaging.v1.DeliveryMode" json:"mode,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mode DeliveryMode `protobuf:"varint,6,opt,name=mode,proto3,enum=berth.messaging.v1.DeliveryMode" json:"mode,omitempty"`
+	// QUEUE mode: queue even for a device that was never assigned (no
+	// assignment record, not connected). Without it such a Send is refused
+	// with NOT_FOUND, so a mistyped or made-up device id cannot hold queued
+	// messages. The queue bounds apply either way.
+	AllowUnassigned bool `protobuf:"varint,7,opt,name=allow_unassigned,json=allowUnassigned,proto3" json:"allow_unassigned,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -223,6 +228,13 @@ func (x *SendRequest) GetMode() DeliveryMode {
 		return x.Mode
 	}
 	return DeliveryMode_DELIVERY_MODE_UNSPECIFIED
+}
+
+func (x *SendRequest) GetAllowUnassigned() bool {
+	if x != nil {
+		return x.AllowUnassigned
+	}
+	return false
 }
 
 // SendResponse is the outcome of a Send.
@@ -742,14 +754,15 @@ var File_berth_messaging_v1_messaging_proto protoreflect.FileDescriptor
 
 const file_berth_messaging_v1_messaging_proto_rawDesc = "" +
 	"\n" +
-	"\"berth/messaging/v1/messaging.proto\x12\x12berth.messaging.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n" +
+	"\"berth/messaging/v1/messaging.proto\x12\x12berth.messaging.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n" +
 	"\vSendRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12+\n" +
 	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12'\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x124\n" +
-	"\x04mode\x18\x06 \x01(\x0e2 .berth.messaging.v1.DeliveryModeR\x04mode\"}\n" +
+	"\x04mode\x18\x06 \x01(\x0e2 .berth.messaging.v1.DeliveryModeR\x04mode\x12)\n" +
+	"\x10allow_unassigned\x18\a \x01(\bR\x0fallowUnassigned\"}\n" +
 	"\fSendResponse\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x126\n" +
