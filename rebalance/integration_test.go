@@ -18,6 +18,7 @@ import (
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
 )
 
 func TestMain(m *testing.M) {
@@ -171,7 +172,7 @@ func (m fakeMover) Move(_ context.Context, _ string, req *executorv1.MoveRequest
 
 type fakeSigner struct{}
 
-func (fakeSigner) SignWeighted(device, group, _ string, _ float64, ttl time.Duration) (string, time.Time, error) {
+func (fakeSigner) SignBound(device, group, _ string, _ float64, ttl time.Duration, _ token.Binding) (string, time.Time, error) {
 	return "tok-" + device + "-" + group, time.Now().Add(ttl), nil
 }
 
