@@ -193,6 +193,7 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 	// The control plane and its rebalancer, in this process.
 	rcfg := node.DefaultReplicaConfig()
 	rcfg.ControlPlane.ReplicaID = "bench-cp"
+	rcfg.OpenEnrollment = true // the benchmarks' devices hold no credentials
 	rb := rebalance.DefaultConfig()
 	rb.Rate, rb.Thresholds, rb.MinInterval = cfg.Rate, cfg.Thresholds, cfg.MinInterval
 	rb.MaxInFlight = max(rb.MaxInFlight, int(5*cfg.Rate))

@@ -77,6 +77,7 @@ func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log
 	}
 	cfg := node.DefaultReplicaConfig()
 	cfg.Rebalance = nil
+	cfg.OpenEnrollment = true // the benchmarks' devices hold no credentials
 	if tokenCache >= 0 {
 		cfg.ControlPlane.TokenCacheSize = tokenCache
 	}

@@ -33,7 +33,7 @@ func newDevCmd(g *globals) *cobra.Command {
 				for _, id := range ids {
 					ex = append(ex, id+"="+info.Executors[id])
 				}
-				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s\n",
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s enrollment=open (any caller may Assign any device id)\n",
 					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile)
 			})
 		},

@@ -50,6 +50,9 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "berth controlplane listening on %s\n", lis.Addr())
+			if rcfg.OpenEnrollment {
+				log.Warn("open enrollment: Assign takes device ids from callers without credentials")
+			}
 			return r.Run(cmd.Context(), lis)
 		},
 	}
@@ -64,6 +67,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
+	f.BoolVar(&rcfg.OpenEnrollment, "open-enrollment", false, "let Assign callers without credentials (no client certificate, no enrollment signature) in as any device id they name; off, only enrolled devices are assigned")
 	rb.register(f)
 	_ = cmd.MarkFlagRequired("signing-key")
 	return cmd

@@ -43,6 +43,7 @@ func TestReplica(t *testing.T) {
 
 	cfg := node.DefaultReplicaConfig()
 	cfg.ControlPlane.ReplicaID = "cp-test"
+	cfg.OpenEnrollment = true
 	cfg.Rebalance.Interval = 50 * time.Millisecond
 	moves := 0
 	r, err := node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: k.signer,
