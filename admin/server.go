@@ -59,6 +59,9 @@ type Deps struct {
 	// Fleet writes groups and tenants; nil answers those calls
 	// UNIMPLEMENTED.
 	Fleet FleetStore
+	// Identity keeps enrollments and revocations; nil answers those calls
+	// UNIMPLEMENTED.
+	Identity IdentityStore
 	// Log may be nil.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -75,6 +78,7 @@ type Server struct {
 	store     PolicyStore
 	rebalance RebalanceStore // nil: no rebalancer store
 	fleet     FleetStore     // nil: no group and tenant writes
+	identity  IdentityStore  // nil: no enrollments and revocations
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -90,7 +94,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, log: deps.Log, now: deps.Now}, nil
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, identity: deps.Identity, log: deps.Log, now: deps.Now}, nil
 }
 
 // Register registers AdminService on s.

@@ -55,9 +55,13 @@ type Enrollment struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// validKeyID is ValidID without "." and "..", which would name no key of
+// their own under a directory.
+func validKeyID(id string) bool { return ValidID(id) && id != "." && id != ".." }
+
 // Validate checks e.
 func (e Enrollment) Validate() error {
-	if !ValidID(e.ID) {
+	if !validKeyID(e.ID) {
 		return fmt.Errorf("%w: enrollment id %q: want 1-128 of [A-Za-z0-9._:@-]", ErrInvalid, e.ID)
 	}
 	switch e.Kind {
@@ -203,7 +207,7 @@ func (r *Registry) DeleteEnrollment(ctx context.Context, id string) (bool, error
 
 // PutRevocation revokes a device.
 func (r *Registry) PutRevocation(ctx context.Context, rv Revocation) error {
-	if !ValidID(rv.DeviceID) {
+	if !validKeyID(rv.DeviceID) {
 		return fmt.Errorf("%w: device id %q", ErrInvalid, rv.DeviceID)
 	}
 	if len(rv.Reason) > MaxRevocationReason {

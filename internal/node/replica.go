@@ -161,7 +161,7 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Log: r.log}); err != nil {
+	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Identity: reg, Log: r.log}); err != nil {
 		return nil, err
 	}
 	if cfg.Rebalance != nil {
