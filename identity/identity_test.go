@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/berthproject/berth/device"
 	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
@@ -168,5 +169,38 @@ func TestDeviceKeyAndSign(t *testing.T) {
 	}
 	if _, err := a.Authenticate(withSig(withPeer(nil), got), "d"); err != nil {
 		t.Errorf("an enrollment id with dots: %v", err)
+	}
+}
+
+// TestDeviceSDKSignature checks that the device SDK's signatures, made
+// without this package, are the ones Authenticate accepts.
+func TestDeviceSDKSignature(t *testing.T) {
+	enrKey := []byte("0123456789abcdef0123456789abcdef")
+	now := time.Unix(1_800_000_000, 0)
+	if got, want := device.DeriveDeviceKey(enrKey, "dev-9"), identity.DeviceKey(enrKey, "dev-9"); string(got) != string(want) {
+		t.Fatal("device.DeriveDeviceKey and identity.DeviceKey differ")
+	}
+	a, err := identity.New(&fakeTrust{enr: map[string]registry.TrustedEnrollment{
+		"sensors": {Enrollment: registry.Enrollment{ID: "sensors", Kind: registry.EnrollmentSymmetric, Key: enrKey}},
+	}}, false, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		key     device.SymmetricKey
+		wantErr error
+	}{
+		{"default life", device.SymmetricKey{EnrollmentID: "sensors", DeviceKey: device.DeriveDeviceKey(enrKey, "dev-9")}, nil},
+		{"longest life", device.SymmetricKey{EnrollmentID: "sensors", DeviceKey: device.DeriveDeviceKey(enrKey, "dev-9"), Life: device.MaxSignatureLife}, nil},
+		{"another device's key", device.SymmetricKey{EnrollmentID: "sensors", DeviceKey: device.DeriveDeviceKey(enrKey, "dev-8")}, identity.ErrUnauthenticated},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.Authenticate(withSig(withPeer(nil), tc.key.Sign("dev-9", now)), "dev-9")
+			if !errors.Is(err, tc.wantErr) || (err != nil) != (tc.wantErr != nil) {
+				t.Errorf("Authenticate() = %v, want %v", err, tc.wantErr)
+			}
+		})
 	}
 }
