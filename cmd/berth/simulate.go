@@ -8,6 +8,7 @@ import (
 
 func newSimulateCmd(g *globals) *cobra.Command {
 	cfg := simulate.DefaultConfig()
+	var keyFile string
 	cmd := &cobra.Command{
 		Use:   "simulate",
 		Short: "Run a fleet of devices against a control plane, with a live summary",
@@ -16,6 +17,11 @@ func newSimulateCmd(g *globals) *cobra.Command {
 			log, err := g.logger()
 			if err != nil {
 				return err
+			}
+			if keyFile != "" {
+				if cfg.EnrollmentKey, err = readEnrollmentKey(keyFile); err != nil {
+					return err
+				}
 			}
 			return simulate.Run(cmd.Context(), cfg, g.stdout, log)
 		},
@@ -31,5 +37,7 @@ func newSimulateCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.StartRate, "start-rate", cfg.StartRate, "device starts per second (0: all at once)")
 	f.DurationVar(&cfg.Backoff.BaseDelay, "backoff-base", 0, "reconnect backoff base delay (0: gRPC default 1s)")
 	f.DurationVar(&cfg.Backoff.MaxDelay, "backoff-max", 0, "reconnect backoff cap (0: gRPC default 120s)")
+	f.StringVar(&cfg.EnrollmentID, "enrollment", "", "symmetric-key enrollment the devices prove their identity with (with --enrollment-key-file)")
+	f.StringVar(&keyFile, "enrollment-key-file", "", "file holding the enrollment's key, base64, as `berth ctl enrollment create --kind symmetric` printed it; each device signs with its key derived from it")
 	return cmd
 }
