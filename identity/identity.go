@@ -93,8 +93,8 @@ func (a *Authenticator) Open() bool { return a.open }
 // none: only a certificate names the device then). Errors wrap
 // ErrUnauthenticated or ErrForbidden.
 func (a *Authenticator) Authenticate(ctx context.Context, requested string) (Identity, error) {
-	if cert := PeerCertificate(ctx); cert != nil {
-		return a.certificate(cert, requested)
+	if chain := peerChain(ctx); len(chain) > 0 {
+		return a.certificate(chain[0], chain[1:], requested)
 	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(SignatureHeader); len(v) > 0 {
@@ -119,15 +119,30 @@ func (a *Authenticator) Authenticate(ctx context.Context, requested string) (Ide
 // PeerCertificate returns the leaf client certificate of ctx's TLS
 // connection, nil without TLS or without a client certificate.
 func PeerCertificate(ctx context.Context) *x509.Certificate {
+	if chain := peerChain(ctx); len(chain) > 0 {
+		return chain[0]
+	}
+	return nil
+}
+
+// maxChain bounds the certificates of a client's chain that are looked at.
+const maxChain = 8
+
+// peerChain returns the certificates the TLS client of ctx presented, leaf
+// first (nil without TLS or without a client certificate). The TLS
+// handshake proved that the client holds the leaf's private key; whether
+// the chain is trusted is for the caller to say.
+func peerChain(ctx context.Context) []*x509.Certificate {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
 		return nil
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.PeerCertificates) == 0 {
+	if !ok {
 		return nil
 	}
-	return info.State.PeerCertificates[0]
+	c := info.State.PeerCertificates
+	return c[:min(len(c), maxChain)]
 }
 
 // Thumbprint is a certificate's x5t#S256 (RFC 8705): the unpadded
@@ -153,15 +168,23 @@ func DeviceIDOf(cert *x509.Certificate) string {
 }
 
 // certificate authenticates a client certificate: it must chain, now, for
-// client authentication, to the CA of an x509 enrollment.
-func (a *Authenticator) certificate(cert *x509.Certificate, requested string) (Identity, error) {
+// client authentication, through the intermediates the client sent, to the
+// CA of an x509 enrollment.
+func (a *Authenticator) certificate(cert *x509.Certificate, intermediates []*x509.Certificate, requested string) (Identity, error) {
 	now := a.now()
+	var inter *x509.CertPool
+	if len(intermediates) > 0 {
+		inter = x509.NewCertPool()
+		for _, c := range intermediates {
+			inter.AddCert(c)
+		}
+	}
 	var disabled string
 	var lastErr error
 	var found *registry.TrustedEnrollment
 	ens := a.trust.X509Enrollments()
 	for i := range ens {
-		_, err := cert.Verify(x509.VerifyOptions{Roots: ens[i].Pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		_, err := cert.Verify(x509.VerifyOptions{Roots: ens[i].Pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err != nil {
 			lastErr = err
 			continue

@@ -54,11 +54,11 @@ func x509Enrollment(t *testing.T, id string, ca *testutil.TestCA, disabled bool)
 }
 
 // withPeer returns a context as gRPC gives a handler on a TLS connection
-// presenting cert (none when nil).
-func withPeer(cert *tls.Certificate) context.Context {
+// presenting cert (none when nil), and intermediates after it.
+func withPeer(cert *tls.Certificate, intermediates ...*x509.Certificate) context.Context {
 	var state tls.ConnectionState
 	if cert != nil {
-		state.PeerCertificates = []*x509.Certificate{cert.Leaf}
+		state.PeerCertificates = append([]*x509.Certificate{cert.Leaf}, intermediates...)
 	}
 	return peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{}, AuthInfo: credentials.TLSInfo{State: state}})
 }
@@ -92,6 +92,8 @@ func TestAuthenticate(t *testing.T) {
 	oldLine := old.Issue(t, testutil.LeafOptions{DeviceURI: "dev-1"})
 	stolen := factory.Issue(t, testutil.LeafOptions{DeviceURI: "dev-stolen"})
 	serverOnly := factory.Issue(t, testutil.LeafOptions{CommonName: "dev-1", Server: true})
+	line := factory.Intermediate(t, "line-3")
+	viaLine := line.Issue(t, testutil.LeafOptions{DeviceURI: "dev-3"})
 	bare := withPeer(nil)
 	sig := func(enr string, key []byte, dev string, exp time.Time) context.Context {
 		return withSig(bare, identity.Sign(enr, identity.DeviceKey(key, dev), dev, exp))
@@ -111,6 +113,8 @@ func TestAuthenticate(t *testing.T) {
 		{"cert, matching device_id", withPeer(&good), false, "dev-1", identity.Identity{DeviceID: "dev-1", Kind: identity.KindX509, Enrollment: "factory", Thumbprint: identity.Thumbprint(good.Leaf)}, nil},
 		{"cert, CN names the device", withPeer(&byCN), false, "", identity.Identity{DeviceID: "dev-cn", Kind: identity.KindX509, Enrollment: "factory", Thumbprint: identity.Thumbprint(byCN.Leaf)}, nil},
 		{"cert, another device's id", withPeer(&good), false, "dev-2", identity.Identity{}, identity.ErrForbidden},
+		{"cert through an intermediate it sent", withPeer(&viaLine, line.Cert), false, "dev-3", identity.Identity{DeviceID: "dev-3", Kind: identity.KindX509, Enrollment: "factory", Thumbprint: identity.Thumbprint(viaLine.Leaf)}, nil},
+		{"cert through an intermediate it did not send", withPeer(&viaLine), false, "dev-3", identity.Identity{}, identity.ErrUnauthenticated},
 		{"cert from another CA", withPeer(&foreign), false, "dev-1", identity.Identity{}, identity.ErrUnauthenticated},
 		{"expired cert", withPeer(&expired), false, "dev-1", identity.Identity{}, identity.ErrUnauthenticated},
 		{"cert without client auth usage", withPeer(&serverOnly), false, "dev-1", identity.Identity{}, identity.ErrUnauthenticated},
