@@ -79,6 +79,16 @@ var Table = map[string]Rule{
 	adminv1.AdminService_ListAPIKeys_FullMethodName:        {Roles: admins},
 	adminv1.AdminService_RevokeAPIKey_FullMethodName:       {Roles: admins, Change: true},
 	adminv1.AdminService_ListAudit_FullMethodName:          {Roles: []Role{Operator}},
+	// Device identity: who may vouch for devices is the admin's; stopping
+	// a device or an enrollment is an operator's incident response.
+	adminv1.AdminService_CreateEnrollment_FullMethodName:   {Roles: admins, Change: true},
+	adminv1.AdminService_DeleteEnrollment_FullMethodName:   {Roles: admins, Change: true},
+	adminv1.AdminService_EnableEnrollment_FullMethodName:   {Roles: admins, Change: true},
+	adminv1.AdminService_DisableEnrollment_FullMethodName:  {Roles: changes, Change: true},
+	adminv1.AdminService_ListEnrollments_FullMethodName:    {Roles: reads},
+	adminv1.AdminService_RevokeDevice_FullMethodName:       {Roles: changes, Change: true},
+	adminv1.AdminService_UnrevokeDevice_FullMethodName:     {Roles: changes, Change: true},
+	adminv1.AdminService_ListRevokedDevices_FullMethodName: {Roles: reads},
 
 	messagingv1.MessagingService_Send_FullMethodName:      {Roles: []Role{Service}},
 	messagingv1.MessagingService_Call_FullMethodName:      {Roles: []Role{Service}},

@@ -44,7 +44,7 @@ func startReplica(t *testing.T, reg *registry.Registry, id string, key ed25519.P
 	if err != nil {
 		t.Fatal(err)
 	}
-	adm, err := admin.New(admin.Deps{Cache: cache, Policies: srv, Store: reg, Rebalance: reg, Fleet: reg, Access: reg})
+	adm, err := admin.New(admin.Deps{Cache: cache, Policies: srv, Store: reg, Rebalance: reg, Fleet: reg, Access: reg, Identity: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

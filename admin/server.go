@@ -66,6 +66,9 @@ type Deps struct {
 	// Keys, when set, is the replica's view of the API keys: a key
 	// created or revoked here is in it when the call returns.
 	Keys KeyView
+	// Identity keeps enrollments and revocations; nil answers those calls
+	// UNIMPLEMENTED.
+	Identity IdentityStore
 	// Log may be nil.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -84,6 +87,7 @@ type Server struct {
 	fleet     FleetStore     // nil: no group and tenant writes
 	access    AccessStore    // nil: no API keys or audit trail
 	keys      KeyView        // nil: no view to wait for
+	identity  IdentityStore  // nil: no enrollments and revocations
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -99,7 +103,7 @@ func New(deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, access: deps.Access, keys: deps.Keys, log: deps.Log, now: deps.Now}, nil
+	return &Server{cache: deps.Cache, policies: deps.Policies, store: deps.Store, rebalance: deps.Rebalance, fleet: deps.Fleet, identity: deps.Identity, access: deps.Access, keys: deps.Keys, log: deps.Log, now: deps.Now}, nil
 }
 
 // Register registers AdminService on s.

@@ -461,7 +461,7 @@ func (h *pushHarness) startBerth(ctx context.Context, dir, etcd string, reg *reg
 		}
 		return []string{"--cpuprofile=" + filepath.Join(cfg.ProfileDir, role+".pprof")}
 	}
-	cp, err := h.start(ctx, "controlplane", slices.Concat([]string{"controlplane", "--signing-key=" + privFile, "--listen=127.0.0.1:0"}, global, profile("controlplane")))
+	cp, err := h.start(ctx, "controlplane", slices.Concat([]string{"controlplane", "--signing-key=" + privFile, "--listen=127.0.0.1:0", "--open-enrollment"}, global, profile("controlplane")))
 	if err != nil {
 		return nil, err
 	}

@@ -79,6 +79,7 @@ func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log
 	cfg.Rebalance = nil
 	// The load comes from one host and a few device ids: no rate limits.
 	cfg.RateLimits = node.RateLimits{}
+	cfg.OpenEnrollment = true // the benchmarks' devices hold no credentials
 	if tokenCache >= 0 {
 		cfg.ControlPlane.TokenCacheSize = tokenCache
 	}

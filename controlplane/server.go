@@ -15,9 +15,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
 )
 
 // Snapshotter is the read side of the registry the control plane needs: a
@@ -43,12 +45,34 @@ type AssignmentStore interface {
 
 // Signer mints assignment tokens. *token.Signer implements it.
 type Signer interface {
-	SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error)
+	SignBound(deviceID, groupID, label string, weight float64, ttl time.Duration, b token.Binding) (string, time.Time, error)
+}
+
+// Authenticator says which device calls Assign. *identity.Authenticator
+// implements it; its errors wrap identity.ErrUnauthenticated or
+// identity.ErrForbidden.
+type Authenticator interface {
+	Authenticate(ctx context.Context, requested string) (identity.Identity, error)
+}
+
+// Option changes how New wires a Server.
+type Option func(*Server)
+
+// WithAuthenticator makes Assign authenticate every caller with a before
+// anything else: a refused caller gets UNAUTHENTICATED or
+// PERMISSION_DENIED, and nothing is reserved or written for it. The token
+// of an authenticated device is bound to its identity. Without it, Assign
+// takes the device id on the caller's word (benchmarks and tests only: the
+// composition roots always set one).
+func WithAuthenticator(a Authenticator) Option {
+	return func(s *Server) { s.auth = a }
 }
 
 var (
 	_ Snapshotter     = (*registry.Cache)(nil)
 	_ AssignmentStore = (*registry.Registry)(nil)
+	_ Signer          = (*token.Signer)(nil)
+	_ Authenticator   = (*identity.Authenticator)(nil)
 )
 
 // Server is a control plane replica.
@@ -59,6 +83,7 @@ type Server struct {
 	cache  Snapshotter
 	store  AssignmentStore
 	signer Signer
+	auth   Authenticator // nil: device ids taken on the caller's word
 	log    *slog.Logger
 	now    func() time.Time
 
@@ -75,7 +100,7 @@ type Server struct {
 
 // counters are the control plane's statistics.
 type counters struct {
-	assigns, writes, writeErrors, shed, refused atomic.Int64
+	assigns, writes, writeErrors, shed, refused, unauthenticated, forbidden atomic.Int64
 }
 
 // Stats is a copy of the control plane's counters.
@@ -90,10 +115,15 @@ type Stats struct {
 	Shed int64
 	// Refused Assigns for bad input or no usable group.
 	Refused int64
+	// Unauthenticated Assigns: missing, wrong or expired credentials.
+	Unauthenticated int64
+	// Forbidden Assigns: a known identity without the right (another
+	// device's id, a disabled enrollment, a revoked device).
+	Forbidden int64
 }
 
 // New wires a control plane. It starts nothing and does no I/O.
-func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger) (*Server, error) {
+func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -117,6 +147,9 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
 	}
 	s.labels = newLabelMemo(cfg.LabelMemoSize)
+	for _, o := range opts {
+		o(s)
+	}
 	cache.OnAssignment(s.learn)
 	return s, nil
 }
@@ -130,6 +163,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Assigns: s.stats.assigns.Load(), Writes: s.stats.writes.Load(), WriteErrors: s.stats.writeErrors.Load(),
 		Shed: s.stats.shed.Load(), Refused: s.stats.refused.Load(),
+		Unauthenticated: s.stats.unauthenticated.Load(), Forbidden: s.stats.forbidden.Load(),
 	}
 }
 
@@ -147,11 +181,15 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 		return nil, shedStatus(s.cfg.RetryAfter)
 	}
 	defer s.inFlight.Add(-1)
+	id, err := s.authenticate(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	if err := validateAssign(req); err != nil {
 		s.stats.refused.Add(1)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	resp, err := s.assign(ctx, req)
+	resp, err := s.assign(ctx, req, id)
 	if err != nil {
 		s.stats.refused.Add(1)
 		return nil, toStatus(err, s.cfg.RetryAfter)
@@ -176,8 +214,36 @@ func (s *Server) learn(a registry.Assignment) {
 // policyFor returns the compiled policy of snap (see placement.Policies).
 func (s *Server) policyFor(snap *registry.Snapshot) *policy.Compiled { return s.policies.For(snap) }
 
+// authenticate says who calls, before anything is read or written for the
+// request; a certificate's device id fills an empty device_id. It returns
+// the caller's binding, and a status when the caller is refused.
+func (s *Server) authenticate(ctx context.Context, req *controlplanev1.AssignRequest) (token.Binding, error) {
+	if s.auth == nil {
+		return token.Binding{}, nil
+	}
+	if n := len(req.GetDeviceId()); n > registry.MaxIDLen {
+		s.stats.refused.Add(1)
+		return token.Binding{}, status.Errorf(codes.InvalidArgument, "device_id is %d bytes; at most %d", n, registry.MaxIDLen)
+	}
+	id, err := s.auth.Authenticate(ctx, req.GetDeviceId())
+	switch {
+	case errors.Is(err, identity.ErrForbidden):
+		s.stats.forbidden.Add(1)
+		s.log.Debug("Assign refused: permission denied", "device", req.GetDeviceId(), "err", err)
+		return token.Binding{}, status.Error(codes.PermissionDenied, err.Error())
+	case err != nil:
+		s.stats.unauthenticated.Add(1)
+		s.log.Debug("Assign refused: unauthenticated", "device", req.GetDeviceId(), "err", err)
+		return token.Binding{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if req.GetDeviceId() == "" {
+		req.DeviceId = id.DeviceID
+	}
+	return token.Binding{Thumbprint: id.Thumbprint, Enrollment: id.Enrollment}, nil
+}
+
 // assign decides, reserves, records and signs.
-func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
+func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, b token.Binding) (*controlplanev1.AssignResponse, error) {
 	snap := s.cache.Snapshot()
 	pol := s.policyFor(snap)
 	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
@@ -215,12 +281,13 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	if err != nil {
 		return nil, err
 	}
-	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) {
-		if err := s.record(ctx, req.GetDeviceId(), d, in); err != nil {
+	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) ||
+		prev.Thumbprint != b.Thumbprint || prev.Enrollment != b.Enrollment {
+		if err := s.record(ctx, req.GetDeviceId(), d, in, b); err != nil {
 			return nil, err
 		}
 	}
-	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight)
+	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight, b)
 	if err != nil {
 		return nil, err
 	}
@@ -253,26 +320,27 @@ func (s *Server) history(deviceID string) registry.History {
 
 // token returns a token for the decision: the device's cached one when it
 // still fits, else a fresh signature.
-func (s *Server) token(device string, d placement.Decision, weight float64) (string, time.Time, error) {
+func (s *Server) token(device string, d placement.Decision, weight float64, b token.Binding) (string, time.Time, error) {
 	now := s.now()
-	if tok, exp, ok := s.tokens.get(device, d.Group.ID, d.Label, weight, now, s.cfg.TokenTTL); ok {
+	if tok, exp, ok := s.tokens.get(device, d.Group.ID, d.Label, weight, b, now, s.cfg.TokenTTL); ok {
 		return tok, exp, nil
 	}
-	tok, exp, err := s.signer.SignWeighted(device, d.Group.ID, d.Label, weight, s.cfg.TokenTTL)
+	tok, exp, err := s.signer.SignBound(device, d.Group.ID, d.Label, weight, s.cfg.TokenTTL, b)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	s.tokens.put(device, cachedToken{group: d.Group.ID, label: d.Label, weight: weight, token: tok, exp: exp})
+	s.tokens.put(device, cachedToken{group: d.Group.ID, label: d.Label, weight: weight, binding: b, token: tok, exp: exp})
 	return tok, exp, nil
 }
 
 // record writes the device's assignment record.
-func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs) error {
+func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	err := s.store.PutAssignment(wctx, registry.Assignment{
 		DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC(),
 		Rule: d.Rule, Reason: d.Reason, PolicyVersion: d.PolicyVersion, Writer: s.cfg.ReplicaID, Inputs: in,
+		Thumbprint: b.Thumbprint, Enrollment: b.Enrollment,
 	})
 	if err != nil {
 		s.stats.writeErrors.Add(1)

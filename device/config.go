@@ -50,6 +50,12 @@ type Config struct {
 	UserID string
 	// Services are the services the device wants to use. Optional.
 	Services []string
+	// SymmetricKey, when set, signs every Assign with the device's key
+	// under a symmetric-key enrollment. A device of an x509 enrollment
+	// instead passes its client certificate in DialOptions (TLS
+	// credentials); with neither, only a control plane with open
+	// enrollment assigns it.
+	SymmetricKey *SymmetricKey
 
 	// Backoff shapes the delays between failed attempts and the gRPC
 	// transport's own reconnect backoff. The zero value means
@@ -157,6 +163,11 @@ func (c Config) Validate() error {
 	if c.Backoff != (backoff.Config{}) {
 		if err := validBackoff(c.Backoff); err != nil {
 			return bad("Backoff: %v", err)
+		}
+	}
+	if c.SymmetricKey != nil {
+		if err := c.SymmetricKey.validate(); err != nil {
+			return bad("%v", err)
 		}
 	}
 	return nil

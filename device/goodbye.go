@@ -20,6 +20,9 @@ const (
 	GoodbyeShutdown
 	// GoodbyeTimeout: the device missed too many pings.
 	GoodbyeTimeout
+	// GoodbyeRevoked: the device was revoked or its enrollment disabled;
+	// Assign refuses it until an operator lifts that.
+	GoodbyeRevoked
 )
 
 // String returns the lower-case name of r.
@@ -33,6 +36,8 @@ func (r GoodbyeReason) String() string {
 		return "shutdown"
 	case GoodbyeTimeout:
 		return "timeout"
+	case GoodbyeRevoked:
+		return "revoked"
 	default:
 		return fmt.Sprintf("GoodbyeReason(%d)", int(r))
 	}
@@ -69,6 +74,8 @@ func goodbyeReason(r executorv1.GoodbyeReason) GoodbyeReason {
 		return GoodbyeShutdown
 	case executorv1.GoodbyeReason_GOODBYE_REASON_TIMEOUT:
 		return GoodbyeTimeout
+	case executorv1.GoodbyeReason_GOODBYE_REASON_REVOKED:
+		return GoodbyeRevoked
 	default:
 		return GoodbyeUnknown
 	}

@@ -10,6 +10,7 @@ import (
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -137,6 +138,9 @@ func (d *Device) assign(ctx context.Context) (*controlplanev1.Destination, error
 	d.stats.assigns.Add(1)
 	actx, cancel := context.WithTimeout(ctx, d.cfg.AssignTimeout)
 	defer cancel()
+	if k := d.cfg.SymmetricKey; k != nil {
+		actx = metadata.NewOutgoingContext(actx, k.metadata(d.cfg.DeviceID, time.Now()))
+	}
 	resp, err := d.cp.Assign(actx, &controlplanev1.AssignRequest{
 		DeviceId: d.cfg.DeviceID,
 		Spec:     d.spec,

@@ -62,7 +62,7 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
 	priv, pub := keygen(t)
 	c.privKey, c.pubKey = priv, pub
-	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0")
+	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--open-enrollment")
 	c.cpAddr = c.cp.addr()
 	for g := 1; g <= groups; g++ {
 		ctl(t, c.cpAddr, "group", "put", fmt.Sprintf("group-%d", g), "--capacity", strconv.Itoa(perGroup*execCapacity))
@@ -88,7 +88,7 @@ func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 // signing key, and returns its address.
 func (c *cluster) restartControlPlane(t *testing.T) string {
 	t.Helper()
-	c.cp = start(t, "controlplane-2", "controlplane", "--etcd", c.etcd, "--signing-key", c.privKey, "--listen", "127.0.0.1:0")
+	c.cp = start(t, "controlplane-2", "controlplane", "--etcd", c.etcd, "--signing-key", c.privKey, "--listen", "127.0.0.1:0", "--open-enrollment")
 	c.cpAddr = c.cp.addr()
 	return c.cpAddr
 }

@@ -31,7 +31,7 @@ func TestHistoryReachesPolicy(t *testing.T) {
 	}
 	etcd := startEtcd(t)
 	priv, pub := keygen(t)
-	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0").addr()
+	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--open-enrollment").addr()
 	ctl(t, cp, "group", "put", "g-normal", "--labels", "default", "--capacity", "100")
 	ctl(t, cp, "group", "put", "g-heavy", "--labels", "heavy", "--capacity", "100")
 	polFile := filepath.Join(t.TempDir(), "policy.yaml")

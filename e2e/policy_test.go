@@ -61,7 +61,7 @@ func TestPolicyPlacesFleet(t *testing.T) {
 		// The rebalancer evens out what placement at connect time leaves
 		// uneven (three replicas learn of each other's placements a
 		// moment late): thresholds tight enough for the check below.
-		p := start(t, fmt.Sprintf("controlplane-%d", i), "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0",
+		p := start(t, fmt.Sprintf("controlplane-%d", i), "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--open-enrollment",
 			"--rebalance-rel-threshold", "0.05", "--rebalance-abs-threshold", "10", "--rebalance-interval", "200ms", "--rebalance-rate", "200")
 		cps = append(cps, p.addr())
 	}

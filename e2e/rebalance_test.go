@@ -35,7 +35,7 @@ func TestRebalance(t *testing.T) {
 	cps := map[string]*proc{}
 	var addrs []string
 	for _, id := range []string{"cp-1", "cp-2"} {
-		cps[id] = start(t, id, "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--replica-id", id,
+		cps[id] = start(t, id, "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--open-enrollment", "--replica-id", id,
 			"--rebalance-rate", strconv.Itoa(rbRate), "--rebalance-rel-threshold", "0.1", "--rebalance-abs-threshold", "10",
 			"--rebalance-min-interval", "5s", "--rebalance-interval", "200ms", "--rebalance-lease-ttl", "2s")
 		addrs = append(addrs, cps[id].addr())

@@ -82,7 +82,11 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 		s.refusedToken(ctx, hello.GetDeviceId(), err)
 		return false, err
 	}
+	if err := checkBinding(ctx, claims); err != nil {
+		return false, err
+	}
 	ss.weight = claims.Weight
+	ss.enrollment = claims.Binding.Enrollment
 	ss.id = rand.Text()
 	ss.deviceID = hello.GetDeviceId()
 	ss.lastRecv.Store(time.Now().UnixNano())

@@ -3,6 +3,8 @@ package executor
 import (
 	"context"
 
+	"google.golang.org/grpc/credentials"
+
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
@@ -57,6 +59,38 @@ type Option func(*options)
 type options struct {
 	queue Queue
 	usage UsageRecorder
+	trust Trust
+	creds credentials.TransportCredentials
+}
+
+// WithCredentials serves the executor with creds (TLS): the certificate a
+// device presents is what a token bound to a certificate is checked
+// against. Without it the executor serves plaintext, and a bound token is
+// refused there for want of a certificate.
+func WithCredentials(creds credentials.TransportCredentials) Option {
+	return func(o *options) { o.creds = creds }
+}
+
+// Trust is what the executor knows of device identities: revoked devices
+// and enrollments, from a watch-fed view. *registry.TrustView is one.
+type Trust interface {
+	// Revoked reports whether a device is revoked.
+	Revoked(deviceID string) bool
+	// Enrollment returns an enrollment by id.
+	Enrollment(id string) (registry.TrustedEnrollment, bool)
+	// OnChange subscribes fn to revocations and to enrollments disabled
+	// or deleted. fn must not block.
+	OnChange(fn func(registry.TrustChange))
+}
+
+var _ Trust = (*registry.TrustView)(nil)
+
+// WithTrust makes the executor refuse (PERMISSION_DENIED) the Hello of a
+// revoked device or of a token whose enrollment is disabled or gone, and
+// close with Goodbye{REVOKED} the streams of a device revoked, or of an
+// enrollment disabled or deleted, while they are open. The caller runs t.
+func WithTrust(t Trust) Option {
+	return func(o *options) { o.trust = t }
 }
 
 // WithQueue makes the executor deliver a device's queued messages when it

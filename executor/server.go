@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
@@ -34,8 +35,10 @@ type Server struct {
 	cfg      Config
 	verifier Verifier
 	reg      Registrar
-	queue    Queue         // nil: no queue drain on connect
-	usage    UsageRecorder // nil: usage is not reported
+	queue    Queue                            // nil: no queue drain on connect
+	usage    UsageRecorder                    // nil: usage is not reported
+	trust    Trust                            // nil: no revocation checks
+	creds    credentials.TransportCredentials // nil: plaintext
 	log      *slog.Logger
 
 	running atomic.Bool
@@ -91,12 +94,14 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 	if cfg.SubscribeBuffer == 0 {
 		cfg.SubscribeBuffer = defaultSubscribeBuffer
 	}
-	return &Server{
+	s := &Server{
 		cfg:        cfg,
 		verifier:   v,
 		reg:        r,
 		queue:      o.queue,
 		usage:      o.usage,
+		trust:      o.trust,
+		creds:      o.creds,
 		log:        log,
 		authLog:    refusallog.New(log, "authentication refused", refusallog.DefaultInterval, nil),
 		publishLog: refusallog.New(log, "publish refused", refusallog.DefaultInterval, nil),
@@ -104,7 +109,11 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),
 		subsClosed: make(chan struct{}),
-	}, nil
+	}
+	if s.trust != nil {
+		s.trust.OnChange(s.trustChanged)
+	}
+	return s, nil
 }
 
 // Run serves ExecutorService on lis until ctx is cancelled, then shuts down
@@ -116,11 +125,15 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errRunTwice
 	}
-	rpc := rpcserver.New(s.cfg.RPC, s.log,
+	opts := []grpc.ServerOption{
 		grpc.InTapHandle(tapAbort),
 		grpc.ChainUnaryInterceptor(s.internalUnaryAuth()),
 		grpc.ChainStreamInterceptor(s.internalStreamAuth()),
-	)
+	}
+	if s.creds != nil {
+		opts = append(opts, grpc.Creds(s.creds))
+	}
+	rpc := rpcserver.New(s.cfg.RPC, s.log, opts...)
 	executorv1.RegisterExecutorServiceServer(rpc.GRPC, service{s: s})
 	executorv1.RegisterExecutorInternalServiceServer(rpc.GRPC, internalService{s: s})
 
@@ -286,6 +299,7 @@ func (s *Server) Stats() Stats {
 		Refused:          s.stats.refusedCopy(),
 		Replaced:         s.stats.replaced.Load(),
 		Timeouts:         s.stats.timeouts.Load(),
+		Revoked:          s.stats.revoked.Load(),
 		Stuck:            s.stats.stuck.Load(),
 		FramesReceived:   s.stats.frames.Load(),
 		Delivering:       int(s.stats.waiting.Load()),

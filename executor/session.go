@@ -25,6 +25,8 @@ var errAborted = errors.New("executor: stream aborted")
 type session struct {
 	id       string
 	deviceID string
+	// enrollment vouched for the device (from its token; "" when open).
+	enrollment string
 	// queue holds the frames waiting for the sender; bounded (SendQueue).
 	queue chan *executorv1.ConnectResponse
 	// abort cancels the stream's context, unblocking a Send or Recv stuck
@@ -197,6 +199,9 @@ func (s *Server) admit(ss *session) (*session, error) {
 	defer s.mu.Unlock()
 	if s.draining {
 		return nil, streamErrorf(errDraining, "executor draining")
+	}
+	if err := s.checkTrustLocked(ss); err != nil {
+		return nil, err
 	}
 	old := s.sessions[ss.deviceID]
 	if old == nil && len(s.sessions) >= s.cfg.Capacity {

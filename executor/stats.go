@@ -22,6 +22,9 @@ type Stats struct {
 	// Timeouts counts streams closed because the device was silent for
 	// PingMisses ping intervals.
 	Timeouts uint64
+	// Revoked counts streams closed because their device was revoked or
+	// their enrollment disabled while they were open.
+	Revoked uint64
 	// Stuck counts streams closed because their send queue was full.
 	Stuck uint64
 	// FramesReceived counts the frames received after Hello.
@@ -56,9 +59,9 @@ type Stats struct {
 
 // counters are the Server's statistics.
 type counters struct {
-	accepted, replaced, timeouts, stuck, frames atomic.Uint64
-	dropped, queueDelivered, queueExpired       atomic.Uint64
-	publishesRefused                            atomic.Uint64
+	accepted, replaced, timeouts, revoked, stuck, frames atomic.Uint64
+	dropped, queueDelivered, queueExpired                atomic.Uint64
+	publishesRefused                                     atomic.Uint64
 	// waiting counts the registered waiters of every session.
 	waiting atomic.Int64
 

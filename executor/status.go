@@ -32,6 +32,8 @@ var (
 	errProtocol    = errors.New("protocol violation")
 	errWrongDevice = errors.New("token was minted for another device")
 	errWrongGroup  = errors.New("token for another group")
+	errUnbound     = errors.New("token bound to another certificate")
+	errRevoked     = errors.New("identity revoked")
 	errDraining    = errors.New("executor draining")
 	errAtCapacity  = errors.New("executor at capacity")
 	errReplaced    = errors.New("stream replaced")
@@ -76,8 +78,10 @@ func toStatus(err error, retry time.Duration) error {
 		return status.Error(codes.DeadlineExceeded, msg)
 	case errors.Is(err, errNotHello), errors.Is(err, errProtocol):
 		return status.Error(codes.InvalidArgument, msg)
-	case errors.Is(err, errWrongDevice):
+	case errors.Is(err, errWrongDevice), errors.Is(err, errRevoked):
 		return status.Error(codes.PermissionDenied, msg)
+	case errors.Is(err, errUnbound):
+		return status.Error(codes.Unauthenticated, msg)
 	case errors.Is(err, errWrongGroup):
 		return status.Error(codes.FailedPrecondition, msg)
 	case errors.Is(err, errAtCapacity):

@@ -117,6 +117,12 @@ type Assignment struct {
 	// MovedAt is when the rebalancer last moved the device (zero: never,
 	// or an Assign rewrote the record since).
 	MovedAt time.Time `json:"moved_at,omitzero"`
+	// Thumbprint and Enrollment are the identity the device proved at its
+	// last Assign (the x5t#S256 of its client certificate, the enrollment
+	// that vouched for it; both empty under open enrollment): the tokens the
+	// rebalancer mints to move it are bound to them as Assign's are.
+	Thumbprint string `json:"x5t,omitempty"`
+	Enrollment string `json:"enrollment,omitempty"`
 }
 
 // DeviceInputs are what a device declares in Assign.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
 )
 
 func TestMain(m *testing.M) {
@@ -43,6 +45,7 @@ type fixture struct {
 // moveCall is one Move a fake mover received.
 type moveCall struct {
 	by, device, from, to string
+	token                string
 	at                   time.Time
 }
 
@@ -110,7 +113,8 @@ func (f *fixture) connect(exec, label string, ids ...string) {
 	e := f.execs[exec]
 	for _, id := range ids {
 		f.putPresence(registry.Presence{DeviceID: id, ExecutorID: exec, GroupID: e.GroupID, Address: e.Address})
-		a := registry.Assignment{DeviceID: id, GroupID: e.GroupID, Label: label, AssignedAt: time.Now(), Inputs: &registry.DeviceInputs{Model: "m"}}
+		a := registry.Assignment{DeviceID: id, GroupID: e.GroupID, Label: label, AssignedAt: time.Now(), Inputs: &registry.DeviceInputs{Model: "m"},
+			Thumbprint: "x5t-" + id, Enrollment: "factory"}
 		if err := f.reg.PutAssignment(f.ctx, a); err != nil {
 			f.t.Fatal(err)
 		}
@@ -163,7 +167,7 @@ func (m fakeMover) Move(_ context.Context, _ string, req *executorv1.MoveRequest
 	ep := dest.GetEndpoints()[0]
 	old, _ := m.f.reg.Presence(m.f.ctx, req.GetDeviceId())
 	m.f.mu.Lock()
-	m.f.moves = append(m.f.moves, moveCall{by: m.name, device: req.GetDeviceId(), from: old.GroupID, to: dest.GetGroupId(), at: time.Now()})
+	m.f.moves = append(m.f.moves, moveCall{by: m.name, device: req.GetDeviceId(), from: old.GroupID, to: dest.GetGroupId(), token: dest.GetToken(), at: time.Now()})
 	m.f.mu.Unlock()
 	m.f.putPresence(registry.Presence{DeviceID: req.GetDeviceId(), ExecutorID: ep.GetExecutorId(), GroupID: dest.GetGroupId(), Address: ep.GetAddress()})
 	return nil
@@ -171,8 +175,9 @@ func (m fakeMover) Move(_ context.Context, _ string, req *executorv1.MoveRequest
 
 type fakeSigner struct{}
 
-func (fakeSigner) SignWeighted(device, group, _ string, _ float64, ttl time.Duration) (string, time.Time, error) {
-	return "tok-" + device + "-" + group, time.Now().Add(ttl), nil
+// SignBound makes a token that shows what it binds.
+func (fakeSigner) SignBound(device, group, _ string, _ float64, ttl time.Duration, b token.Binding) (string, time.Time, error) {
+	return "tok-" + device + "-" + group + "|" + b.Thumbprint + "|" + b.Enrollment, time.Now().Add(ttl), nil
 }
 
 func testConfig(id string) rebalance.Config {
@@ -286,12 +291,18 @@ func TestDrainGroupAtRate(t *testing.T) {
 	if m := maxPerSecond(calls); m > int(cfg.Rate)+1 {
 		t.Errorf("%d moves within one second; the rate is %v", m, cfg.Rate)
 	}
+	for _, c := range calls {
+		// A move's token keeps the identity the device proved at Assign.
+		if want := "|x5t-" + c.device + "|factory"; !strings.HasSuffix(c.token, want) {
+			t.Errorf("move token of %s = %q, want it bound (%s)", c.device, c.token, want)
+		}
+	}
 	testutil.WaitFor(t, testutil.DefaultTimeout, "the state to show the drain done", func() bool {
 		st := f.state()
 		return st.Plan.Total == 0 && st.Progress.Moved == 20 && st.Progress.InFlight == 0
 	})
 	rec, err := f.reg.Assignment(f.ctx, "d-000")
-	if err != nil || rec.Writer != "rebalancer@cp-a" || rec.MovedAt.IsZero() || rec.GroupID == "g1" {
+	if err != nil || rec.Writer != "rebalancer@cp-a" || rec.MovedAt.IsZero() || rec.GroupID == "g1" || rec.Thumbprint != "x5t-d-000" {
 		t.Errorf("record of a moved device = %+v, %v; want written by rebalancer@cp-a with MovedAt, off g1", rec, err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
 )
 
 // Cache is the control plane's view of the registry the rebalancer reads.
@@ -35,7 +36,7 @@ type Cache interface {
 
 // Signer mints assignment tokens. *token.Signer implements it.
 type Signer interface {
-	SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error)
+	SignBound(deviceID, groupID, label string, weight float64, ttl time.Duration, b token.Binding) (string, time.Time, error)
 }
 
 var _ Cache = (*registry.Cache)(nil)
@@ -440,7 +441,10 @@ func (r *Rebalancer) prepare(dctx context.Context, view *registry.PresenceView, 
 // with a fresh token. A failed move is counted and its record put back.
 func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *term) error {
 	mv, d := j.mv, j.d
-	tok, exp, err := r.signer.SignWeighted(mv.Device, d.Group.ID, d.Label, j.w, r.cfg.TokenTTL)
+	// The token carries the identity the device proved at Assign, as
+	// Assign's own token does.
+	tok, exp, err := r.signer.SignBound(mv.Device, d.Group.ID, d.Label, j.w, r.cfg.TokenTTL,
+		token.Binding{Thumbprint: j.rec.Thumbprint, Enrollment: j.rec.Enrollment})
 	if err != nil {
 		t.abort(mv.Device)
 		r.log.Warn("move not made: signing failed", "device", mv.Device, "err", err)

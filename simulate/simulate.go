@@ -52,6 +52,11 @@ type Config struct {
 	// with it (every device presents the same client certificate, if any).
 	// Nil: plaintext.
 	TLS *tls.Config
+	// EnrollmentID and EnrollmentKey, when set, make every device prove
+	// its identity at Assign with its key derived from this symmetric-key
+	// enrollment's key (device.SymmetricKey), as a provisioned fleet does.
+	EnrollmentID  string
+	EnrollmentKey []byte
 }
 
 // DefaultConfig is what `berth simulate` runs.
@@ -161,6 +166,9 @@ func (f *fleet) handle(ctx context.Context, m *device.Message) {
 func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error {
 	if cfg.Devices <= 0 {
 		return errors.New("simulate: --devices must be positive")
+	}
+	if (cfg.EnrollmentID == "") != (len(cfg.EnrollmentKey) == 0) {
+		return errors.New("simulate: --enrollment and --enrollment-key-file go together")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -278,6 +286,9 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 			b.MaxDelay = max(cfg.Backoff.MaxDelay, b.BaseDelay)
 		}
 		dc.Backoff = b
+	}
+	if cfg.EnrollmentID != "" {
+		dc.SymmetricKey = &device.SymmetricKey{EnrollmentID: cfg.EnrollmentID, DeviceKey: device.DeriveDeviceKey(cfg.EnrollmentKey, dc.DeviceID)}
 	}
 	dc.Logger = log
 	dc.OnStateChange = func(sc device.StateChange) {

@@ -49,6 +49,25 @@ type Claims struct {
 	// Role is RoleControlPlane for service tokens, "" for assignment
 	// tokens.
 	Role string
+	// Binding is the identity the token was issued to (zero: none, as
+	// with open enrollment).
+	Binding Binding
+}
+
+// Binding ties an assignment token to the identity that asked for it.
+type Binding struct {
+	// Thumbprint is the x5t#S256 of the device's client certificate (RFC
+	// 8705 "cnf"): the token is good only on a connection presenting that
+	// certificate.
+	Thumbprint string
+	// Enrollment is the enrollment that vouched for the device ("enr"), so
+	// that disabling it closes the device's streams.
+	Enrollment string
+}
+
+// confirmation is the RFC 8705 "cnf" claim.
+type confirmation struct {
+	X5tS256 string `json:"x5t#S256,omitempty"`
 }
 
 // RoleControlPlane marks a service token: the bearer is a control plane,
@@ -58,10 +77,12 @@ const RoleControlPlane = "controlplane"
 // jwtClaims is the wire form of Claims.
 type jwtClaims struct {
 	jwt.RegisteredClaims
-	Group  string  `json:"grp"`
-	Label  string  `json:"lbl,omitempty"`
-	Weight float64 `json:"wgt,omitempty"`
-	Role   string  `json:"role,omitempty"`
+	Group  string        `json:"grp"`
+	Label  string        `json:"lbl,omitempty"`
+	Weight float64       `json:"wgt,omitempty"`
+	Role   string        `json:"role,omitempty"`
+	Cnf    *confirmation `json:"cnf,omitempty"`
+	Enr    string        `json:"enr,omitempty"`
 }
 
 // Signer mints tokens with a private key.
@@ -90,15 +111,25 @@ func (s *Signer) Sign(deviceID, groupID, label string, ttl time.Duration) (strin
 
 // SignWeighted is Sign for a device of the given load weight.
 func (s *Signer) SignWeighted(deviceID, groupID, label string, weight float64, ttl time.Duration) (string, time.Time, error) {
+	return s.SignBound(deviceID, groupID, label, weight, ttl, Binding{})
+}
+
+// SignBound is SignWeighted for a token bound to the device's identity.
+func (s *Signer) SignBound(deviceID, groupID, label string, weight float64, ttl time.Duration, b Binding) (string, time.Time, error) {
 	if weight == 1 {
 		weight = 0 // the default; kept off the wire
 	}
-	return s.sign(jwtClaims{
+	c := jwtClaims{
 		RegisteredClaims: jwt.RegisteredClaims{Subject: deviceID},
 		Group:            groupID,
 		Label:            label,
 		Weight:           weight,
-	}, ttl, true)
+		Enr:              b.Enrollment,
+	}
+	if b.Thumbprint != "" {
+		c.Cnf = &confirmation{X5tS256: b.Thumbprint}
+	}
+	return s.sign(c, ttl, true)
 }
 
 // sign completes c (issuer, times, and a random id when withID) and signs it.
@@ -199,6 +230,10 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		ID:        c.ID,
 		Weight:    c.Weight,
 		Role:      c.Role,
+		Binding:   Binding{Enrollment: c.Enr},
+	}
+	if c.Cnf != nil {
+		out.Binding.Thumbprint = c.Cnf.X5tS256
 	}
 	if out.Weight <= 0 {
 		out.Weight = 1

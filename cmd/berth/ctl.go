@@ -74,7 +74,9 @@ func newCtlCmd(g *globals) *cobra.Command {
 	tenants, tenant := newCtlTenantCmds(c)
 	cmd.AddCommand(groups, group, executors, executor, devices, tenants, tenant, newCtlRebalanceCmd(c))
 	cmd.AddCommand(newCtlPolicyCmds(c)...)
-	cmd.AddCommand(newCtlMessagingCmds(c)...)
+	msgCmds := newCtlMessagingCmds(c)
+	cmd.AddCommand(msgCmds...)
+	cmd.AddCommand(newCtlEnrollmentCmds(c, msgCmds)...)
 	cmd.AddCommand(newCtlRegistryCmd(c))
 	cmd.AddCommand(newCtlAPIKeyCmd(c), newCtlAuditCmd(c))
 	return cmd

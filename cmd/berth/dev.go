@@ -39,7 +39,7 @@ func newDevCmd(g *globals) *cobra.Command {
 				if info.CAFile != "" {
 					ca = info.CAFile
 				}
-				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s ca=%s api-key-file=%s\n",
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s ca=%s api-key-file=%s enrollment=open (any caller may Assign any device id)\n",
 					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile, ca, info.APIKeyFile)
 			})
 		},

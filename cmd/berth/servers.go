@@ -84,6 +84,9 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "berth controlplane listening on %s (%s)\n", lis.Addr(), transportName(rcfg.RPC.TLS))
+			if rcfg.OpenEnrollment {
+				log.Warn("open enrollment: Assign takes device ids from callers without credentials")
+			}
 			return r.Run(cmd.Context(), lis)
 		},
 	}
@@ -110,6 +113,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.IntVar(&rl.Subscribe.Burst, "burst-subscribe", rl.Subscribe.Burst, "subscriptions one caller host may open at once")
 	f.IntVar(&rl.MaxCallers, "rate-max-callers", rl.MaxCallers, "callers whose rate limits are tracked (least recently seen forgotten first)")
 	f.StringVar(&cfg.ReplicaID, "replica-id", cfg.ReplicaID, "this replica's id, in assignment records and the rebalancer's election (default: random)")
+	f.BoolVar(&rcfg.OpenEnrollment, "open-enrollment", false, "let Assign callers without credentials (no client certificate, no enrollment signature) in as any device id they name; off, only enrolled devices are assigned")
 	f.StringVar(&operatorCA, "operator-ca", "", "PEM CA(s) that service and operator client certificates chain to; such a certificate authenticates its caller (by its berth://service/<name> URI, else its CN) besides API keys (needs --tls-cert)")
 	f.StringArrayVar(&certRoles, "cert-role", nil, "NAME=ROLE[+ROLE…]: the roles (admin, operator, viewer, service) of the certificate named NAME; repeatable (a certificate without one authenticates but may call nothing)")
 	f.StringVar(&executorCA, "executor-ca", "", "PEM CA(s) the executors' certificates chain to: reach executors over TLS (needed with --tls-cert unless --insecure)")

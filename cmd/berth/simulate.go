@@ -9,6 +9,7 @@ import (
 func newSimulateCmd(g *globals) *cobra.Command {
 	cfg := simulate.DefaultConfig()
 	var tlsf clientTLSFlags
+	var keyFile string
 	cmd := &cobra.Command{
 		Use:   "simulate",
 		Short: "Run a fleet of devices against a control plane, with a live summary",
@@ -20,6 +21,11 @@ func newSimulateCmd(g *globals) *cobra.Command {
 			}
 			if tlsf.enabled() {
 				if cfg.TLS, err = tlsf.config(); err != nil {
+					return err
+				}
+			}
+			if keyFile != "" {
+				if cfg.EnrollmentKey, err = readEnrollmentKey(keyFile); err != nil {
 					return err
 				}
 			}
@@ -38,5 +44,7 @@ func newSimulateCmd(g *globals) *cobra.Command {
 	f.DurationVar(&cfg.Backoff.BaseDelay, "backoff-base", 0, "reconnect backoff base delay (0: gRPC default 1s)")
 	f.DurationVar(&cfg.Backoff.MaxDelay, "backoff-max", 0, "reconnect backoff cap (0: gRPC default 120s)")
 	tlsf.register(f, false)
+	f.StringVar(&cfg.EnrollmentID, "enrollment", "", "symmetric-key enrollment the devices prove their identity with (with --enrollment-key-file)")
+	f.StringVar(&keyFile, "enrollment-key-file", "", "file holding the enrollment's key, base64, as `berth ctl enrollment create --kind symmetric` printed it; each device signs with its key derived from it")
 	return cmd
 }

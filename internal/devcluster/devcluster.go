@@ -76,6 +76,9 @@ func DefaultConfig() Config {
 func devReplicaConfig() node.ReplicaConfig {
 	c := node.DefaultReplicaConfig()
 	c.Rebalance = DevRebalanceConfig()
+	// berth dev keeps enrollment open so the first examples need no
+	// credentials; its ready line says so.
+	c.OpenEnrollment = true
 	return c
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/berthproject/berth/executor"
@@ -46,6 +47,7 @@ type Executor struct {
 	srv   *executor.Server
 	rr    *registry.Registration
 	usage *registry.UsageRecorder // nil: usage is not recorded
+	trust *registry.TrustView
 
 	running atomic.Bool
 }
@@ -66,8 +68,12 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Executor{rr: rr}
-	opts := []executor.Option{executor.WithQueue(reg)}
+	// The executor follows revocations and enrollments with its own watch,
+	// not through control planes: it closes a revoked identity's streams
+	// whether or not a control plane is up, and refuses at Hello the
+	// tokens minted before the revocation.
+	e := &Executor{rr: rr, trust: reg.NewTrustView(log.With("component", "trust"))}
+	opts := []executor.Option{executor.WithQueue(reg), executor.WithTrust(e.trust)}
 	if cfg.RecordUsage {
 		e.usage = reg.NewUsageRecorder(0, log.With("component", "usage"))
 		opts = append(opts, executor.WithUsage(e.usage))
@@ -86,23 +92,24 @@ func (e *Executor) Registration() *registry.Registration { return e.rr }
 
 // Run serves on lis until ctx is cancelled, then drains and stops as
 // executor.Server.Run does, and returns nil after a clean stop. The usage
-// recorder outlives the streams, so that the usage of the last ones is
-// written too. Run closes lis; it may be called once.
+// recorder and the trust view outlive the streams, so that the usage of
+// the last ones is written too. Run closes lis; it may be called once.
 func (e *Executor) Run(ctx context.Context, lis net.Listener) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
-	if e.usage == nil {
-		return e.srv.Run(ctx, lis)
+	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
+	// Both return nil when cancelled and retry etcd errors themselves.
+	bg.Go(func() { _ = e.trust.Run(bgCtx) })
+	if e.usage != nil {
+		bg.Go(func() { _ = e.usage.Run(bgCtx) })
 	}
-	uctx, stopUsage := context.WithCancel(context.WithoutCancel(ctx))
-	usageDone := make(chan struct{})
-	go func() {
-		defer close(usageDone)
-		_ = e.usage.Run(uctx)
-	}()
 	err := e.srv.Run(ctx, lis)
-	stopUsage()
-	<-usageDone
+	stopBg()
+	bg.Wait()
 	return err
 }
+
+// Trust returns the executor's view of enrollments and revocations.
+func (e *Executor) Trust() *registry.TrustView { return e.trust }

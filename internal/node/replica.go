@@ -21,6 +21,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/ratelimit"
+	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/rebalance"
@@ -57,6 +58,11 @@ type ReplicaConfig struct {
 	// StopTimeout bounds the graceful stop of the gRPC server; the calls
 	// and streams still open then are cut.
 	StopTimeout time.Duration
+	// OpenEnrollment lets Assign callers without credentials (no client
+	// certificate, no enrollment signature) through with the device id they
+	// ask for, as before enrollments existed. Off by default: `berth
+	// controlplane --open-enrollment` and `berth dev` turn it on.
+	OpenEnrollment bool
 }
 
 // DefaultReplicaConfig returns the settings of `berth controlplane`,
@@ -121,6 +127,7 @@ type Replica struct {
 	log *slog.Logger
 
 	cache *registry.Cache
+	trust *registry.TrustView
 	pool  *execclient.Pool
 	cp    *controlplane.Server
 	msg   *messaging.Server
@@ -158,7 +165,12 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if r.limit, err = ratelimit.New(cfg.RateLimits.config(), CallerIdentity, nil); err != nil {
 		return nil, err
 	}
-	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log); err != nil {
+	r.trust = reg.NewTrustView(log.With("component", "trust"))
+	auth, err := identity.New(r.trust, cfg.OpenEnrollment, nil)
+	if err != nil {
+		return nil, err
+	}
+	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth)); err != nil {
 		return nil, err
 	}
 	r.msg, err = messaging.New(cfg.Messaging, messaging.Deps{Store: reg, Cache: r.cache, Executors: pool, Log: r.log.With("component", "messaging")})
@@ -166,7 +178,7 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		return nil, err
 	}
 	r.keys = reg.NewAPIKeyView(r.log.With("component", "apikeys"))
-	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Access: reg, Keys: r.keys, Log: r.log}); err != nil {
+	if r.admin, err = admin.New(admin.Deps{Cache: r.cache, Policies: r.cp, Store: reg, Rebalance: reg, Fleet: reg, Identity: reg, Access: reg, Keys: r.keys, Log: r.log}); err != nil {
 		return nil, err
 	}
 	if r.guard, err = access.New(cfg.Access, access.Deps{Keys: r.keys, Assignments: r.cache, Audit: reg, Log: r.log.With("component", "access")}); err != nil {
@@ -242,6 +254,7 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	}
 	background("registry cache", r.cache.Run)
 	background("api key view", r.keys.Run)
+	background("trust view", r.trust.Run)
 	background("executor connections", r.pool.Run)
 	if r.rb != nil {
 		background("rebalancer", r.rb.Run)
@@ -257,7 +270,7 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error { return r.msg.Run(gctx) })
 	g.Go(func() error {
-		if err := errors.Join(r.cache.WaitReady(gctx), r.keys.WaitReady(gctx)); err == nil {
+		if err := errors.Join(r.cache.WaitReady(gctx), r.keys.WaitReady(gctx), r.trust.WaitReady(gctx)); err == nil {
 			rpc.SetServing(true, services...)
 			r.log.Info("control plane serving", "addr", lis.Addr().String())
 		}

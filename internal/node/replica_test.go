@@ -46,6 +46,7 @@ func TestReplica(t *testing.T) {
 
 	cfg := node.DefaultReplicaConfig()
 	cfg.ControlPlane.ReplicaID = "cp-test"
+	cfg.OpenEnrollment = true
 	cfg.Rebalance.Interval = 50 * time.Millisecond
 	cfg.RateLimits.Assign = ratelimit.Rule{Rate: 0.01, Burst: 2}
 	moves := 0

@@ -24,6 +24,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EnrollmentKind says how an enrollment's devices prove who they are.
+type EnrollmentKind int32
+
+const (
+	// Not set: refused.
+	EnrollmentKind_ENROLLMENT_KIND_UNSPECIFIED EnrollmentKind = 0
+	// The device presents a TLS client certificate that chains to the
+	// enrollment's CA; its id is the certificate's SAN URI
+	// berth://device/<id>, else its subject CN.
+	EnrollmentKind_ENROLLMENT_KIND_X509 EnrollmentKind = 1
+	// The device signs with HMAC-SHA256(enrollment key, device id) in the
+	// berth-device-sig metadata of Assign.
+	EnrollmentKind_ENROLLMENT_KIND_SYMMETRIC_KEY EnrollmentKind = 2
+)
+
+// Enum value maps for EnrollmentKind.
+var (
+	EnrollmentKind_name = map[int32]string{
+		0: "ENROLLMENT_KIND_UNSPECIFIED",
+		1: "ENROLLMENT_KIND_X509",
+		2: "ENROLLMENT_KIND_SYMMETRIC_KEY",
+	}
+	EnrollmentKind_value = map[string]int32{
+		"ENROLLMENT_KIND_UNSPECIFIED":   0,
+		"ENROLLMENT_KIND_X509":          1,
+		"ENROLLMENT_KIND_SYMMETRIC_KEY": 2,
+	}
+)
+
+func (x EnrollmentKind) Enum() *EnrollmentKind {
+	p := new(EnrollmentKind)
+	*p = x
+	return p
+}
+
+func (x EnrollmentKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EnrollmentKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_berth_admin_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (EnrollmentKind) Type() protoreflect.EnumType {
+	return &file_berth_admin_v1_admin_proto_enumTypes[0]
+}
+
+func (x EnrollmentKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EnrollmentKind.Descriptor instead.
+func (EnrollmentKind) EnumDescriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // GetPolicyRequest asks for the policy in force.
 type GetPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3261,6 +3317,947 @@ func (*DeleteTenantResponse) Descriptor() ([]byte, []int) {
 	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
+// Enrollment is an enrollment as listed: never its key.
+type Enrollment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment's id: 1-128 of [A-Za-z0-9._:@-].
+	EnrollmentId string `protobuf:"bytes,1,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	// Its kind.
+	Kind EnrollmentKind `protobuf:"varint,2,opt,name=kind,proto3,enum=berth.admin.v1.EnrollmentKind" json:"kind,omitempty"`
+	// The CA certificates (PEM) of an x509 enrollment.
+	CaPem string `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	// Whether it is disabled.
+	Disabled bool `protobuf:"varint,4,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// When it was created.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Enrollment) Reset() {
+	*x = Enrollment{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Enrollment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Enrollment) ProtoMessage() {}
+
+func (x *Enrollment) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Enrollment.ProtoReflect.Descriptor instead.
+func (*Enrollment) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *Enrollment) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
+	}
+	return ""
+}
+
+func (x *Enrollment) GetKind() EnrollmentKind {
+	if x != nil {
+		return x.Kind
+	}
+	return EnrollmentKind_ENROLLMENT_KIND_UNSPECIFIED
+}
+
+func (x *Enrollment) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
+	}
+	return ""
+}
+
+func (x *Enrollment) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *Enrollment) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+// CreateEnrollmentRequest describes a new enrollment.
+type CreateEnrollmentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment's id: 1-128 of [A-Za-z0-9._:@-].
+	EnrollmentId string `protobuf:"bytes,1,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	// Its kind.
+	Kind EnrollmentKind `protobuf:"varint,2,opt,name=kind,proto3,enum=berth.admin.v1.EnrollmentKind" json:"kind,omitempty"`
+	// For ENROLLMENT_KIND_X509: the CA certificates, PEM, at most 64 KiB.
+	// Empty for a symmetric-key enrollment.
+	CaPem         string `protobuf:"bytes,3,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEnrollmentRequest) Reset() {
+	*x = CreateEnrollmentRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEnrollmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEnrollmentRequest) ProtoMessage() {}
+
+func (x *CreateEnrollmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEnrollmentRequest.ProtoReflect.Descriptor instead.
+func (*CreateEnrollmentRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *CreateEnrollmentRequest) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
+	}
+	return ""
+}
+
+func (x *CreateEnrollmentRequest) GetKind() EnrollmentKind {
+	if x != nil {
+		return x.Kind
+	}
+	return EnrollmentKind_ENROLLMENT_KIND_UNSPECIFIED
+}
+
+func (x *CreateEnrollmentRequest) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
+	}
+	return ""
+}
+
+// CreateEnrollmentResponse is the enrollment as stored.
+type CreateEnrollmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	Enrollment *Enrollment `protobuf:"bytes,1,opt,name=enrollment,proto3" json:"enrollment,omitempty"`
+	// For a symmetric-key enrollment: its 32-byte key, generated by the
+	// server. Shown here once, never again: keep it where devices' keys are
+	// derived (a device's key is HMAC-SHA256(this key, device id)).
+	SymmetricKey  []byte `protobuf:"bytes,2,opt,name=symmetric_key,json=symmetricKey,proto3" json:"symmetric_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEnrollmentResponse) Reset() {
+	*x = CreateEnrollmentResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEnrollmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEnrollmentResponse) ProtoMessage() {}
+
+func (x *CreateEnrollmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEnrollmentResponse.ProtoReflect.Descriptor instead.
+func (*CreateEnrollmentResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CreateEnrollmentResponse) GetEnrollment() *Enrollment {
+	if x != nil {
+		return x.Enrollment
+	}
+	return nil
+}
+
+func (x *CreateEnrollmentResponse) GetSymmetricKey() []byte {
+	if x != nil {
+		return x.SymmetricKey
+	}
+	return nil
+}
+
+// ListEnrollmentsRequest asks for a page of enrollments.
+type ListEnrollmentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most enrollments to return: 0 means 100; more than 1000 is treated as
+	// 1000; negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEnrollmentsRequest) Reset() {
+	*x = ListEnrollmentsRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEnrollmentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEnrollmentsRequest) ProtoMessage() {}
+
+func (x *ListEnrollmentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEnrollmentsRequest.ProtoReflect.Descriptor instead.
+func (*ListEnrollmentsRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ListEnrollmentsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEnrollmentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListEnrollmentsResponse is a page of enrollments, ordered by id.
+type ListEnrollmentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollments.
+	Enrollments []*Enrollment `protobuf:"bytes,1,rep,name=enrollments,proto3" json:"enrollments,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEnrollmentsResponse) Reset() {
+	*x = ListEnrollmentsResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEnrollmentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEnrollmentsResponse) ProtoMessage() {}
+
+func (x *ListEnrollmentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEnrollmentsResponse.ProtoReflect.Descriptor instead.
+func (*ListEnrollmentsResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ListEnrollmentsResponse) GetEnrollments() []*Enrollment {
+	if x != nil {
+		return x.Enrollments
+	}
+	return nil
+}
+
+func (x *ListEnrollmentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DisableEnrollmentRequest names an enrollment to disable.
+type DisableEnrollmentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	EnrollmentId  string `protobuf:"bytes,1,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableEnrollmentRequest) Reset() {
+	*x = DisableEnrollmentRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableEnrollmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableEnrollmentRequest) ProtoMessage() {}
+
+func (x *DisableEnrollmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableEnrollmentRequest.ProtoReflect.Descriptor instead.
+func (*DisableEnrollmentRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *DisableEnrollmentRequest) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
+	}
+	return ""
+}
+
+// DisableEnrollmentResponse is the enrollment as stored.
+type DisableEnrollmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	Enrollment    *Enrollment `protobuf:"bytes,1,opt,name=enrollment,proto3" json:"enrollment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableEnrollmentResponse) Reset() {
+	*x = DisableEnrollmentResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableEnrollmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableEnrollmentResponse) ProtoMessage() {}
+
+func (x *DisableEnrollmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableEnrollmentResponse.ProtoReflect.Descriptor instead.
+func (*DisableEnrollmentResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *DisableEnrollmentResponse) GetEnrollment() *Enrollment {
+	if x != nil {
+		return x.Enrollment
+	}
+	return nil
+}
+
+// EnableEnrollmentRequest names an enrollment to enable.
+type EnableEnrollmentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	EnrollmentId  string `protobuf:"bytes,1,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableEnrollmentRequest) Reset() {
+	*x = EnableEnrollmentRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableEnrollmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableEnrollmentRequest) ProtoMessage() {}
+
+func (x *EnableEnrollmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableEnrollmentRequest.ProtoReflect.Descriptor instead.
+func (*EnableEnrollmentRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *EnableEnrollmentRequest) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
+	}
+	return ""
+}
+
+// EnableEnrollmentResponse is the enrollment as stored.
+type EnableEnrollmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	Enrollment    *Enrollment `protobuf:"bytes,1,opt,name=enrollment,proto3" json:"enrollment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableEnrollmentResponse) Reset() {
+	*x = EnableEnrollmentResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableEnrollmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableEnrollmentResponse) ProtoMessage() {}
+
+func (x *EnableEnrollmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableEnrollmentResponse.ProtoReflect.Descriptor instead.
+func (*EnableEnrollmentResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *EnableEnrollmentResponse) GetEnrollment() *Enrollment {
+	if x != nil {
+		return x.Enrollment
+	}
+	return nil
+}
+
+// DeleteEnrollmentRequest names an enrollment to remove.
+type DeleteEnrollmentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The enrollment.
+	EnrollmentId  string `protobuf:"bytes,1,opt,name=enrollment_id,json=enrollmentId,proto3" json:"enrollment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEnrollmentRequest) Reset() {
+	*x = DeleteEnrollmentRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEnrollmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEnrollmentRequest) ProtoMessage() {}
+
+func (x *DeleteEnrollmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEnrollmentRequest.ProtoReflect.Descriptor instead.
+func (*DeleteEnrollmentRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *DeleteEnrollmentRequest) GetEnrollmentId() string {
+	if x != nil {
+		return x.EnrollmentId
+	}
+	return ""
+}
+
+// DeleteEnrollmentResponse confirms the removal.
+type DeleteEnrollmentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteEnrollmentResponse) Reset() {
+	*x = DeleteEnrollmentResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteEnrollmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteEnrollmentResponse) ProtoMessage() {}
+
+func (x *DeleteEnrollmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteEnrollmentResponse.ProtoReflect.Descriptor instead.
+func (*DeleteEnrollmentResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{59}
+}
+
+// RevokedDevice is a device's revocation.
+type RevokedDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Why, as the operator wrote it.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it was revoked.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokedDevice) Reset() {
+	*x = RevokedDevice{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokedDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokedDevice) ProtoMessage() {}
+
+func (x *RevokedDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokedDevice.ProtoReflect.Descriptor instead.
+func (*RevokedDevice) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *RevokedDevice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RevokedDevice) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokedDevice) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+// RevokeDeviceRequest names a device to revoke.
+type RevokeDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device: 1-128 of [A-Za-z0-9._:@-].
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Why, free text, at most 256 bytes.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDeviceRequest) Reset() {
+	*x = RevokeDeviceRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDeviceRequest) ProtoMessage() {}
+
+func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
+func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *RevokeDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RevokeDeviceRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RevokeDeviceResponse is the revocation as stored.
+type RevokeDeviceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revocation.
+	Revoked       *RevokedDevice `protobuf:"bytes,1,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDeviceResponse) Reset() {
+	*x = RevokeDeviceResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDeviceResponse) ProtoMessage() {}
+
+func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
+func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *RevokeDeviceResponse) GetRevoked() *RevokedDevice {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+// UnrevokeDeviceRequest names a device whose revocation to lift.
+type UnrevokeDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device.
+	DeviceId      string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnrevokeDeviceRequest) Reset() {
+	*x = UnrevokeDeviceRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnrevokeDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnrevokeDeviceRequest) ProtoMessage() {}
+
+func (x *UnrevokeDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnrevokeDeviceRequest.ProtoReflect.Descriptor instead.
+func (*UnrevokeDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *UnrevokeDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+// UnrevokeDeviceResponse confirms it.
+type UnrevokeDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnrevokeDeviceResponse) Reset() {
+	*x = UnrevokeDeviceResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnrevokeDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnrevokeDeviceResponse) ProtoMessage() {}
+
+func (x *UnrevokeDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnrevokeDeviceResponse.ProtoReflect.Descriptor instead.
+func (*UnrevokeDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{64}
+}
+
+// ListRevokedDevicesRequest asks for a page of revoked devices.
+type ListRevokedDevicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most devices to return: 0 means 100; more than 1000 is treated as
+	// 1000; negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevokedDevicesRequest) Reset() {
+	*x = ListRevokedDevicesRequest{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevokedDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevokedDevicesRequest) ProtoMessage() {}
+
+func (x *ListRevokedDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevokedDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListRevokedDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *ListRevokedDevicesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRevokedDevicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListRevokedDevicesResponse is a page of revoked devices, ordered by id.
+type ListRevokedDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revoked devices.
+	Revoked []*RevokedDevice `protobuf:"bytes,1,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	// Token of the next page; empty when this page is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevokedDevicesResponse) Reset() {
+	*x = ListRevokedDevicesResponse{}
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevokedDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevokedDevicesResponse) ProtoMessage() {}
+
+func (x *ListRevokedDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_admin_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevokedDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListRevokedDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_berth_admin_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *ListRevokedDevicesResponse) GetRevoked() []*RevokedDevice {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+func (x *ListRevokedDevicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_berth_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_berth_admin_v1_admin_proto_rawDesc = "" +
@@ -3514,7 +4511,70 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
 	"\x13DeleteTenantRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"\x16\n" +
-	"\x14DeleteTenantResponse2\x9a\x10\n" +
+	"\x14DeleteTenantResponse\"\xd3\x01\n" +
+	"\n" +
+	"Enrollment\x12#\n" +
+	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\x122\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1e.berth.admin.v1.EnrollmentKindR\x04kind\x12\x15\n" +
+	"\x06ca_pem\x18\x03 \x01(\tR\x05caPem\x12\x1a\n" +
+	"\bdisabled\x18\x04 \x01(\bR\bdisabled\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x89\x01\n" +
+	"\x17CreateEnrollmentRequest\x12#\n" +
+	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\x122\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1e.berth.admin.v1.EnrollmentKindR\x04kind\x12\x15\n" +
+	"\x06ca_pem\x18\x03 \x01(\tR\x05caPem\"{\n" +
+	"\x18CreateEnrollmentResponse\x12:\n" +
+	"\n" +
+	"enrollment\x18\x01 \x01(\v2\x1a.berth.admin.v1.EnrollmentR\n" +
+	"enrollment\x12#\n" +
+	"\rsymmetric_key\x18\x02 \x01(\fR\fsymmetricKey\"T\n" +
+	"\x16ListEnrollmentsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x7f\n" +
+	"\x17ListEnrollmentsResponse\x12<\n" +
+	"\venrollments\x18\x01 \x03(\v2\x1a.berth.admin.v1.EnrollmentR\venrollments\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n" +
+	"\x18DisableEnrollmentRequest\x12#\n" +
+	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\"W\n" +
+	"\x19DisableEnrollmentResponse\x12:\n" +
+	"\n" +
+	"enrollment\x18\x01 \x01(\v2\x1a.berth.admin.v1.EnrollmentR\n" +
+	"enrollment\">\n" +
+	"\x17EnableEnrollmentRequest\x12#\n" +
+	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\"V\n" +
+	"\x18EnableEnrollmentResponse\x12:\n" +
+	"\n" +
+	"enrollment\x18\x01 \x01(\v2\x1a.berth.admin.v1.EnrollmentR\n" +
+	"enrollment\">\n" +
+	"\x17DeleteEnrollmentRequest\x12#\n" +
+	"\renrollment_id\x18\x01 \x01(\tR\fenrollmentId\"\x1a\n" +
+	"\x18DeleteEnrollmentResponse\"\x7f\n" +
+	"\rRevokedDevice\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"revoked_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"J\n" +
+	"\x13RevokeDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"O\n" +
+	"\x14RevokeDeviceResponse\x127\n" +
+	"\arevoked\x18\x01 \x01(\v2\x1d.berth.admin.v1.RevokedDeviceR\arevoked\"4\n" +
+	"\x15UnrevokeDeviceRequest\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\x18\n" +
+	"\x16UnrevokeDeviceResponse\"W\n" +
+	"\x19ListRevokedDevicesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"}\n" +
+	"\x1aListRevokedDevicesResponse\x127\n" +
+	"\arevoked\x18\x01 \x03(\v2\x1d.berth.admin.v1.RevokedDeviceR\arevoked\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*n\n" +
+	"\x0eEnrollmentKind\x12\x1f\n" +
+	"\x1bENROLLMENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ENROLLMENT_KIND_X509\x10\x01\x12!\n" +
+	"\x1dENROLLMENT_KIND_SYMMETRIC_KEY\x10\x022\xc6\x16\n" +
 	"\fAdminService\x12S\n" +
 	"\n" +
 	"ListGroups\x12!.berth.admin.v1.ListGroupsRequest\x1a\".berth.admin.v1.ListGroupsResponse\x12M\n" +
@@ -3540,7 +4600,15 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\fCreateAPIKey\x12#.berth.admin.v1.CreateAPIKeyRequest\x1a$.berth.admin.v1.CreateAPIKeyResponse\x12V\n" +
 	"\vListAPIKeys\x12\".berth.admin.v1.ListAPIKeysRequest\x1a#.berth.admin.v1.ListAPIKeysResponse\x12Y\n" +
 	"\fRevokeAPIKey\x12#.berth.admin.v1.RevokeAPIKeyRequest\x1a$.berth.admin.v1.RevokeAPIKeyResponse\x12P\n" +
-	"\tListAudit\x12 .berth.admin.v1.ListAuditRequest\x1a!.berth.admin.v1.ListAuditResponseB\xb4\x01\n" +
+	"\tListAudit\x12 .berth.admin.v1.ListAuditRequest\x1a!.berth.admin.v1.ListAuditResponse\x12e\n" +
+	"\x10CreateEnrollment\x12'.berth.admin.v1.CreateEnrollmentRequest\x1a(.berth.admin.v1.CreateEnrollmentResponse\x12b\n" +
+	"\x0fListEnrollments\x12&.berth.admin.v1.ListEnrollmentsRequest\x1a'.berth.admin.v1.ListEnrollmentsResponse\x12h\n" +
+	"\x11DisableEnrollment\x12(.berth.admin.v1.DisableEnrollmentRequest\x1a).berth.admin.v1.DisableEnrollmentResponse\x12e\n" +
+	"\x10EnableEnrollment\x12'.berth.admin.v1.EnableEnrollmentRequest\x1a(.berth.admin.v1.EnableEnrollmentResponse\x12e\n" +
+	"\x10DeleteEnrollment\x12'.berth.admin.v1.DeleteEnrollmentRequest\x1a(.berth.admin.v1.DeleteEnrollmentResponse\x12Y\n" +
+	"\fRevokeDevice\x12#.berth.admin.v1.RevokeDeviceRequest\x1a$.berth.admin.v1.RevokeDeviceResponse\x12_\n" +
+	"\x0eUnrevokeDevice\x12%.berth.admin.v1.UnrevokeDeviceRequest\x1a&.berth.admin.v1.UnrevokeDeviceResponse\x12k\n" +
+	"\x12ListRevokedDevices\x12).berth.admin.v1.ListRevokedDevicesRequest\x1a*.berth.admin.v1.ListRevokedDevicesResponseB\xb4\x01\n" +
 	"\x12com.berth.admin.v1B\n" +
 	"AdminProtoP\x01Z8github.com/berthproject/berth/gen/berth/admin/v1;adminv1\xa2\x02\x03BAX\xaa\x02\x0eBerth.Admin.V1\xca\x02\x0eBerth\\Admin\\V1\xe2\x02\x1aBerth\\Admin\\V1\\GPBMetadata\xea\x02\x10Berth::Admin::V1b\x06proto3"
 
@@ -3556,152 +4624,198 @@ func file_berth_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_berth_admin_v1_admin_proto_rawDescData
 }
 
-var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_berth_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_berth_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_berth_admin_v1_admin_proto_goTypes = []any{
-	(*GetPolicyRequest)(nil),           // 0: berth.admin.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),          // 1: berth.admin.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),         // 2: berth.admin.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),        // 3: berth.admin.v1.ApplyPolicyResponse
-	(*DryRunPolicyRequest)(nil),        // 4: berth.admin.v1.DryRunPolicyRequest
-	(*LabelChange)(nil),                // 5: berth.admin.v1.LabelChange
-	(*DryRunPolicyResponse)(nil),       // 6: berth.admin.v1.DryRunPolicyResponse
-	(*ExplainRequest)(nil),             // 7: berth.admin.v1.ExplainRequest
-	(*CandidateGroup)(nil),             // 8: berth.admin.v1.CandidateGroup
-	(*ExplainResponse)(nil),            // 9: berth.admin.v1.ExplainResponse
-	(*DrainGroupRequest)(nil),          // 10: berth.admin.v1.DrainGroupRequest
-	(*DrainGroupResponse)(nil),         // 11: berth.admin.v1.DrainGroupResponse
-	(*UndrainGroupRequest)(nil),        // 12: berth.admin.v1.UndrainGroupRequest
-	(*UndrainGroupResponse)(nil),       // 13: berth.admin.v1.UndrainGroupResponse
-	(*DrainExecutorRequest)(nil),       // 14: berth.admin.v1.DrainExecutorRequest
-	(*DrainExecutorResponse)(nil),      // 15: berth.admin.v1.DrainExecutorResponse
-	(*UndrainExecutorRequest)(nil),     // 16: berth.admin.v1.UndrainExecutorRequest
-	(*UndrainExecutorResponse)(nil),    // 17: berth.admin.v1.UndrainExecutorResponse
-	(*GetRebalanceStatusRequest)(nil),  // 18: berth.admin.v1.GetRebalanceStatusRequest
-	(*RebalancePlan)(nil),              // 19: berth.admin.v1.RebalancePlan
-	(*RebalanceProgress)(nil),          // 20: berth.admin.v1.RebalanceProgress
-	(*RebalanceSettings)(nil),          // 21: berth.admin.v1.RebalanceSettings
-	(*GroupBalance)(nil),               // 22: berth.admin.v1.GroupBalance
-	(*GetRebalanceStatusResponse)(nil), // 23: berth.admin.v1.GetRebalanceStatusResponse
-	(*PauseRebalanceRequest)(nil),      // 24: berth.admin.v1.PauseRebalanceRequest
-	(*PauseRebalanceResponse)(nil),     // 25: berth.admin.v1.PauseRebalanceResponse
-	(*ResumeRebalanceRequest)(nil),     // 26: berth.admin.v1.ResumeRebalanceRequest
-	(*ResumeRebalanceResponse)(nil),    // 27: berth.admin.v1.ResumeRebalanceResponse
-	(*Group)(nil),                      // 28: berth.admin.v1.Group
-	(*ListGroupsRequest)(nil),          // 29: berth.admin.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),         // 30: berth.admin.v1.ListGroupsResponse
-	(*PutGroupRequest)(nil),            // 31: berth.admin.v1.PutGroupRequest
-	(*PutGroupResponse)(nil),           // 32: berth.admin.v1.PutGroupResponse
-	(*DeleteGroupRequest)(nil),         // 33: berth.admin.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),        // 34: berth.admin.v1.DeleteGroupResponse
-	(*Executor)(nil),                   // 35: berth.admin.v1.Executor
-	(*ListExecutorsRequest)(nil),       // 36: berth.admin.v1.ListExecutorsRequest
-	(*ListExecutorsResponse)(nil),      // 37: berth.admin.v1.ListExecutorsResponse
-	(*DeviceInputs)(nil),               // 38: berth.admin.v1.DeviceInputs
-	(*Device)(nil),                     // 39: berth.admin.v1.Device
-	(*ListDevicesRequest)(nil),         // 40: berth.admin.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),        // 41: berth.admin.v1.ListDevicesResponse
-	(*Tenant)(nil),                     // 42: berth.admin.v1.Tenant
-	(*PutTenantRequest)(nil),           // 43: berth.admin.v1.PutTenantRequest
-	(*PutTenantResponse)(nil),          // 44: berth.admin.v1.PutTenantResponse
-	(*ListTenantsRequest)(nil),         // 45: berth.admin.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),        // 46: berth.admin.v1.ListTenantsResponse
-	(*DeleteTenantRequest)(nil),        // 47: berth.admin.v1.DeleteTenantRequest
-	(*DeleteTenantResponse)(nil),       // 48: berth.admin.v1.DeleteTenantResponse
-	nil,                                // 49: berth.admin.v1.DeviceInputs.AttributesEntry
-	nil,                                // 50: berth.admin.v1.Tenant.AttributesEntry
-	nil,                                // 51: berth.admin.v1.PutTenantRequest.AttributesEntry
-	(*timestamppb.Timestamp)(nil),      // 52: google.protobuf.Timestamp
-	(*v1.Input)(nil),                   // 53: berth.policy.v1.Input
-	(*durationpb.Duration)(nil),        // 54: google.protobuf.Duration
-	(*CreateAPIKeyRequest)(nil),        // 55: berth.admin.v1.CreateAPIKeyRequest
-	(*ListAPIKeysRequest)(nil),         // 56: berth.admin.v1.ListAPIKeysRequest
-	(*RevokeAPIKeyRequest)(nil),        // 57: berth.admin.v1.RevokeAPIKeyRequest
-	(*ListAuditRequest)(nil),           // 58: berth.admin.v1.ListAuditRequest
-	(*CreateAPIKeyResponse)(nil),       // 59: berth.admin.v1.CreateAPIKeyResponse
-	(*ListAPIKeysResponse)(nil),        // 60: berth.admin.v1.ListAPIKeysResponse
-	(*RevokeAPIKeyResponse)(nil),       // 61: berth.admin.v1.RevokeAPIKeyResponse
-	(*ListAuditResponse)(nil),          // 62: berth.admin.v1.ListAuditResponse
+	(EnrollmentKind)(0),                // 0: berth.admin.v1.EnrollmentKind
+	(*GetPolicyRequest)(nil),           // 1: berth.admin.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),          // 2: berth.admin.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),         // 3: berth.admin.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),        // 4: berth.admin.v1.ApplyPolicyResponse
+	(*DryRunPolicyRequest)(nil),        // 5: berth.admin.v1.DryRunPolicyRequest
+	(*LabelChange)(nil),                // 6: berth.admin.v1.LabelChange
+	(*DryRunPolicyResponse)(nil),       // 7: berth.admin.v1.DryRunPolicyResponse
+	(*ExplainRequest)(nil),             // 8: berth.admin.v1.ExplainRequest
+	(*CandidateGroup)(nil),             // 9: berth.admin.v1.CandidateGroup
+	(*ExplainResponse)(nil),            // 10: berth.admin.v1.ExplainResponse
+	(*DrainGroupRequest)(nil),          // 11: berth.admin.v1.DrainGroupRequest
+	(*DrainGroupResponse)(nil),         // 12: berth.admin.v1.DrainGroupResponse
+	(*UndrainGroupRequest)(nil),        // 13: berth.admin.v1.UndrainGroupRequest
+	(*UndrainGroupResponse)(nil),       // 14: berth.admin.v1.UndrainGroupResponse
+	(*DrainExecutorRequest)(nil),       // 15: berth.admin.v1.DrainExecutorRequest
+	(*DrainExecutorResponse)(nil),      // 16: berth.admin.v1.DrainExecutorResponse
+	(*UndrainExecutorRequest)(nil),     // 17: berth.admin.v1.UndrainExecutorRequest
+	(*UndrainExecutorResponse)(nil),    // 18: berth.admin.v1.UndrainExecutorResponse
+	(*GetRebalanceStatusRequest)(nil),  // 19: berth.admin.v1.GetRebalanceStatusRequest
+	(*RebalancePlan)(nil),              // 20: berth.admin.v1.RebalancePlan
+	(*RebalanceProgress)(nil),          // 21: berth.admin.v1.RebalanceProgress
+	(*RebalanceSettings)(nil),          // 22: berth.admin.v1.RebalanceSettings
+	(*GroupBalance)(nil),               // 23: berth.admin.v1.GroupBalance
+	(*GetRebalanceStatusResponse)(nil), // 24: berth.admin.v1.GetRebalanceStatusResponse
+	(*PauseRebalanceRequest)(nil),      // 25: berth.admin.v1.PauseRebalanceRequest
+	(*PauseRebalanceResponse)(nil),     // 26: berth.admin.v1.PauseRebalanceResponse
+	(*ResumeRebalanceRequest)(nil),     // 27: berth.admin.v1.ResumeRebalanceRequest
+	(*ResumeRebalanceResponse)(nil),    // 28: berth.admin.v1.ResumeRebalanceResponse
+	(*Group)(nil),                      // 29: berth.admin.v1.Group
+	(*ListGroupsRequest)(nil),          // 30: berth.admin.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),         // 31: berth.admin.v1.ListGroupsResponse
+	(*PutGroupRequest)(nil),            // 32: berth.admin.v1.PutGroupRequest
+	(*PutGroupResponse)(nil),           // 33: berth.admin.v1.PutGroupResponse
+	(*DeleteGroupRequest)(nil),         // 34: berth.admin.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),        // 35: berth.admin.v1.DeleteGroupResponse
+	(*Executor)(nil),                   // 36: berth.admin.v1.Executor
+	(*ListExecutorsRequest)(nil),       // 37: berth.admin.v1.ListExecutorsRequest
+	(*ListExecutorsResponse)(nil),      // 38: berth.admin.v1.ListExecutorsResponse
+	(*DeviceInputs)(nil),               // 39: berth.admin.v1.DeviceInputs
+	(*Device)(nil),                     // 40: berth.admin.v1.Device
+	(*ListDevicesRequest)(nil),         // 41: berth.admin.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),        // 42: berth.admin.v1.ListDevicesResponse
+	(*Tenant)(nil),                     // 43: berth.admin.v1.Tenant
+	(*PutTenantRequest)(nil),           // 44: berth.admin.v1.PutTenantRequest
+	(*PutTenantResponse)(nil),          // 45: berth.admin.v1.PutTenantResponse
+	(*ListTenantsRequest)(nil),         // 46: berth.admin.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),        // 47: berth.admin.v1.ListTenantsResponse
+	(*DeleteTenantRequest)(nil),        // 48: berth.admin.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),       // 49: berth.admin.v1.DeleteTenantResponse
+	(*Enrollment)(nil),                 // 50: berth.admin.v1.Enrollment
+	(*CreateEnrollmentRequest)(nil),    // 51: berth.admin.v1.CreateEnrollmentRequest
+	(*CreateEnrollmentResponse)(nil),   // 52: berth.admin.v1.CreateEnrollmentResponse
+	(*ListEnrollmentsRequest)(nil),     // 53: berth.admin.v1.ListEnrollmentsRequest
+	(*ListEnrollmentsResponse)(nil),    // 54: berth.admin.v1.ListEnrollmentsResponse
+	(*DisableEnrollmentRequest)(nil),   // 55: berth.admin.v1.DisableEnrollmentRequest
+	(*DisableEnrollmentResponse)(nil),  // 56: berth.admin.v1.DisableEnrollmentResponse
+	(*EnableEnrollmentRequest)(nil),    // 57: berth.admin.v1.EnableEnrollmentRequest
+	(*EnableEnrollmentResponse)(nil),   // 58: berth.admin.v1.EnableEnrollmentResponse
+	(*DeleteEnrollmentRequest)(nil),    // 59: berth.admin.v1.DeleteEnrollmentRequest
+	(*DeleteEnrollmentResponse)(nil),   // 60: berth.admin.v1.DeleteEnrollmentResponse
+	(*RevokedDevice)(nil),              // 61: berth.admin.v1.RevokedDevice
+	(*RevokeDeviceRequest)(nil),        // 62: berth.admin.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),       // 63: berth.admin.v1.RevokeDeviceResponse
+	(*UnrevokeDeviceRequest)(nil),      // 64: berth.admin.v1.UnrevokeDeviceRequest
+	(*UnrevokeDeviceResponse)(nil),     // 65: berth.admin.v1.UnrevokeDeviceResponse
+	(*ListRevokedDevicesRequest)(nil),  // 66: berth.admin.v1.ListRevokedDevicesRequest
+	(*ListRevokedDevicesResponse)(nil), // 67: berth.admin.v1.ListRevokedDevicesResponse
+	nil,                                // 68: berth.admin.v1.DeviceInputs.AttributesEntry
+	nil,                                // 69: berth.admin.v1.Tenant.AttributesEntry
+	nil,                                // 70: berth.admin.v1.PutTenantRequest.AttributesEntry
+	(*timestamppb.Timestamp)(nil),      // 71: google.protobuf.Timestamp
+	(*v1.Input)(nil),                   // 72: berth.policy.v1.Input
+	(*durationpb.Duration)(nil),        // 73: google.protobuf.Duration
+	(*CreateAPIKeyRequest)(nil),        // 74: berth.admin.v1.CreateAPIKeyRequest
+	(*ListAPIKeysRequest)(nil),         // 75: berth.admin.v1.ListAPIKeysRequest
+	(*RevokeAPIKeyRequest)(nil),        // 76: berth.admin.v1.RevokeAPIKeyRequest
+	(*ListAuditRequest)(nil),           // 77: berth.admin.v1.ListAuditRequest
+	(*CreateAPIKeyResponse)(nil),       // 78: berth.admin.v1.CreateAPIKeyResponse
+	(*ListAPIKeysResponse)(nil),        // 79: berth.admin.v1.ListAPIKeysResponse
+	(*RevokeAPIKeyResponse)(nil),       // 80: berth.admin.v1.RevokeAPIKeyResponse
+	(*ListAuditResponse)(nil),          // 81: berth.admin.v1.ListAuditResponse
 }
 var file_berth_admin_v1_admin_proto_depIdxs = []int32{
-	52, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
-	5,  // 1: berth.admin.v1.DryRunPolicyResponse.by_label:type_name -> berth.admin.v1.LabelChange
-	53, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
-	8,  // 3: berth.admin.v1.ExplainResponse.candidates:type_name -> berth.admin.v1.CandidateGroup
-	52, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	52, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
-	52, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
-	54, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
-	52, // 8: berth.admin.v1.RebalanceProgress.finished_at:type_name -> google.protobuf.Timestamp
-	54, // 9: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
-	52, // 10: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
-	19, // 11: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
-	20, // 12: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
-	21, // 13: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
-	22, // 14: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
-	28, // 15: berth.admin.v1.ListGroupsResponse.groups:type_name -> berth.admin.v1.Group
-	28, // 16: berth.admin.v1.PutGroupResponse.group:type_name -> berth.admin.v1.Group
-	52, // 17: berth.admin.v1.Executor.updated_at:type_name -> google.protobuf.Timestamp
-	35, // 18: berth.admin.v1.ListExecutorsResponse.executors:type_name -> berth.admin.v1.Executor
-	49, // 19: berth.admin.v1.DeviceInputs.attributes:type_name -> berth.admin.v1.DeviceInputs.AttributesEntry
-	52, // 20: berth.admin.v1.Device.assigned_at:type_name -> google.protobuf.Timestamp
-	38, // 21: berth.admin.v1.Device.inputs:type_name -> berth.admin.v1.DeviceInputs
-	52, // 22: berth.admin.v1.Device.moved_at:type_name -> google.protobuf.Timestamp
-	39, // 23: berth.admin.v1.ListDevicesResponse.devices:type_name -> berth.admin.v1.Device
-	50, // 24: berth.admin.v1.Tenant.attributes:type_name -> berth.admin.v1.Tenant.AttributesEntry
-	51, // 25: berth.admin.v1.PutTenantRequest.attributes:type_name -> berth.admin.v1.PutTenantRequest.AttributesEntry
-	42, // 26: berth.admin.v1.PutTenantResponse.tenant:type_name -> berth.admin.v1.Tenant
-	42, // 27: berth.admin.v1.ListTenantsResponse.tenants:type_name -> berth.admin.v1.Tenant
-	29, // 28: berth.admin.v1.AdminService.ListGroups:input_type -> berth.admin.v1.ListGroupsRequest
-	31, // 29: berth.admin.v1.AdminService.PutGroup:input_type -> berth.admin.v1.PutGroupRequest
-	33, // 30: berth.admin.v1.AdminService.DeleteGroup:input_type -> berth.admin.v1.DeleteGroupRequest
-	36, // 31: berth.admin.v1.AdminService.ListExecutors:input_type -> berth.admin.v1.ListExecutorsRequest
-	40, // 32: berth.admin.v1.AdminService.ListDevices:input_type -> berth.admin.v1.ListDevicesRequest
-	43, // 33: berth.admin.v1.AdminService.PutTenant:input_type -> berth.admin.v1.PutTenantRequest
-	45, // 34: berth.admin.v1.AdminService.ListTenants:input_type -> berth.admin.v1.ListTenantsRequest
-	47, // 35: berth.admin.v1.AdminService.DeleteTenant:input_type -> berth.admin.v1.DeleteTenantRequest
-	0,  // 36: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
-	2,  // 37: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
-	4,  // 38: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
-	7,  // 39: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
-	10, // 40: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
-	12, // 41: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
-	14, // 42: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
-	16, // 43: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
-	18, // 44: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
-	24, // 45: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
-	26, // 46: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
-	55, // 47: berth.admin.v1.AdminService.CreateAPIKey:input_type -> berth.admin.v1.CreateAPIKeyRequest
-	56, // 48: berth.admin.v1.AdminService.ListAPIKeys:input_type -> berth.admin.v1.ListAPIKeysRequest
-	57, // 49: berth.admin.v1.AdminService.RevokeAPIKey:input_type -> berth.admin.v1.RevokeAPIKeyRequest
-	58, // 50: berth.admin.v1.AdminService.ListAudit:input_type -> berth.admin.v1.ListAuditRequest
-	30, // 51: berth.admin.v1.AdminService.ListGroups:output_type -> berth.admin.v1.ListGroupsResponse
-	32, // 52: berth.admin.v1.AdminService.PutGroup:output_type -> berth.admin.v1.PutGroupResponse
-	34, // 53: berth.admin.v1.AdminService.DeleteGroup:output_type -> berth.admin.v1.DeleteGroupResponse
-	37, // 54: berth.admin.v1.AdminService.ListExecutors:output_type -> berth.admin.v1.ListExecutorsResponse
-	41, // 55: berth.admin.v1.AdminService.ListDevices:output_type -> berth.admin.v1.ListDevicesResponse
-	44, // 56: berth.admin.v1.AdminService.PutTenant:output_type -> berth.admin.v1.PutTenantResponse
-	46, // 57: berth.admin.v1.AdminService.ListTenants:output_type -> berth.admin.v1.ListTenantsResponse
-	48, // 58: berth.admin.v1.AdminService.DeleteTenant:output_type -> berth.admin.v1.DeleteTenantResponse
-	1,  // 59: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
-	3,  // 60: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
-	6,  // 61: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
-	9,  // 62: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
-	11, // 63: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
-	13, // 64: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
-	15, // 65: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
-	17, // 66: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
-	23, // 67: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
-	25, // 68: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
-	27, // 69: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
-	59, // 70: berth.admin.v1.AdminService.CreateAPIKey:output_type -> berth.admin.v1.CreateAPIKeyResponse
-	60, // 71: berth.admin.v1.AdminService.ListAPIKeys:output_type -> berth.admin.v1.ListAPIKeysResponse
-	61, // 72: berth.admin.v1.AdminService.RevokeAPIKey:output_type -> berth.admin.v1.RevokeAPIKeyResponse
-	62, // 73: berth.admin.v1.AdminService.ListAudit:output_type -> berth.admin.v1.ListAuditResponse
-	51, // [51:74] is the sub-list for method output_type
-	28, // [28:51] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	71, // 0: berth.admin.v1.GetPolicyResponse.applied_at:type_name -> google.protobuf.Timestamp
+	6,  // 1: berth.admin.v1.DryRunPolicyResponse.by_label:type_name -> berth.admin.v1.LabelChange
+	72, // 2: berth.admin.v1.ExplainResponse.input:type_name -> berth.policy.v1.Input
+	9,  // 3: berth.admin.v1.ExplainResponse.candidates:type_name -> berth.admin.v1.CandidateGroup
+	71, // 4: berth.admin.v1.ExplainResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	71, // 5: berth.admin.v1.RebalancePlan.computed_at:type_name -> google.protobuf.Timestamp
+	71, // 6: berth.admin.v1.RebalanceProgress.started_at:type_name -> google.protobuf.Timestamp
+	73, // 7: berth.admin.v1.RebalanceProgress.eta:type_name -> google.protobuf.Duration
+	71, // 8: berth.admin.v1.RebalanceProgress.finished_at:type_name -> google.protobuf.Timestamp
+	73, // 9: berth.admin.v1.RebalanceSettings.min_interval:type_name -> google.protobuf.Duration
+	71, // 10: berth.admin.v1.GetRebalanceStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
+	20, // 11: berth.admin.v1.GetRebalanceStatusResponse.plan:type_name -> berth.admin.v1.RebalancePlan
+	21, // 12: berth.admin.v1.GetRebalanceStatusResponse.progress:type_name -> berth.admin.v1.RebalanceProgress
+	22, // 13: berth.admin.v1.GetRebalanceStatusResponse.settings:type_name -> berth.admin.v1.RebalanceSettings
+	23, // 14: berth.admin.v1.GetRebalanceStatusResponse.groups:type_name -> berth.admin.v1.GroupBalance
+	29, // 15: berth.admin.v1.ListGroupsResponse.groups:type_name -> berth.admin.v1.Group
+	29, // 16: berth.admin.v1.PutGroupResponse.group:type_name -> berth.admin.v1.Group
+	71, // 17: berth.admin.v1.Executor.updated_at:type_name -> google.protobuf.Timestamp
+	36, // 18: berth.admin.v1.ListExecutorsResponse.executors:type_name -> berth.admin.v1.Executor
+	68, // 19: berth.admin.v1.DeviceInputs.attributes:type_name -> berth.admin.v1.DeviceInputs.AttributesEntry
+	71, // 20: berth.admin.v1.Device.assigned_at:type_name -> google.protobuf.Timestamp
+	39, // 21: berth.admin.v1.Device.inputs:type_name -> berth.admin.v1.DeviceInputs
+	71, // 22: berth.admin.v1.Device.moved_at:type_name -> google.protobuf.Timestamp
+	40, // 23: berth.admin.v1.ListDevicesResponse.devices:type_name -> berth.admin.v1.Device
+	69, // 24: berth.admin.v1.Tenant.attributes:type_name -> berth.admin.v1.Tenant.AttributesEntry
+	70, // 25: berth.admin.v1.PutTenantRequest.attributes:type_name -> berth.admin.v1.PutTenantRequest.AttributesEntry
+	43, // 26: berth.admin.v1.PutTenantResponse.tenant:type_name -> berth.admin.v1.Tenant
+	43, // 27: berth.admin.v1.ListTenantsResponse.tenants:type_name -> berth.admin.v1.Tenant
+	0,  // 28: berth.admin.v1.Enrollment.kind:type_name -> berth.admin.v1.EnrollmentKind
+	71, // 29: berth.admin.v1.Enrollment.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 30: berth.admin.v1.CreateEnrollmentRequest.kind:type_name -> berth.admin.v1.EnrollmentKind
+	50, // 31: berth.admin.v1.CreateEnrollmentResponse.enrollment:type_name -> berth.admin.v1.Enrollment
+	50, // 32: berth.admin.v1.ListEnrollmentsResponse.enrollments:type_name -> berth.admin.v1.Enrollment
+	50, // 33: berth.admin.v1.DisableEnrollmentResponse.enrollment:type_name -> berth.admin.v1.Enrollment
+	50, // 34: berth.admin.v1.EnableEnrollmentResponse.enrollment:type_name -> berth.admin.v1.Enrollment
+	71, // 35: berth.admin.v1.RevokedDevice.revoked_at:type_name -> google.protobuf.Timestamp
+	61, // 36: berth.admin.v1.RevokeDeviceResponse.revoked:type_name -> berth.admin.v1.RevokedDevice
+	61, // 37: berth.admin.v1.ListRevokedDevicesResponse.revoked:type_name -> berth.admin.v1.RevokedDevice
+	30, // 38: berth.admin.v1.AdminService.ListGroups:input_type -> berth.admin.v1.ListGroupsRequest
+	32, // 39: berth.admin.v1.AdminService.PutGroup:input_type -> berth.admin.v1.PutGroupRequest
+	34, // 40: berth.admin.v1.AdminService.DeleteGroup:input_type -> berth.admin.v1.DeleteGroupRequest
+	37, // 41: berth.admin.v1.AdminService.ListExecutors:input_type -> berth.admin.v1.ListExecutorsRequest
+	41, // 42: berth.admin.v1.AdminService.ListDevices:input_type -> berth.admin.v1.ListDevicesRequest
+	44, // 43: berth.admin.v1.AdminService.PutTenant:input_type -> berth.admin.v1.PutTenantRequest
+	46, // 44: berth.admin.v1.AdminService.ListTenants:input_type -> berth.admin.v1.ListTenantsRequest
+	48, // 45: berth.admin.v1.AdminService.DeleteTenant:input_type -> berth.admin.v1.DeleteTenantRequest
+	1,  // 46: berth.admin.v1.AdminService.GetPolicy:input_type -> berth.admin.v1.GetPolicyRequest
+	3,  // 47: berth.admin.v1.AdminService.ApplyPolicy:input_type -> berth.admin.v1.ApplyPolicyRequest
+	5,  // 48: berth.admin.v1.AdminService.DryRunPolicy:input_type -> berth.admin.v1.DryRunPolicyRequest
+	8,  // 49: berth.admin.v1.AdminService.Explain:input_type -> berth.admin.v1.ExplainRequest
+	11, // 50: berth.admin.v1.AdminService.DrainGroup:input_type -> berth.admin.v1.DrainGroupRequest
+	13, // 51: berth.admin.v1.AdminService.UndrainGroup:input_type -> berth.admin.v1.UndrainGroupRequest
+	15, // 52: berth.admin.v1.AdminService.DrainExecutor:input_type -> berth.admin.v1.DrainExecutorRequest
+	17, // 53: berth.admin.v1.AdminService.UndrainExecutor:input_type -> berth.admin.v1.UndrainExecutorRequest
+	19, // 54: berth.admin.v1.AdminService.GetRebalanceStatus:input_type -> berth.admin.v1.GetRebalanceStatusRequest
+	25, // 55: berth.admin.v1.AdminService.PauseRebalance:input_type -> berth.admin.v1.PauseRebalanceRequest
+	27, // 56: berth.admin.v1.AdminService.ResumeRebalance:input_type -> berth.admin.v1.ResumeRebalanceRequest
+	74, // 57: berth.admin.v1.AdminService.CreateAPIKey:input_type -> berth.admin.v1.CreateAPIKeyRequest
+	75, // 58: berth.admin.v1.AdminService.ListAPIKeys:input_type -> berth.admin.v1.ListAPIKeysRequest
+	76, // 59: berth.admin.v1.AdminService.RevokeAPIKey:input_type -> berth.admin.v1.RevokeAPIKeyRequest
+	77, // 60: berth.admin.v1.AdminService.ListAudit:input_type -> berth.admin.v1.ListAuditRequest
+	51, // 61: berth.admin.v1.AdminService.CreateEnrollment:input_type -> berth.admin.v1.CreateEnrollmentRequest
+	53, // 62: berth.admin.v1.AdminService.ListEnrollments:input_type -> berth.admin.v1.ListEnrollmentsRequest
+	55, // 63: berth.admin.v1.AdminService.DisableEnrollment:input_type -> berth.admin.v1.DisableEnrollmentRequest
+	57, // 64: berth.admin.v1.AdminService.EnableEnrollment:input_type -> berth.admin.v1.EnableEnrollmentRequest
+	59, // 65: berth.admin.v1.AdminService.DeleteEnrollment:input_type -> berth.admin.v1.DeleteEnrollmentRequest
+	62, // 66: berth.admin.v1.AdminService.RevokeDevice:input_type -> berth.admin.v1.RevokeDeviceRequest
+	64, // 67: berth.admin.v1.AdminService.UnrevokeDevice:input_type -> berth.admin.v1.UnrevokeDeviceRequest
+	66, // 68: berth.admin.v1.AdminService.ListRevokedDevices:input_type -> berth.admin.v1.ListRevokedDevicesRequest
+	31, // 69: berth.admin.v1.AdminService.ListGroups:output_type -> berth.admin.v1.ListGroupsResponse
+	33, // 70: berth.admin.v1.AdminService.PutGroup:output_type -> berth.admin.v1.PutGroupResponse
+	35, // 71: berth.admin.v1.AdminService.DeleteGroup:output_type -> berth.admin.v1.DeleteGroupResponse
+	38, // 72: berth.admin.v1.AdminService.ListExecutors:output_type -> berth.admin.v1.ListExecutorsResponse
+	42, // 73: berth.admin.v1.AdminService.ListDevices:output_type -> berth.admin.v1.ListDevicesResponse
+	45, // 74: berth.admin.v1.AdminService.PutTenant:output_type -> berth.admin.v1.PutTenantResponse
+	47, // 75: berth.admin.v1.AdminService.ListTenants:output_type -> berth.admin.v1.ListTenantsResponse
+	49, // 76: berth.admin.v1.AdminService.DeleteTenant:output_type -> berth.admin.v1.DeleteTenantResponse
+	2,  // 77: berth.admin.v1.AdminService.GetPolicy:output_type -> berth.admin.v1.GetPolicyResponse
+	4,  // 78: berth.admin.v1.AdminService.ApplyPolicy:output_type -> berth.admin.v1.ApplyPolicyResponse
+	7,  // 79: berth.admin.v1.AdminService.DryRunPolicy:output_type -> berth.admin.v1.DryRunPolicyResponse
+	10, // 80: berth.admin.v1.AdminService.Explain:output_type -> berth.admin.v1.ExplainResponse
+	12, // 81: berth.admin.v1.AdminService.DrainGroup:output_type -> berth.admin.v1.DrainGroupResponse
+	14, // 82: berth.admin.v1.AdminService.UndrainGroup:output_type -> berth.admin.v1.UndrainGroupResponse
+	16, // 83: berth.admin.v1.AdminService.DrainExecutor:output_type -> berth.admin.v1.DrainExecutorResponse
+	18, // 84: berth.admin.v1.AdminService.UndrainExecutor:output_type -> berth.admin.v1.UndrainExecutorResponse
+	24, // 85: berth.admin.v1.AdminService.GetRebalanceStatus:output_type -> berth.admin.v1.GetRebalanceStatusResponse
+	26, // 86: berth.admin.v1.AdminService.PauseRebalance:output_type -> berth.admin.v1.PauseRebalanceResponse
+	28, // 87: berth.admin.v1.AdminService.ResumeRebalance:output_type -> berth.admin.v1.ResumeRebalanceResponse
+	78, // 88: berth.admin.v1.AdminService.CreateAPIKey:output_type -> berth.admin.v1.CreateAPIKeyResponse
+	79, // 89: berth.admin.v1.AdminService.ListAPIKeys:output_type -> berth.admin.v1.ListAPIKeysResponse
+	80, // 90: berth.admin.v1.AdminService.RevokeAPIKey:output_type -> berth.admin.v1.RevokeAPIKeyResponse
+	81, // 91: berth.admin.v1.AdminService.ListAudit:output_type -> berth.admin.v1.ListAuditResponse
+	52, // 92: berth.admin.v1.AdminService.CreateEnrollment:output_type -> berth.admin.v1.CreateEnrollmentResponse
+	54, // 93: berth.admin.v1.AdminService.ListEnrollments:output_type -> berth.admin.v1.ListEnrollmentsResponse
+	56, // 94: berth.admin.v1.AdminService.DisableEnrollment:output_type -> berth.admin.v1.DisableEnrollmentResponse
+	58, // 95: berth.admin.v1.AdminService.EnableEnrollment:output_type -> berth.admin.v1.EnableEnrollmentResponse
+	60, // 96: berth.admin.v1.AdminService.DeleteEnrollment:output_type -> berth.admin.v1.DeleteEnrollmentResponse
+	63, // 97: berth.admin.v1.AdminService.RevokeDevice:output_type -> berth.admin.v1.RevokeDeviceResponse
+	65, // 98: berth.admin.v1.AdminService.UnrevokeDevice:output_type -> berth.admin.v1.UnrevokeDeviceResponse
+	67, // 99: berth.admin.v1.AdminService.ListRevokedDevices:output_type -> berth.admin.v1.ListRevokedDevicesResponse
+	69, // [69:100] is the sub-list for method output_type
+	38, // [38:69] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_berth_admin_v1_admin_proto_init() }
@@ -3715,13 +4829,14 @@ func file_berth_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_admin_v1_admin_proto_rawDesc), len(file_berth_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   52,
+			NumEnums:      1,
+			NumMessages:   70,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_berth_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_berth_admin_v1_admin_proto_depIdxs,
+		EnumInfos:         file_berth_admin_v1_admin_proto_enumTypes,
 		MessageInfos:      file_berth_admin_v1_admin_proto_msgTypes,
 	}.Build()
 	File_berth_admin_v1_admin_proto = out.File

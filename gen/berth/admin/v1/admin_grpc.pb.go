@@ -42,6 +42,14 @@ const (
 	AdminService_ListAPIKeys_FullMethodName        = "/berth.admin.v1.AdminService/ListAPIKeys"
 	AdminService_RevokeAPIKey_FullMethodName       = "/berth.admin.v1.AdminService/RevokeAPIKey"
 	AdminService_ListAudit_FullMethodName          = "/berth.admin.v1.AdminService/ListAudit"
+	AdminService_CreateEnrollment_FullMethodName   = "/berth.admin.v1.AdminService/CreateEnrollment"
+	AdminService_ListEnrollments_FullMethodName    = "/berth.admin.v1.AdminService/ListEnrollments"
+	AdminService_DisableEnrollment_FullMethodName  = "/berth.admin.v1.AdminService/DisableEnrollment"
+	AdminService_EnableEnrollment_FullMethodName   = "/berth.admin.v1.AdminService/EnableEnrollment"
+	AdminService_DeleteEnrollment_FullMethodName   = "/berth.admin.v1.AdminService/DeleteEnrollment"
+	AdminService_RevokeDevice_FullMethodName       = "/berth.admin.v1.AdminService/RevokeDevice"
+	AdminService_UnrevokeDevice_FullMethodName     = "/berth.admin.v1.AdminService/UnrevokeDevice"
+	AdminService_ListRevokedDevices_FullMethodName = "/berth.admin.v1.AdminService/ListRevokedDevices"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -139,6 +147,33 @@ type AdminServiceClient interface {
 	// through AdminService, who made it, from where and how it ended. Roles
 	// admin and operator.
 	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
+	// CreateEnrollment creates an enrollment: an x509 one from its CA
+	// certificates (PEM), or a symmetric-key one whose key the server
+	// generates and returns in this response only. ALREADY_EXISTS when the id
+	// is taken; INVALID_ARGUMENT for a bad id, kind or CA bundle.
+	CreateEnrollment(ctx context.Context, in *CreateEnrollmentRequest, opts ...grpc.CallOption) (*CreateEnrollmentResponse, error)
+	// ListEnrollments lists enrollments, never their keys.
+	ListEnrollments(ctx context.Context, in *ListEnrollmentsRequest, opts ...grpc.CallOption) (*ListEnrollmentsResponse, error)
+	// DisableEnrollment makes an enrollment vouch for no device: Assign
+	// refuses its devices with PERMISSION_DENIED and executors close their
+	// streams (Goodbye REVOKED). NOT_FOUND for an unknown enrollment.
+	DisableEnrollment(ctx context.Context, in *DisableEnrollmentRequest, opts ...grpc.CallOption) (*DisableEnrollmentResponse, error)
+	// EnableEnrollment lifts DisableEnrollment. NOT_FOUND for an unknown
+	// enrollment.
+	EnableEnrollment(ctx context.Context, in *EnableEnrollmentRequest, opts ...grpc.CallOption) (*EnableEnrollmentResponse, error)
+	// DeleteEnrollment removes an enrollment, as DisableEnrollment does for
+	// its devices, for good: a symmetric key is gone with it. NOT_FOUND for
+	// an unknown enrollment.
+	DeleteEnrollment(ctx context.Context, in *DeleteEnrollmentRequest, opts ...grpc.CallOption) (*DeleteEnrollmentResponse, error)
+	// RevokeDevice revokes a device: Assign refuses it with
+	// PERMISSION_DENIED, whatever its credentials, and executors close its
+	// stream (Goodbye REVOKED) and refuse the tokens it holds.
+	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
+	// UnrevokeDevice lifts a device's revocation. NOT_FOUND when it was not
+	// revoked.
+	UnrevokeDevice(ctx context.Context, in *UnrevokeDeviceRequest, opts ...grpc.CallOption) (*UnrevokeDeviceResponse, error)
+	// ListRevokedDevices lists the revoked devices.
+	ListRevokedDevices(ctx context.Context, in *ListRevokedDevicesRequest, opts ...grpc.CallOption) (*ListRevokedDevicesResponse, error)
 }
 
 type adminServiceClient struct {
@@ -379,6 +414,86 @@ func (c *adminServiceClient) ListAudit(ctx context.Context, in *ListAuditRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) CreateEnrollment(ctx context.Context, in *CreateEnrollmentRequest, opts ...grpc.CallOption) (*CreateEnrollmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateEnrollmentResponse)
+	err := c.cc.Invoke(ctx, AdminService_CreateEnrollment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListEnrollments(ctx context.Context, in *ListEnrollmentsRequest, opts ...grpc.CallOption) (*ListEnrollmentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEnrollmentsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListEnrollments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DisableEnrollment(ctx context.Context, in *DisableEnrollmentRequest, opts ...grpc.CallOption) (*DisableEnrollmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DisableEnrollmentResponse)
+	err := c.cc.Invoke(ctx, AdminService_DisableEnrollment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) EnableEnrollment(ctx context.Context, in *EnableEnrollmentRequest, opts ...grpc.CallOption) (*EnableEnrollmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnableEnrollmentResponse)
+	err := c.cc.Invoke(ctx, AdminService_EnableEnrollment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteEnrollment(ctx context.Context, in *DeleteEnrollmentRequest, opts ...grpc.CallOption) (*DeleteEnrollmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteEnrollmentResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteEnrollment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeDeviceResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UnrevokeDevice(ctx context.Context, in *UnrevokeDeviceRequest, opts ...grpc.CallOption) (*UnrevokeDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnrevokeDeviceResponse)
+	err := c.cc.Invoke(ctx, AdminService_UnrevokeDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListRevokedDevices(ctx context.Context, in *ListRevokedDevicesRequest, opts ...grpc.CallOption) (*ListRevokedDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevokedDevicesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRevokedDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -474,6 +589,33 @@ type AdminServiceServer interface {
 	// through AdminService, who made it, from where and how it ended. Roles
 	// admin and operator.
 	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
+	// CreateEnrollment creates an enrollment: an x509 one from its CA
+	// certificates (PEM), or a symmetric-key one whose key the server
+	// generates and returns in this response only. ALREADY_EXISTS when the id
+	// is taken; INVALID_ARGUMENT for a bad id, kind or CA bundle.
+	CreateEnrollment(context.Context, *CreateEnrollmentRequest) (*CreateEnrollmentResponse, error)
+	// ListEnrollments lists enrollments, never their keys.
+	ListEnrollments(context.Context, *ListEnrollmentsRequest) (*ListEnrollmentsResponse, error)
+	// DisableEnrollment makes an enrollment vouch for no device: Assign
+	// refuses its devices with PERMISSION_DENIED and executors close their
+	// streams (Goodbye REVOKED). NOT_FOUND for an unknown enrollment.
+	DisableEnrollment(context.Context, *DisableEnrollmentRequest) (*DisableEnrollmentResponse, error)
+	// EnableEnrollment lifts DisableEnrollment. NOT_FOUND for an unknown
+	// enrollment.
+	EnableEnrollment(context.Context, *EnableEnrollmentRequest) (*EnableEnrollmentResponse, error)
+	// DeleteEnrollment removes an enrollment, as DisableEnrollment does for
+	// its devices, for good: a symmetric key is gone with it. NOT_FOUND for
+	// an unknown enrollment.
+	DeleteEnrollment(context.Context, *DeleteEnrollmentRequest) (*DeleteEnrollmentResponse, error)
+	// RevokeDevice revokes a device: Assign refuses it with
+	// PERMISSION_DENIED, whatever its credentials, and executors close its
+	// stream (Goodbye REVOKED) and refuse the tokens it holds.
+	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
+	// UnrevokeDevice lifts a device's revocation. NOT_FOUND when it was not
+	// revoked.
+	UnrevokeDevice(context.Context, *UnrevokeDeviceRequest) (*UnrevokeDeviceResponse, error)
+	// ListRevokedDevices lists the revoked devices.
+	ListRevokedDevices(context.Context, *ListRevokedDevicesRequest) (*ListRevokedDevicesResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -552,6 +694,30 @@ func (UnimplementedAdminServiceServer) RevokeAPIKey(context.Context, *RevokeAPIK
 }
 func (UnimplementedAdminServiceServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAudit not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateEnrollment(context.Context, *CreateEnrollmentRequest) (*CreateEnrollmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateEnrollment not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEnrollments(context.Context, *ListEnrollmentsRequest) (*ListEnrollmentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEnrollments not implemented")
+}
+func (UnimplementedAdminServiceServer) DisableEnrollment(context.Context, *DisableEnrollmentRequest) (*DisableEnrollmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DisableEnrollment not implemented")
+}
+func (UnimplementedAdminServiceServer) EnableEnrollment(context.Context, *EnableEnrollmentRequest) (*EnableEnrollmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnableEnrollment not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteEnrollment(context.Context, *DeleteEnrollmentRequest) (*DeleteEnrollmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteEnrollment not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeDevice not implemented")
+}
+func (UnimplementedAdminServiceServer) UnrevokeDevice(context.Context, *UnrevokeDeviceRequest) (*UnrevokeDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnrevokeDevice not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRevokedDevices(context.Context, *ListRevokedDevicesRequest) (*ListRevokedDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRevokedDevices not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -988,6 +1154,150 @@ func _AdminService_ListAudit_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CreateEnrollment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateEnrollmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateEnrollment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateEnrollment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateEnrollment(ctx, req.(*CreateEnrollmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListEnrollments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEnrollmentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEnrollments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListEnrollments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEnrollments(ctx, req.(*ListEnrollmentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DisableEnrollment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisableEnrollmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DisableEnrollment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DisableEnrollment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DisableEnrollment(ctx, req.(*DisableEnrollmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_EnableEnrollment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnableEnrollmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).EnableEnrollment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_EnableEnrollment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).EnableEnrollment(ctx, req.(*EnableEnrollmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteEnrollment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteEnrollmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteEnrollment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteEnrollment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteEnrollment(ctx, req.(*DeleteEnrollmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeDevice(ctx, req.(*RevokeDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UnrevokeDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnrevokeDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UnrevokeDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UnrevokeDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UnrevokeDevice(ctx, req.(*UnrevokeDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListRevokedDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevokedDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRevokedDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRevokedDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRevokedDevices(ctx, req.(*ListRevokedDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1086,6 +1396,38 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAudit",
 			Handler:    _AdminService_ListAudit_Handler,
+		},
+		{
+			MethodName: "CreateEnrollment",
+			Handler:    _AdminService_CreateEnrollment_Handler,
+		},
+		{
+			MethodName: "ListEnrollments",
+			Handler:    _AdminService_ListEnrollments_Handler,
+		},
+		{
+			MethodName: "DisableEnrollment",
+			Handler:    _AdminService_DisableEnrollment_Handler,
+		},
+		{
+			MethodName: "EnableEnrollment",
+			Handler:    _AdminService_EnableEnrollment_Handler,
+		},
+		{
+			MethodName: "DeleteEnrollment",
+			Handler:    _AdminService_DeleteEnrollment_Handler,
+		},
+		{
+			MethodName: "RevokeDevice",
+			Handler:    _AdminService_RevokeDevice_Handler,
+		},
+		{
+			MethodName: "UnrevokeDevice",
+			Handler:    _AdminService_UnrevokeDevice_Handler,
+		},
+		{
+			MethodName: "ListRevokedDevices",
+			Handler:    _AdminService_ListRevokedDevices_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

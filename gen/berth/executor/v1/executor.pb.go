@@ -89,6 +89,10 @@ const (
 	GoodbyeReason_GOODBYE_REASON_SHUTDOWN GoodbyeReason = 2
 	// The device missed too many pings.
 	GoodbyeReason_GOODBYE_REASON_TIMEOUT GoodbyeReason = 3
+	// The device was revoked, or the enrollment that vouched for it was
+	// disabled or deleted: Assign refuses it (PERMISSION_DENIED) until an
+	// operator lifts that.
+	GoodbyeReason_GOODBYE_REASON_REVOKED GoodbyeReason = 4
 )
 
 // Enum value maps for GoodbyeReason.
@@ -98,12 +102,14 @@ var (
 		1: "GOODBYE_REASON_REPLACED",
 		2: "GOODBYE_REASON_SHUTDOWN",
 		3: "GOODBYE_REASON_TIMEOUT",
+		4: "GOODBYE_REASON_REVOKED",
 	}
 	GoodbyeReason_value = map[string]int32{
 		"GOODBYE_REASON_UNSPECIFIED": 0,
 		"GOODBYE_REASON_REPLACED":    1,
 		"GOODBYE_REASON_SHUTDOWN":    2,
 		"GOODBYE_REASON_TIMEOUT":     3,
+		"GOODBYE_REASON_REVOKED":     4,
 	}
 )
 
@@ -1453,12 +1459,13 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\x0eRedirectReason\x12\x1f\n" +
 	"\x1bREDIRECT_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REDIRECT_REASON_DRAINING\x10\x01\x12\x1d\n" +
-	"\x19REDIRECT_REASON_REBALANCE\x10\x02*\x85\x01\n" +
+	"\x19REDIRECT_REASON_REBALANCE\x10\x02*\xa1\x01\n" +
 	"\rGoodbyeReason\x12\x1e\n" +
 	"\x1aGOODBYE_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17GOODBYE_REASON_REPLACED\x10\x01\x12\x1b\n" +
 	"\x17GOODBYE_REASON_SHUTDOWN\x10\x02\x12\x1a\n" +
-	"\x16GOODBYE_REASON_TIMEOUT\x10\x032g\n" +
+	"\x16GOODBYE_REASON_TIMEOUT\x10\x03\x12\x1a\n" +
+	"\x16GOODBYE_REASON_REVOKED\x10\x042g\n" +
 	"\x0fExecutorService\x12T\n" +
 	"\aConnect\x12!.berth.executor.v1.ConnectRequest\x1a\".berth.executor.v1.ConnectResponse(\x010\x012\x8e\x02\n" +
 	"\x17ExecutorInternalService\x12P\n" +
