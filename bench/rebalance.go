@@ -194,7 +194,7 @@ func RunRebalance(ctx context.Context, cfg RebalanceConfig, log *slog.Logger) (*
 	rcfg := node.DefaultReplicaConfig()
 	rcfg.ControlPlane.ReplicaID = "bench-cp"
 	rcfg.RateLimits = node.RateLimits{} // the load comes from one host
-	rcfg.OpenEnrollment = true // the benchmarks' devices hold no credentials
+	rcfg.OpenEnrollment = true          // the benchmarks' devices hold no credentials
 	rb := rebalance.DefaultConfig()
 	rb.Rate, rb.Thresholds, rb.MinInterval = cfg.Rate, cfg.Thresholds, cfg.MinInterval
 	rb.MaxInFlight = max(rb.MaxInFlight, int(5*cfg.Rate))
