@@ -85,7 +85,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 	if cfg.SubscribeBuffer == 0 {
 		cfg.SubscribeBuffer = defaultSubscribeBuffer
 	}
-	return &Server{
+	s := &Server{
 		cfg:        cfg,
 		verifier:   v,
 		reg:        r,
@@ -96,7 +96,9 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),
 		subsClosed: make(chan struct{}),
-	}, nil
+	}
+	r.OnReplaced(s.replacedElsewhere)
+	return s, nil
 }
 
 // Run serves ExecutorService on lis until ctx is cancelled, then shuts down
