@@ -51,19 +51,18 @@ const maxTxnOps = 100
 // writer learns, from etcd's own order, which session it replaced. When
 // that session is on another executor, the writer leaves a Replacement
 // under replacedDir for it (see replaced.go) and that executor ends the
-// stream with Goodbye REPLACED. Every other write is conditional on the
-// record being the session's own (compared by value, which names the
-// session): an ended session deletes only its own record, and a session
-// rewriting its record under a new lease never overwrites a newer one —
-// finding one, it learns that it was replaced.
+// stream with Goodbye REPLACED. Every other write is conditional. A delete
+// happens only when no session of the device is live here, and only if
+// the record is under this executor's lease (so it was written by this
+// executor, for a session that ended): a record another executor wrote is
+// never deleted. A rewrite under a new lease happens only if the record
+// is still the session's own (compared by value, which names the session)
+// or absent: finding a newer one, the session learns it was replaced.
 
-// presenceEntry is one session's record as this executor keeps it.
+// presenceEntry is one live session's record as this executor keeps it.
 type presenceEntry struct {
 	p   Presence
 	val string // p encoded: the exact value written
-	// tried is set once a put was sent (it may have been applied even if
-	// the call failed).
-	tried bool
 	// written is set once a put was applied: later puts (under a new
 	// lease) are rewrites, conditional on the record being this one or
 	// absent.
@@ -82,23 +81,21 @@ func (g *Registration) SetPresence(p Presence) {
 	}
 	g.pmu.Lock()
 	g.present[p.DeviceID] = &presenceEntry{p: p, val: string(b)}
-	// The new session's put overwrites whatever an older one left.
-	delete(g.gone, p.DeviceID)
 	g.pdirty[p.DeviceID] = true
 	g.pmu.Unlock()
 	g.signalPresence()
 }
 
 // ClearPresence removes the device's presence if it still names session.
-// The record is deleted only if it is still this session's own: the device
-// may already be present elsewhere. A session whose put was never sent
-// leaves nothing to delete.
+// The record is deleted only if it is still under this executor's lease:
+// the device may already be present elsewhere. When this executor never
+// sent a put for the device, there is nothing to delete and nothing is
+// written.
 func (g *Registration) ClearPresence(deviceID, sessionID string) {
 	g.pmu.Lock()
 	if e, ok := g.present[deviceID]; ok && e.p.SessionID == sessionID {
 		delete(g.present, deviceID)
-		if e.tried {
-			g.gone[deviceID] = e
+		if g.recorded[deviceID] {
 			g.pdirty[deviceID] = true
 		} else {
 			delete(g.pdirty, deviceID)
@@ -125,8 +122,7 @@ func (g *Registration) signalPresence() {
 // presenceOp is one device's change in a presence transaction.
 type presenceOp struct {
 	id    string
-	entry *presenceEntry // the entry written or deleted
-	put   bool           // false: a conditional delete
+	entry *presenceEntry // the entry written; nil: a conditional delete
 	// rewrite: the record was written once; put it only if it is still
 	// this session's or absent.
 	rewrite bool
@@ -134,8 +130,10 @@ type presenceOp struct {
 
 // presenceLoop writes presence changes under lease until ctx is done.
 func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID) {
-	// Everything held here is written again under this lease.
+	// Everything held here is written again under this lease; the records
+	// of ended sessions went with the old one.
 	g.pmu.Lock()
+	g.recorded = map[string]bool{}
 	for id := range g.present {
 		g.pdirty[id] = true
 	}
@@ -207,10 +205,11 @@ func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
 		}
 		delete(g.pdirty, id)
 		if e, ok := g.present[id]; ok {
-			batch = append(batch, presenceOp{id: id, entry: e, put: true, rewrite: e.written})
-			e.tried = true
-		} else if e, ok := g.gone[id]; ok {
-			batch = append(batch, presenceOp{id: id, entry: e})
+			batch = append(batch, presenceOp{id: id, entry: e, rewrite: e.written})
+			// Sent: it may be applied even if the call fails.
+			g.recorded[id] = true
+		} else if g.recorded[id] {
+			batch = append(batch, presenceOp{id: id})
 		}
 	}
 	return batch, len(g.pdirty) > 0
@@ -224,11 +223,14 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 	ops := make([]clientv3.Op, 0, len(batch))
 	for _, o := range batch {
 		key := g.reg.presenceKey(o.id)
+		if o.entry == nil {
+			ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{ours}, []clientv3.Op{clientv3.OpDelete(key)}, nil))
+			continue
+		}
 		mine := clientv3.Compare(clientv3.Value(key), "=", o.entry.val)
 		put := clientv3.OpPut(key, o.entry.val, clientv3.WithLease(lease), clientv3.WithPrevKV())
 		switch {
-		case !o.put:
-			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{mine}, []clientv3.Op{clientv3.OpDelete(key)}, nil))
 		case o.rewrite:
 			absent := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{mine}, []clientv3.Op{put},
@@ -251,9 +253,9 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 	var lost []Presence // sessions of this executor found replaced
 	g.pmu.Lock()
 	for i, o := range batch {
-		if !o.put {
-			if g.gone[o.id] == o.entry {
-				delete(g.gone, o.id)
+		if o.entry == nil {
+			if _, live := g.present[o.id]; !live && !g.pdirty[o.id] {
+				delete(g.recorded, o.id)
 			}
 			continue
 		}

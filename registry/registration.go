@@ -67,10 +67,12 @@ type Registration struct {
 	// Presence of the devices held here (see presence.go).
 	pmu     sync.Mutex
 	present map[string]*presenceEntry // live sessions, by device
-	gone    map[string]*presenceEntry // ended sessions whose record may exist
-	pdirty  map[string]bool
-	notes   map[string]note // replacement notices to write, by executor/device
-	psignal chan struct{}
+	// recorded marks the devices for which a put was sent under the
+	// current lease: their record may exist and be this executor's.
+	recorded map[string]bool
+	pdirty   map[string]bool
+	notes    map[string]note // replacement notices to write, by executor/device
+	psignal  chan struct{}
 
 	// onReplaced is told of this executor's sessions replaced elsewhere
 	// (see replaced.go); notesSync is the state of its watch.
@@ -90,7 +92,7 @@ func (r *Registry) NewRegistration(e Executor, cfg RegistrationConfig, log *slog
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Registration{reg: r, cfg: cfg, log: log, cur: e, dirty: make(chan struct{}, 1),
-		present: map[string]*presenceEntry{}, gone: map[string]*presenceEntry{}, pdirty: map[string]bool{},
+		present: map[string]*presenceEntry{}, recorded: map[string]bool{}, pdirty: map[string]bool{},
 		notes: map[string]note{}, psignal: make(chan struct{}, 1), notesSync: syncState{first: make(chan struct{})}}, nil
 }
 
