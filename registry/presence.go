@@ -273,7 +273,9 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 				lost = append(lost, o.entry.p)
 				continue
 			}
-			if prev.ExecutorID != o.entry.p.ExecutorID {
+			// Executors write records under their lease; one without
+			// (written by hand) has no executor to tell.
+			if prev.ExecutorID != o.entry.p.ExecutorID && kv.Lease != 0 {
 				g.notes[prev.ExecutorID+"/"+o.id] = note{rep: Replacement{
 					DeviceID: o.id, SessionID: prev.SessionID, ExecutorID: prev.ExecutorID,
 					ByExecutor: o.entry.p.ExecutorID, BySession: o.entry.p.SessionID,
