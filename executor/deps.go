@@ -34,6 +34,11 @@ type Registrar interface {
 	// ClearPresence removes the device's presence if it still names
 	// sessionID (a newer stream may have replaced it). It must not block.
 	ClearPresence(deviceID, sessionID string)
+	// OnReplaced registers fn, called (without blocking, possibly more
+	// than once, possibly for a session that already ended) when a
+	// session held here was replaced by a newer session of the same
+	// device on another executor. New calls it once, before Run.
+	OnReplaced(fn func(registry.Replacement))
 }
 
 // Queue is the store of the messages waiting for devices, read when a

@@ -14,7 +14,11 @@
 //     second stream of the same device replaces the first on purpose: the
 //     old stream gets Goodbye{REPLACED} and is closed, and the device counts
 //     once against Config.Capacity. The old stream's deferred unregister
-//     leaves the map alone, because the map no longer points at it.
+//     leaves the map alone, because the map no longer points at it. A
+//     stream of the device on another executor replaces it too: the
+//     Registrar reports it (Registrar.OnReplaced; the registry's order of
+//     presence writes decides which session is newer) and the older stream
+//     gets the same Goodbye{REPLACED}.
 //   - Send: the RPC handler goroutine is the stream's only sender. It sends
 //     Welcome, then the frames of a bounded queue (Config.SendQueue frames:
 //     Messages from Server.Deliver and Redirects), a Ping every
@@ -28,7 +32,8 @@
 //   - Presence: an admitted session's presence (device, executor, group,
 //     address, session, since) is handed to the Registrar, which writes it
 //     under the executor's lease; it is cleared when the session leaves,
-//     unless a newer session of the device has replaced it.
+//     unless a newer session of the device has replaced it (here or on
+//     another executor: the delete is conditional in etcd too).
 //   - Queue: with WithQueue, a goroutine per admitted session delivers the
 //     device's queued messages after the Welcome, in order and one at a
 //     time: each is sent as a Message (message_id the queued id, sent_at

@@ -205,11 +205,12 @@ type failingRegistrar struct{ err error }
 
 var _ executor.Registrar = failingRegistrar{}
 
-func (f failingRegistrar) Run(context.Context) error         { return f.err }
-func (f failingRegistrar) Update(func(e *registry.Executor)) {}
-func (f failingRegistrar) Registered() bool                  { return false }
-func (f failingRegistrar) SetPresence(registry.Presence)     {}
-func (f failingRegistrar) ClearPresence(string, string)      {}
+func (f failingRegistrar) Run(context.Context) error             { return f.err }
+func (f failingRegistrar) Update(func(e *registry.Executor))     {}
+func (f failingRegistrar) Registered() bool                      { return false }
+func (f failingRegistrar) SetPresence(registry.Presence)         {}
+func (f failingRegistrar) ClearPresence(string, string)          {}
+func (f failingRegistrar) OnReplaced(func(registry.Replacement)) {}
 
 func TestRunStopsWhenRegistrarFails(t *testing.T) {
 	boom := errors.New("etcd gone for good")

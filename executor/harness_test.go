@@ -45,7 +45,8 @@ type fakeRegistrar struct {
 	presenceLog []string
 
 	registered atomic.Bool
-	runErr     error // what Run returns after ctx is done
+	runErr     error                      // what Run returns after ctx is done
+	onReplaced func(registry.Replacement) // set by executor.New
 }
 
 var _ executor.Registrar = (*fakeRegistrar)(nil)
@@ -136,6 +137,22 @@ func (f *fakeRegistrar) Update(fn func(*registry.Executor)) {
 }
 
 func (f *fakeRegistrar) Registered() bool { return f.registered.Load() }
+
+// OnReplaced keeps fn, which replace calls.
+func (f *fakeRegistrar) OnReplaced(fn func(registry.Replacement)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.onReplaced = fn
+}
+
+// replace tells the executor, as a Registration does, that r's session was
+// replaced elsewhere.
+func (f *fakeRegistrar) replace(r registry.Replacement) {
+	f.mu.Lock()
+	fn := f.onReplaced
+	f.mu.Unlock()
+	fn(r)
+}
 
 func (f *fakeRegistrar) notifyLocked() {
 	close(f.changed)

@@ -48,3 +48,30 @@ func TestPresenceFollowsSessions(t *testing.T) {
 		t.Errorf("presence calls = %v; want %v", got, want1)
 	}
 }
+
+// TestReplacedElsewhere: told by its Registrar that a session was replaced
+// on another executor, the executor ends that session with Goodbye
+// REPLACED and clears its presence (conditionally: the Registrar keeps the
+// newer record); a notice for another session of the device, or for a
+// device it does not hold, changes nothing.
+func TestReplacedElsewhere(t *testing.T) {
+	h := start(t, nil)
+	d, w := h.connect(t, "d1")
+	h.reg.replace(registry.Replacement{DeviceID: "d1", SessionID: "an-older-session", ExecutorID: testExecutor})
+	h.reg.replace(registry.Replacement{DeviceID: "d2", SessionID: w.GetSessionId(), ExecutorID: testExecutor})
+	if got := h.srv.Stats(); got.Sessions != 1 || got.Replaced != 0 {
+		t.Fatalf("after notices for other sessions: Sessions %d, Replaced %d; want 1, 0", got.Sessions, got.Replaced)
+	}
+	if !d.open() {
+		t.Fatal("a notice for another session ended the stream")
+	}
+
+	h.reg.replace(registry.Replacement{DeviceID: "d1", SessionID: w.GetSessionId(), ExecutorID: testExecutor, ByExecutor: "ex-2", BySession: "newer"})
+	replacedGoodbye(t, d)
+	h.reg.waitPresence(t, "d1 cleared", func(m map[string]registry.Presence) bool { _, ok := m["d1"]; return !ok })
+	// Told again (a notice seen twice): nothing more happens.
+	h.reg.replace(registry.Replacement{DeviceID: "d1", SessionID: w.GetSessionId(), ExecutorID: testExecutor})
+	if got := h.srv.Stats().Replaced; got != 1 {
+		t.Errorf("Stats().Replaced = %d; want 1", got)
+	}
+}

@@ -105,8 +105,11 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 // a growing delay for at most presenceWaitFor. It reports whether the
 // queue should be read again: the presence is visible, or could not be
 // confirmed in time (read once more anyway). It reports false when the
-// Queue cannot read presence, when a newer session of the device holds the
-// record (its own drain reads the queue), or when ss or ctx ended.
+// Queue cannot read presence, or when ss or ctx ended. A record naming
+// another session is waited out: either this session's put comes later
+// and wins, or the other one is newer and this session is replaced (ss
+// ends; the newer session's drain reads the queue). Wall clocks of
+// different executors never decide it.
 func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logger) bool {
 	pr, ok := s.queue.(presenceReader)
 	if !ok {
@@ -119,8 +122,6 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 		switch {
 		case err == nil && p.SessionID == ss.id:
 			return true
-		case err == nil && p.Since.After(ss.since):
-			return false
 		case ctx.Err() != nil || ss.closed():
 			return false
 		case time.Now().After(deadline):

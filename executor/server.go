@@ -113,6 +113,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 	if s.trust != nil {
 		s.trust.OnChange(s.trustChanged)
 	}
+	r.OnReplaced(s.replacedElsewhere)
 	return s, nil
 }
 

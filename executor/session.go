@@ -224,14 +224,39 @@ func (s *Server) admit(ss *session) (*session, error) {
 	if old != nil {
 		s.weight -= old.weight
 		s.stats.replaced.Add(1)
-		msg := "a newer stream of the same device replaced this one"
-		old.close(closeReason{
-			err:     streamErrorf(errReplaced, "%s", msg),
-			goodbye: &executorv1.Goodbye{Reason: executorv1.GoodbyeReason_GOODBYE_REASON_REPLACED, Message: msg},
-		}, closeGrace)
+		closeReplaced(old)
 	}
 	s.reportLocked()
 	return old, nil
+}
+
+// closeReplaced ends ss because a newer stream of its device replaced it;
+// it reports whether this call closed it.
+func closeReplaced(ss *session) bool {
+	msg := "a newer stream of the same device replaced this one"
+	return ss.close(closeReason{
+		err:     streamErrorf(errReplaced, "%s", msg),
+		goodbye: &executorv1.Goodbye{Reason: executorv1.GoodbyeReason_GOODBYE_REASON_REPLACED, Message: msg},
+	}, closeGrace)
+}
+
+// replacedElsewhere ends the session r names, if it is still open here: a
+// newer session of its device, on another executor, wrote its presence
+// after this one's (the registry's order decides which is newer). The
+// session leaves as any other does; its conditional presence delete
+// leaves the newer record alone. It never blocks.
+func (s *Server) replacedElsewhere(r registry.Replacement) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.sessions[r.DeviceID]
+	if ss == nil || ss.id != r.SessionID {
+		return
+	}
+	if closeReplaced(ss) {
+		s.stats.replaced.Add(1)
+		s.log.Info("stream replaced by a newer one of the same device on another executor",
+			"device", r.DeviceID, "session", r.SessionID, "by_executor", r.ByExecutor, "by_session", r.BySession)
+	}
 }
 
 // leave unregisters ss, unless a newer session of the same device has

@@ -24,7 +24,11 @@ import (
 // of etcd per message. A cached route can be stale (the device left, or moved
 // to another executor): the executor then answers NOT_FOUND, or cannot be
 // reached, and the replica forgets the route, reads the record again and,
-// when it names another stream, tries once more there.
+// when it names another stream, tries once more there. The same holds for a
+// record read just now: the registry keeps one live session per device
+// (the newest presence write wins and the older session is ended), so a
+// session that turns out closed was replaced or ended, and the record read
+// again names the newer one, or none.
 
 // routeShards splits the cache so that concurrent Sends rarely share a
 // lock.
@@ -171,10 +175,13 @@ func (m *Server) route(ctx context.Context, dev string, useCache bool) (p regist
 // deliverAt hands msg to the device at p, found by route (cached says it
 // came from the cache), and waits for the executor's answer, within ctx
 // (def when ctx has no deadline). It returns the presence it delivered to,
-// or online false when the device turned out not to be connected. A cached
-// route that fails because the device is not (or no longer) there is read
-// again from the registry, and the delivery tried once more when the record
-// names another stream.
+// or online false when the device turned out not to be connected. A route
+// that fails because the device is not (or no longer) there is read again
+// from the registry, and the delivery tried once more when the record
+// names another stream: a cached route may be old, and even a record read
+// just now may name a session that a newer one replaced since (its
+// executor is ending it with Goodbye REPLACED; the newer session's record
+// is in etcd already).
 func (m *Server) deliverAt(ctx context.Context, p registry.Presence, cached bool, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, registry.Presence, bool, error) {
 	resp, err := m.deliver(ctx, p, msg, def)
 	if err == nil {
@@ -192,7 +199,7 @@ func (m *Server) deliverAt(ctx context.Context, p registry.Presence, cached bool
 		return nil, p, true, err
 	}
 	m.routes.forget(p)
-	if !cached || ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return nil, p, true, err
 	}
 	p2, online, _, rerr := m.route(ctx, p.DeviceID, false)

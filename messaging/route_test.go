@@ -117,3 +117,42 @@ func TestRouteKeptFreshByDeliveries(t *testing.T) {
 		t.Errorf("presence read %d times after the route went unused past its TTL; want 2", n)
 	}
 }
+
+// TestSendFollowsReplacement: a record read just now (no cache) names a
+// session that a newer one replaces before the delivery reaches it; its
+// executor answers NOT_FOUND, the record is read again and the same Send
+// reaches the newer session. A record that still names the failed session
+// is not tried twice.
+func TestSendFollowsReplacement(t *testing.T) {
+	k := newKeys(t)
+	ex1 := startExec(t, "e1", k.verifier)
+	ex2 := startExec(t, "e2", k.verifier)
+	cfg := testMessagingConfig()
+	cfg.PresenceCacheSize = 0
+	f := startMessaging(t, k, cfg, ex1, ex2)
+	f.store.setPresence(ex1.presence("d1"))
+	ex1.setDeliver(func(context.Context, *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+		// Replaced on e2 between the read and the delivery.
+		f.store.setPresence(ex2.presence("d1"))
+		return nil, status.Error(codes.NotFound, "no stream for d1")
+	})
+	if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); err != nil {
+		t.Fatalf("Send while the device was replaced: %v", err)
+	}
+	if n1, n2 := len(ex1.deliveries()), len(ex2.deliveries()); n1 != 1 || n2 != 1 {
+		t.Errorf("deliveries: e1 %d, e2 %d; want 1 and 1", n1, n2)
+	}
+	if n := f.store.presenceReads(); n != 2 {
+		t.Errorf("presence read %d times; want 2", n)
+	}
+
+	ex2.setDeliver(func(context.Context, *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+		return nil, status.Error(codes.NotFound, "no stream for d1")
+	})
+	if _, err := f.client.Send(ctxT(t), &messagingv1.SendRequest{DeviceId: "d1"}); status.Code(err) == codes.OK {
+		t.Fatal("Send to a session that is gone while its record stays: OK; want an error")
+	}
+	if n := len(ex2.deliveries()); n != 2 {
+		t.Errorf("e2 got %d deliveries; want 2: the same stale session is not tried twice", n)
+	}
+}

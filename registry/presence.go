@@ -4,9 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -44,12 +45,42 @@ func (r *Registry) Presence(ctx context.Context, deviceID string) (Presence, err
 // is 128).
 const maxTxnOps = 100
 
+// One live session per device. The session whose presence put has the
+// highest etcd revision is the live one: a session's first put is
+// unconditional and returns the record it overwrote, so exactly one
+// writer learns, from etcd's own order, which session it replaced. When
+// that session is on another executor, the writer leaves a Replacement
+// under replacedDir for it (see replaced.go) and that executor ends the
+// stream with Goodbye REPLACED. Every other write is conditional. A delete
+// happens only when no session of the device is live here, and only if
+// the record is under this executor's lease (so it was written by this
+// executor, for a session that ended): a record another executor wrote is
+// never deleted. A rewrite under a new lease happens only if the record
+// is still the session's own (compared by value, which names the session)
+// or absent: finding a newer one, the session learns it was replaced.
+
+// presenceEntry is one live session's record as this executor keeps it.
+type presenceEntry struct {
+	p   Presence
+	val string // p encoded: the exact value written
+	// written is set once a put was applied: later puts (under a new
+	// lease) are rewrites, conditional on the record being this one or
+	// absent.
+	written bool
+}
+
 // SetPresence records that the device's stream is held here. It is written
 // within moments, batched with others, under the registration's lease; after
 // a lease is lost, every presence is written again under the new one.
 func (g *Registration) SetPresence(p Presence) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		// A Presence is strings and a time: it always encodes.
+		g.log.Error("registry: encode presence", "device", p.DeviceID, "err", err)
+		return
+	}
 	g.pmu.Lock()
-	g.present[p.DeviceID] = p
+	g.present[p.DeviceID] = &presenceEntry{p: p, val: string(b)}
 	g.pdirty[p.DeviceID] = true
 	g.pmu.Unlock()
 	g.signalPresence()
@@ -57,12 +88,18 @@ func (g *Registration) SetPresence(p Presence) {
 
 // ClearPresence removes the device's presence if it still names session.
 // The record is deleted only if it is still under this executor's lease:
-// the device may already be present elsewhere.
+// the device may already be present elsewhere. When this executor never
+// sent a put for the device, there is nothing to delete and nothing is
+// written.
 func (g *Registration) ClearPresence(deviceID, sessionID string) {
 	g.pmu.Lock()
-	if p, ok := g.present[deviceID]; ok && p.SessionID == sessionID {
+	if e, ok := g.present[deviceID]; ok && e.p.SessionID == sessionID {
 		delete(g.present, deviceID)
-		g.pdirty[deviceID] = true
+		if g.recorded[deviceID] {
+			g.pdirty[deviceID] = true
+		} else {
+			delete(g.pdirty, deviceID)
+		}
 	}
 	g.pmu.Unlock()
 	g.signalPresence()
@@ -72,7 +109,7 @@ func (g *Registration) ClearPresence(deviceID, sessionID string) {
 func (g *Registration) PresencePending() int {
 	g.pmu.Lock()
 	defer g.pmu.Unlock()
-	return len(g.pdirty)
+	return len(g.pdirty) + len(g.notes)
 }
 
 func (g *Registration) signalPresence() {
@@ -82,10 +119,21 @@ func (g *Registration) signalPresence() {
 	}
 }
 
+// presenceOp is one device's change in a presence transaction.
+type presenceOp struct {
+	id    string
+	entry *presenceEntry // the entry written; nil: a conditional delete
+	// rewrite: the record was written once; put it only if it is still
+	// this session's or absent.
+	rewrite bool
+}
+
 // presenceLoop writes presence changes under lease until ctx is done.
 func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID) {
-	// Everything held here is written again under this lease.
+	// Everything held here is written again under this lease; the records
+	// of ended sessions went with the old one.
 	g.pmu.Lock()
+	g.recorded = map[string]bool{}
 	for id := range g.present {
 		g.pdirty[id] = true
 	}
@@ -98,40 +146,21 @@ func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID)
 		case <-g.psignal:
 		}
 		for {
-			g.pmu.Lock()
-			batch := make(map[string]*Presence, min(len(g.pdirty), maxTxnOps))
-			for id := range g.pdirty {
-				if len(batch) == maxTxnOps {
-					break
-				}
-				if p, ok := g.present[id]; ok {
-					batch[id] = &p
-				} else {
-					batch[id] = nil
-				}
-				delete(g.pdirty, id)
-			}
-			more := len(g.pdirty) > 0
-			g.pmu.Unlock()
+			batch, more := g.nextPresenceBatch()
 			if len(batch) == 0 {
 				break
 			}
-			if err := g.writePresence(ctx, lease, batch); err != nil {
+			err := g.writePresence(ctx, lease, batch)
+			if err == nil {
+				err = g.writeNotes(ctx)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				g.log.Warn("presence write failed; retrying", "devices", len(batch), "err", err)
-				g.pmu.Lock()
-				for id := range batch {
-					g.pdirty[id] = true
-				}
-				g.pmu.Unlock()
-				t := time.NewTimer(g.cfg.RetryDelay)
-				select {
-				case <-ctx.Done():
-					t.Stop()
+				if !g.pause(ctx) {
 					return
-				case <-t.C:
 				}
 				continue
 			}
@@ -139,31 +168,144 @@ func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID)
 				break
 			}
 		}
+		if err := g.writeNotes(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			g.log.Warn("replacement notice write failed; retrying", "err", err)
+			if !g.pause(ctx) {
+				return
+			}
+			g.signalPresence()
+		}
 	}
 }
 
-// writePresence puts (p != nil) or deletes (p == nil, only if still under
-// lease) each device's presence in one transaction.
-func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID, batch map[string]*Presence) error {
+// pause waits RetryDelay; false when ctx ended first.
+func (g *Registration) pause(ctx context.Context) bool {
+	t := time.NewTimer(g.cfg.RetryDelay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// nextPresenceBatch takes up to maxTxnOps dirty devices; more says whether
+// others are left.
+func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
+	g.pmu.Lock()
+	defer g.pmu.Unlock()
+	batch := make([]presenceOp, 0, min(len(g.pdirty), maxTxnOps))
+	for id := range g.pdirty {
+		if len(batch) == maxTxnOps {
+			break
+		}
+		delete(g.pdirty, id)
+		if e, ok := g.present[id]; ok {
+			batch = append(batch, presenceOp{id: id, entry: e, rewrite: e.written})
+			// Sent: it may be applied even if the call fails.
+			g.recorded[id] = true
+		} else if g.recorded[id] {
+			batch = append(batch, presenceOp{id: id})
+		}
+	}
+	return batch, len(g.pdirty) > 0
+}
+
+// writePresence applies batch in one transaction. On failure every change
+// of it is marked dirty again; on success each put's outcome is read: the
+// record it overwrote names a session replaced by this one, and a rewrite
+// that found another session's record means this one was replaced.
+func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID, batch []presenceOp) error {
 	ops := make([]clientv3.Op, 0, len(batch))
-	for id, p := range maps.All(batch) {
-		key := g.reg.presenceKey(id)
-		if p == nil {
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", lease)},
-				[]clientv3.Op{clientv3.OpDelete(key)}, nil))
+	for _, o := range batch {
+		key := g.reg.presenceKey(o.id)
+		if o.entry == nil {
+			ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{ours}, []clientv3.Op{clientv3.OpDelete(key)}, nil))
 			continue
 		}
-		b, err := json.Marshal(p)
-		if err != nil {
-			return fmt.Errorf("registry: encode presence: %w", err)
+		mine := clientv3.Compare(clientv3.Value(key), "=", o.entry.val)
+		put := clientv3.OpPut(key, o.entry.val, clientv3.WithLease(lease), clientv3.WithPrevKV())
+		switch {
+		case o.rewrite:
+			absent := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{mine}, []clientv3.Op{put},
+				[]clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{absent}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)})}))
+		default:
+			ops = append(ops, put)
 		}
-		ops = append(ops, clientv3.OpPut(key, string(b), clientv3.WithLease(lease)))
 	}
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.Refresh)
 	defer cancel()
-	if _, err := g.reg.client().Txn(wctx).Then(ops...).Commit(); err != nil {
+	resp, err := g.reg.client().Txn(wctx).Then(ops...).Commit()
+	if err != nil {
+		g.pmu.Lock()
+		for _, o := range batch {
+			g.pdirty[o.id] = true
+		}
+		g.pmu.Unlock()
 		return fmt.Errorf("registry: write presence: %w", err)
 	}
+	var lost []Presence // sessions of this executor found replaced
+	g.pmu.Lock()
+	for i, o := range batch {
+		if o.entry == nil {
+			if _, live := g.present[o.id]; !live && !g.pdirty[o.id] {
+				delete(g.recorded, o.id)
+			}
+			continue
+		}
+		kvs, wrote := presenceOutcome(resp.Responses[i])
+		if wrote && g.present[o.id] == o.entry {
+			o.entry.written = true
+		}
+		for _, kv := range kvs {
+			var prev Presence
+			if json.Unmarshal(kv.Value, &prev) != nil || prev.SessionID == o.entry.p.SessionID {
+				continue
+			}
+			if !wrote {
+				// A rewrite found a newer session's record.
+				lost = append(lost, o.entry.p)
+				continue
+			}
+			// Executors write records under their lease; one without
+			// (written by hand) has no executor to tell.
+			if prev.ExecutorID != o.entry.p.ExecutorID && kv.Lease != 0 {
+				g.notes[prev.ExecutorID+"/"+o.id] = note{rep: Replacement{
+					DeviceID: o.id, SessionID: prev.SessionID, ExecutorID: prev.ExecutorID,
+					ByExecutor: o.entry.p.ExecutorID, BySession: o.entry.p.SessionID,
+				}, lease: clientv3.LeaseID(kv.Lease)}
+			}
+		}
+	}
+	g.pmu.Unlock()
+	for _, p := range lost {
+		g.replaced(Replacement{DeviceID: p.DeviceID, SessionID: p.SessionID, ExecutorID: p.ExecutorID})
+	}
 	return nil
+}
+
+// presenceOutcome reads one put's response, plain or nested in the
+// transactions of a rewrite: wrote says the put was applied, kvs are the
+// record it overwrote (wrote) or found instead (not wrote).
+func presenceOutcome(r *etcdserverpb.ResponseOp) (kvs []*mvccpb.KeyValue, wrote bool) {
+	switch x := r.GetResponse().(type) {
+	case *etcdserverpb.ResponseOp_ResponsePut:
+		if kv := x.ResponsePut.GetPrevKv(); kv != nil {
+			kvs = append(kvs, kv)
+		}
+		return kvs, true
+	case *etcdserverpb.ResponseOp_ResponseRange:
+		return x.ResponseRange.GetKvs(), false
+	case *etcdserverpb.ResponseOp_ResponseTxn:
+		if rs := x.ResponseTxn.GetResponses(); len(rs) == 1 {
+			return presenceOutcome(rs[0])
+		}
+	}
+	return nil, false
 }

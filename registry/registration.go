@@ -66,9 +66,18 @@ type Registration struct {
 
 	// Presence of the devices held here (see presence.go).
 	pmu     sync.Mutex
-	present map[string]Presence
-	pdirty  map[string]bool
-	psignal chan struct{}
+	present map[string]*presenceEntry // live sessions, by device
+	// recorded marks the devices for which a put was sent under the
+	// current lease: their record may exist and be this executor's.
+	recorded map[string]bool
+	pdirty   map[string]bool
+	notes    map[string]note // replacement notices to write, by executor/device
+	psignal  chan struct{}
+
+	// onReplaced is told of this executor's sessions replaced elsewhere
+	// (see replaced.go); notesSync is the state of its watch.
+	onReplaced func(Replacement)
+	notesSync  syncState
 }
 
 // NewRegistration prepares a registration for e. It does no I/O; Run does.
@@ -83,7 +92,8 @@ func (r *Registry) NewRegistration(e Executor, cfg RegistrationConfig, log *slog
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Registration{reg: r, cfg: cfg, log: log, cur: e, dirty: make(chan struct{}, 1),
-		present: map[string]Presence{}, pdirty: map[string]bool{}, psignal: make(chan struct{}, 1)}, nil
+		present: map[string]*presenceEntry{}, recorded: map[string]bool{}, pdirty: map[string]bool{},
+		notes: map[string]note{}, psignal: make(chan struct{}, 1), notesSync: syncState{first: make(chan struct{})}}, nil
 }
 
 // Update changes the record (for example the connection count); the change is
@@ -116,6 +126,9 @@ func (g *Registration) LeasesLost() int64 { return g.lost.Load() }
 // then it revokes the lease so the record disappears at once. It returns nil
 // after a clean stop.
 func (g *Registration) Run(ctx context.Context) error {
+	var notices sync.WaitGroup
+	defer notices.Wait()
+	notices.Go(func() { _ = g.watchReplaced(ctx) })
 	for {
 		err := g.session(ctx)
 		g.registered.Store(false)

@@ -27,11 +27,12 @@ import (
 // nopRegistrar is an executor.Registrar that keeps nothing.
 type nopRegistrar struct{}
 
-func (nopRegistrar) Run(ctx context.Context) error       { <-ctx.Done(); return nil }
-func (nopRegistrar) Update(func(*registry.Executor))     {}
-func (nopRegistrar) Registered() bool                    { return true }
-func (nopRegistrar) SetPresence(registry.Presence)       {}
-func (nopRegistrar) ClearPresence(deviceID, sess string) {}
+func (nopRegistrar) Run(ctx context.Context) error         { <-ctx.Done(); return nil }
+func (nopRegistrar) Update(func(*registry.Executor))       {}
+func (nopRegistrar) Registered() bool                      { return true }
+func (nopRegistrar) SetPresence(registry.Presence)         {}
+func (nopRegistrar) ClearPresence(deviceID, sess string)   {}
+func (nopRegistrar) OnReplaced(func(registry.Replacement)) {}
 
 // assignTo is a ControlPlaneService that sends every device to one
 // executor, with a token for its group.

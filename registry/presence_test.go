@@ -1,0 +1,187 @@
+package registry_test
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/registry"
+)
+
+// replacements collects what a Registration's OnReplaced is told.
+type replacements struct {
+	mu  sync.Mutex
+	got []registry.Replacement
+}
+
+func (r *replacements) add(x registry.Replacement) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, x)
+}
+
+func (r *replacements) has(session string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.got {
+		if x.SessionID == session {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *replacements) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+// presenceExec starts a registration for executor id and returns it with
+// what its OnReplaced is told.
+func presenceExec(t *testing.T, e *env, id string) (*registry.Registration, *replacements) {
+	t.Helper()
+	ex := testExecutor()
+	ex.ID = id
+	g, err := e.reg.NewRegistration(ex, fastRegistration(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reps := &replacements{}
+	g.OnReplaced(reps.add)
+	goRun(t, g.Run)
+	testutil.WaitFor(t, testutil.DefaultTimeout, id+" registered", g.Registered)
+	return g, reps
+}
+
+func presenceOf(exec, session string) registry.Presence {
+	return registry.Presence{DeviceID: "d1", ExecutorID: exec, GroupID: "g1", Address: "127.0.0.1:7001", SessionID: session, Since: time.Unix(1, 0).UTC()}
+}
+
+// presenceNames waits until d1's record names session ("" for none) and
+// every change of both registrations is written.
+func presenceNames(t *testing.T, e *env, session string, gs ...*registry.Registration) {
+	t.Helper()
+	testutil.WaitFor(t, testutil.DefaultTimeout, "d1's presence naming "+session, func() bool {
+		for _, g := range gs {
+			if g.PresencePending() > 0 {
+				return false
+			}
+		}
+		p, err := e.reg.Presence(testContext(t), "d1")
+		if session == "" {
+			return errors.Is(err, registry.ErrNotFound)
+		}
+		return err == nil && p.SessionID == session
+	})
+}
+
+// TestPresenceNewerSessionReplacesOlder: the later put wins, the executor
+// of the session it overwrote is told (and only it, only for that
+// session), and the older session's end deletes nothing of the newer one.
+func TestPresenceNewerSessionReplacesOlder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, repA := presenceExec(t, e, "ex-a")
+	b, repB := presenceExec(t, e, "ex-b")
+
+	a.SetPresence(presenceOf("ex-a", "s1"))
+	presenceNames(t, e, "s1", a, b)
+	b.SetPresence(presenceOf("ex-b", "s2"))
+	presenceNames(t, e, "s2", a, b)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "ex-a told that s1 was replaced", func() bool { return repA.has("s1") })
+	// The notice is deleted once handled.
+	testutil.WaitFor(t, testutil.DefaultTimeout, "the notice deleted", func() bool {
+		resp, err := e.cli.Get(testContext(t), testPrefix+"/replaced/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 0
+	})
+
+	// The replaced session ends: the newer record stays.
+	a.ClearPresence("d1", "s1")
+	presenceNames(t, e, "s2", a, b)
+	// The newer one ends: nothing is left.
+	b.ClearPresence("d1", "s2")
+	presenceNames(t, e, "", a, b)
+	if n := repB.len(); n != 0 {
+		t.Errorf("ex-b told of %d replacements; want none", n)
+	}
+}
+
+// TestPresenceUnsentSessionLeavesNothing: a session that ends before its
+// put was sent writes nothing, so it cannot touch another's record.
+func TestPresenceUnsentSessionLeavesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	b, _ := presenceExec(t, e, "ex-b")
+	b.SetPresence(presenceOf("ex-b", "s2"))
+	presenceNames(t, e, "s2", b)
+
+	ex := testExecutor()
+	ex.ID = "ex-a"
+	a, err := e.reg.NewRegistration(ex, fastRegistration(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not running: nothing is sent.
+	a.SetPresence(presenceOf("ex-a", "s1"))
+	a.ClearPresence("d1", "s1")
+	if n := a.PresencePending(); n != 0 {
+		t.Errorf("PresencePending = %d after a session that was never written ended; want 0", n)
+	}
+	goRun(t, a.Run)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "ex-a registered", a.Registered)
+	presenceNames(t, e, "s2", a, b)
+}
+
+// TestPresenceRewriteNeverOverwritesNewer: after its lease is lost, an
+// executor writes its sessions' records again, but only where the record
+// is still its own or absent; a newer session's record stays, and the
+// executor learns that its session was replaced.
+func TestPresenceRewriteNeverOverwritesNewer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := testContext(t)
+	a, repA := presenceExec(t, e, "ex-a")
+	a.SetPresence(presenceOf("ex-a", "s1"))
+	presenceNames(t, e, "s1", a)
+	a.SetPresence(registry.Presence{DeviceID: "d2", ExecutorID: "ex-a", GroupID: "g1", Address: "127.0.0.1:7001", SessionID: "s3"})
+	testutil.WaitFor(t, testutil.DefaultTimeout, "d2's presence", func() bool {
+		p, err := e.reg.Presence(ctx, "d2")
+		return err == nil && p.SessionID == "s3" && a.PresencePending() == 0
+	})
+
+	// A newer session's record, written with no notice (as if its notice
+	// was lost), then ex-a's lease is revoked: d1 keeps the newer record,
+	// d2 (absent now) is written again.
+	newer, err := json.Marshal(presenceOf("ex-b", "s2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.Put(ctx, testPrefix+"/presence/d1", string(newer)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.cli.Get(ctx, testPrefix+"/presence/d2")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("Get d2: %v, %v", resp, err)
+	}
+	lost := a.LeasesLost()
+	if _, err := e.cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "ex-a told that s1 was replaced", func() bool { return repA.has("s1") })
+	testutil.WaitFor(t, testutil.DefaultTimeout, "d2 written again under a new lease", func() bool {
+		p, err := e.reg.Presence(ctx, "d2")
+		return a.LeasesLost() > lost && err == nil && p.SessionID == "s3"
+	})
+	if p, err := e.reg.Presence(ctx, "d1"); err != nil || p.SessionID != "s2" {
+		t.Errorf("d1's presence = %+v, %v; want the newer session s2", p, err)
+	}
+	if repA.has("s3") {
+		t.Error("ex-a told that s3 was replaced; nothing replaced it")
+	}
+}
