@@ -35,7 +35,7 @@ func TestQueueFullLeavesRoom(t *testing.T) {
 	etcd := srv.Endpoint()
 	priv, pub := keygen(t)
 	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0",
-		"--queue-total-bytes", fmt.Sprint(8<<20)).addr()
+		"--queue-total-bytes", fmt.Sprint(8<<20), "--open-enrollment").addr()
 	ctl(t, cp, "group", "put", "group-1", "--capacity", "100")
 	start(t, "exec-1", "executor", "--etcd", etcd, "--group", "group-1", "--id", "exec-1", "--capacity", "100",
 		"--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s").addr()

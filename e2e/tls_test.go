@@ -42,7 +42,7 @@ func TestTLSCluster(t *testing.T) {
 	etcd := startEtcd(t)
 	priv, pub := keygen(t)
 	cp := start(t, "controlplane", append([]string{"controlplane", "--etcd", etcd, "--signing-key", priv,
-		"--listen", "127.0.0.1:0", "--executor-ca", p("ca.pem")}, serve...)...)
+		"--listen", "127.0.0.1:0", "--executor-ca", p("ca.pem"), "--open-enrollment"}, serve...)...)
 	cpAddr := cp.addr()
 	tlsCtl := func(args ...string) string { return ctl(t, cpAddr, append([]string{"--ca", p("ca.pem")}, args...)...) }
 	tlsCtl("group", "put", "group-1", "--capacity", "100")
