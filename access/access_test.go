@@ -183,6 +183,10 @@ func TestAuthenticateKey(t *testing.T) {
 			}
 		})
 	}
+	// Every refusal above is counted (five of the six cases).
+	if got := g.Refusals()["unauthenticated"]; got != 5 {
+		t.Errorf("Refusals()[unauthenticated] = %d; want 5", got)
+	}
 }
 
 func TestTarget(t *testing.T) {

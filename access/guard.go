@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/refusallog"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -82,8 +83,9 @@ type Deps struct {
 // Guard authenticates and authorizes the callers of the protected
 // services, and audits their changes.
 type Guard struct {
-	cfg  Config
-	deps Deps
+	cfg     Config
+	deps    Deps
+	refused *refusallog.Log // refused callers, logged at warn, rate-limited
 }
 
 // New returns a Guard. It starts nothing and does no I/O.
@@ -97,8 +99,12 @@ func New(cfg Config, deps Deps) (*Guard, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Guard{cfg: cfg, deps: deps}, nil
+	return &Guard{cfg: cfg, deps: deps, refused: refusallog.New(deps.Log, "caller refused", refusallog.DefaultInterval, deps.Now)}, nil
 }
+
+// Refusals counts the callers refused so far, by reason
+// ("unauthenticated", "permission denied").
+func (g *Guard) Refusals() map[string]uint64 { return g.refused.Counts() }
 
 // protected selects the calls the guard sees: those of the protected
 // services.
@@ -124,8 +130,22 @@ func (g *Guard) ServerOptions() []grpc.ServerOption {
 var missing = status.Error(codes.Unauthenticated, "no credentials: present an API key as `authorization: Bearer <key>` or a client certificate of the operator CA")
 
 // Authenticate is the auth.AuthFunc: it returns ctx with the caller's
-// Identity, or UNAUTHENTICATED.
+// Identity, or UNAUTHENTICATED (counted, and logged at warn at most once a
+// second with the peer, the method and why; never the credential).
 func (g *Guard) Authenticate(ctx context.Context) (context.Context, error) {
+	out, err := g.authenticate(ctx)
+	if err != nil {
+		method, _ := grpc.Method(ctx)
+		addr := ""
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			addr = p.Addr.String()
+		}
+		g.refused.Refused("unauthenticated", "peer", addr, "method", method, "why", status.Convert(err).Message())
+	}
+	return out, err
+}
+
+func (g *Guard) authenticate(ctx context.Context) (context.Context, error) {
 	if key, err := auth.AuthFromMD(ctx, "bearer"); err == nil {
 		id, err := g.keyIdentity(key)
 		if err != nil {
@@ -239,6 +259,7 @@ func (g *Guard) authorizeUnary(ctx context.Context, req any, info *grpc.UnarySer
 func (g *Guard) authorize(id *Identity, method string, req any) (Rule, error) {
 	rule, err := Allowed(id, method)
 	if err != nil {
+		g.refused.Refused("permission denied", "caller", id.Name, "method", method)
 		return rule, status.Error(codes.PermissionDenied, strings.TrimPrefix(err.Error(), ErrDenied.Error()+": "))
 	}
 	if len(id.Tenants) == 0 || id.Has(Admin) {
@@ -251,6 +272,7 @@ func (g *Guard) authorize(id *Identity, method string, req any) (Rule, error) {
 			tenant = rec.Inputs.Tenant
 		}
 		if !slices.Contains(id.Tenants, tenant) {
+			g.refused.Refused("permission denied", "caller", id.Name, "method", method, "device", dr.GetDeviceId())
 			return rule, status.Errorf(codes.PermissionDenied, "%s may reach devices of tenants %s only; device %s is not of them", id.Name, strings.Join(id.Tenants, ","), dr.GetDeviceId())
 		}
 	}

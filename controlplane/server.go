@@ -10,12 +10,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/identity"
+	"github.com/berthproject/berth/internal/refusallog"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
@@ -85,7 +87,10 @@ type Server struct {
 	signer Signer
 	auth   Authenticator // nil: device ids taken on the caller's word
 	log    *slog.Logger
-	now    func() time.Time
+	// refused logs refused Assigns at warn, at most once a second per
+	// reason (the counts are in Stats).
+	refused *refusallog.Log
+	now     func() time.Time
 
 	res      *reservations
 	inFlight atomic.Int64
@@ -134,6 +139,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, cache: cache, store: store, signer: signer, log: log.With("replica", cfg.ReplicaID), now: time.Now}
+	s.refused = refusallog.New(s.log, "Assign refused", refusallog.DefaultInterval, nil)
 	b := cfg.Reconnect
 	s.hints = &controlplanev1.ReconnectHints{
 		BaseDelay:  durationpb.New(b.BaseDelay),
@@ -229,11 +235,11 @@ func (s *Server) authenticate(ctx context.Context, req *controlplanev1.AssignReq
 	switch {
 	case errors.Is(err, identity.ErrForbidden):
 		s.stats.forbidden.Add(1)
-		s.log.Debug("Assign refused: permission denied", "device", req.GetDeviceId(), "err", err)
+		s.refused.Refused("permission denied", "device", req.GetDeviceId(), "peer", peerAddr(ctx), "why", err.Error())
 		return token.Binding{}, status.Error(codes.PermissionDenied, err.Error())
 	case err != nil:
 		s.stats.unauthenticated.Add(1)
-		s.log.Debug("Assign refused: unauthenticated", "device", req.GetDeviceId(), "err", err)
+		s.refused.Refused("unauthenticated", "device", req.GetDeviceId(), "peer", peerAddr(ctx), "why", err.Error())
 		return token.Binding{}, status.Error(codes.Unauthenticated, err.Error())
 	}
 	if req.GetDeviceId() == "" {
@@ -349,6 +355,14 @@ func (s *Server) record(ctx context.Context, deviceID string, d placement.Decisi
 	}
 	s.stats.writes.Add(1)
 	return nil
+}
+
+// peerAddr is the address of ctx's caller, for logs ("" when unknown).
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 // errRegistryWrite wraps a failed assignment write.
