@@ -125,6 +125,12 @@ func TestNewAPIKey(t *testing.T) {
 type fakeKeys map[string]registry.APIKey
 
 func (f fakeKeys) APIKey(id string) (registry.APIKey, bool) { k, ok := f[id]; return k, ok }
+func (f fakeKeys) Loaded() bool                             { return true }
+
+// loadingKeys are keys not read yet.
+type loadingKeys struct{ fakeKeys }
+
+func (loadingKeys) Loaded() bool { return false }
 
 type fakeAssignments map[string]string
 
@@ -186,6 +192,23 @@ func TestAuthenticateKey(t *testing.T) {
 	// Every refusal above is counted (five of the six cases).
 	if got := g.Refusals()["unauthenticated"]; got != 5 {
 		t.Errorf("Refusals()[unauthenticated] = %d; want 5", got)
+	}
+}
+
+// A replica that has not read its API keys yet cannot tell an unknown key
+// from one it has not read: UNAVAILABLE (retry), not UNAUTHENTICATED.
+func TestAuthenticateBeforeKeysLoaded(t *testing.T) {
+	live, liveSecret, _ := access.NewAPIKey("live", []string{"viewer"}, nil, nil, "", time.Now())
+	g, err := access.New(access.Config{}, access.Deps{Keys: loadingKeys{fakeKeys{}}, Assignments: fakeAssignments{}, Audit: &fakeAudit{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+liveSecret))
+	if _, err := g.Authenticate(ctx); status.Code(err) != codes.Unavailable {
+		t.Errorf("Authenticate(key %s) before the keys were read = %v; want UNAVAILABLE", live.ID, err)
+	}
+	if got := g.Refusals()["unauthenticated"]; got != 0 {
+		t.Errorf("Refusals()[unauthenticated] = %d; want 0 (not a refusal)", got)
 	}
 }
 

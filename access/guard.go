@@ -30,6 +30,9 @@ import (
 // Keys finds stored API keys by id. *registry.APIKeyView implements it.
 type Keys interface {
 	APIKey(id string) (registry.APIKey, bool)
+	// Loaded reports whether the keys were read at least once: before,
+	// an unknown key may be one not read yet.
+	Loaded() bool
 }
 
 // Assignments finds a device's assignment record, whose tenant limits
@@ -134,7 +137,7 @@ var missing = status.Error(codes.Unauthenticated, "no credentials: present an AP
 // second with the peer, the method and why; never the credential).
 func (g *Guard) Authenticate(ctx context.Context) (context.Context, error) {
 	out, err := g.authenticate(ctx)
-	if err != nil {
+	if status.Code(err) == codes.Unauthenticated {
 		method, _ := grpc.Method(ctx)
 		addr := ""
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -148,6 +151,9 @@ func (g *Guard) Authenticate(ctx context.Context) (context.Context, error) {
 func (g *Guard) authenticate(ctx context.Context) (context.Context, error) {
 	if key, err := auth.AuthFromMD(ctx, "bearer"); err == nil {
 		id, err := g.keyIdentity(key)
+		if errors.Is(err, errKeysLoading) {
+			return nil, err
+		}
 		if err != nil {
 			return nil, status.Error(codes.Unauthenticated, strings.TrimPrefix(err.Error(), ErrUnauthenticated.Error()+": "))
 		}
@@ -163,6 +169,10 @@ func (g *Guard) authenticate(ctx context.Context) (context.Context, error) {
 	return NewContext(ctx, id), nil
 }
 
+// errKeysLoading answers a key the replica cannot judge yet: it has not
+// read the API keys since it started.
+var errKeysLoading = status.Error(codes.Unavailable, "this control plane is still reading its API keys; retry")
+
 // keyIdentity checks an API key against the stored hashes.
 func (g *Guard) keyIdentity(key string) (*Identity, error) {
 	kid, part, ok := splitKey(key)
@@ -172,6 +182,9 @@ func (g *Guard) keyIdentity(key string) (*Identity, error) {
 	k, found := g.deps.Keys.APIKey(kid)
 	// Hash even for an unknown id, so that timing tells nothing.
 	match := hashMatches(part, k.SecretHash)
+	if !found && !g.deps.Keys.Loaded() {
+		return nil, errKeysLoading
+	}
 	if !found || !match || k.Disabled {
 		return nil, fmt.Errorf("%w: API key %s is unknown or revoked", ErrUnauthenticated, kid)
 	}

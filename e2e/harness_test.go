@@ -22,10 +22,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/berthproject/berth/access"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 // pollEvery is how often the e2e waits check a condition that has no
@@ -90,7 +92,26 @@ func (c *cluster) restartControlPlane(t *testing.T) string {
 	t.Helper()
 	c.cp = start(t, "controlplane-2", "controlplane", "--etcd", c.etcd, "--signing-key", c.privKey, "--listen", "127.0.0.1:0", "--open-enrollment")
 	c.cpAddr = c.cp.addr()
+	waitServing(t, c.cpAddr)
 	return c.cpAddr
+}
+
+// waitServing waits until the control plane at addr reports SERVING (its
+// views of etcd loaded): it prints its address before.
+func waitServing(t *testing.T, addr string) {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "control plane "+addr+" serving", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
+	})
 }
 
 // messagingClient dials a control plane's MessagingService with the test's

@@ -180,6 +180,14 @@ func (p *proc) addr() string {
 func startEtcd(t *testing.T) string {
 	t.Helper()
 	ep := testutil.StartEtcd(t).Endpoint()
+	bootstrapAdminKey(t, ep)
+	return ep
+}
+
+// bootstrapAdminKey makes an admin API key in the etcd at ep the
+// break-glass way and puts it in BERTH_API_KEY for the test.
+func bootstrapAdminKey(t *testing.T, ep string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, binary, "ctl", "registry", "apikey", "create", "--etcd", ep, "--name", "e2e admin", "--role", "admin", "-o", "json").Output()
@@ -191,7 +199,6 @@ func startEtcd(t *testing.T) string {
 		t.Fatalf("berth ctl registry apikey create printed %q: %v", out, err)
 	}
 	t.Setenv("BERTH_API_KEY", created.Secret)
-	return ep
 }
 
 // ctl runs `berth ctl args...` against the control plane at cp (replicas

@@ -33,6 +33,7 @@ func TestQueueFullLeavesRoom(t *testing.T) {
 	}
 	t.Cleanup(srv.Close)
 	etcd := srv.Endpoint()
+	bootstrapAdminKey(t, etcd)
 	priv, pub := keygen(t)
 	cp := start(t, "controlplane", "controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0",
 		"--queue-total-bytes", fmt.Sprint(8<<20), "--open-enrollment").addr()

@@ -19,9 +19,11 @@ import (
 )
 
 // TestTLSCluster runs a control plane and two executors serving TLS from
-// `berth cert` files: a simulated fleet connects over TLS with a client
-// certificate, the control plane reaches an executor over TLS to deliver
-// a Send, and plaintext clients are refused.
+// `berth cert` files: a simulated fleet connects over TLS (verifying the
+// servers; open enrollment: device certificates are TestX509Fleet's), a
+// service authenticates with its client certificate (--operator-ca,
+// --cert-role), the control plane reaches an executor over TLS to deliver
+// its Send, and plaintext clients are refused.
 func TestTLSCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts real processes")
@@ -31,7 +33,6 @@ func TestTLSCluster(t *testing.T) {
 	for _, args := range [][]string{
 		{"cert", "ca", "--dir", dir},
 		{"cert", "server", "--dir", dir, "--host", "127.0.0.1,localhost"},
-		{"cert", "device", "fleet", "--dir", dir},
 		{"cert", "client", "ops", "--dir", dir},
 	} {
 		if err := start(t, "cert-"+args[1], args...).wait(30 * time.Second); err != nil {
@@ -42,7 +43,8 @@ func TestTLSCluster(t *testing.T) {
 	etcd := startEtcd(t)
 	priv, pub := keygen(t)
 	cp := start(t, "controlplane", append([]string{"controlplane", "--etcd", etcd, "--signing-key", priv,
-		"--listen", "127.0.0.1:0", "--executor-ca", p("ca.pem"), "--open-enrollment"}, serve...)...)
+		"--listen", "127.0.0.1:0", "--executor-ca", p("ca.pem"), "--open-enrollment",
+		"--operator-ca", p("ca.pem"), "--cert-role", "ops=service"}, serve...)...)
 	cpAddr := cp.addr()
 	tlsCtl := func(args ...string) string { return ctl(t, cpAddr, append([]string{"--ca", p("ca.pem")}, args...)...) }
 	tlsCtl("group", "put", "group-1", "--capacity", "100")
@@ -60,7 +62,7 @@ func TestTLSCluster(t *testing.T) {
 
 	const devices = 20
 	sim := start(t, "simulate", "simulate", "--controlplane", cpAddr, "--devices", "20", "--every", "200ms",
-		"--backoff-base", "50ms", "--backoff-max", "1s", "--ca", p("ca.pem"), "--cert", p("device-fleet.pem"), "--key", p("device-fleet-key.pem"))
+		"--backoff-base", "50ms", "--backoff-max", "1s", "--ca", p("ca.pem"))
 	sim.waitLine(60*time.Second, "20 devices connected over TLS on both executors", func(line string) bool {
 		s, ok := parseSummary(line)
 		return ok && s.fields["connected"] == devices && len(s.executors) == 2

@@ -19,6 +19,17 @@ type syncState struct {
 // Ready reports whether the view is in sync (listed and watching).
 func (s *syncState) Ready() bool { return s.ready.Load() }
 
+// Loaded reports whether the first listing completed: the view holds data,
+// even if it is relisting now.
+func (s *syncState) Loaded() bool {
+	select {
+	case <-s.first:
+		return true
+	default:
+		return false
+	}
+}
+
 // WaitReady blocks until the first listing completed or ctx is done.
 func (s *syncState) WaitReady(ctx context.Context) error {
 	select {
