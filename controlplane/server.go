@@ -70,6 +70,20 @@ func WithAuthenticator(a Authenticator) Option {
 	return func(s *Server) { s.auth = a }
 }
 
+// Limiter limits calls per caller. *ratelimit.Limiter implements it.
+type Limiter interface {
+	// Check takes a token for (method, id), or returns the refusal
+	// status (RESOURCE_EXHAUSTED with a retry hint).
+	Check(ctx context.Context, method, id string) error
+}
+
+// WithLimiter limits each device's Assigns, counted against its
+// authenticated id (so a caller naming another device's id cannot spend
+// that device's allowance: it is refused before it is counted).
+func WithLimiter(l Limiter) Option {
+	return func(s *Server) { s.limit = l }
+}
+
 var (
 	_ Snapshotter     = (*registry.Cache)(nil)
 	_ AssignmentStore = (*registry.Registry)(nil)
@@ -86,6 +100,7 @@ type Server struct {
 	store  AssignmentStore
 	signer Signer
 	auth   Authenticator // nil: device ids taken on the caller's word
+	limit  Limiter       // nil: Assigns not limited per device
 	log    *slog.Logger
 	// refused logs refused Assigns at warn, at most once a second per
 	// reason (the counts are in Stats).
@@ -190,6 +205,12 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	id, err := s.authenticate(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	if s.limit != nil && req.GetDeviceId() != "" {
+		if err := s.limit.Check(ctx, controlplanev1.ControlPlaneService_Assign_FullMethodName, "device:"+req.GetDeviceId()); err != nil {
+			s.stats.shed.Add(1)
+			return nil, err
+		}
 	}
 	if err := validateAssign(req); err != nil {
 		s.stats.refused.Add(1)

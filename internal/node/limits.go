@@ -51,6 +51,9 @@ func (l RateLimits) config() ratelimit.Config {
 			messagingv1.MessagingService_Subscribe_FullMethodName:    l.Subscribe,
 		},
 		MaxIdentities: max(l.MaxCallers, 1),
+		// Assign counts against the authenticated device: the control
+		// plane checks it once it knows who calls.
+		InHandler: []string{controlplanev1.ControlPlaneService_Assign_FullMethodName},
 	}
 }
 
@@ -66,15 +69,14 @@ func (l RateLimits) Validate() error {
 }
 
 // CallerIdentity is who a rate limit counts a call against; it is the one
-// place that says so. An Assign counts against the device id it names; a
-// call of an authenticated service or operator (access.Guard runs before
-// the limits) against its credential; anything else against the peer's
-// address (its host: behind a proxy or NAT, all its callers share a
-// bucket).
+// place that says so for the interceptors. A call of an authenticated
+// service or operator (access.Guard runs before the limits) counts against
+// its credential; anything else against the peer's address (its host:
+// behind a proxy or NAT, all its callers share a bucket). Assign is not
+// limited here: the control plane counts it against the device id it
+// authenticated (controlplane.WithLimiter), so a caller naming another
+// device cannot spend that device's allowance.
 func CallerIdentity(ctx context.Context, req any) string {
-	if r, ok := req.(*controlplanev1.AssignRequest); ok && r.GetDeviceId() != "" {
-		return "device:" + r.GetDeviceId()
-	}
 	// Services and operators authenticated (access.Guard runs first):
 	// their credential is the caller, wherever it calls from.
 	if id := access.FromContext(ctx); id != nil {

@@ -26,8 +26,9 @@ func TestCallerIdentity(t *testing.T) {
 		req  any
 		want string
 	}{
-		{name: "assign: the device id", ctx: from("10.0.0.1:5000"), req: &controlplanev1.AssignRequest{DeviceId: "dev-1"}, want: "device:dev-1"},
-		{name: "assign without id: the peer", ctx: from("10.0.0.1:5000"), req: &controlplanev1.AssignRequest{}, want: "peer:10.0.0.1"},
+		// Assign is limited by the control plane after authentication;
+		// the interceptors never ask for it (see the replica's test).
+		{name: "assign: never the claimed device id", ctx: from("10.0.0.1:5000"), req: &controlplanev1.AssignRequest{DeviceId: "dev-1"}, want: "peer:10.0.0.1"},
 		{name: "send: the peer's host", ctx: from("10.0.0.2:5001"), req: &messagingv1.SendRequest{DeviceId: "dev-1"}, want: "peer:10.0.0.2"},
 		{name: "another port of the same host", ctx: from("10.0.0.2:6001"), req: nil, want: "peer:10.0.0.2"},
 		{name: "ipv6", ctx: from("[::1]:7000"), want: "peer:::1"},

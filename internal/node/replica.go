@@ -170,7 +170,7 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth)); err != nil {
+	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth), controlplane.WithLimiter(r.limit)); err != nil {
 		return nil, err
 	}
 	r.msg, err = messaging.New(cfg.Messaging, messaging.Deps{Store: reg, Cache: r.cache, Executors: pool, Log: r.log.With("component", "messaging")})

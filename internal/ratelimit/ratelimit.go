@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -35,6 +36,9 @@ type Config struct {
 	// recently used one goes first (its identity starts again with a full
 	// bucket).
 	MaxIdentities int
+	// InHandler are methods the interceptors leave alone: their handlers
+	// call Check once they know who calls (Assign, after authentication).
+	InHandler []string
 }
 
 // Validate checks c.
@@ -162,10 +166,31 @@ func refusal(method string, r Rule, wait time.Duration) (metadata.MD, error) {
 	return metadata.Pairs(PushbackTrailer, strconv.FormatInt(wait.Milliseconds(), 10)), rpcserver.WithRetry(codes.ResourceExhausted, msg, wait)
 }
 
+// Check takes a token for (method, id) and returns nil, or the refusal
+// (RESOURCE_EXHAUSTED with RetryInfo), after setting the pushback trailer
+// on ctx's call. It is for handlers that limit a call after they
+// authenticated its caller (Config.InHandler); a method without a rule is
+// never refused.
+func (l *Limiter) Check(ctx context.Context, method, id string) error {
+	r, wait, ok := l.allow(method, id)
+	if ok {
+		return nil
+	}
+	tr, err := refusal(method, r, wait)
+	_ = grpc.SetTrailer(ctx, tr)
+	return err
+}
+
+// inInterceptor reports whether the interceptors limit method.
+func (l *Limiter) inInterceptor(method string) bool {
+	_, ok := l.cfg.Rules[method]
+	return ok && !slices.Contains(l.cfg.InHandler, method)
+}
+
 // UnaryServerInterceptor refuses unary calls over their method's limit.
 func (l *Limiter) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if _, ok := l.cfg.Rules[info.FullMethod]; !ok {
+		if !l.inInterceptor(info.FullMethod) {
 			return handler(ctx, req)
 		}
 		r, wait, ok := l.allow(info.FullMethod, l.identity(ctx, req))
@@ -182,7 +207,7 @@ func (l *Limiter) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 // they open.
 func (l *Limiter) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if _, ok := l.cfg.Rules[info.FullMethod]; !ok {
+		if !l.inInterceptor(info.FullMethod) {
 			return handler(srv, ss)
 		}
 		r, wait, ok := l.allow(info.FullMethod, l.identity(ss.Context(), nil))
