@@ -155,7 +155,11 @@ func (r *AssignReport) formatPolicy(b *bytes.Buffer) {
 		if c.Rules > 1 {
 			fmt.Fprintf(b, "policy:  %d label rules, CEL over device, tenant, services and history (version %d); the first %d match no benchmark device,\n", c.Rules, r.PolicyVersion, c.Rules-1)
 			fmt.Fprintf(b, "         so evaluating them runs all %d; the last (%s) labelled %d of the %d known devices, the default label the others;\n", c.Rules, officeRule, r.RuleMatches(), known)
-			fmt.Fprintln(b, "         assign-known finds its devices' unchanged inputs in the label memo; assign-known-sign and assign-new run the rules")
+			if c.TLS {
+				fmt.Fprintln(b, "         assign-mtls finds its devices' unchanged inputs in the label memo")
+			} else {
+				fmt.Fprintln(b, "         assign-known finds its devices' unchanged inputs in the label memo; assign-known-sign and assign-new run the rules")
+			}
 		} else {
 			fmt.Fprintf(b, "policy:  1 label rule, CEL over device, tenant, services and history (version %d);\n", r.PolicyVersion)
 			fmt.Fprintf(b, "         it (%s) labelled %d of the %d known devices, the default label the others;\n", officeRule, r.RuleMatches(), known)
