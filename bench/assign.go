@@ -217,8 +217,10 @@ func (r *AssignReport) RuleMatches() int {
 // cache) and Assign of known devices signing a token on every call (a
 // second control plane without a token cache, on the same etcd); then the
 // no-op and assign-known again, open loop at cfg.PacedShare of
-// assign-known's peak; then Assign of new devices. Everything it started
-// is stopped and removed when it returns.
+// assign-known's peak; then Assign of new devices. With cfg.TLS it runs
+// noop and assign-mtls instead, the control plane on TLS (see
+// AssignConfig.TLS). Everything it started is stopped and removed when it
+// returns.
 func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *AssignReport, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
