@@ -269,6 +269,7 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 		pk      *benchTLS
 		binding token.Binding
 		creds   = insecure.NewCredentials()
+		stolen  credentials.TransportCredentials // another device's certificate
 	)
 	if cfg.TLS {
 		if pk, err = newBenchTLS(dir); err != nil {
@@ -283,6 +284,11 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 		}
 		binding = token.Binding{Thumbprint: identity.Thumbprint(leaf), Enrollment: benchEnrollment}
 		creds = credentials.NewTLS(pk.client(cert))
+		other, _, err := pk.device("bench-impostor")
+		if err != nil {
+			return nil, err
+		}
+		stolen = credentials.NewTLS(pk.client(other))
 	}
 	hellos, err := signHellos(priv, cfg.Devices, binding)
 	if err != nil {
@@ -298,7 +304,11 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 		if pk != nil {
 			base.TLSCert, base.TLSKey = pk.certFile, pk.keyFile
 		}
-		res, err := runServers(ctx, cfg, plan, base, hellos, creds, log)
+		var refuse credentials.TransportCredentials
+		if mode == ModeBerth {
+			refuse = stolen
+		}
+		res, err := runServers(ctx, cfg, plan, base, hellos, creds, refuse, log)
 		if err != nil {
 			return nil, err
 		}
@@ -331,7 +341,10 @@ func signHellos(priv ed25519.PrivateKey, n int, b token.Binding) ([]*executorv1.
 
 // runServers measures one kind of server: start, stats, connect, stats,
 // teardown.
-func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, creds credentials.TransportCredentials, log *slog.Logger) (res ServerResult, err error) {
+// With refuse set, the servers must first refuse a Hello over it (a
+// connection presenting another certificate than the one its token is
+// bound to), or the run fails: the binding would not be measured.
+func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, creds, refuse credentials.TransportCredentials, log *slog.Logger) (res ServerResult, err error) {
 	res = ServerResult{Mode: base.Mode, Servers: cfg.Addrs}
 	children := make([]*child, 0, cfg.Addrs)
 	defer func() {
@@ -352,6 +365,11 @@ func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base Serv
 		children = append(children, c)
 	}
 	log.Info("servers ready", "mode", base.Mode, "servers", len(children))
+	if refuse != nil {
+		if err := checkRefused(ctx, children[0].addr, refuse, hellos[0]); err != nil {
+			return res, fmt.Errorf("bench: %s: %w", base.Mode, err)
+		}
+	}
 	if res.Before, err = sumStats(ctx, children); err != nil {
 		return res, err
 	}

@@ -9,6 +9,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/tlsfiles"
 	"github.com/berthproject/berth/pki"
 	"github.com/berthproject/berth/registry"
@@ -101,4 +107,28 @@ func (c ServeConfig) serverTLS(log *slog.Logger) (*tls.Config, error) {
 		return nil, nil
 	}
 	return tlsfiles.ServerConfig(tlsfiles.ServerFiles{Cert: c.TLSCert, Key: c.TLSKey}, log.With("component", "tls"), nil)
+}
+
+// checkRefused opens a stream to addr over creds, sends hello and wants it
+// refused with UNAUTHENTICATED before any Welcome.
+func checkRefused(ctx context.Context, addr string, creds credentials.TransportCredentials, hello *executorv1.ConnectRequest) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer cc.Close()
+	sctx, cancel := context.WithTimeout(ctx, streamOpenTimeout)
+	defer cancel()
+	st, err := executorv1.NewExecutorServiceClient(cc).Connect(sctx)
+	if err == nil {
+		err = st.Send(hello)
+	}
+	var first *executorv1.ConnectResponse
+	if err == nil {
+		first, err = st.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		return fmt.Errorf("a token bound to another certificate got %v (first frame %T), want UNAUTHENTICATED: the binding is not checked", err, first.GetFrame())
+	}
+	return nil
 }
