@@ -13,19 +13,31 @@ import (
 )
 
 // TestRunAssignTLSSmall runs `bench assign --tls` at a tiny scale, the
-// control plane in a child as the command runs it: both cases complete
-// without errors, the known devices are written once, not per Assign, and
-// the report states the target.
+// control plane in a child as the command runs it, and in this process
+// (--in-process): both cases complete without errors, the known devices
+// are written once, not per Assign, and the report states the target.
 func TestRunAssignTLSSmall(t *testing.T) {
+	for _, child := range []bool{true, false} {
+		name := "in-process"
+		if child {
+			name = "child"
+		}
+		t.Run(name, func(t *testing.T) { runAssignTLSSmall(t, child) })
+	}
+}
+
+func runAssignTLSSmall(t *testing.T, child bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cfg := smallAssignConfig(t, 2)
 	cfg.TLS, cfg.Conns, cfg.Concurrency = true, 3, 6
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
+	if child {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Command, cfg.Env, cfg.ChildStderr = []string{exe}, []string{childEnv + "=1"}, testWriter{t}
 	}
-	cfg.Command, cfg.Env, cfg.ChildStderr = []string{exe}, []string{childEnv + "=1"}, testWriter{t}
 	rep, err := bench.RunAssign(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("RunAssign --tls: %v", err)
@@ -114,6 +126,24 @@ func TestRunStreamsTLSSmall(t *testing.T) {
 	for _, want := range []string{"of bare grpc-go (TLS) >= 0.70x", "idle stream with TLS: berth"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestAssignConfigValidateTLSConns(t *testing.T) {
+	for _, tc := range []struct {
+		tls   bool
+		conns int
+		ok    bool
+	}{
+		{true, 1024, true},
+		{true, 1025, false}, // a device certificate per connection
+		{false, 1025, true},
+	} {
+		c := bench.DefaultAssignConfig()
+		c.TLS, c.Conns = tc.tls, tc.conns
+		if got := c.Validate() == nil; got != tc.ok {
+			t.Errorf("TLS %v, %d conns: Validate ok = %v, want %v", tc.tls, tc.conns, got, tc.ok)
 		}
 	}
 }
