@@ -36,6 +36,8 @@ bench: build
 	./bin/berth bench assign
 	./bin/berth bench balance
 	./bin/berth bench streams --devices 10000
+	./bin/berth bench assign --tls
+	./bin/berth bench streams --tls --devices 10000
 	./bin/berth bench push
 	./bin/berth bench rebalance
 	./bin/berth bench hop

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -31,6 +33,11 @@ const (
 	CaseAssignKnown     = "assign-known"
 	CaseAssignKnownSign = "assign-known-sign"
 	CaseAssignNew       = "assign-new"
+	// CaseAssignMTLS is Assign of a known device proving its identity with
+	// its client certificate (an X.509 enrollment), on a TLS server; it
+	// runs, with noop on the same TLS stack, instead of the others when
+	// AssignConfig.TLS is set.
+	CaseAssignMTLS = "assign-mtls"
 )
 
 // Targets the report checks: with the benchmark policy and token signing,
@@ -43,6 +50,10 @@ const (
 	TargetPacedP99   = 5 * time.Millisecond
 	TargetPacedShare = 0.5
 )
+
+// maxTLSConns bounds the connections, and so the device certificates, of
+// a TLS run.
+const maxTLSConns = 1024
 
 // maxRules is the most label rules a policy may have.
 const maxRules = 1000
@@ -83,6 +94,13 @@ type AssignConfig struct {
 	Env []string
 	// ChildStderr receives the children's standard error (nil discards it).
 	ChildStderr io.Writer
+	// TLS runs the TLS cases instead: the control plane serves TLS,
+	// enrollment closed, with an X.509 enrollment for the benchmark's
+	// device CA; each client connection presents the certificate of a
+	// device of its own, and its workers ask for that device (Devices is
+	// not used: the known devices are the Conns certificates' devices).
+	// The cases are noop and assign-mtls, round by round.
+	TLS bool
 }
 
 // DefaultAssignConfig returns what `berth bench assign` runs.
@@ -109,6 +127,8 @@ func (c AssignConfig) Validate() error {
 		return fmt.Errorf("bench: rules %d: want 0 to %d", c.Rules, maxRules)
 	case !(c.PacedShare >= 0 && c.PacedShare <= 1): // also refuses NaN
 		return fmt.Errorf("bench: paced share %v: want 0 to 1", c.PacedShare)
+	case c.TLS && c.Conns > maxTLSConns:
+		return fmt.Errorf("bench: conns %d with TLS: at most %d (a device certificate each)", c.Conns, maxTLSConns)
 	}
 	return nil
 }
@@ -197,8 +217,10 @@ func (r *AssignReport) RuleMatches() int {
 // cache) and Assign of known devices signing a token on every call (a
 // second control plane without a token cache, on the same etcd); then the
 // no-op and assign-known again, open loop at cfg.PacedShare of
-// assign-known's peak; then Assign of new devices. Everything it started
-// is stopped and removed when it returns.
+// assign-known's peak; then Assign of new devices. With cfg.TLS it runs
+// noop and assign-mtls instead, the control plane on TLS (see
+// AssignConfig.TLS). Everything it started is stopped and removed when it
+// returns.
 func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *AssignReport, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -238,6 +260,17 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 	if err := registerAssignCluster(ctx, bgCtx, &bg, reg, labels, log); err != nil {
 		return nil, err
 	}
+	// With TLS: the PKI, and the enrollment of the device CA, stored
+	// before the control plane starts.
+	var pk *benchTLS
+	if cfg.TLS {
+		if pk, err = newBenchTLS(dir); err != nil {
+			return nil, err
+		}
+		if err := pk.enroll(ctx, reg); err != nil {
+			return nil, err
+		}
+	}
 	tenants := benchTenantRecords()
 	for _, t := range tenants {
 		if err := reg.PutTenant(ctx, t); err != nil {
@@ -245,7 +278,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		}
 	}
 	cpCfg := controlplane.DefaultConfig()
-	cp, err := startControlPlaneUnderTest(bgCtx, cfg, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, -1, log)
+	cp, err := startControlPlaneUnderTest(bgCtx, cfg, pk, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, -1, log)
 	if err != nil {
 		return nil, err
 	}
@@ -254,13 +287,32 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 			err = serr
 		}
 	}()
-	cl, err := dial(cp.addr, cfg)
+	creds, err := deviceCreds(pk, mtlsDevices(cfg.Conns))
+	if err != nil {
+		return nil, err
+	}
+	cl, err := dial(cp.addr, cfg, creds)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.close()
 	if err := waitServing(ctx, cl.healths[0], controlplanev1.ControlPlaneService_ServiceDesc.ServiceName); err != nil {
 		return nil, err
+	}
+	// The policy probe asks for a device of its own: with TLS, over a
+	// connection presenting that device's certificate.
+	probe := cl.assigns[0]
+	if pk != nil {
+		pcreds, err := deviceCreds(pk, []string{probeDevice})
+		if err != nil {
+			return nil, err
+		}
+		pcl, err := dial(cp.addr, AssignConfig{Conns: 1, Concurrency: 1}, pcreds)
+		if err != nil {
+			return nil, err
+		}
+		defer pcl.close()
+		probe = pcl.assigns[0]
 	}
 
 	rep = &AssignReport{
@@ -273,9 +325,21 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		if rep.PolicyVersion, err = applyBenchPolicy(ctx, reg, cfg.Rules, log); err != nil {
 			return nil, err
 		}
-		if err := waitPolicy(ctx, cl.assigns[0]); err != nil {
+		if err := waitPolicy(ctx, probe); err != nil {
 			return nil, err
 		}
+	}
+	// noop: the standard health Check, through the same interceptors.
+	noop := func(ctx context.Context, w int) error {
+		_, err := cl.healths[w%len(cl.healths)].Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if pk != nil {
+		if err := rep.runMTLS(ctx, cl, cp, noop); err != nil {
+			return nil, err
+		}
+		rep.LoadAvgEnd = loadAvg()
+		return rep, nil
 	}
 	// The known devices are assigned once, unmeasured: each remembers its
 	// group, and its record and token are in the control plane's caches.
@@ -293,11 +357,6 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 			_, err := cl.assigns[w%len(cl.assigns)].Assign(ctx, known[next.Add(1)%uint64(len(known))])
 			return err
 		}
-	}
-	// noop: the standard health Check, through the same interceptors.
-	noop := func(ctx context.Context, w int) error {
-		_, err := cl.healths[w%len(cl.healths)].Check(ctx, &healthpb.HealthCheckRequest{})
-		return err
 	}
 
 	// noop, assign-known (the decision matches the device's record, nothing
@@ -353,7 +412,7 @@ func pacedWorkers(rate float64, atLeast int) int {
 // it holds every known device and decides with the benchmark policy, calls
 // fn with clients of its own, and stops it.
 func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, etcdAddr string, tokenCache int, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlPlaneUnderTest) error) (err error) {
-	cp, err := startControlPlaneUnderTest(ctx, cfg, reg, etcdAddr, tokenCache, 0, log.With("control_plane", "caches-off"))
+	cp, err := startControlPlaneUnderTest(ctx, cfg, nil, reg, etcdAddr, tokenCache, 0, log.With("control_plane", "caches-off"))
 	if err != nil {
 		return err
 	}
@@ -362,7 +421,7 @@ func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, 
 			err = serr
 		}
 	}()
-	cl, err := dial(cp.addr, cfg)
+	cl, err := dial(cp.addr, cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -390,11 +449,16 @@ type clients struct {
 }
 
 // dial connects cfg.Conns connections to addr, shared by cfg.Concurrency
-// workers.
-func dial(addr string, cfg AssignConfig) (*clients, error) {
+// workers (worker w on connection w%cfg.Conns): in plaintext when creds is
+// nil, else connection i over TLS with creds[i].
+func dial(addr string, cfg AssignConfig, creds []*tls.Config) (*clients, error) {
 	cl := &clients{conns: make([]*grpc.ClientConn, cfg.Conns)}
 	for i := range cl.conns {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		tc := insecure.NewCredentials()
+		if creds != nil {
+			tc = credentials.NewTLS(creds[i])
+		}
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tc))
 		if err != nil {
 			cl.close()
 			return nil, fmt.Errorf("bench: %w", err)
@@ -448,7 +512,7 @@ func waitPolicy(ctx context.Context, c controlplanev1.ControlPlaneServiceClient)
 	err := poll(ctx, 30*time.Second, "the benchmark policy in force", func() bool {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		resp, err := c.Assign(cctx, probeRequest("bench-probe"))
+		resp, err := c.Assign(cctx, probeRequest(probeDevice))
 		if err != nil {
 			last = err.Error()
 			return false

@@ -67,7 +67,12 @@ func (r *AssignReport) Format(w io.Writer) error {
 		fmt.Fprintf(&b, "setup:   one process: embedded etcd, a control plane (shared server stack) with %d groups and %d executor records,\n", r.Groups, r.ExecutorRecords)
 		fmt.Fprintf(&b, "         %d workers calling back to back over %d shared client connections on loopback (clients and server share the CPUs);\n", c.Concurrency, c.Conns)
 	}
-	if c.Rounds > 1 {
+	if c.TLS {
+		warmup, measured := c.segment(c.Rounds)
+		fmt.Fprintf(&b, "         TLS 1.3 on every connection; per case %v measured in %d rounds of %v, each after %v of warm-up; noop and assign-mtls take turns;\n", c.Duration, c.Rounds, measured, warmup)
+		fmt.Fprintf(&b, "         enrollment closed: each connection presents a device certificate of an X.509 enrollment (%d devices, one per connection)\n", c.Conns)
+		fmt.Fprintln(&b, "         and its workers ask for that device: every Assign verifies the chain and matches the id; its token is bound to the certificate")
+	} else if c.Rounds > 1 {
 		warmup, measured := c.segment(c.Rounds)
 		fmt.Fprintf(&b, "         per case %v measured in %d rounds of %v, each after %v of warm-up; assign-known cycles over %d devices assigned beforehand;\n", c.Duration, c.Rounds, measured, warmup, c.Devices)
 		fmt.Fprintln(&b, "         noop, assign-known and assign-known-sign take turns round by round (so do the paced cases): a change in the machine's load hits all;")
@@ -150,12 +155,20 @@ func (r *AssignReport) formatPolicy(b *bytes.Buffer) {
 		if c.Rules > 1 {
 			fmt.Fprintf(b, "policy:  %d label rules, CEL over device, tenant, services and history (version %d); the first %d match no benchmark device,\n", c.Rules, r.PolicyVersion, c.Rules-1)
 			fmt.Fprintf(b, "         so evaluating them runs all %d; the last (%s) labelled %d of the %d known devices, the default label the others;\n", c.Rules, officeRule, r.RuleMatches(), known)
-			fmt.Fprintln(b, "         assign-known finds its devices' unchanged inputs in the label memo; assign-known-sign and assign-new run the rules")
+			if c.TLS {
+				fmt.Fprintln(b, "         assign-mtls finds its devices' unchanged inputs in the label memo")
+			} else {
+				fmt.Fprintln(b, "         assign-known finds its devices' unchanged inputs in the label memo; assign-known-sign and assign-new run the rules")
+			}
 		} else {
 			fmt.Fprintf(b, "policy:  1 label rule, CEL over device, tenant, services and history (version %d);\n", r.PolicyVersion)
 			fmt.Fprintf(b, "         it (%s) labelled %d of the %d known devices, the default label the others;\n", officeRule, r.RuleMatches(), known)
 		}
 		fmt.Fprintf(b, "         sticky placement, affinity by tenant, utilization filter; %d tenants, %d labels per group\n", r.Tenants, r.Labels)
+	}
+	if c.TLS {
+		fmt.Fprintf(b, "tokens:  Ed25519-signed, bound to the device's certificate (cnf x5t#S256); re-sent from the token cache (%d devices) while fresh\n", r.TokenCacheSize)
+		return
 	}
 	fmt.Fprintf(b, "tokens:  Ed25519-signed; assign-known re-sends a known device's still-fresh token from the control plane's token cache (%d devices),\n", r.TokenCacheSize)
 	fmt.Fprintln(b, "         assign-known-sign runs a second control plane on the same etcd without a token cache or label memo: a signature and every rule on every Assign")
@@ -207,6 +220,12 @@ func (r *AssignReport) formatPaced(b *bytes.Buffer) {
 
 // formatTargets writes a PASS or FAIL line per target that was measured.
 func (r *AssignReport) formatTargets(b *bytes.Buffer, noop float64) {
+	if mtls, ok := r.Case(CaseAssignMTLS); ok && noop > 0 {
+		got := mtls.OpsPerSec() / noop
+		fmt.Fprintln(b)
+		fmt.Fprintln(b, "targets (both on TLS, device identity checked on every Assign):")
+		fmt.Fprintf(b, "%s  assign-mtls %.2fx of noop (TLS) >= %.2fx\n", passFail(got >= TargetRatio), got, TargetRatio)
+	}
 	known, okK := r.Case(CaseAssignKnown)
 	paced, okP := r.PacedCase(CaseAssignKnown)
 	if noop <= 0 || !okK {
@@ -264,12 +283,17 @@ func (r *AssignReport) quote(x Result, noop float64) string {
 	switch x.Name {
 	case CaseNoop:
 		what = "gRPC health Check on the control plane's server stack"
+		if r.Config.TLS {
+			what += ", over TLS"
+		}
 	case CaseAssignKnown:
 		what = "Assign of a known device (its cached token re-sent)"
 	case CaseAssignKnownSign:
 		what = "Assign of a known device, a token signed and every rule run on every call (token cache and label memo off)"
 	case CaseAssignNew:
 		what = "Assign of a new device"
+	case CaseAssignMTLS:
+		what = "Assign of a known device authenticated by its client certificate (X.509 enrollment), over TLS"
 	}
 	s := fmt.Sprintf("%s: %.0f ops/s", x.Name, x.OpsPerSec())
 	if x.Name != CaseNoop {
@@ -305,6 +329,10 @@ func (r *StreamsReport) Format(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "         at most %d streams opening at once; open-file limit %s per process\n", r.InFlight, limit)
 	fmt.Fprintln(&b, "         connect time: wall time from the first stream opened to the last Welcome, clients and servers on the same machine")
+	if r.TLS {
+		fmt.Fprintln(&b, "         TLS 1.3 on both kinds: every connection presents one shared device client certificate (X.509 enrollment);")
+		fmt.Fprintln(&b, "         berth checks each token's binding to it (cnf x5t#S256) and its enrollment; bare ignores both")
+	}
 	fmt.Fprintln(&b, "         berth: a real executor (registered in etcd, token verified, admission, pings answered by the clients)")
 	fmt.Fprintln(&b, "         bare:  grpc-go ExecutorService on the same server stack, reads the Hello, sends Welcome, blocks in Recv")
 	fmt.Fprintln(&b, "         memory is read in the server processes after runtime.GC and debug.FreeOSMemory; per stream = (after - before) / streams")
@@ -338,6 +366,14 @@ func (r *StreamsReport) Format(w io.Writer) error {
 		fmt.Fprintf(&b, "berth/bare: %s the RSS per stream, %s the heap in use per stream, %s the connect time\n",
 			ratio(berth.RSSPerStream(), bare.RSSPerStream()), ratio(berth.HeapInusePerStream(), bare.HeapInusePerStream()),
 			ratio(berth.ConnectTime.Seconds(), bare.ConnectTime.Seconds()))
+	}
+	if okB && okR && r.TLS && berth.ConnectTime > 0 && bare.ConnectTime > 0 {
+		got := bare.ConnectTime.Seconds() / berth.ConnectTime.Seconds()
+		fmt.Fprintln(&b)
+		fmt.Fprintln(&b, "targets (both on TLS, berth checking each token and its binding to the certificate):")
+		fmt.Fprintf(&b, "%s  connect rate %.2fx of bare grpc-go (TLS) >= %.2fx\n", passFail(got >= TargetConnectRatio), got, TargetConnectRatio)
+		fmt.Fprintf(&b, "info  idle stream with TLS: berth %.1f KiB RSS and %.2f goroutines per stream, bare %.1f KiB and %.2f (%s the RSS)\n",
+			berth.RSSPerStream()/kib, berth.GoroutinesPerStream(), bare.RSSPerStream()/kib, bare.GoroutinesPerStream(), ratio(berth.RSSPerStream(), bare.RSSPerStream()))
 	}
 	var warn []string
 	for _, s := range r.Servers {

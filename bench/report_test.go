@@ -147,6 +147,7 @@ func TestServeArgsRoundTrip(t *testing.T) {
 	want := bench.ServeConfig{
 		Mode: bench.ModeBerth, Listen: "127.0.0.2:0", Etcd: "http://127.0.0.1:2379", Prefix: "/p",
 		PublicKeyFile: "/tmp/k.pem", ExecutorID: "e-1", GroupID: "g-1", Capacity: 12345, LogLevel: "debug",
+		TLSCert: "/tmp/server.pem", TLSKey: "/tmp/server-key.pem",
 	}
 	got, err := bench.ParseServeArgs(want.Args())
 	if err != nil {
@@ -159,6 +160,7 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		{"--mode=fancy"},
 		{"--mode=berth"}, // no etcd, no key
 		{"--mode=bare", "extra"},
+		{"--mode=bare", "--tls-cert=/tmp/server.pem"}, // no key
 		{"--nope"},
 	} {
 		if _, err := bench.ParseServeArgs(bad); err == nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -71,6 +72,11 @@ type ServeConfig struct {
 	// LabelMemoSize is the control plane's label memo size, 0 for none
 	// (controlplane mode; -1 keeps the default).
 	LabelMemoSize int
+	// TLSCert and TLSKey, both or neither, are the server's certificate
+	// and key files: set, the child serves TLS and requests client
+	// certificates (controlplane mode: and authenticates devices by their
+	// enrollments, enrollment closed); unset, plaintext.
+	TLSCert, TLSKey string
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -87,6 +93,8 @@ func (c ServeConfig) Args() []string {
 		fmt.Sprintf("--token-cache=%d", c.TokenCacheSize),
 		fmt.Sprintf("--label-memo=%d", c.LabelMemoSize),
 		"--log-level=" + c.LogLevel,
+		"--tls-cert=" + c.TLSCert,
+		"--tls-key=" + c.TLSKey,
 	}
 }
 
@@ -106,6 +114,8 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "warn", "log level")
 	fs.IntVar(&c.TokenCacheSize, "token-cache", -1, "token cache size, 0 for none (controlplane mode; -1 keeps the default)")
 	fs.IntVar(&c.LabelMemoSize, "label-memo", -1, "label memo size, 0 for none (controlplane mode; -1 keeps the default)")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate file: serve TLS (with --tls-key)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "server key file (with --tls-cert)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
 	}
@@ -117,6 +127,9 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 
 // Validate checks c.
 func (c ServeConfig) Validate() error {
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("bench serve: --tls-cert and --tls-key go together")
+	}
 	switch c.Mode {
 	case ModeBare:
 		return nil
@@ -204,6 +217,10 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 	if _, err := RaiseFileLimit(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return err
 	}
+	tc, err := cfg.serverTLS(log)
+	if err != nil {
+		return err
+	}
 	lis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -220,16 +237,26 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 			lis.Close()
 			return errors.New("bench serve: berth mode needs a registry")
 		}
-		ex, err := newBenchExecutor(cfg, lis.Addr().String(), reg, log)
+		ex, err := newBenchExecutor(cfg, lis.Addr().String(), tc, reg, log)
 		if err != nil {
 			lis.Close()
 			return err
 		}
 		g.Go(func() error { return ex.Run(gctx, lis) })
 		streams, ready = ex.Server().Sessions, ex.Registration().Registered
+		if tc != nil {
+			// The devices' tokens name the benchmark's enrollment, which
+			// the executor must know before it takes them.
+			ready = func() bool {
+				_, ok := ex.Trust().Enrollment(benchEnrollment)
+				return ok && ex.Registration().Registered()
+			}
+		}
 	default:
 		bare := &bareServer{executorID: cfg.ExecutorID, groupID: cfg.GroupID}
-		rpc := rpcserver.New(rpcserver.DefaultConfig(), log)
+		rc := rpcserver.DefaultConfig()
+		rc.TLS = tc
+		rpc := rpcserver.New(rc, log)
 		executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
 		rpc.SetServing(true, executor.ServiceName)
 		g.Go(func() error {
@@ -312,9 +339,9 @@ func answer(ctx context.Context, in io.Reader, out io.Writer, stats func() (Serv
 // streams before stopping it, so the drain has nothing to wait for.
 const benchDrainTimeout = 2 * time.Second
 
-// newBenchExecutor wires a real executor with its registration; it records
-// no usage.
-func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log *slog.Logger) (*node.Executor, error) {
+// newBenchExecutor wires a real executor with its registration, serving
+// TLS with tc (nil: plaintext); it records no usage.
+func newBenchExecutor(cfg ServeConfig, addr string, tc *tls.Config, reg *registry.Registry, log *slog.Logger) (*node.Executor, error) {
 	pub, err := token.ReadPublicKeyFile(cfg.PublicKeyFile)
 	if err != nil {
 		return nil, err
@@ -327,6 +354,7 @@ func newBenchExecutor(cfg ServeConfig, addr string, reg *registry.Registry, log 
 	ec.RecordUsage = false
 	ec.Executor.ID, ec.Executor.GroupID, ec.Executor.Address, ec.Executor.Capacity = cfg.ExecutorID, cfg.GroupID, addr, cfg.Capacity
 	ec.Executor.DrainTimeout = benchDrainTimeout
+	ec.Executor.RPC.TLS = tc
 	return node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: v, Log: log})
 }
 

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,13 +27,17 @@ func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Regis
 	if reg == nil {
 		return errors.New("bench serve: controlplane mode needs a registry")
 	}
+	tc, err := cfg.serverTLS(log)
+	if err != nil {
+		return err
+	}
 	lis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r, err := newBenchControlPlane(cfg.TokenCacheSize, cfg.LabelMemoSize, reg, log)
+	r, err := newBenchControlPlane(cfg.TokenCacheSize, cfg.LabelMemoSize, tc, reg, log)
 	if err != nil {
 		lis.Close()
 		return err
@@ -65,8 +70,12 @@ func serveControlPlane(ctx context.Context, cfg ServeConfig, reg *registry.Regis
 
 // newBenchControlPlane wires a control plane replica (without the
 // rebalancer) with a fresh signing key, and the given token cache and label
-// memo sizes (-1 keeps the default).
-func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log *slog.Logger) (*node.Replica, error) {
+// memo sizes (-1 keeps the default). With tc it serves TLS and enrollment
+// is closed: every Assign must prove its device's identity (the benchmark's
+// devices present client certificates of an X.509 enrollment); without, it
+// serves plaintext with open enrollment, as the benchmark's devices hold no
+// credentials then.
+func newBenchControlPlane(tokenCache, labelMemo int, tc *tls.Config, reg *registry.Registry, log *slog.Logger) (*node.Replica, error) {
 	priv, err := token.GenerateKey()
 	if err != nil {
 		return nil, err
@@ -79,7 +88,8 @@ func newBenchControlPlane(tokenCache, labelMemo int, reg *registry.Registry, log
 	cfg.Rebalance = nil
 	// The load comes from one host and a few device ids: no rate limits.
 	cfg.RateLimits = node.RateLimits{}
-	cfg.OpenEnrollment = true // the benchmarks' devices hold no credentials
+	cfg.OpenEnrollment = tc == nil
+	cfg.RPC.TLS = tc
 	if tokenCache >= 0 {
 		cfg.ControlPlane.TokenCacheSize = tokenCache
 	}
@@ -102,10 +112,19 @@ type controlPlaneUnderTest struct {
 // startControlPlaneUnderTest starts a control plane with the given token
 // cache and label memo sizes (-1 keeps the default) on the registry at
 // etcdAddr: a `bench serve` child when cfg.Command is set, else in this
-// process.
-func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, log *slog.Logger) (*controlPlaneUnderTest, error) {
+// process. With pk it serves TLS with pk's server certificate, enrollment
+// closed.
+func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, pk *benchTLS, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, log *slog.Logger) (*controlPlaneUnderTest, error) {
+	var files ServeConfig
+	if pk != nil {
+		files.TLSCert, files.TLSKey = pk.certFile, pk.keyFile
+	}
 	if len(cfg.Command) == 0 {
-		r, err := newBenchControlPlane(tokenCache, labelMemo, reg, log)
+		tc, err := files.serverTLS(log)
+		if err != nil {
+			return nil, err
+		}
+		r, err := newBenchControlPlane(tokenCache, labelMemo, tc, reg, log)
 		if err != nil {
 			return nil, err
 		}
@@ -127,6 +146,7 @@ func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, reg *regi
 	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{
 		Mode: ModeControlPlane, Listen: "127.0.0.1:0", Etcd: etcdAddr, Prefix: registry.DefaultPrefix,
 		TokenCacheSize: tokenCache, LabelMemoSize: labelMemo, LogLevel: "warn",
+		TLSCert: files.TLSCert, TLSKey: files.TLSKey,
 	})
 	if err != nil {
 		return nil, err

@@ -15,14 +15,21 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
+
+// TargetConnectRatio is the target of a TLS streams run: berth's executor
+// opens streams (TLS, token and binding checked) at least this share of a
+// bare grpc-go TLS server's rate.
+const TargetConnectRatio = 0.70
 
 // StreamsConfig tunes RunStreams.
 type StreamsConfig struct {
@@ -46,6 +53,12 @@ type StreamsConfig struct {
 	// TempDir is where the temporary directory (etcd data, public key) is
 	// made ("" is the system's default).
 	TempDir string
+	// TLS makes both kinds of server serve TLS 1.3 with a throwaway
+	// certificate; every device connection presents one shared device
+	// client certificate of an X.509 enrollment, and the tokens are bound
+	// to it (cnf x5t#S256, the enrollment named), so berth's executor
+	// checks the binding and the enrollment on every stream.
+	TLS bool
 }
 
 // DefaultStreamsConfig returns what `berth bench streams` runs, without
@@ -175,6 +188,9 @@ type StreamsReport struct {
 	Plan ConnPlan
 	// Servers are berth's executor, then the bare baseline.
 	Servers []ServerResult
+	// TLS is set when both served TLS, with client certificates and bound
+	// tokens.
+	TLS bool
 }
 
 // Server returns the result of mode.
@@ -195,7 +211,8 @@ const streamsGroup = "group-1"
 // cfg.Addrs child processes with cfg.Command, opens cfg.Devices streams
 // (a Hello with a valid token each, Pongs answered), asks the children for
 // their stats before and after, then closes the streams and stops the
-// children. Everything it started is stopped and removed when it returns.
+// children. With cfg.TLS both kinds serve TLS and the devices present a
+// client certificate their tokens are bound to. Everything it started is stopped and removed when it returns.
 func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*StreamsReport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -246,18 +263,52 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 	if err := os.WriteFile(pubFile, pem, 0o600); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	hellos, err := signHellos(priv, cfg.Devices)
+	// With TLS: the servers' certificate, one device certificate shared by
+	// every connection, its enrollment, and tokens bound to it.
+	var (
+		pk      *benchTLS
+		binding token.Binding
+		creds   = insecure.NewCredentials()
+		stolen  credentials.TransportCredentials // another device's certificate
+	)
+	if cfg.TLS {
+		if pk, err = newBenchTLS(dir); err != nil {
+			return nil, err
+		}
+		if err := pk.enroll(ctx, reg); err != nil {
+			return nil, err
+		}
+		cert, leaf, err := pk.device("bench-device")
+		if err != nil {
+			return nil, err
+		}
+		binding = token.Binding{Thumbprint: identity.Thumbprint(leaf), Enrollment: benchEnrollment}
+		creds = credentials.NewTLS(pk.client(cert))
+		other, _, err := pk.device("bench-impostor")
+		if err != nil {
+			return nil, err
+		}
+		stolen = credentials.NewTLS(pk.client(other))
+	}
+	hellos, err := signHellos(priv, cfg.Devices, binding)
 	if err != nil {
 		return nil, err
 	}
 
-	rep := &StreamsReport{Env: CurrentEnv(), Devices: cfg.Devices, Addrs: cfg.Addrs, InFlight: cfg.InFlight, Plan: plan}
+	rep := &StreamsReport{Env: CurrentEnv(), Devices: cfg.Devices, Addrs: cfg.Addrs, InFlight: cfg.InFlight, Plan: plan, TLS: cfg.TLS}
 	for _, mode := range []string{ModeBerth, ModeBare} {
 		base := ServeConfig{
 			Mode: mode, Etcd: etcd.Endpoint(), Prefix: reg.Prefix(), PublicKeyFile: pubFile,
 			GroupID: streamsGroup, Capacity: plan.ConnsPerServer*plan.StreamsPerConn + 1000, LogLevel: cfg.ChildLogLevel,
 		}
-		res, err := runServers(ctx, cfg, plan, base, hellos, log)
+		if pk != nil {
+			base.TLSCert, base.TLSKey = pk.certFile, pk.keyFile
+		}
+		var refuse credentials.TransportCredentials
+		if mode == ModeBerth {
+			refuse = stolen
+		}
+		res, err := runServers(ctx, cfg, plan, base, hellos, creds, refuse, log)
 		if err != nil {
 			return nil, err
 		}
@@ -269,8 +320,9 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 	return rep, nil
 }
 
-// signHellos mints the first frame of every device, as Assign would have.
-func signHellos(priv ed25519.PrivateKey, n int) ([]*executorv1.ConnectRequest, error) {
+// signHellos mints the first frame of every device, as Assign would have,
+// its token bound by b (zero: unbound).
+func signHellos(priv ed25519.PrivateKey, n int, b token.Binding) ([]*executorv1.ConnectRequest, error) {
 	signer, err := token.NewSigner(priv, nil)
 	if err != nil {
 		return nil, err
@@ -278,7 +330,7 @@ func signHellos(priv ed25519.PrivateKey, n int) ([]*executorv1.ConnectRequest, e
 	out := make([]*executorv1.ConnectRequest, n)
 	for i := range out {
 		id := fmt.Sprintf("bench-dev-%06d", i)
-		tok, _, err := signer.Sign(id, streamsGroup, "default", time.Hour)
+		tok, _, err := signer.SignBound(id, streamsGroup, "default", 1, time.Hour, b)
 		if err != nil {
 			return nil, err
 		}
@@ -289,7 +341,10 @@ func signHellos(priv ed25519.PrivateKey, n int) ([]*executorv1.ConnectRequest, e
 
 // runServers measures one kind of server: start, stats, connect, stats,
 // teardown.
-func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, log *slog.Logger) (res ServerResult, err error) {
+// With refuse set, the servers must first refuse a Hello over it (a
+// connection presenting another certificate than the one its token is
+// bound to), or the run fails: the binding would not be measured.
+func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, creds, refuse credentials.TransportCredentials, log *slog.Logger) (res ServerResult, err error) {
 	res = ServerResult{Mode: base.Mode, Servers: cfg.Addrs}
 	children := make([]*child, 0, cfg.Addrs)
 	defer func() {
@@ -310,6 +365,11 @@ func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base Serv
 		children = append(children, c)
 	}
 	log.Info("servers ready", "mode", base.Mode, "servers", len(children))
+	if refuse != nil {
+		if err := checkRefused(ctx, children[0].addr, refuse, hellos[0]); err != nil {
+			return res, fmt.Errorf("bench: %s: %w", base.Mode, err)
+		}
+	}
 	if res.Before, err = sumStats(ctx, children); err != nil {
 		return res, err
 	}
@@ -317,7 +377,7 @@ func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base Serv
 	for i, c := range children {
 		addrs[i] = c.addr
 	}
-	fl, err := openFleet(ctx, plan, addrs, hellos, cfg.InFlight)
+	fl, err := openFleet(ctx, plan, addrs, hellos, cfg.InFlight, creds)
 	if fl != nil {
 		defer fl.close()
 	}
@@ -364,14 +424,14 @@ type fleet struct {
 }
 
 // openFleet opens one stream per hello: stream i on connection i%Conns,
-// connection j to server j%len(addrs), at most inFlight at once. It returns
-// once every stream was Welcomed, or at the first failure.
-func openFleet(ctx context.Context, plan ConnPlan, addrs []string, hellos []*executorv1.ConnectRequest, inFlight int) (*fleet, error) {
+// connection j to server j%len(addrs) with creds, at most inFlight at once.
+// It returns once every stream was Welcomed, or at the first failure.
+func openFleet(ctx context.Context, plan ConnPlan, addrs []string, hellos []*executorv1.ConnectRequest, inFlight int, creds credentials.TransportCredentials) (*fleet, error) {
 	fctx, cancel := context.WithCancel(ctx)
 	fl := &fleet{conns: make([]*grpc.ClientConn, plan.Conns), cancel: cancel}
 	for j := range fl.conns {
 		cc, err := grpc.NewClient(addrs[j%len(addrs)],
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithReadBufferSize(8<<10),
 			grpc.WithWriteBufferSize(8<<10),
 		)

@@ -60,6 +60,7 @@ func newBenchAssignCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds each case's time is split in; noop, assign-known and assign-known-sign take turns round by round")
 	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of assign-known's peak rate at which noop and assign-known run again open loop (0 skips them)")
 	f.BoolVar(&inProcess, "in-process", false, "run the control planes in this process, with etcd and the load, instead of a process each")
+	f.BoolVar(&cfg.TLS, "tls", false, "run the TLS cases instead: noop and assign-mtls (each connection presents its own device certificate, enrollment closed) on a TLS control plane; --devices is not used")
 	return cmd
 }
 
@@ -92,6 +93,7 @@ func newBenchStreamsCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Addrs, "addrs", cfg.Addrs, "server processes per kind, on loopback addresses 127.0.0.1 to 127.0.0.N")
 	f.IntVar(&cfg.InFlight, "in-flight", cfg.InFlight, "streams being opened at once")
 	f.StringVar(&cfg.ChildLogLevel, "server-log-level", cfg.ChildLogLevel, "log level of the server processes")
+	f.BoolVar(&cfg.TLS, "tls", false, "both kinds of server serve TLS; devices present a client certificate and berth's tokens are bound to it")
 	return cmd
 }
 
