@@ -69,6 +69,16 @@ type Authenticator struct {
 	trust Trust
 	open  bool
 	now   func() time.Time
+	// chains remembers verified certificate chains, when trust tells its
+	// enrollments' generation: a device presents the same certificate on
+	// every Assign, and verifying its chain is most of an Assign's cost.
+	chains *chainCache
+}
+
+// generations is a Trust that says when its enrollments change.
+// *registry.TrustView implements it.
+type generations interface {
+	EnrollmentGeneration() uint64
 }
 
 // New returns an Authenticator over trust. open lets callers without
@@ -80,7 +90,11 @@ func New(trust Trust, open bool, now func() time.Time) (*Authenticator, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Authenticator{trust: trust, open: open, now: now}, nil
+	a := &Authenticator{trust: trust, open: open, now: now}
+	if _, ok := trust.(generations); ok {
+		a.chains = newChainCache(maxCachedChains)
+	}
+	return a, nil
 }
 
 // Open reports whether callers without credentials are let through.
@@ -179,12 +193,23 @@ func (a *Authenticator) certificate(cert *x509.Certificate, intermediates []*x50
 			inter.AddCert(c)
 		}
 	}
+	thumb := Thumbprint(cert)
+	var gen uint64
+	if a.chains != nil {
+		// Read before the enrollments: a change after it makes what is
+		// cached below stale at once.
+		gen = a.trust.(generations).EnrollmentGeneration()
+		if enr, ok := a.chains.get(chainKey(thumb, intermediates), gen, now); ok {
+			return a.identify(cert, thumb, enr, requested)
+		}
+	}
 	var disabled string
 	var lastErr error
 	var found *registry.TrustedEnrollment
+	var chain []*x509.Certificate
 	ens := a.trust.X509Enrollments()
 	for i := range ens {
-		_, err := cert.Verify(x509.VerifyOptions{Roots: ens[i].Pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		chains, err := cert.Verify(x509.VerifyOptions{Roots: ens[i].Pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 		if err != nil {
 			lastErr = err
 			continue
@@ -193,7 +218,7 @@ func (a *Authenticator) certificate(cert *x509.Certificate, intermediates []*x50
 			disabled = ens[i].ID
 			continue
 		}
-		found = &ens[i]
+		found, chain = &ens[i], chains[0]
 		break
 	}
 	if found == nil {
@@ -206,6 +231,16 @@ func (a *Authenticator) certificate(cert *x509.Certificate, intermediates []*x50
 		}
 		return Identity{}, fmt.Errorf("%w: client certificate does not chain to an enrollment's CA for client authentication", ErrUnauthenticated)
 	}
+	if a.chains != nil {
+		a.chains.put(chainKey(thumb, intermediates), cachedChain{enrollment: found.ID, generation: gen, notBefore: latestNotBefore(chain), notAfter: earliestNotAfter(chain)})
+	}
+	return a.identify(cert, thumb, found.ID, requested)
+}
+
+// identify names the device of a certificate whose chain verified against
+// enrollment: its id must be valid and the one requested (if any), and the
+// device not revoked (checked on every call, never cached).
+func (a *Authenticator) identify(cert *x509.Certificate, thumb, enrollment, requested string) (Identity, error) {
 	id := DeviceIDOf(cert)
 	if err := registry.CheckID("the certificate's device id", id); err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
@@ -216,5 +251,5 @@ func (a *Authenticator) certificate(cert *x509.Certificate, intermediates []*x50
 	if a.trust.Revoked(id) {
 		return Identity{}, fmt.Errorf("%w: device %s is revoked", ErrForbidden, id)
 	}
-	return Identity{DeviceID: id, Kind: KindX509, Enrollment: found.ID, Thumbprint: Thumbprint(cert)}, nil
+	return Identity{DeviceID: id, Kind: KindX509, Enrollment: enrollment, Thumbprint: thumb}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -44,6 +45,10 @@ type TrustView struct {
 	enrollments map[string]TrustedEnrollment
 	revoked     map[string]Revocation
 	subs        []func(TrustChange)
+	// generation counts the changes to the enrollments (each load, each
+	// watched put or delete of one), so that what was derived from them
+	// can tell it is stale.
+	generation atomic.Uint64
 }
 
 // NewTrustView returns a view of r's enrollments and revocations. It does
@@ -75,6 +80,11 @@ func (v *TrustView) Enrollment(id string) (TrustedEnrollment, bool) {
 	e, ok := v.enrollments[id]
 	return e, ok
 }
+
+// EnrollmentGeneration changes whenever an enrollment is added, changed or
+// removed (never otherwise): results derived from the enrollments, such as
+// verified certificate chains, hold while it stays the same.
+func (v *TrustView) EnrollmentGeneration() uint64 { return v.generation.Load() }
 
 // X509Enrollments returns the x509 enrollments, disabled ones included,
 // sorted by id.
@@ -123,6 +133,7 @@ func (v *TrustView) load(ctx context.Context) (int64, error) {
 	}
 	v.mu.Lock()
 	v.enrollments, v.revoked = enr, rvk
+	v.generation.Add(1)
 	subs := v.subs
 	v.mu.Unlock()
 	var changes []TrustChange
@@ -233,6 +244,7 @@ func (v *TrustView) apply(events []*clientv3.Event) {
 			id := strings.TrimPrefix(key, v.reg.prefix+enrollmentsDir)
 			_, had := v.enrollments[id]
 			v.decodeEnrollment(v.enrollments, key, value)
+			v.generation.Add(1)
 			e, has := v.enrollments[id]
 			if (had && !has) || (has && e.Disabled) {
 				changes = append(changes, TrustChange{ClosedEnrollment: id})
