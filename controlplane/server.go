@@ -70,6 +70,16 @@ func WithAuthenticator(a Authenticator) Option {
 	return func(s *Server) { s.auth = a }
 }
 
+// WithPolicies decides with p, the replica's compile-once cache of the
+// stored policy, shared with the rebalancer (default: a cache of its own).
+func WithPolicies(p *placement.Policies) Option {
+	return func(s *Server) {
+		if p != nil {
+			s.policies = p
+		}
+	}
+}
+
 // Limiter limits calls per caller. *ratelimit.Limiter implements it.
 type Limiter interface {
 	// Check takes a token for (method, id), or returns the refusal

@@ -56,8 +56,21 @@ type Rebalancer struct {
 	policies *placement.Policies
 }
 
+// Option changes how New wires a Rebalancer.
+type Option func(*Rebalancer)
+
+// WithPolicies plans with p, the replica's compile-once cache of the stored
+// policy, shared with Assign (default: a cache of its own).
+func WithPolicies(p *placement.Policies) Option {
+	return func(r *Rebalancer) {
+		if p != nil {
+			r.policies = p
+		}
+	}
+}
+
 // New wires a rebalancer. It starts nothing and does no I/O.
-func New(cfg Config, reg *registry.Registry, cache Cache, signer Signer, mover Mover, log *slog.Logger) (*Rebalancer, error) {
+func New(cfg Config, reg *registry.Registry, cache Cache, signer Signer, mover Mover, log *slog.Logger, opts ...Option) (*Rebalancer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -67,7 +80,11 @@ func New(cfg Config, reg *registry.Registry, cache Cache, signer Signer, mover M
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Rebalancer{cfg: cfg, reg: reg, cache: cache, signer: signer, mover: mover, log: log, now: time.Now, policies: placement.NewPolicies(log)}, nil
+	r := &Rebalancer{cfg: cfg, reg: reg, cache: cache, signer: signer, mover: mover, log: log, now: time.Now, policies: placement.NewPolicies(log)}
+	for _, o := range opts {
+		o(r)
+	}
+	return r, nil
 }
 
 // Leading reports whether this replica leads the rebalancer now.

@@ -24,6 +24,7 @@ import (
 	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/messaging"
+	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -165,12 +166,16 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if r.limit, err = ratelimit.New(cfg.RateLimits.config(), CallerIdentity, nil); err != nil {
 		return nil, err
 	}
+	// One compile-once cache of the stored policy for Assign, the
+	// rebalancer and (through Assign) the Admin service.
+	pols := placement.NewPolicies(r.log)
 	r.trust = reg.NewTrustView(log.With("component", "trust"))
 	auth, err := identity.New(r.trust, cfg.OpenEnrollment, nil)
 	if err != nil {
 		return nil, err
 	}
-	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth), controlplane.WithLimiter(r.limit)); err != nil {
+	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth), controlplane.WithLimiter(r.limit),
+		controlplane.WithPolicies(pols)); err != nil {
 		return nil, err
 	}
 	r.msg, err = messaging.New(cfg.Messaging, messaging.Deps{Store: reg, Cache: r.cache, Executors: pool, Log: r.log.With("component", "messaging")})
@@ -189,7 +194,7 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		if deps.WrapMover != nil {
 			mover = deps.WrapMover(mover)
 		}
-		if r.rb, err = rebalance.New(*cfg.Rebalance, reg, r.cache, signer, mover, log.With("component", "rebalancer")); err != nil {
+		if r.rb, err = rebalance.New(*cfg.Rebalance, reg, r.cache, signer, mover, log.With("component", "rebalancer"), rebalance.WithPolicies(pols)); err != nil {
 			return nil, err
 		}
 	}
