@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/berthproject/berth/registry"
 )
@@ -36,7 +37,9 @@ type ctlFlags struct {
 	// apiKey is presented as `authorization: Bearer <key>` on every call
 	// (the seam for client-certificate flags: connect's dial options).
 	apiKey string
-	tls    clientTLSFlags
+	// apiKeyFlag tells whether --api-key was given (also empty: no key).
+	apiKeyFlag *pflag.Flag
+	tls        clientTLSFlags
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string
@@ -58,7 +61,10 @@ func newCtlCmd(g *globals) *cobra.Command {
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
-	pf.StringVar(&c.apiKey, "api-key", os.Getenv(apiKeyEnv), "API key to authenticate with ($"+apiKeyEnv+" sets the default; `berth dev` writes one to its data directory)")
+	// The default is read when a command runs, not here: a flag's default
+	// is printed by --help, and this one is a secret.
+	pf.StringVar(&c.apiKey, "api-key", "", "API key to authenticate with (default: $"+apiKeyEnv+", which keeps it out of the process list; berth dev writes one to its data directory)")
+	c.apiKeyFlag = pf.Lookup("api-key")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
 	c.tls.register(pf, true)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -92,7 +93,7 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 // key of --api-key / $BERTH_API_KEY, if any.
 func (c *ctlFlags) dialOptions(transport credentials.TransportCredentials) []grpc.DialOption {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(transport)}
-	if key := strings.TrimSpace(c.apiKey); key != "" {
+	if key := c.key(); key != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(access.APIKeyCredentials(key)))
 	}
 	return opts
@@ -177,7 +178,7 @@ func (c *ctlFlags) rpcError(what string, err error) error {
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
 		return fmt.Errorf("%s: %w", what, unreachable(c.controlplane, err))
 	}
-	if st.Code() == codes.Unauthenticated && strings.TrimSpace(c.apiKey) == "" {
+	if st.Code() == codes.Unauthenticated && c.key() == "" {
 		return fmt.Errorf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)
 	}
 	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
@@ -216,4 +217,13 @@ func listAll[T any](ctx context.Context, c *ctlFlags, limit int, page func(ctx c
 		}
 		token = next
 	}
+}
+
+// key is the API key ctl presents: --api-key when given (empty: none),
+// else $BERTH_API_KEY.
+func (c *ctlFlags) key() string {
+	if c.apiKey != "" || (c.apiKeyFlag != nil && c.apiKeyFlag.Changed) {
+		return strings.TrimSpace(c.apiKey)
+	}
+	return strings.TrimSpace(os.Getenv(apiKeyEnv))
 }

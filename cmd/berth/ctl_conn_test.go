@@ -220,3 +220,20 @@ func TestCtlWaitsForServing(t *testing.T) {
 		t.Fatal("ctl groups did not finish once the control plane served")
 	}
 }
+
+// The API key of the environment authenticates ctl but never shows in its
+// help (a flag's default is printed there).
+func TestAPIKeyNotInHelp(t *testing.T) {
+	const secret = "0123456789abcdef.c2VjcmV0LXRoYXQtbXVzdC1ub3Qtc2hvdw"
+	t.Setenv(apiKeyEnv, secret)
+	out, errOut, err := berth(t, "ctl", "--help")
+	if err != nil {
+		t.Fatalf("ctl --help: %v\n%s", err, errOut)
+	}
+	if strings.Contains(out+errOut, secret) {
+		t.Errorf("ctl --help shows the API key of $%s:\n%s", apiKeyEnv, out)
+	}
+	if !strings.Contains(out, "--api-key") {
+		t.Errorf("ctl --help does not list --api-key:\n%s", out)
+	}
+}
