@@ -28,11 +28,16 @@ type Config struct {
 	// with the same inputs under the same policy version skips the rules.
 	// About 1.3 KB per device with a few attributes.
 	LabelMemoSize int
-	// ReservationGrace is how long after an executor's count was observed a
-	// device sent to it is still counted as pending: at least the time from
-	// Assign to the device's Hello plus the executor's write interval.
+	// ReservationGrace is the fallback for executors whose record does not
+	// report admitted reservations (fleet.Executor.Admitted) and for other
+	// replicas' records without a ticket: how long after a count was
+	// observed a device sent there is still counted as pending (at least
+	// the time from Assign to the device's Hello plus the executor's write
+	// interval). Reservations on executors that report them end exactly
+	// when a count includes them.
 	ReservationGrace time.Duration
-	// ReservationMaxAge forgets a reservation whose device never connected.
+	// ReservationMaxAge forgets a reservation whose device never connected
+	// (or never gave its ticket back).
 	ReservationMaxAge time.Duration
 	// MaxInFlight bounds concurrent Assigns; above it Assign sheds with
 	// RESOURCE_EXHAUSTED and a retry hint of RetryAfter.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/fleet"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/internal/refusallog"
@@ -172,7 +173,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		Jitter:     b.Jitter,
 		MaxDelay:   durationpb.New(b.MaxDelay),
 	}
-	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
+	s.res = newReservations(cfg.ReplicaID, cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policies = placement.NewPolicies(s.log)
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
@@ -235,8 +236,9 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	return resp, nil
 }
 
-// learn counts a device another replica assigned as pending on its group,
-// so that replicas do not herd into one group between executor heartbeats.
+// learn counts a device another replica assigned as pending (on the
+// executor its ticket names, else on its group), so that replicas do not
+// herd into one group between executor heartbeats.
 func (s *Server) learn(a registry.Assignment) {
 	if a.Writer == "" || a.Writer == s.cfg.ReplicaID {
 		return
@@ -244,6 +246,10 @@ func (s *Server) learn(a registry.Assignment) {
 	w := 1.0
 	if a.Inputs != nil && a.Inputs.Weight > 0 && s.policies.Current().BalanceByLoad() {
 		w = a.Inputs.Weight
+	}
+	if t, err := fleet.ParseTicket(a.Reservation); err == nil && t.Replica == a.Writer {
+		s.res.learn(t, w)
+		return
 	}
 	s.res.addGroup(a.GroupID, w)
 }
@@ -305,11 +311,12 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		w = in.Weight
 	}
 	var d placement.Decision
+	var ticket fleet.Ticket
 	var err error
 	s.res.locked(func() {
 		d, err = placement.Decide(snap, pol, preq, s.res)
 		if err == nil {
-			s.res.addLocked(d.Endpoints[0].Executor.ID, w)
+			ticket = s.res.addLocked(d.Endpoints[0].Executor.ID, w)
 		}
 	})
 	if d.RuleErrors != nil {
@@ -320,7 +327,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}
 	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) ||
 		prev.Thumbprint != b.Thumbprint || prev.Enrollment != b.Enrollment {
-		if err := s.record(ctx, req.GetDeviceId(), d, in, b); err != nil {
+		if err := s.record(ctx, req.GetDeviceId(), d, in, b, ticket); err != nil {
 			return nil, err
 		}
 	}
@@ -339,6 +346,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 			Endpoints:      eps,
 			Token:          tok,
 			TokenExpiresAt: timestamppb.New(exp),
+			Reservation:    ticket.String(),
 		},
 		Reconnect: s.hints,
 		Reason:    d.Reason,
@@ -371,13 +379,13 @@ func (s *Server) token(device string, d placement.Decision, weight float64, b to
 }
 
 // record writes the device's assignment record.
-func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding) error {
+func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding, t fleet.Ticket) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
 	defer cancel()
 	err := s.store.PutAssignment(wctx, registry.Assignment{
 		DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC(),
 		Rule: d.Rule, Reason: d.Reason, PolicyVersion: d.PolicyVersion, Writer: s.cfg.ReplicaID, Inputs: in,
-		Thumbprint: b.Thumbprint, Enrollment: b.Enrollment,
+		Thumbprint: b.Thumbprint, Enrollment: b.Enrollment, Reservation: t.String(),
 	})
 	if err != nil {
 		s.stats.writeErrors.Add(1)
