@@ -1,8 +1,6 @@
 package controlplane
 
 import (
-	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -13,65 +11,71 @@ import (
 // counts executors report, so that the placement counts them meanwhile:
 // they are the placement.Pending that placement.Decide reads on Assign.
 //
-// Each reservation this replica makes has a sequence number (growing,
-// started at the replica's start time in nanoseconds) and a ticket naming
-// the replica, the executor and the number; the device gives the ticket
-// back in its Hello, and the executor reports in its record, written
-// together with its connection count, the highest sequence number of each
-// replica it admitted (fleet.Executor.Admitted). A reservation is pending
-// exactly while its number is above its executor's entry for its replica:
-// once the count includes the device, it no longer is — no time guess, so
-// a slow connect is neither counted twice nor missed.
-// Reservations other replicas made are learnt from the tickets in their
-// assignment records and judged the same way.
+// Each reservation this replica makes on an executor has a sequence number
+// (in order per executor, started at the replica's start time in
+// nanoseconds) and a ticket naming the replica, the executor and the
+// number. The device gives the ticket back in its Hello, and the executor
+// reports in its record, written together with its connection count, the
+// numbers of each replica it admitted recently, as ranges
+// (fleet.Executor.Admitted). A reservation is pending until a record of its
+// executor lists it, and then never again — no time guess, so a device that
+// connects slowly is not missed and one counted already is not counted
+// twice, in whatever order a burst of devices arrives. Reservations other
+// replicas made are learnt from the tickets in their assignment records and
+// judged the same way.
 //
-// Two fallbacks keep a time rule: an executor record without Admitted
-// (an executor that does not report reservations) counts a reservation
-// made at t while its count was observed before t+grace; a record of
-// another replica without a ticket counts on the group the same way. Any
-// reservation is forgotten after maxAge (its device never came, or did not
-// give its ticket back). Each carries the device's weight, so load
-// balancing counts heavy devices as more.
+// Two fallbacks keep a time rule: an executor record without Admitted (an
+// executor that does not report reservations) counts a reservation made at
+// t while its count was observed before t+grace; a record of another
+// replica without a ticket counts on the group the same way. Any
+// reservation is forgotten after maxAge (its device never came, connected
+// to another endpoint, or did not give its ticket back). Each carries the
+// device's weight, so load balancing counts heavy devices as more.
 type reservations struct {
 	grace, maxAge time.Duration
 	now           func() time.Time
 	replica       string
+	// start numbers the first reservation on each executor.
+	start uint64
 
 	mu sync.Mutex
-	// seq is the last sequence number given out.
-	seq uint64
-	// byExec holds reservations by executor id, then by the replica that
-	// made them, each list ascending by sequence number.
+	// next is the next sequence number on each executor (kept while the
+	// replica runs: numbers are never given twice).
+	next map[string]uint64
+	// byExec holds pending reservations by executor id, then by the replica
+	// that made them.
 	byExec map[string]map[string]*reservationList
-	// byGroup holds reservations by group id, ascending by at.
-	byGroup map[string]*reservationList
+	// byGroup holds reservations without ticket by group id, ascending by
+	// at.
+	byGroup map[string][]reservation
 	// lockedNow is the time taken when the lock was taken: one clock read
 	// serves a whole placement.
 	lockedNow time.Time
+	// made counts reservations, to sweep now and then.
+	made uint64
 }
 
 type reservation struct {
 	at  time.Time
 	seq uint64
 	w   float64
-	// cum is the running sum of w up to and including this reservation,
-	// so that the weight after any point is a subtraction, not a loop.
-	cum float64
 }
 
-// reservationList is one executor's reservations of one replica (or one
-// group's), with the highest admitted sequence number seen so far: it only
-// grows, so an executor that restarted (and reports from zero) does not
-// bring back reservations it had already counted.
+// reservationList is one executor's pending reservations of one replica,
+// ascending by sequence number (by time for learnt ones out of order too).
+// rs[:checked] were checked against set, the executor's Admitted set of
+// the replica last read, and found not in it; sum is their total weight.
 type reservationList struct {
-	rs   []reservation
-	done uint64
+	rs      []reservation
+	set     fleet.SeqSet
+	checked int
+	sum     float64
 }
 
 func newReservations(replica string, grace, maxAge time.Duration, now func() time.Time) *reservations {
 	return &reservations{replica: replica, grace: grace, maxAge: maxAge, now: now,
-		seq:    uint64(max(now().UnixNano(), 0)),
-		byExec: map[string]map[string]*reservationList{}, byGroup: map[string]*reservationList{}}
+		start: uint64(max(now().UnixNano(), 1)), next: map[string]uint64{},
+		byExec: map[string]map[string]*reservationList{}, byGroup: map[string][]reservation{}}
 }
 
 // Pending implements placement.Pending for an executor. The caller holds
@@ -85,13 +89,54 @@ func (r *reservations) Pending(e *fleet.Executor) float64 {
 	sum := 0.0
 	for replica, l := range byReplica {
 		if e.Admitted == nil {
-			sum += l.after(maxTime(e.ObservedAt.Add(-r.grace), old))
+			sum += l.madeAfter(maxTime(e.ObservedAt.Add(-r.grace), old))
 			continue
 		}
-		if n := e.Admitted[replica]; n > l.done {
-			l.done = n
+		sum += l.pending(e.Admitted[replica], old)
+	}
+	return sum
+}
+
+// pending drops the reservations set lists and those made before old, and
+// returns the weight of the rest.
+func (l *reservationList) pending(set fleet.SeqSet, old time.Time) float64 {
+	if !sameSet(set, l.set) {
+		l.set, l.checked = set, 0
+	}
+	expired := len(l.rs) > 0 && !l.rs[0].at.After(old)
+	if l.checked == len(l.rs) && !expired {
+		return l.sum
+	}
+	kept := l.rs[:0]
+	for i, x := range l.rs {
+		if !x.at.After(old) || i >= l.checked && set.Contains(x.seq) {
+			continue
 		}
-		sum += l.above(l.done, old)
+		kept = append(kept, x)
+	}
+	clear(l.rs[len(kept):])
+	l.rs, l.checked = kept, len(kept)
+	l.sum = 0
+	for _, x := range l.rs {
+		l.sum += x.w
+	}
+	return l.sum
+}
+
+// sameSet reports whether a and b are the same decoded set (not merely
+// equal): a record read again needs no new check.
+func sameSet(a, b fleet.SeqSet) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// madeAfter is the weight of the reservations made after cut (the time
+// rule, for executors that do not report reservations).
+func (l *reservationList) madeAfter(cut time.Time) float64 {
+	sum := 0.0
+	for _, x := range l.rs {
+		if x.at.After(cut) {
+			sum += x.w
+		}
 	}
 	return sum
 }
@@ -99,11 +144,13 @@ func (r *reservations) Pending(e *fleet.Executor) float64 {
 // GroupPending implements placement.Pending for devices other replicas sent
 // to a group without a ticket. The caller holds the lock.
 func (r *reservations) GroupPending(group string, countedAt time.Time) float64 {
-	l := r.byGroup[group]
-	if l == nil {
-		return 0
+	cut := maxTime(countedAt.Add(-r.grace), r.lockedNow.Add(-r.maxAge))
+	rs := r.byGroup[group]
+	sum := 0.0
+	for i := len(rs) - 1; i >= 0 && rs[i].at.After(cut); i-- {
+		sum += rs[i].w
 	}
-	return l.after(maxTime(countedAt.Add(-r.grace), r.lockedNow.Add(-r.maxAge)))
+	return sum
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -111,43 +158,6 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// above is the weight of the reservations numbered above done and made
-// after old.
-func (l *reservationList) above(done uint64, old time.Time) float64 {
-	n := len(l.rs)
-	if n == 0 || l.rs[n-1].seq <= done {
-		return 0
-	}
-	i := sort.Search(n, func(i int) bool { return l.rs[i].seq > done })
-	// Reservations older than maxAge are pruned when the next one is
-	// made; until then they are skipped here. The list is ascending by
-	// number, and by time but for learnt reservations that arrived out of
-	// order, which a scan from i passes over.
-	for i < n && !l.rs[i].at.After(old) {
-		i++
-	}
-	return l.weightFrom(i)
-}
-
-// after is the weight of the reservations made after cut (the list being
-// ascending by time, but for learnt ones out of order, counted from the
-// first after cut).
-func (l *reservationList) after(cut time.Time) float64 {
-	n := len(l.rs)
-	if n == 0 || !l.rs[n-1].at.After(cut) {
-		return 0
-	}
-	i := sort.Search(n, func(i int) bool { return l.rs[i].at.After(cut) })
-	return l.weightFrom(i)
-}
-
-func (l *reservationList) weightFrom(i int) float64 {
-	if i >= len(l.rs) {
-		return 0
-	}
-	return l.rs[len(l.rs)-1].cum - l.rs[i].cum + l.rs[i].w
 }
 
 // locked runs fn with the reservations locked, so that a placement and the
@@ -162,12 +172,16 @@ func (r *reservations) locked(fn func()) {
 // addLocked records a device of weight w sent to exec now and returns its
 // ticket; the caller is inside locked.
 func (r *reservations) addLocked(exec string, w float64) fleet.Ticket {
-	r.seq++
-	if r.seq%4096 == 0 {
+	seq, ok := r.next[exec]
+	if !ok {
+		seq = r.start
+	}
+	r.next[exec] = seq + 1
+	if r.made++; r.made%4096 == 0 {
 		r.sweepLocked()
 	}
-	r.add(exec, r.replica, reservation{at: r.lockedNow, seq: r.seq, w: w})
-	return fleet.Ticket{Replica: r.replica, Executor: exec, Seq: r.seq}
+	r.add(exec, r.replica, reservation{at: r.lockedNow, seq: seq, w: w})
+	return fleet.Ticket{Replica: r.replica, Executor: exec, Seq: seq}
 }
 
 // learn records a device of weight w that another replica sent where its
@@ -185,12 +199,19 @@ func (r *reservations) addGroup(group string, w float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lockedNow = r.now()
-	l := r.byGroup[group]
-	if l == nil {
-		l = &reservationList{}
-		r.byGroup[group] = l
+	rs := r.byGroup[group]
+	old := r.lockedNow.Add(-r.maxAge)
+	drop := 0
+	for drop < len(rs) && !rs[drop].at.After(old) {
+		drop++
 	}
-	l.insert(reservation{at: r.lockedNow, w: w}, r.maxAge)
+	rs = rs[drop:]
+	x := reservation{at: r.lockedNow, w: w}
+	// Keep the list ordered even if the clock stepped back.
+	if n := len(rs); n > 0 && x.at.Before(rs[n-1].at) {
+		x.at = rs[n-1].at
+	}
+	r.byGroup[group] = append(rs, x)
 }
 
 func (r *reservations) add(exec, replica string, x reservation) {
@@ -204,54 +225,25 @@ func (r *reservations) add(exec, replica string, x reservation) {
 		l = &reservationList{}
 		m[replica] = l
 	}
-	if x.seq <= l.done {
-		return // already counted
+	i := len(l.rs)
+	for i > 0 && l.rs[i-1].seq > x.seq {
+		i--
 	}
-	l.insert(x, r.maxAge)
-}
-
-// insert adds x in order of sequence number (at the end, its time kept
-// ascending, for reservations without one), after dropping those older
-// than maxAge and those counted already.
-func (l *reservationList) insert(x reservation, maxAge time.Duration) {
-	rs := l.rs
-	old := x.at.Add(-maxAge)
-	drop := 0
-	for drop < len(rs) && (!rs[drop].at.After(old) || rs[drop].seq != 0 && rs[drop].seq <= l.done) {
-		drop++
+	if i < l.checked {
+		l.checked = i // learnt out of order: check from here again
 	}
-	rs = rs[drop:]
-	i := len(rs)
-	if x.seq == 0 {
-		// Keep the list ordered even if the clock stepped back.
-		if i > 0 && x.at.Before(rs[i-1].at) {
-			x.at = rs[i-1].at
-		}
-	} else {
-		for i > 0 && rs[i-1].seq > x.seq {
-			i--
-		}
-	}
-	rs = slices.Insert(rs, i, x)
-	for j := i; j < len(rs); j++ {
-		rs[j].cum = rs[j].w
-		if j > 0 {
-			rs[j].cum += rs[j-1].cum
-		}
-	}
-	l.rs = rs
+	l.rs = append(l.rs, reservation{})
+	copy(l.rs[i+1:], l.rs[i:])
+	l.rs[i] = x
 }
 
 // sweepLocked forgets the lists whose newest reservation is older than
 // maxAge, so that executors and replicas long gone leave nothing behind.
 func (r *reservations) sweepLocked() {
 	old := r.lockedNow.Add(-r.maxAge)
-	stale := func(l *reservationList) bool {
-		return len(l.rs) == 0 || !l.rs[len(l.rs)-1].at.After(old)
-	}
 	for exec, m := range r.byExec {
 		for replica, l := range m {
-			if stale(l) {
+			if len(l.rs) == 0 || !l.rs[len(l.rs)-1].at.After(old) {
 				delete(m, replica)
 			}
 		}
@@ -259,8 +251,8 @@ func (r *reservations) sweepLocked() {
 			delete(r.byExec, exec)
 		}
 	}
-	for g, l := range r.byGroup {
-		if stale(l) {
+	for g, rs := range r.byGroup {
+		if len(rs) == 0 || !rs[len(rs)-1].at.After(old) {
 			delete(r.byGroup, g)
 		}
 	}

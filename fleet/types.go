@@ -84,16 +84,16 @@ type Executor struct {
 	// (`berth ctl executor drain`): it keeps its devices, Assign no longer
 	// names it, and the rebalancer moves its devices away at its rate.
 	DrainMarked bool `json:"drain_marked,omitempty"`
-	// Admitted holds, per control plane replica, the highest reservation
-	// sequence number of that replica, made on this executor, whose device
-	// this executor admitted; it is written in the same record as
-	// Connections, so a reservation whose sequence number is at most its
-	// replica's entry is in Connections (or its device came and left). A
-	// record without it (nil) is from an executor that does not report
-	// reservations: replicas then fall back to a time rule. The map is
-	// shared by copies of the record and never modified after it was
-	// decoded or handed to the registry.
-	Admitted map[string]uint64 `json:"admitted"`
+	// Admitted holds, per control plane replica, the sequence numbers of
+	// that replica's reservations on this executor whose devices this
+	// executor admitted recently (in the last minute at least); it is
+	// written in the same record as Connections, so a reservation in it is
+	// in Connections (or its device came and left). A record without it
+	// (nil) is from an executor that does not report reservations: replicas
+	// then fall back to a time rule. The map and its sets are shared by
+	// copies of the record and never modified after it was decoded or
+	// handed to the registry.
+	Admitted map[string]SeqSet `json:"admitted"`
 	// UpdatedAt is when the executor wrote this record (its own clock).
 	UpdatedAt time.Time `json:"updated_at"`
 	// ObservedAt is when this process saw the record (its own clock). It is
@@ -200,9 +200,12 @@ func (e Executor) Validate() error {
 	case len(e.Admitted) > MaxAdmittedReplicas:
 		return fmt.Errorf("%w: executor %s: reservations of %d replicas; at most %d", ErrInvalid, e.ID, len(e.Admitted), MaxAdmittedReplicas)
 	}
-	for r := range e.Admitted {
+	for r, set := range e.Admitted {
 		if !ValidID(r) {
 			return fmt.Errorf("%w: executor %s: reservations of replica %q", ErrInvalid, e.ID, r)
+		}
+		if err := set.Validate(); err != nil {
+			return fmt.Errorf("%w: executor %s: reservations of replica %s: %v", ErrInvalid, e.ID, r, err)
 		}
 	}
 	return nil
