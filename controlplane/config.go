@@ -42,6 +42,15 @@ type Config struct {
 	// MaxInFlight bounds concurrent Assigns; above it Assign sheds with
 	// RESOURCE_EXHAUSTED and a retry hint of RetryAfter.
 	MaxInFlight int
+	// AdmitRate bounds the Assigns a second this replica answers (0: no
+	// bound); above it, bursts of AdmitBurst aside, Assign sheds with
+	// RESOURCE_EXHAUSTED and a retry hint spread over the time the backlog
+	// needs at that rate (see admission). It protects etcd and the replica
+	// in reconnect storms; set it to what the replica sustains for new
+	// devices (`berth bench assign`).
+	AdmitRate float64
+	// AdmitBurst is the bucket size of AdmitRate.
+	AdmitBurst int
 	// RetryAfter is the retry hint given when shedding.
 	RetryAfter time.Duration
 	// WriteTimeout bounds the write of an assignment record.
@@ -70,6 +79,7 @@ func DefaultConfig() Config {
 		ReservationGrace:  time.Second,
 		ReservationMaxAge: 30 * time.Second,
 		MaxInFlight:       4096,
+		AdmitBurst:        1000,
 		RetryAfter:        time.Second,
 		WriteTimeout:      5 * time.Second,
 		// gRPC's own connection backoff defaults.
@@ -94,6 +104,9 @@ func (c Config) Validate() error {
 	}
 	if c.TokenCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("token cache size %d: want >= 0", c.TokenCacheSize))
+	}
+	if c.AdmitRate < 0 || c.AdmitRate > 0 && c.AdmitBurst < 1 {
+		errs = append(errs, fmt.Errorf("admit rate %g, burst %d: want rate >= 0 and, with a rate, burst >= 1", c.AdmitRate, c.AdmitBurst))
 	}
 	if c.MaxInFlight <= 0 {
 		errs = append(errs, fmt.Errorf("max in flight %d: want > 0", c.MaxInFlight))

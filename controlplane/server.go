@@ -119,6 +119,7 @@ type Server struct {
 	now     func() time.Time
 
 	res      *reservations
+	admit    *admission // nil: no rate bound
 	inFlight atomic.Int64
 	stats    counters
 	policies *placement.Policies
@@ -173,6 +174,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		Jitter:     b.Jitter,
 		MaxDelay:   durationpb.New(b.MaxDelay),
 	}
+	s.admit = newAdmission(cfg.AdmitRate, cfg.AdmitBurst, cfg.RetryAfter, s.now)
 	s.res = newReservations(cfg.ReplicaID, cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policies = placement.NewPolicies(s.log)
 	if cfg.TokenCacheSize > 0 {
@@ -210,9 +212,15 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	if n := s.inFlight.Add(1); n > int64(s.cfg.MaxInFlight) {
 		s.inFlight.Add(-1)
 		s.stats.shed.Add(1)
-		return nil, shedStatus(s.cfg.RetryAfter)
+		return nil, shed(ctx, "control plane overloaded; retry later", s.cfg.RetryAfter)
 	}
 	defer s.inFlight.Add(-1)
+	if s.admit != nil {
+		if hint, ok := s.admit.admit(); !ok {
+			s.stats.shed.Add(1)
+			return nil, shed(ctx, fmt.Sprintf("control plane admitting at most %g Assigns a second; retry in %v", s.cfg.AdmitRate, hint.Round(time.Millisecond)), hint)
+		}
+	}
 	id, err := s.authenticate(ctx, req)
 	if err != nil {
 		return nil, err

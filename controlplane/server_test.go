@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -329,5 +332,42 @@ func TestAssignReusesTokens(t *testing.T) {
 	c, err := f.verifier.Verify(third.GetDestination().GetToken())
 	if err != nil || c.GroupID != third.GetDestination().GetGroupId() {
 		t.Errorf("new token claims %+v, %v; want group %s", c, err, third.GetDestination().GetGroupId())
+	}
+}
+
+// TestAssignAdmissionSheds: above AdmitRate (past its burst) Assign answers
+// RESOURCE_EXHAUSTED with a retry hint in RetryInfo and in the
+// grpc-retry-pushback-ms trailer, agreeing, and at least RetryAfter.
+func TestAssignAdmissionSheds(t *testing.T) {
+	groups, execs := twoGroups()
+	cfg := controlplane.DefaultConfig()
+	cfg.AdmitRate, cfg.AdmitBurst = 0.001, 2 // no token comes back during the test
+	f := start(t, cfg, groups, execs)
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: fmt.Sprint("dev-", i), Spec: &controlplanev1.DeviceSpec{Model: "m"}}); err != nil {
+			t.Fatalf("Assign %d within the burst: %v", i, err)
+		}
+	}
+	var trailer metadata.MD
+	_, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-2", Spec: &controlplanev1.DeviceSpec{Model: "m"}}, grpc.Trailer(&trailer))
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted {
+		t.Fatalf("Assign past the burst: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	var hint time.Duration
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			hint = ri.GetRetryDelay().AsDuration()
+		}
+	}
+	if hint < cfg.RetryAfter {
+		t.Errorf("RetryInfo hint %v, want at least %v (%v)", hint, cfg.RetryAfter, st.Details())
+	}
+	if got := trailer.Get(controlplane.PushbackTrailer); len(got) != 1 || got[0] != strconv.FormatInt(hint.Milliseconds(), 10) {
+		t.Errorf("pushback trailer %v, want [%d]", got, hint.Milliseconds())
+	}
+	if !strings.Contains(st.Message(), "at most 0.001 Assigns a second") {
+		t.Errorf("message %q does not name the rate", st.Message())
 	}
 }
