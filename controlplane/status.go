@@ -89,5 +89,3 @@ func toStatus(err error, retry time.Duration) error {
 		return status.Error(codes.Internal, "internal error")
 	}
 }
-
-
