@@ -213,6 +213,19 @@ func TestCommandLines(t *testing.T) {
 	}
 	certs := tlsHosts(script)
 
+	t.Run("docs", func(t *testing.T) {
+		invs, err := markdownInvocations("../docs/deploy.md")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(invs) < 5 {
+			t.Fatalf("docs/deploy.md: %d berth command lines in sh blocks, want the certificates, keys and bootstrap it shows", len(invs))
+		}
+		for _, inv := range invs {
+			check(inv)
+		}
+	})
+
 	t.Run("compose", func(t *testing.T) {
 		c := readCompose(t)
 		groups := map[string][]string{}

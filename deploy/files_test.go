@@ -155,8 +155,39 @@ func shellInvocations(file string) ([]invocation, error) {
 	if err != nil {
 		return nil, err
 	}
+	return shellTextInvocations(file, string(b))
+}
+
+// markdownInvocations returns the berth command lines of a Markdown
+// file's ```sh blocks.
+func markdownInvocations(file string) ([]invocation, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	// Lines outside the blocks become empty, to keep line numbers.
+	lines := strings.Split(string(b), "\n")
+	in := false
+	for i, l := range lines {
+		fence := strings.HasPrefix(strings.TrimSpace(l), "```")
+		switch {
+		case fence && !in:
+			in = strings.TrimSpace(l) == "```sh"
+			lines[i] = ""
+		case fence:
+			in = false
+			lines[i] = ""
+		case !in:
+			lines[i] = ""
+		}
+	}
+	return shellTextInvocations(file, strings.Join(lines, "\n"))
+}
+
+// shellTextInvocations is shellInvocations of text read from file.
+func shellTextInvocations(file, text string) ([]invocation, error) {
 	var out []invocation
-	lines := strings.Split(strings.ReplaceAll(string(b), "\\\n", " "), "\n")
+	lines := strings.Split(strings.ReplaceAll(text, "\\\n", " "), "\n")
 	for n, line := range lines {
 		if s := strings.TrimSpace(line); s == "" || strings.HasPrefix(s, "#") {
 			continue
