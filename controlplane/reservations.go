@@ -184,6 +184,22 @@ func (r *reservations) addLocked(exec string, w float64) fleet.Ticket {
 	return fleet.Ticket{Replica: r.replica, Executor: exec, Seq: seq}
 }
 
+// cancelLocked withdraws the reservation t (made by addLocked), whose
+// device was sent elsewhere after all; the caller is inside locked.
+func (r *reservations) cancelLocked(t fleet.Ticket) {
+	l := r.byExec[t.Executor][t.Replica]
+	if l == nil {
+		return
+	}
+	for i := len(l.rs) - 1; i >= 0; i-- {
+		if l.rs[i].seq == t.Seq {
+			l.rs = append(l.rs[:i], l.rs[i+1:]...)
+			l.checked = min(l.checked, i)
+			return
+		}
+	}
+}
+
 // learn records a device of weight w that another replica sent where its
 // ticket says (when this replica learnt it).
 func (r *reservations) learn(t fleet.Ticket, w float64) {

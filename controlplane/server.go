@@ -120,6 +120,7 @@ type Server struct {
 
 	res      *reservations
 	admit    *admission // nil: no rate bound
+	writes   writeBreaker
 	inFlight atomic.Int64
 	stats    counters
 	policies *placement.Policies
@@ -174,6 +175,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		Jitter:     b.Jitter,
 		MaxDelay:   durationpb.New(b.MaxDelay),
 	}
+	s.writes.probeEvery = cfg.RetryAfter
 	s.admit = newAdmission(cfg.AdmitRate, cfg.AdmitBurst, cfg.RetryAfter, s.now)
 	s.res = newReservations(cfg.ReplicaID, cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policies = placement.NewPolicies(s.log)
@@ -335,8 +337,25 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}
 	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) ||
 		prev.Thumbprint != b.Thumbprint || prev.Enrollment != b.Enrollment {
-		if err := s.record(ctx, req.GetDeviceId(), d, in, b, ticket); err != nil {
-			return nil, err
+		now := s.now()
+		err := errRegistryDown
+		if s.writes.allow(now) {
+			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket)
+			if err != nil && ctx.Err() != nil {
+				s.writes.abandon() // the caller left: says nothing of etcd
+				return nil, err
+			}
+			s.writes.done(err == nil, s.now())
+		}
+		if err != nil {
+			// etcd cannot take the record: a known device whose recorded
+			// group is still usable goes back there, which needs no write.
+			kept, ok := s.keepRecorded(d, prev, hasPrev, w, &ticket)
+			if !ok {
+				return nil, err
+			}
+			s.log.Debug("registry unavailable: device kept in its recorded group", "device", req.GetDeviceId(), "group", kept.Group.ID)
+			d = kept
 		}
 	}
 	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight, b)
@@ -359,6 +378,30 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		Reconnect: s.hints,
 		Reason:    d.Reason,
 	}, nil
+}
+
+// keepRecorded turns d into a decision for the device's recorded group,
+// when it has one among d's usable candidates under the recorded label, and
+// moves the reservation there (ticket is updated). It is the answer while
+// the registry cannot record a change: the device's record stays true.
+func (s *Server) keepRecorded(d placement.Decision, prev registry.Assignment, hasPrev bool, w float64, ticket *fleet.Ticket) (placement.Decision, bool) {
+	if !hasPrev {
+		return d, false
+	}
+	for _, c := range d.Candidates {
+		if c.Group.ID != prev.GroupID || c.Label != prev.Label || c.Dropped != "" || len(c.Endpoints) == 0 {
+			continue
+		}
+		d.Group, d.Label, d.Endpoints = *c.Group, prev.Label, c.Endpoints
+		d.Method = "recorded"
+		d.Reason = "registry unavailable: kept in recorded group " + c.Group.ID
+		s.res.locked(func() {
+			s.res.cancelLocked(*ticket)
+			*ticket = s.res.addLocked(c.Endpoints[0].Executor.ID, w)
+		})
+		return d, true
+	}
+	return d, false
 }
 
 // history returns the device's traffic history as of now (zero without a
@@ -414,3 +457,7 @@ func peerAddr(ctx context.Context) string {
 
 // errRegistryWrite wraps a failed assignment write.
 var errRegistryWrite = errors.New("controlplane: registry write failed")
+
+// errRegistryDown is the answer, without trying, while recent writes of
+// assignment records failed (see writeBreaker).
+var errRegistryDown = fmt.Errorf("%w: writes are failing; not tried", errRegistryWrite)

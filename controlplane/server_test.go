@@ -61,8 +61,9 @@ func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
 type fakeStore struct {
-	cache   *fakeCache
-	writes  int
+	cache    *fakeCache
+	writes   int
+	attempts int // PutAssignment calls, failed ones too
 	block   chan struct{}
 	entered chan struct{} // receives when a write starts, if set
 	fail    error
@@ -75,6 +76,7 @@ func (s *fakeStore) PutPolicy(context.Context, registry.StoredPolicy, int64) (in
 }
 
 func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
+	s.attempts++
 	if s.entered != nil {
 		s.entered <- struct{}{}
 	}
@@ -369,5 +371,48 @@ func TestAssignAdmissionSheds(t *testing.T) {
 	}
 	if !strings.Contains(st.Message(), "at most 0.001 Assigns a second") {
 		t.Errorf("message %q does not name the rate", st.Message())
+	}
+}
+
+// TestAssignWhileRegistryWritesFail: once a record write failed, Assigns
+// that need one are answered at once (not after WriteTimeout each): a known
+// device whose recorded group is usable goes back there, which needs no
+// write; a new device gets UNAVAILABLE with a retry hint. One probe a
+// RetryAfter finds the registry back.
+func TestAssignWhileRegistryWritesFail(t *testing.T) {
+	groups, execs := twoGroups()
+	execs[2].Connections = 90 // g2 at 90%: balance now picks g1
+	cfg := controlplane.DefaultConfig()
+	cfg.RetryAfter = time.Hour // no probe during the test but the one made below
+	f := start(t, cfg, groups, execs)
+	f.cache.records["known"] = registry.Assignment{DeviceID: "known", GroupID: "g2", Label: "default"}
+	f.store.fail = errors.New("etcdserver: request timed out")
+	ctx := context.Background()
+	assign := func(id string) (*controlplanev1.AssignResponse, error) {
+		return f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: id, Spec: &controlplanev1.DeviceSpec{Model: "m"}})
+	}
+	if _, err := assign("new-1"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("new device, write failing: %v, want UNAVAILABLE", err)
+	}
+	if f.store.attempts != 1 {
+		t.Fatalf("%d write attempts, want 1", f.store.attempts)
+	}
+	resp, err := assign("known")
+	if err != nil {
+		t.Fatalf("known device while writes fail: %v", err)
+	}
+	if g := resp.GetDestination().GetGroupId(); g != "g2" || !strings.Contains(resp.GetReason(), "kept in recorded group g2") {
+		t.Errorf("known device sent to %s (%q), want its recorded g2", g, resp.GetReason())
+	}
+	claims, err := f.verifier.Verify(resp.GetDestination().GetToken())
+	if err != nil || claims.GroupID != "g2" {
+		t.Errorf("token for %+v (%v), want group g2", claims, err)
+	}
+	st := status.Convert(func() error { _, err := assign("new-2"); return err }())
+	if st.Code() != codes.Unavailable || len(st.Details()) == 0 {
+		t.Errorf("second new device: %v, want UNAVAILABLE with a retry hint", st)
+	}
+	if f.store.attempts != 1 {
+		t.Errorf("%d write attempts, want still 1: writes are not tried while they fail", f.store.attempts)
 	}
 }
