@@ -64,9 +64,9 @@ type fakeStore struct {
 	cache    *fakeCache
 	writes   int
 	attempts int // PutAssignment calls, failed ones too
-	block   chan struct{}
-	entered chan struct{} // receives when a write starts, if set
-	fail    error
+	block    chan struct{}
+	entered  chan struct{} // receives when a write starts, if set
+	fail     error
 }
 
 var _ controlplane.AssignmentStore = (*fakeStore)(nil)
