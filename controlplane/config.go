@@ -55,6 +55,11 @@ type Config struct {
 	RetryAfter time.Duration
 	// WriteTimeout bounds the write of an assignment record.
 	WriteTimeout time.Duration
+	// KeepWriteTimeout bounds it instead (when shorter) for a known device
+	// whose recorded group is still usable: if etcd does not answer in
+	// time, the device goes back to its recorded group, which needs no
+	// write, rather than wait.
+	KeepWriteTimeout time.Duration
 	// Reconnect are the backoff hints sent to devices.
 	Reconnect Backoff
 }
@@ -82,6 +87,7 @@ func DefaultConfig() Config {
 		AdmitBurst:        1000,
 		RetryAfter:        time.Second,
 		WriteTimeout:      5 * time.Second,
+		KeepWriteTimeout:  time.Second,
 		// gRPC's own connection backoff defaults.
 		Reconnect: Backoff{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 120 * time.Second},
 	}
@@ -111,8 +117,8 @@ func (c Config) Validate() error {
 	if c.MaxInFlight <= 0 {
 		errs = append(errs, fmt.Errorf("max in flight %d: want > 0", c.MaxInFlight))
 	}
-	if c.WriteTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("write timeout %v: want > 0", c.WriteTimeout))
+	if c.WriteTimeout <= 0 || c.KeepWriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("write timeouts %v, %v (keep): want > 0", c.WriteTimeout, c.KeepWriteTimeout))
 	}
 	b := c.Reconnect
 	if b.BaseDelay <= 0 || b.MaxDelay < b.BaseDelay || b.Multiplier < 1 || b.Jitter < 0 || b.Jitter > 1 {

@@ -340,7 +340,11 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		now := s.now()
 		err := errRegistryDown
 		if s.writes.allow(now) {
-			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket)
+			timeout := s.cfg.WriteTimeout
+			if _, ok := recordedCandidate(d, prev, hasPrev); ok {
+				timeout = min(timeout, s.cfg.KeepWriteTimeout)
+			}
+			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket, timeout)
 			if err != nil && ctx.Err() != nil {
 				s.writes.abandon() // the caller left: says nothing of etcd
 				return nil, err
@@ -380,28 +384,37 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}, nil
 }
 
-// keepRecorded turns d into a decision for the device's recorded group,
-// when it has one among d's usable candidates under the recorded label, and
-// moves the reservation there (ticket is updated). It is the answer while
-// the registry cannot record a change: the device's record stays true.
-func (s *Server) keepRecorded(d placement.Decision, prev registry.Assignment, hasPrev bool, w float64, ticket *fleet.Ticket) (placement.Decision, bool) {
+// recordedCandidate returns the device's recorded group among d's usable
+// candidates under the recorded label, if it is one.
+func recordedCandidate(d placement.Decision, prev registry.Assignment, hasPrev bool) (placement.Candidate, bool) {
 	if !hasPrev {
-		return d, false
+		return placement.Candidate{}, false
 	}
 	for _, c := range d.Candidates {
-		if c.Group.ID != prev.GroupID || c.Label != prev.Label || c.Dropped != "" || len(c.Endpoints) == 0 {
-			continue
+		if c.Group.ID == prev.GroupID && c.Label == prev.Label && c.Dropped == "" && len(c.Endpoints) > 0 {
+			return c, true
 		}
-		d.Group, d.Label, d.Endpoints = *c.Group, prev.Label, c.Endpoints
-		d.Method = "recorded"
-		d.Reason = "registry unavailable: kept in recorded group " + c.Group.ID
-		s.res.locked(func() {
-			s.res.cancelLocked(*ticket)
-			*ticket = s.res.addLocked(c.Endpoints[0].Executor.ID, w)
-		})
-		return d, true
 	}
-	return d, false
+	return placement.Candidate{}, false
+}
+
+// keepRecorded turns d into a decision for the device's recorded group
+// (see recordedCandidate) and moves the reservation there (ticket is
+// updated). It is the answer while the registry cannot record a change:
+// the device's record stays true.
+func (s *Server) keepRecorded(d placement.Decision, prev registry.Assignment, hasPrev bool, w float64, ticket *fleet.Ticket) (placement.Decision, bool) {
+	c, ok := recordedCandidate(d, prev, hasPrev)
+	if !ok {
+		return d, false
+	}
+	d.Group, d.Label, d.Endpoints = *c.Group, prev.Label, c.Endpoints
+	d.Method = "recorded"
+	d.Reason = "registry unavailable: kept in recorded group " + c.Group.ID
+	s.res.locked(func() {
+		s.res.cancelLocked(*ticket)
+		*ticket = s.res.addLocked(c.Endpoints[0].Executor.ID, w)
+	})
+	return d, true
 }
 
 // history returns the device's traffic history as of now (zero without a
@@ -430,8 +443,8 @@ func (s *Server) token(device string, d placement.Decision, weight float64, b to
 }
 
 // record writes the device's assignment record.
-func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding, t fleet.Ticket) error {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding, t fleet.Ticket, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := s.store.PutAssignment(wctx, registry.Assignment{
 		DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC(),

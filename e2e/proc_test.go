@@ -175,6 +175,19 @@ func (p *proc) waitLine(timeout time.Duration, what string, match func(string) b
 	}
 }
 
+// waitNext is waitLine for lines printed from now on only.
+func (p *proc) waitNext(timeout time.Duration, what string, match func(string) bool) string {
+	p.t.Helper()
+	p.mu.Lock()
+	from := len(p.lines)
+	p.mu.Unlock()
+	seen := 0
+	return p.waitLine(timeout, what, func(l string) bool {
+		seen++
+		return seen > from && match(l)
+	})
+}
+
 var listenRE = regexp.MustCompile(`listening on (\S+)`)
 
 // addr waits for the process's "listening on ADDR" line.
