@@ -192,11 +192,15 @@ func NewVerifier(now func() time.Time, keys ...ed25519.PublicKey) (*Verifier, er
 	}
 	v := &Verifier{keys: m, now: now}
 	// Expiry is checked by Verify itself, so that an expired but authentic
-	// token can be told apart from a forged one.
+	// token can be told apart from a forged one. Strict decoding refuses
+	// base64url with non-zero padding bits: without it, a token whose last
+	// character was changed to another encoding of the same bits verified,
+	// so one token had several spellings (found by FuzzTokenModified).
 	v.parser = jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}),
 		jwt.WithIssuer(issuer),
 		jwt.WithoutClaimsValidation(),
+		jwt.WithStrictDecoding(),
 	)
 	return v, nil
 }
