@@ -16,8 +16,8 @@ import (
 var fuzzInputs = []*policyv1.Input{
 	{},
 	{
-		Device: &policyv1.DeviceInput{Id: "dev-1", Model: "EU-100", Firmware: "2.1.0", Attributes: map[string]string{"site": "lyon", "": ""}},
-		Tenant: &policyv1.TenantInput{Id: "acme", Attributes: map[string]string{"tier": "gold"}},
+		Device:   &policyv1.DeviceInput{Id: "dev-1", Model: "EU-100", Firmware: "2.1.0", Attributes: map[string]string{"site": "lyon", "": ""}},
+		Tenant:   &policyv1.TenantInput{Id: "acme", Attributes: map[string]string{"tier": "gold"}},
 		Services: &policyv1.ServicesInput{Requested: []string{"print", "scan"}, Entitled: []string{"print"}},
 		History:  &policyv1.HistoryInput{LastGroup: "g1", LastLabel: "gold", ConnectsLastDay: 3, MessagesPerDay: 1 << 40, BytesPerDay: -1},
 	},
@@ -28,39 +28,9 @@ var fuzzInputs = []*policyv1.Input{
 // without panicking, labels devices only with labels it declares, and,
 // stored as admin.ApplyPolicy stores it (protojson of its source), parses
 // and compiles again to the same policy on every replica.
+//
+// Its seeds are in testdata/fuzz/FuzzPolicy.
 func FuzzPolicy(f *testing.F) {
-	for _, doc := range []string{
-		"default_label: std\n",
-		`{"default_label": "std", "rules": [{"name": "eu", "when": "device.model.startsWith(\"EU-\")", "label": "eu"}]}`,
-		`
-default_label: std
-rules:
-  - name: gold-tenants
-    when: tenant.attributes["tier"] == "gold"
-    label: gold
-  - name: heavy
-    when: history.messages_per_day > 1000 && "print" in services.entitled
-    label: heavy
-fallbacks:
-  gold: {labels: [std]}
-  heavy: {labels: [std, gold]}
-filter: {max_utilization: 0.9}
-sticky: {enabled: true, margin: 0.1}
-affinity: {key: tenant.id, load_factor: 0.5}
-balance: {mode: BALANCE_MODE_LOAD}
-`,
-		"default_label: a\nrules: [{label: b, when: 'device.attributes[\"x\"].matches(\"^a+$\")'}]\n",
-		"default_label: a\naffinity: {key: 'device.attributes.exists(k, k == \"site\") ? device.attributes[\"site\"] : \"\"'}\n",
-		"default_label: a\nrules: [{label: b, when: '1/0 == 1'}, {label: c, when: 'int(device.firmware) > 2'}]\n",
-		"default_label: a\nfallbacks: {a: {labels: [a]}, b: {labels: [a, c]}}\n",
-		"default_label: a\nrules: [{label: b, when: true}]\n",
-		"x: &a [*a]\n",
-		"default_label: [1, 2]\n",
-		"",
-		"{",
-	} {
-		f.Add([]byte(doc))
-	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		p, err := policy.Parse(doc)
 		if err != nil {
