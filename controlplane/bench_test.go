@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/berthproject/berth/controlplane"
+	"github.com/berthproject/berth/fleet"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -19,7 +20,9 @@ func BenchmarkAssign(b *testing.B) {
 		id := fmt.Sprintf("g%d", g)
 		groups = append(groups, registry.Group{ID: id, Labels: []string{"default"}, Capacity: 1 << 20, State: registry.GroupActive})
 		for e := range 4 {
-			execs = append(execs, registry.Executor{ID: fmt.Sprintf("%s-%d", id, e), GroupID: id, Address: "127.0.0.1:1", Capacity: 1 << 18})
+			// Admitted: executors that report reservations, as berth's do.
+			execs = append(execs, registry.Executor{ID: fmt.Sprintf("%s-%d", id, e), GroupID: id, Address: "127.0.0.1:1", Capacity: 1 << 18,
+				Admitted: map[string]fleet.SeqSet{}})
 		}
 	}
 	key, err := token.GenerateKey()

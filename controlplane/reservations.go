@@ -42,109 +42,67 @@ type reservations struct {
 	// next is the next sequence number on each executor (kept while the
 	// replica runs: numbers are never given twice).
 	next map[string]uint64
-	// byExec holds pending reservations by executor id, then by the replica
+	// byExec holds pending reservations by executor id: this replica's,
+	// then other replicas' by replica id.
 	// that made them.
-	byExec map[string]map[string]*reservationList
+	byExec map[string]*execReservations
 	// byGroup holds reservations without ticket by group id, ascending by
 	// at.
-	byGroup map[string][]reservation
+	byGroup map[string][]groupReservation
 	// lockedNow is the time taken when the lock was taken: one clock read
-	// serves a whole placement.
-	lockedNow time.Time
+	// serves a whole placement; oldest is lockedNow less maxAge.
+	lockedNow, oldest time.Time
 	// made counts reservations, to sweep now and then.
 	made uint64
-}
-
-type reservation struct {
-	at  time.Time
-	seq uint64
-	w   float64
-}
-
-// reservationList is one executor's pending reservations of one replica,
-// ascending by sequence number (by time for learnt ones out of order too).
-// rs[:checked] were checked against set, the executor's Admitted set of
-// the replica last read, and found not in it; sum is their total weight.
-type reservationList struct {
-	rs      []reservation
-	set     fleet.SeqSet
-	checked int
-	sum     float64
 }
 
 func newReservations(replica string, grace, maxAge time.Duration, now func() time.Time) *reservations {
 	return &reservations{replica: replica, grace: grace, maxAge: maxAge, now: now,
 		start: uint64(max(now().UnixNano(), 1)), next: map[string]uint64{},
-		byExec: map[string]map[string]*reservationList{}, byGroup: map[string][]reservation{}}
+		byExec: map[string]*execReservations{}, byGroup: map[string][]groupReservation{}}
+}
+
+// execReservations are one executor's reservations: this replica's, and
+// other replicas' (learnt from their tickets) by replica id.
+type execReservations struct {
+	own    reservationList
+	others map[string]*reservationList
 }
 
 // Pending implements placement.Pending for an executor. The caller holds
 // the lock.
 func (r *reservations) Pending(e *fleet.Executor) float64 {
-	byReplica := r.byExec[e.ID]
-	if len(byReplica) == 0 {
+	x := r.byExec[e.ID]
+	if x == nil {
 		return 0
 	}
-	old := r.lockedNow.Add(-r.maxAge)
-	sum := 0.0
-	for replica, l := range byReplica {
-		if e.Admitted == nil {
-			sum += l.madeAfter(maxTime(e.ObservedAt.Add(-r.grace), old))
-			continue
-		}
-		sum += l.pending(e.Admitted[replica], old)
-	}
-	return sum
-}
-
-// pending drops the reservations set lists and those made before old, and
-// returns the weight of the rest.
-func (l *reservationList) pending(set fleet.SeqSet, old time.Time) float64 {
-	if !sameSet(set, l.set) {
-		l.set, l.checked = set, 0
-	}
-	expired := len(l.rs) > 0 && !l.rs[0].at.After(old)
-	if l.checked == len(l.rs) && !expired {
-		return l.sum
-	}
-	kept := l.rs[:0]
-	for i, x := range l.rs {
-		if !x.at.After(old) || i >= l.checked && set.Contains(x.seq) {
-			continue
-		}
-		kept = append(kept, x)
-	}
-	clear(l.rs[len(kept):])
-	l.rs, l.checked = kept, len(kept)
-	l.sum = 0
-	for _, x := range l.rs {
-		l.sum += x.w
-	}
-	return l.sum
-}
-
-// sameSet reports whether a and b are the same decoded set (not merely
-// equal): a record read again needs no new check.
-func sameSet(a, b fleet.SeqSet) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
-// madeAfter is the weight of the reservations made after cut (the time
-// rule, for executors that do not report reservations).
-func (l *reservationList) madeAfter(cut time.Time) float64 {
-	sum := 0.0
-	for _, x := range l.rs {
-		if x.at.After(cut) {
-			sum += x.w
+	sum := r.pendingOf(&x.own, r.replica, e)
+	if len(x.others) > 0 {
+		for replica, l := range x.others {
+			sum += r.pendingOf(l, replica, e)
 		}
 	}
 	return sum
+}
+
+// pendingOf is the weight of replica's reservations on e not yet counted.
+func (r *reservations) pendingOf(l *reservationList, replica string, e *fleet.Executor) float64 {
+	if e.Admitted == nil {
+		l.expire(r.oldest)
+		l.compact()
+		return l.madeAfter(maxTime(e.ObservedAt.Add(-r.grace), r.oldest))
+	}
+	var set fleet.SeqSet
+	if len(e.Admitted) > 0 {
+		set = e.Admitted[replica]
+	}
+	return l.pending(set, r.oldest)
 }
 
 // GroupPending implements placement.Pending for devices other replicas sent
 // to a group without a ticket. The caller holds the lock.
 func (r *reservations) GroupPending(group string, countedAt time.Time) float64 {
-	cut := maxTime(countedAt.Add(-r.grace), r.lockedNow.Add(-r.maxAge))
+	cut := maxTime(countedAt.Add(-r.grace), r.oldest)
 	rs := r.byGroup[group]
 	sum := 0.0
 	for i := len(rs) - 1; i >= 0 && rs[i].at.After(cut); i-- {
@@ -160,12 +118,18 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
+// setNow reads the clock for what happens under the lock.
+func (r *reservations) setNow() {
+	r.lockedNow = r.now()
+	r.oldest = r.lockedNow.Add(-r.maxAge)
+}
+
 // locked runs fn with the reservations locked, so that a placement and the
 // reservation it makes are atomic with respect to other Assigns.
 func (r *reservations) locked(fn func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.lockedNow = r.now()
+	r.setNow()
 	fn()
 }
 
@@ -187,16 +151,8 @@ func (r *reservations) addLocked(exec string, w float64) fleet.Ticket {
 // cancelLocked withdraws the reservation t (made by addLocked), whose
 // device was sent elsewhere after all; the caller is inside locked.
 func (r *reservations) cancelLocked(t fleet.Ticket) {
-	l := r.byExec[t.Executor][t.Replica]
-	if l == nil {
-		return
-	}
-	for i := len(l.rs) - 1; i >= 0; i-- {
-		if l.rs[i].seq == t.Seq {
-			l.rs = append(l.rs[:i], l.rs[i+1:]...)
-			l.checked = min(l.checked, i)
-			return
-		}
+	if x := r.byExec[t.Executor]; x != nil && t.Replica == r.replica {
+		x.own.cancel(t.Seq)
 	}
 }
 
@@ -205,7 +161,7 @@ func (r *reservations) cancelLocked(t fleet.Ticket) {
 func (r *reservations) learn(t fleet.Ticket, w float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.lockedNow = r.now()
+	r.setNow()
 	r.add(t.Executor, t.Replica, reservation{at: r.lockedNow, seq: t.Seq, w: w})
 }
 
@@ -214,7 +170,7 @@ func (r *reservations) learn(t fleet.Ticket, w float64) {
 func (r *reservations) addGroup(group string, w float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.lockedNow = r.now()
+	r.setNow()
 	rs := r.byGroup[group]
 	old := r.lockedNow.Add(-r.maxAge)
 	drop := 0
@@ -222,7 +178,7 @@ func (r *reservations) addGroup(group string, w float64) {
 		drop++
 	}
 	rs = rs[drop:]
-	x := reservation{at: r.lockedNow, w: w}
+	x := groupReservation{at: r.lockedNow, w: w}
 	// Keep the list ordered even if the clock stepped back.
 	if n := len(rs); n > 0 && x.at.Before(rs[n-1].at) {
 		x.at = rs[n-1].at
@@ -231,39 +187,37 @@ func (r *reservations) addGroup(group string, w float64) {
 }
 
 func (r *reservations) add(exec, replica string, x reservation) {
-	m := r.byExec[exec]
-	if m == nil {
-		m = map[string]*reservationList{}
-		r.byExec[exec] = m
+	e := r.byExec[exec]
+	if e == nil {
+		e = &execReservations{}
+		r.byExec[exec] = e
 	}
-	l := m[replica]
+	if replica == r.replica {
+		e.own.insert(x)
+		return
+	}
+	l := e.others[replica]
 	if l == nil {
+		if e.others == nil {
+			e.others = map[string]*reservationList{}
+		}
 		l = &reservationList{}
-		m[replica] = l
+		e.others[replica] = l
 	}
-	i := len(l.rs)
-	for i > 0 && l.rs[i-1].seq > x.seq {
-		i--
-	}
-	if i < l.checked {
-		l.checked = i // learnt out of order: check from here again
-	}
-	l.rs = append(l.rs, reservation{})
-	copy(l.rs[i+1:], l.rs[i:])
-	l.rs[i] = x
+	l.insert(x)
 }
 
 // sweepLocked forgets the lists whose newest reservation is older than
 // maxAge, so that executors and replicas long gone leave nothing behind.
 func (r *reservations) sweepLocked() {
-	old := r.lockedNow.Add(-r.maxAge)
-	for exec, m := range r.byExec {
-		for replica, l := range m {
-			if len(l.rs) == 0 || !l.rs[len(l.rs)-1].at.After(old) {
-				delete(m, replica)
+	old := r.oldest
+	for exec, x := range r.byExec {
+		for replica, l := range x.others {
+			if !l.newest().After(old) {
+				delete(x.others, replica)
 			}
 		}
-		if len(m) == 0 {
+		if len(x.others) == 0 && !x.own.newest().After(old) {
 			delete(r.byExec, exec)
 		}
 	}
