@@ -248,7 +248,7 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 			bound := fair * (1 + pol.LoadFactor())
 			for _, i := range rendezvous(key, cands) {
 				c := &cands[i]
-				if (c.Used+w)/float64(c.Capacity) <= bound {
+				if c.Used+w <= AffinityCeiling(bound, c.Capacity) {
 					pick, d.Method = c, "affinity"
 					d.Reason = "affinity " + strconv.Quote(key) + ": " + c.Group.ID + " at " + pct(c.Utilization()) + " (bound " + pct(bound) + ")"
 					break
@@ -276,6 +276,19 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 	}
 	d.Reason = prefix + "; " + d.Reason
 	return d, nil
+}
+
+// AffinityCeiling is what a group of capacity c may hold, in devices (or
+// load, when balancing by load), for affinity to place one more there:
+// ⌈bound·c⌉, bound being the utilization fair × (1 + load_factor). The
+// ceiling is bounded-load consistent hashing's (Mirrokni, Thorup,
+// Zadimoghaddam: each bin holds at most ⌈(1+ε)·m/n⌉ balls), weighted by
+// capacity: at low fill, where bound·c is below one device, a key still
+// gets its home group rather than none.
+func AffinityCeiling(bound float64, c int) float64 {
+	// Less a hair, so that a product that should be whole but came out
+	// just above it does not round up a whole device.
+	return math.Ceil(bound*float64(c) - 1e-9)
 }
 
 // pct formats a fraction as a whole percentage, as %.0f%% would: reasons

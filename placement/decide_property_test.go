@@ -353,12 +353,12 @@ func TestDecidePropertyAffinity(t *testing.T) {
 			switch {
 			case key == "" && d.Method != "balance":
 				t.Fatalf("method %s without an affinity key", d.Method)
-			case d.Method == "affinity" && picked.utilAfter() > bound*(1+eps):
-				t.Fatalf("affinity %q picked %s at %v once placed, above the bound %v (%s)", key, d.Group.ID, picked.utilAfter(), bound, d.Reason)
+			case d.Method == "affinity" && picked.used+1 > AffinityCeiling(bound, picked.capacity)+eps:
+				t.Fatalf("affinity %q picked %s holding %v of %d, above the ceiling %v of bound %v (%s)", key, d.Group.ID, picked.used, picked.capacity, AffinityCeiling(bound, picked.capacity), bound, d.Reason)
 			case d.Method == "balance" && key != "":
 				for _, c := range cands {
-					if c.utilAfter() <= bound*(1-eps) {
-						t.Fatalf("affinity %q fell back to balance, but %s is at %v once placed, within the bound %v", key, c.group.ID, c.utilAfter(), bound)
+					if c.used+1 <= AffinityCeiling(bound, c.capacity)-eps {
+						t.Fatalf("affinity %q fell back to balance, but %s holds %v of %d, within the ceiling %v", key, c.group.ID, c.used, c.capacity, AffinityCeiling(bound, c.capacity))
 					}
 				}
 			case d.Method != "affinity" && d.Method != "balance":

@@ -3,6 +3,7 @@ package placement
 import (
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -327,4 +328,44 @@ func TestRendezvousSpreadsByCapacity(t *testing.T) {
 			t.Errorf("group %s won %d of %d keys, want about %d (all: %v)", cands[i].Group.ID, w, keys, keys/4, wins)
 		}
 	}
+}
+
+// TestDecideAffinityCeiling is the case of three groups of 10,000 holding a
+// dozen devices, then twelve new devices of one tenant (load factor 0.5).
+// Bounded-load hashing lets the home group hold ⌈1.5·m/3⌉ of the m devices
+// placed (without the ceiling, m/2: the fifth device already left home): each device of the tenant stays home while that holds, and
+// the first that does not goes to the tenant's next group in its rendezvous
+// order (not to the least loaded), so the tenant spans two groups, in a
+// fixed order every replica computes.
+func TestDecideAffinityCeiling(t *testing.T) {
+	pol := compile(t, "default_label: default\naffinity: {key: tenant.id, load_factor: 0.5}\n")
+	groups := []fleet.Group{grp("a", 10000, fleet.GroupActive), grp("b", 10000, fleet.GroupActive), grp("c", 10000, fleet.GroupActive)}
+	count := map[string]int{"a": 4, "b": 4, "c": 4}
+	cands := []Candidate{{Group: &groups[0], Capacity: 10000}, {Group: &groups[1], Capacity: 10000}, {Group: &groups[2], Capacity: 10000}}
+	order := rendezvous("acme", cands)
+	home, next := cands[order[0]].Group.ID, cands[order[1]].Group.ID
+	placed := map[string]int{}
+	for i := range 12 {
+		execs := []fleet.Executor{exe("a1", "a", 10000, count["a"]), exe("b1", "b", 10000, count["b"]), exe("c1", "c", 10000, count["c"])}
+		d, err := Decide(snap(groups, execs), pol, dev(fmt.Sprint("d", i), "m", "acme", nil, ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := count["a"] + count["b"] + count["c"] + 1 // devices once this one is placed
+		ceiling := int(math.Ceil(1.5 * float64(m) / 3))
+		want := home
+		if count[home]+1 > ceiling {
+			want = next
+		}
+		if d.Group.ID != want || d.Method != "affinity" {
+			t.Fatalf("device %d of acme: %s by %s, want %s by affinity (home %s holds %d, ceiling %d of %d devices; %s)",
+				i, d.Group.ID, d.Method, want, home, count[home], ceiling, m, d.Reason)
+		}
+		count[d.Group.ID]++
+		placed[d.Group.ID]++
+	}
+	if placed[home] < 5 || len(placed) > 2 {
+		t.Errorf("acme's 12 devices: %v; want most at home %s, the rest on %s only", placed, home, next)
+	}
+	t.Logf("acme's 12 devices: %v (home %s, next %s)", placed, home, next)
 }
