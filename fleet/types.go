@@ -99,6 +99,16 @@ type Executor struct {
 	// ObservedAt is when this process saw the record (its own clock). It is
 	// set by the registry's cache and never stored.
 	ObservedAt time.Time `json:"-"`
+	// Revision is the etcd revision of the record; MovedAway counts the
+	// devices this executor's record counts that have since been seen on
+	// another executor (a newer session of the device replaced the one
+	// here, after the record was written). The registry's cache sets both,
+	// never stored, and lowers Connections and Load by MovedAway, so that
+	// the devices of an executor that died, or is slow to write its record,
+	// are counted once, where they are now, without waiting for its lease
+	// to expire.
+	Revision  int64 `json:"-"`
+	MovedAway int   `json:"-"`
 }
 
 // Assignment records which group a device was assigned to.

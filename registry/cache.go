@@ -44,6 +44,10 @@ type Cache struct {
 	syncState
 
 	mu           sync.RWMutex
+	// moved are the replacement notices, by the executor they name, then
+	// by device: the revision that created each (see MovedAway). Guarded
+	// by mu; read only by the watch goroutine and load.
+	moved        map[string]map[string]int64
 	assignments  map[string]Assignment
 	history      map[string]History
 	onAssignment []func(Assignment) // subscribers in order; replaced, never modified, under mu
@@ -56,7 +60,7 @@ func (r *Registry) NewCache(log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{reg: r, log: log, now: time.Now, assignments: map[string]Assignment{}, history: map[string]History{}}
+	c := &Cache{reg: r, log: log, now: time.Now, assignments: map[string]Assignment{}, history: map[string]History{}, moved: map[string]map[string]int64{}}
 	c.first = make(chan struct{})
 	c.snap.Store(newSnapshot(0, parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}))
 	return c
@@ -111,7 +115,7 @@ func (c *Cache) Run(ctx context.Context) error {
 
 // cachedDirs are the parts of the keyspace the cache holds; presence and
 // queues are read where they are needed, never cached.
-var cachedDirs = []string{groupsDir, executorsDir, tenantsDir, assignmentsDir, historyDir}
+var cachedDirs = []string{groupsDir, executorsDir, tenantsDir, assignmentsDir, historyDir, replacedDir}
 
 // devices are the per-device records of the cache while they are loaded.
 type devices struct {
@@ -124,10 +128,15 @@ type devices struct {
 func (c *Cache) load(ctx context.Context) (int64, error) {
 	p := parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}
 	devs := devices{assigns: map[string]Assignment{}, history: map[string]History{}}
+	moved := map[string]map[string]int64{}
 	now := c.now()
 	var rev int64
 	for _, dir := range cachedDirs {
 		rv, err := c.reg.listKVsAt(ctx, c.reg.prefix+dir, rev, func(kv *mvccpb.KeyValue) error {
+			if dir == replacedDir {
+				noteMoved(moved, strings.TrimPrefix(string(kv.Key), c.reg.prefix+dir), kv.CreateRevision)
+				return nil
+			}
 			c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, devs, now)
 			return nil
 		})
@@ -143,11 +152,61 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	for _, kv := range resp.Kvs {
 		c.decode(string(kv.Key), kv.Value, kv.ModRevision, &p, devs, now)
 	}
+	for id := range p.execs {
+		p.execs[id] = movedAway(p.execs[id], moved[id])
+	}
 	c.mu.Lock()
-	c.assignments, c.history = devs.assigns, devs.history
+	c.assignments, c.history, c.moved = devs.assigns, devs.history, moved
 	c.mu.Unlock()
 	c.snap.Store(newSnapshot(rev, p))
 	return rev, nil
+}
+
+// noteMoved files a replacement notice, "<executor>/<device>" created at
+// rev (0: deleted).
+func noteMoved(moved map[string]map[string]int64, id string, rev int64) {
+	exec, dev, ok := strings.Cut(id, "/")
+	if !ok {
+		return
+	}
+	if rev == 0 {
+		delete(moved[exec], dev)
+		if len(moved[exec]) == 0 {
+			delete(moved, exec)
+		}
+		return
+	}
+	if moved[exec] == nil {
+		moved[exec] = map[string]int64{}
+	}
+	moved[exec][dev] = rev
+}
+
+// movedAway returns e with MovedAway set from the notices naming it (those
+// newer than its record), and Connections and Load lowered by as many
+// devices from what the record reports.
+func movedAway(e Executor, notes map[string]int64) Executor {
+	n := 0
+	for _, rev := range notes {
+		if rev > e.Revision {
+			n++
+		}
+	}
+	if n == e.MovedAway {
+		return e
+	}
+	// Back to what the record reports, then down by n.
+	conns := e.Connections + e.MovedAway
+	load := e.Load
+	if e.Connections > 0 {
+		load = e.Load * float64(conns) / float64(e.Connections)
+	}
+	live := max(conns-n, 0)
+	if conns > 0 {
+		load = load * float64(live) / float64(conns)
+	}
+	e.Connections, e.Load, e.MovedAway = live, load, conns-live
+	return e
 }
 
 // kind tells which part of the keyspace a key belongs to, and its id.
@@ -175,7 +234,7 @@ func (c *Cache) decode(key string, value []byte, modRev int64, p *parts, devs de
 	case groupsDir:
 		err = decodeInto(p.groups, id, value, nil)
 	case executorsDir:
-		err = decodeInto(p.execs, id, value, func(e *Executor) { e.ObservedAt = now })
+		err = decodeInto(p.execs, id, value, func(e *Executor) { e.ObservedAt, e.Revision = now, modRev })
 	case tenantsDir:
 		err = decodeInto(p.tenants, id, value, nil)
 	case assignmentsDir:
@@ -279,6 +338,7 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 	changed := false
 	now := c.now()
 	var hook []Assignment
+	var touched []string
 	c.mu.RLock()
 	subs := c.onAssignment
 	c.mu.RUnlock()
@@ -291,6 +351,19 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 		dir, _ := c.kind(key)
 		switch dir {
 		case "":
+			continue
+		case replacedDir:
+			_, id := c.kind(key)
+			rev := ev.Kv.CreateRevision
+			if value == nil {
+				rev = 0
+			}
+			c.mu.Lock()
+			noteMoved(c.moved, id, rev)
+			c.mu.Unlock()
+			if exec, _, ok := strings.Cut(id, "/"); ok {
+				touched = append(touched, exec)
+			}
 			continue
 		case historyDir:
 			c.mu.Lock()
@@ -314,6 +387,29 @@ func (c *Cache) apply(rev int64, events []*clientv3.Event) {
 			changed = true
 		}
 		c.decode(key, value, ev.Kv.ModRevision, &p, devices{}, now)
+		if dir == executorsDir {
+			_, id := c.kind(key)
+			touched = append(touched, id)
+		}
+	}
+	// Executors whose record or notices changed: their counts, less the
+	// devices seen elsewhere since their record.
+	if len(touched) > 0 {
+		c.mu.RLock()
+		for _, id := range touched {
+			e, ok := p.execs[id]
+			if !ok {
+				continue
+			}
+			if e2 := movedAway(e, c.moved[id]); e2.MovedAway != e.MovedAway || e2.Connections != e.Connections {
+				if !changed {
+					p = parts{groups: maps.Clone(old.Groups), execs: maps.Clone(old.Executors), tenants: maps.Clone(old.Tenants), policy: old.Policy}
+					changed = true
+				}
+				p.execs[id] = e2
+			}
+		}
+		c.mu.RUnlock()
 	}
 	if changed {
 		c.snap.Store(newSnapshot(rev, p))

@@ -422,9 +422,9 @@ func TestCacheRelistsAfterCompaction(t *testing.T) {
 	if err := e.reg.PutGroup(ctx, registry.Group{ID: "gone", Capacity: 1}); err != nil {
 		t.Fatal(err)
 	}
-	// The first load reads each cached directory (five) and then the policy key:
+	// The first load reads each cached directory (six) and then the policy key:
 	// compact right after its last read, so the watch starts compacted.
-	hook := rangeHookAt(6, false, func() {
+	hook := rangeHookAt(7, false, func() {
 		if err := e.reg.DeleteGroup(ctx, "gone"); err != nil {
 			t.Error(err)
 		}
