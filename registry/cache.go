@@ -49,6 +49,9 @@ type Cache struct {
 	onAssignment []func(Assignment) // subscribers in order; replaced, never modified, under mu
 
 	relists atomic.Int64
+	// rev is the store revision the cache reflects: its listing's, then
+	// each watch response's (progress notifications included).
+	rev atomic.Int64
 }
 
 // NewCache returns a cache of r. It does no I/O; Run does.
@@ -100,6 +103,10 @@ func (c *Cache) AssignmentCount() int {
 	return len(c.assignments)
 }
 
+// Revision returns the etcd revision the cache reflects (0 before the
+// first listing).
+func (c *Cache) Revision() int64 { return c.rev.Load() }
+
 // Relists counts the full reloads after the first one.
 func (c *Cache) Relists() int64 { return c.relists.Load() }
 
@@ -147,6 +154,7 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	c.assignments, c.history = devs.assigns, devs.history
 	c.mu.Unlock()
 	c.snap.Store(newSnapshot(rev, p))
+	c.rev.Store(rev)
 	return rev, nil
 }
 
@@ -249,8 +257,15 @@ func (c *Cache) watch(ctx context.Context, rev int64) error {
 	}
 	defer wg.Wait()
 	defer cancel()
+	// Progress requests make etcd tell the watchers its revision when
+	// nothing they watch changed, so Revision follows the store.
+	progress := time.NewTicker(progressInterval)
+	defer progress.Stop()
 	for {
 		select {
+		case <-progress.C:
+			// A failure shows as a failed watch soon enough.
+			_ = cli.RequestProgress(wctx)
 		case <-wctx.Done():
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -264,9 +279,15 @@ func (c *Cache) watch(ctx context.Context, rev int64) error {
 				return errWatchClosed
 			}
 			c.apply(resp.Header.Revision, resp.Events)
+			if r := resp.Header.Revision; r > c.rev.Load() {
+				c.rev.Store(r)
+			}
 		}
 	}
 }
+
+// progressInterval is how often the watch asks etcd for its revision.
+const progressInterval = 5 * time.Second
 
 // errWatchClosed reports a watch channel closed without an error.
 var errWatchClosed = errors.New("registry: watch closed")
