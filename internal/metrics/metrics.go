@@ -12,7 +12,10 @@ package metrics
 
 import (
 	"context"
+	"maps"
 	"path"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +61,8 @@ type Metrics struct {
 
 	replica *replicaCollector
 	execs   *executorsCollector
+	// all are the collectors registered, for Names.
+	all []prometheus.Collector
 }
 
 // New builds the metrics of one process, with the Go runtime and process
@@ -102,13 +107,38 @@ func New() *Metrics {
 	}
 	m.replica = &replicaCollector{m: m}
 	m.execs = &executorsCollector{}
-	reg.MustRegister(
+	m.all = []prometheus.Collector{
 		m.replica, m.execs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.server, m.client, m.etcd, m.assigns, m.sent, m.delivered, m.failed, m.moves, m.moveFails,
-	)
+	}
+	reg.MustRegister(m.all...)
 	return m
+}
+
+// fqName finds a descriptor's name in its description (Desc has no
+// accessor).
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Names returns the name of every metric family the registry may hold,
+// whether or not it has a series yet, sorted: what dashboards and alerts
+// may refer to (histograms add _bucket, _sum and _count).
+func (m *Metrics) Names() []string {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		for _, c := range m.all {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	for d := range ch {
+		if sub := fqName.FindStringSubmatch(d.String()); sub != nil {
+			seen[sub[1]] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // ServerMetrics returns the gRPC server metrics, for internal/rpcserver;
