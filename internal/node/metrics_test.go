@@ -151,8 +151,8 @@ func TestDegradedWhenEtcdIsLost(t *testing.T) {
 		t.Skip("starts an embedded etcd")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.DefaultTimeout)
-	defer cancel()
 	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
+	cancel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestDegradedWhenEtcdIsLost(t *testing.T) {
 	if _, body := scrape(t, h, "/metrics"); !strings.Contains(body, "berth_registry_degraded 1") || !strings.Contains(body, "berth_registry_cache_synced 0") {
 		t.Error("/metrics while degraded lacks berth_registry_degraded 1 and berth_registry_cache_synced 0")
 	}
-	hctx, hcancel := context.WithTimeout(ctx, 2*time.Second)
+	hctx, hcancel := context.WithTimeout(context.Background(), testutil.DefaultTimeout)
 	defer hcancel()
 	hr, err := healthpb.NewHealthClient(dial(t, lis.Addr().String())).Check(hctx, &healthpb.HealthCheckRequest{Service: controlplanev1.ControlPlaneService_ServiceDesc.ServiceName})
 	if err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
