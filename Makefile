@@ -7,7 +7,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -race -timeout 15m
 
-.PHONY: all build run test unit e2e bench generate checkgenerate lint lint-core staticcheck fmt vet clean
+.PHONY: all build run test unit e2e faults bench generate checkgenerate lint lint-core staticcheck fmt vet clean docker
 
 all: build
 
@@ -30,6 +30,21 @@ unit:
 
 e2e:
 	go test $(GO_TEST_FLAGS) -count=1 ./e2e/...
+
+## docker: the container image of deploy/Dockerfile, when docker is installed
+# (not part of `make test`: the files in deploy/ are checked by go test ./deploy).
+IMAGE ?= berth:dev
+docker:
+	@if command -v docker >/dev/null 2>&1; then \
+		docker build -f deploy/Dockerfile -t $(IMAGE) . ; \
+	else \
+		echo "make docker: docker is not installed; skipping the image build"; \
+	fi
+
+## faults: the fault suite with real processes at full scale, printing each figure (docs/reliability.md)
+faults:
+	@mkdir -p bin; BERTH_FAULTS=full go test $(GO_TEST_FLAGS) -count=1 -v -run '^TestFault' ./e2e/... >bin/faults.log 2>&1; rc=$$?; \
+	grep -E -- '--- (PASS|FAIL)|FIGURE' bin/faults.log; echo "full log: bin/faults.log"; exit $$rc
 
 ## bench: the benchmarks the README quotes
 bench: build

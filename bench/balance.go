@@ -374,8 +374,8 @@ func addTo(m map[string]*reservationLog, key string, at int, w float64) {
 	l.add(at, w)
 }
 
-func (r *simReservations) Pending(exec string, countedAt time.Time) float64 {
-	return r.execs[exec].after(timeTick(countedAt))
+func (r *simReservations) Pending(e *registry.Executor) float64 {
+	return r.execs[e.ID].after(timeTick(e.ObservedAt))
 }
 
 func (r *simReservations) GroupPending(group string, countedAt time.Time) float64 {

@@ -28,19 +28,38 @@ type Config struct {
 	// with the same inputs under the same policy version skips the rules.
 	// About 1.3 KB per device with a few attributes.
 	LabelMemoSize int
-	// ReservationGrace is how long after an executor's count was observed a
-	// device sent to it is still counted as pending: at least the time from
-	// Assign to the device's Hello plus the executor's write interval.
+	// ReservationGrace is the fallback for executors whose record does not
+	// report admitted reservations (fleet.Executor.Admitted) and for other
+	// replicas' records without a ticket: how long after a count was
+	// observed a device sent there is still counted as pending (at least
+	// the time from Assign to the device's Hello plus the executor's write
+	// interval). Reservations on executors that report them end exactly
+	// when a count includes them.
 	ReservationGrace time.Duration
-	// ReservationMaxAge forgets a reservation whose device never connected.
+	// ReservationMaxAge forgets a reservation whose device never connected
+	// (or never gave its ticket back).
 	ReservationMaxAge time.Duration
 	// MaxInFlight bounds concurrent Assigns; above it Assign sheds with
 	// RESOURCE_EXHAUSTED and a retry hint of RetryAfter.
 	MaxInFlight int
+	// AdmitRate bounds the Assigns a second this replica answers (0: no
+	// bound); above it, bursts of AdmitBurst aside, Assign sheds with
+	// RESOURCE_EXHAUSTED and a retry hint spread over the time the backlog
+	// needs at that rate (see admission). It protects etcd and the replica
+	// in reconnect storms; set it to what the replica sustains for new
+	// devices (`berth bench assign`).
+	AdmitRate float64
+	// AdmitBurst is the bucket size of AdmitRate.
+	AdmitBurst int
 	// RetryAfter is the retry hint given when shedding.
 	RetryAfter time.Duration
 	// WriteTimeout bounds the write of an assignment record.
 	WriteTimeout time.Duration
+	// KeepWriteTimeout bounds it instead (when shorter) for a known device
+	// whose recorded group is still usable: if etcd does not answer in
+	// time, the device goes back to its recorded group, which needs no
+	// write, rather than wait.
+	KeepWriteTimeout time.Duration
 	// Reconnect are the backoff hints sent to devices.
 	Reconnect Backoff
 }
@@ -65,8 +84,10 @@ func DefaultConfig() Config {
 		ReservationGrace:  time.Second,
 		ReservationMaxAge: 30 * time.Second,
 		MaxInFlight:       4096,
+		AdmitBurst:        1000,
 		RetryAfter:        time.Second,
 		WriteTimeout:      5 * time.Second,
+		KeepWriteTimeout:  time.Second,
 		// gRPC's own connection backoff defaults.
 		Reconnect: Backoff{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 120 * time.Second},
 	}
@@ -90,11 +111,14 @@ func (c Config) Validate() error {
 	if c.TokenCacheSize < 0 {
 		errs = append(errs, fmt.Errorf("token cache size %d: want >= 0", c.TokenCacheSize))
 	}
+	if c.AdmitRate < 0 || c.AdmitRate > 0 && c.AdmitBurst < 1 {
+		errs = append(errs, fmt.Errorf("admit rate %g, burst %d: want rate >= 0 and, with a rate, burst >= 1", c.AdmitRate, c.AdmitBurst))
+	}
 	if c.MaxInFlight <= 0 {
 		errs = append(errs, fmt.Errorf("max in flight %d: want > 0", c.MaxInFlight))
 	}
-	if c.WriteTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("write timeout %v: want > 0", c.WriteTimeout))
+	if c.WriteTimeout <= 0 || c.KeepWriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("write timeouts %v, %v (keep): want > 0", c.WriteTimeout, c.KeepWriteTimeout))
 	}
 	b := c.Reconnect
 	if b.BaseDelay <= 0 || b.MaxDelay < b.BaseDelay || b.Multiplier < 1 || b.Jitter < 0 || b.Jitter > 1 {

@@ -2,8 +2,8 @@ package controlplane
 
 // Reservations returns how many reservations the replica holds: made on
 // Assign (or learnt from other replicas' records) less than
-// ReservationMaxAge ago. Some of them are in executors' counts already; the
-// number bounds what placement counts as pending.
+// ReservationMaxAge ago and not yet seen admitted when placement last
+// looked at their executor. It bounds what placement counts as pending.
 func (s *Server) Reservations() int { return s.res.held() }
 
 // Refusals returns the refused Assigns by reason ("unauthenticated",
@@ -16,12 +16,20 @@ func (r *reservations) held() int {
 	defer r.mu.Unlock()
 	cut := r.now().Add(-r.maxAge)
 	n := 0
-	for _, m := range []map[string][]reservation{r.byExec, r.byGroup} {
-		for _, rs := range m {
-			for i := len(rs) - 1; i >= 0 && rs[i].at.After(cut); i-- {
+	young := func(rs []reservation) {
+		for _, x := range rs {
+			if x.at.After(cut) {
 				n++
 			}
 		}
+	}
+	for _, byReplica := range r.byExec {
+		for _, l := range byReplica {
+			young(l.rs)
+		}
+	}
+	for _, rs := range r.byGroup {
+		young(rs)
 	}
 	return n
 }

@@ -60,7 +60,7 @@ func drawCapacity(t *rapid.T, name string) int {
 func TestReservationsBalanceABurst(t *testing.T) {
 	now := time.Unix(1000, 0)
 	clock := func() time.Time { return now }
-	res := newReservations(time.Second, 30*time.Second, clock)
+	res := newReservations("cp-1", time.Second, 30*time.Second, clock)
 	groups := []registry.Group{grp("a", 300, registry.GroupActive), grp("b", 100, registry.GroupActive)}
 	execs := []registry.Executor{exe("a1", "a", 150, 0), exe("a2", "a", 150, 0), exe("b1", "b", 100, 0)}
 	for i := range execs {
@@ -89,19 +89,25 @@ func TestReservationsBalanceABurst(t *testing.T) {
 			t.Errorf("executor %s got %d devices, want %d±1 (all: %v)", id, got[id], n, got)
 		}
 	}
-	// Once the count observed after the grace includes them, they are no
-	// longer pending; after the max age they are forgotten.
+	// These executors do not report reservations (Admitted is nil): once
+	// the count observed after the grace includes them, they are no longer
+	// pending; after the max age they are forgotten.
+	a1 := func(observed time.Time) *registry.Executor {
+		e := exe("a1", "a", 150, 0)
+		e.ObservedAt = observed
+		return &e
+	}
 	res.locked(func() {
-		if p := res.Pending("a1", now.Add(2*time.Second)); p != 0 {
+		if p := res.Pending(a1(now.Add(2 * time.Second))); p != 0 {
 			t.Errorf("pending after a later count = %v, want 0", p)
 		}
-		if p := res.Pending("a1", now); p != float64(got["a1"]) {
+		if p := res.Pending(a1(now)); p != float64(got["a1"]) {
 			t.Errorf("pending against an older count = %v, want %d", p, got["a1"])
 		}
 	})
 	now = now.Add(time.Minute)
 	res.locked(func() {
-		if p := res.Pending("a1", time.Time{}); p != 0 {
+		if p := res.Pending(a1(time.Time{})); p != 0 {
 			t.Errorf("pending after max age = %v, want 0", p)
 		}
 	})
@@ -124,7 +130,7 @@ func TestDecidePropertyBurstWithReservations(t *testing.T) {
 	pol := policy.Default()
 	rapid.Check(t, func(t *rapid.T) {
 		now := time.Unix(1000, 0)
-		res := newReservations(time.Second, 30*time.Second, func() time.Time { return now })
+		res := newReservations("cp-1", time.Second, 30*time.Second, func() time.Time { return now })
 		k := rapid.SampledFrom([]int{3, 2, 5, 8, 1, 4, 6, 7}).Draw(t, "groups")
 		var groups []registry.Group
 		var execs []registry.Executor

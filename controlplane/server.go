@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berthproject/berth/fleet"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	"github.com/berthproject/berth/identity"
 	"github.com/berthproject/berth/internal/refusallog"
@@ -118,6 +119,8 @@ type Server struct {
 	now     func() time.Time
 
 	res      *reservations
+	admit    *admission // nil: no rate bound
+	writes   writeBreaker
 	inFlight atomic.Int64
 	stats    counters
 	policies *placement.Policies
@@ -172,7 +175,9 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 		Jitter:     b.Jitter,
 		MaxDelay:   durationpb.New(b.MaxDelay),
 	}
-	s.res = newReservations(cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
+	s.writes.probeEvery = cfg.RetryAfter
+	s.admit = newAdmission(cfg.AdmitRate, cfg.AdmitBurst, cfg.RetryAfter, s.now)
+	s.res = newReservations(cfg.ReplicaID, cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
 	s.policies = placement.NewPolicies(s.log)
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)
@@ -209,9 +214,15 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	if n := s.inFlight.Add(1); n > int64(s.cfg.MaxInFlight) {
 		s.inFlight.Add(-1)
 		s.stats.shed.Add(1)
-		return nil, shedStatus(s.cfg.RetryAfter)
+		return nil, shed(ctx, "control plane overloaded; retry later", s.cfg.RetryAfter)
 	}
 	defer s.inFlight.Add(-1)
+	if s.admit != nil {
+		if hint, ok := s.admit.admit(); !ok {
+			s.stats.shed.Add(1)
+			return nil, shed(ctx, fmt.Sprintf("control plane admitting at most %g Assigns a second; retry in %v", s.cfg.AdmitRate, hint.Round(time.Millisecond)), hint)
+		}
+	}
 	id, err := s.authenticate(ctx, req)
 	if err != nil {
 		return nil, err
@@ -235,8 +246,9 @@ func (s *Server) Assign(ctx context.Context, req *controlplanev1.AssignRequest) 
 	return resp, nil
 }
 
-// learn counts a device another replica assigned as pending on its group,
-// so that replicas do not herd into one group between executor heartbeats.
+// learn counts a device another replica assigned as pending (on the
+// executor its ticket names, else on its group), so that replicas do not
+// herd into one group between executor heartbeats.
 func (s *Server) learn(a registry.Assignment) {
 	if a.Writer == "" || a.Writer == s.cfg.ReplicaID {
 		return
@@ -244,6 +256,10 @@ func (s *Server) learn(a registry.Assignment) {
 	w := 1.0
 	if a.Inputs != nil && a.Inputs.Weight > 0 && s.policies.Current().BalanceByLoad() {
 		w = a.Inputs.Weight
+	}
+	if t, err := fleet.ParseTicket(a.Reservation); err == nil && t.Replica == a.Writer {
+		s.res.learn(t, w)
+		return
 	}
 	s.res.addGroup(a.GroupID, w)
 }
@@ -305,11 +321,12 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		w = in.Weight
 	}
 	var d placement.Decision
+	var ticket fleet.Ticket
 	var err error
 	s.res.locked(func() {
 		d, err = placement.Decide(snap, pol, preq, s.res)
 		if err == nil {
-			s.res.addLocked(d.Endpoints[0].Executor.ID, w)
+			ticket = s.res.addLocked(d.Endpoints[0].Executor.ID, w)
 		}
 	})
 	if d.RuleErrors != nil {
@@ -320,8 +337,29 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}
 	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) ||
 		prev.Thumbprint != b.Thumbprint || prev.Enrollment != b.Enrollment {
-		if err := s.record(ctx, req.GetDeviceId(), d, in, b); err != nil {
-			return nil, err
+		now := s.now()
+		err := errRegistryDown
+		if s.writes.allow(now) {
+			timeout := s.cfg.WriteTimeout
+			if _, ok := recordedCandidate(d, prev, hasPrev); ok {
+				timeout = min(timeout, s.cfg.KeepWriteTimeout)
+			}
+			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket, timeout)
+			if err != nil && ctx.Err() != nil {
+				s.writes.abandon() // the caller left: says nothing of etcd
+				return nil, err
+			}
+			s.writes.done(err == nil, s.now())
+		}
+		if err != nil {
+			// etcd cannot take the record: a known device whose recorded
+			// group is still usable goes back there, which needs no write.
+			kept, ok := s.keepRecorded(d, prev, hasPrev, w, &ticket)
+			if !ok {
+				return nil, err
+			}
+			s.log.Debug("registry unavailable: device kept in its recorded group", "device", req.GetDeviceId(), "group", kept.Group.ID)
+			d = kept
 		}
 	}
 	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight, b)
@@ -339,10 +377,44 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 			Endpoints:      eps,
 			Token:          tok,
 			TokenExpiresAt: timestamppb.New(exp),
+			Reservation:    ticket.String(),
 		},
 		Reconnect: s.hints,
 		Reason:    d.Reason,
 	}, nil
+}
+
+// recordedCandidate returns the device's recorded group among d's usable
+// candidates under the recorded label, if it is one.
+func recordedCandidate(d placement.Decision, prev registry.Assignment, hasPrev bool) (placement.Candidate, bool) {
+	if !hasPrev {
+		return placement.Candidate{}, false
+	}
+	for _, c := range d.Candidates {
+		if c.Group.ID == prev.GroupID && c.Label == prev.Label && c.Dropped == "" && len(c.Endpoints) > 0 {
+			return c, true
+		}
+	}
+	return placement.Candidate{}, false
+}
+
+// keepRecorded turns d into a decision for the device's recorded group
+// (see recordedCandidate) and moves the reservation there (ticket is
+// updated). It is the answer while the registry cannot record a change:
+// the device's record stays true.
+func (s *Server) keepRecorded(d placement.Decision, prev registry.Assignment, hasPrev bool, w float64, ticket *fleet.Ticket) (placement.Decision, bool) {
+	c, ok := recordedCandidate(d, prev, hasPrev)
+	if !ok {
+		return d, false
+	}
+	d.Group, d.Label, d.Endpoints = *c.Group, prev.Label, c.Endpoints
+	d.Method = "recorded"
+	d.Reason = "registry unavailable: kept in recorded group " + c.Group.ID
+	s.res.locked(func() {
+		s.res.cancelLocked(*ticket)
+		*ticket = s.res.addLocked(c.Endpoints[0].Executor.ID, w)
+	})
+	return d, true
 }
 
 // history returns the device's traffic history as of now (zero without a
@@ -371,13 +443,13 @@ func (s *Server) token(device string, d placement.Decision, weight float64, b to
 }
 
 // record writes the device's assignment record.
-func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding) error {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+func (s *Server) record(ctx context.Context, deviceID string, d placement.Decision, in *registry.DeviceInputs, b token.Binding, t fleet.Ticket, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := s.store.PutAssignment(wctx, registry.Assignment{
 		DeviceID: deviceID, GroupID: d.Group.ID, Label: d.Label, AssignedAt: s.now().UTC(),
 		Rule: d.Rule, Reason: d.Reason, PolicyVersion: d.PolicyVersion, Writer: s.cfg.ReplicaID, Inputs: in,
-		Thumbprint: b.Thumbprint, Enrollment: b.Enrollment,
+		Thumbprint: b.Thumbprint, Enrollment: b.Enrollment, Reservation: t.String(),
 	})
 	if err != nil {
 		s.stats.writeErrors.Add(1)
@@ -398,3 +470,7 @@ func peerAddr(ctx context.Context) string {
 
 // errRegistryWrite wraps a failed assignment write.
 var errRegistryWrite = errors.New("controlplane: registry write failed")
+
+// errRegistryDown is the answer, without trying, while recent writes of
+// assignment records failed (see writeBreaker).
+var errRegistryDown = fmt.Errorf("%w: writes are failing; not tried", errRegistryWrite)

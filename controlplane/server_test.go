@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -58,11 +61,12 @@ func (f *fakeCache) OnAssignment(func(registry.Assignment)) {}
 // fakeStore records writes into the fake cache, as the watch would; block,
 // when set, holds every write until it is closed.
 type fakeStore struct {
-	cache   *fakeCache
-	writes  int
-	block   chan struct{}
-	entered chan struct{} // receives when a write starts, if set
-	fail    error
+	cache    *fakeCache
+	writes   int
+	attempts int // PutAssignment calls, failed ones too
+	block    chan struct{}
+	entered  chan struct{} // receives when a write starts, if set
+	fail     error
 }
 
 var _ controlplane.AssignmentStore = (*fakeStore)(nil)
@@ -72,6 +76,7 @@ func (s *fakeStore) PutPolicy(context.Context, registry.StoredPolicy, int64) (in
 }
 
 func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
+	s.attempts++
 	if s.entered != nil {
 		s.entered <- struct{}{}
 	}
@@ -329,5 +334,85 @@ func TestAssignReusesTokens(t *testing.T) {
 	c, err := f.verifier.Verify(third.GetDestination().GetToken())
 	if err != nil || c.GroupID != third.GetDestination().GetGroupId() {
 		t.Errorf("new token claims %+v, %v; want group %s", c, err, third.GetDestination().GetGroupId())
+	}
+}
+
+// TestAssignAdmissionSheds: above AdmitRate (past its burst) Assign answers
+// RESOURCE_EXHAUSTED with a retry hint in RetryInfo and in the
+// grpc-retry-pushback-ms trailer, agreeing, and at least RetryAfter.
+func TestAssignAdmissionSheds(t *testing.T) {
+	groups, execs := twoGroups()
+	cfg := controlplane.DefaultConfig()
+	cfg.AdmitRate, cfg.AdmitBurst = 0.001, 2 // no token comes back during the test
+	f := start(t, cfg, groups, execs)
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: fmt.Sprint("dev-", i), Spec: &controlplanev1.DeviceSpec{Model: "m"}}); err != nil {
+			t.Fatalf("Assign %d within the burst: %v", i, err)
+		}
+	}
+	var trailer metadata.MD
+	_, err := f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-2", Spec: &controlplanev1.DeviceSpec{Model: "m"}}, grpc.Trailer(&trailer))
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted {
+		t.Fatalf("Assign past the burst: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	var hint time.Duration
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			hint = ri.GetRetryDelay().AsDuration()
+		}
+	}
+	if hint < cfg.RetryAfter {
+		t.Errorf("RetryInfo hint %v, want at least %v (%v)", hint, cfg.RetryAfter, st.Details())
+	}
+	if got := trailer.Get(controlplane.PushbackTrailer); len(got) != 1 || got[0] != strconv.FormatInt(hint.Milliseconds(), 10) {
+		t.Errorf("pushback trailer %v, want [%d]", got, hint.Milliseconds())
+	}
+	if !strings.Contains(st.Message(), "at most 0.001 Assigns a second") {
+		t.Errorf("message %q does not name the rate", st.Message())
+	}
+}
+
+// TestAssignWhileRegistryWritesFail: once a record write failed, Assigns
+// that need one are answered at once (not after WriteTimeout each): a known
+// device whose recorded group is usable goes back there, which needs no
+// write; a new device gets UNAVAILABLE with a retry hint. One probe a
+// RetryAfter finds the registry back.
+func TestAssignWhileRegistryWritesFail(t *testing.T) {
+	groups, execs := twoGroups()
+	execs[2].Connections = 90 // g2 at 90%: balance now picks g1
+	cfg := controlplane.DefaultConfig()
+	cfg.RetryAfter = time.Hour // no probe during the test but the one made below
+	f := start(t, cfg, groups, execs)
+	f.cache.records["known"] = registry.Assignment{DeviceID: "known", GroupID: "g2", Label: "default"}
+	f.store.fail = errors.New("etcdserver: request timed out")
+	ctx := context.Background()
+	assign := func(id string) (*controlplanev1.AssignResponse, error) {
+		return f.client.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: id, Spec: &controlplanev1.DeviceSpec{Model: "m"}})
+	}
+	if _, err := assign("new-1"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("new device, write failing: %v, want UNAVAILABLE", err)
+	}
+	if f.store.attempts != 1 {
+		t.Fatalf("%d write attempts, want 1", f.store.attempts)
+	}
+	resp, err := assign("known")
+	if err != nil {
+		t.Fatalf("known device while writes fail: %v", err)
+	}
+	if g := resp.GetDestination().GetGroupId(); g != "g2" || !strings.Contains(resp.GetReason(), "kept in recorded group g2") {
+		t.Errorf("known device sent to %s (%q), want its recorded g2", g, resp.GetReason())
+	}
+	claims, err := f.verifier.Verify(resp.GetDestination().GetToken())
+	if err != nil || claims.GroupID != "g2" {
+		t.Errorf("token for %+v (%v), want group g2", claims, err)
+	}
+	st := status.Convert(func() error { _, err := assign("new-2"); return err }())
+	if st.Code() != codes.Unavailable || len(st.Details()) == 0 {
+		t.Errorf("second new device: %v, want UNAVAILABLE with a retry hint", st)
+	}
+	if f.store.attempts != 1 {
+		t.Errorf("%d write attempts, want still 1: writes are not tried while they fail", f.store.attempts)
 	}
 }

@@ -89,8 +89,3 @@ func toStatus(err error, retry time.Duration) error {
 		return status.Error(codes.Internal, "internal error")
 	}
 }
-
-// shedStatus is the answer when the control plane is overloaded.
-func shedStatus(retry time.Duration) error {
-	return rpcserver.WithRetry(codes.ResourceExhausted, "control plane overloaded; retry later", retry)
-}

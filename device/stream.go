@@ -117,7 +117,7 @@ func (d *Device) openStream(ctx context.Context, dest *controlplanev1.Destinatio
 		return fail(causeOf(sctx, err))
 	}
 	hello := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Hello{
-		Hello: &executorv1.Hello{Token: dest.GetToken(), DeviceId: d.cfg.DeviceID},
+		Hello: &executorv1.Hello{Token: dest.GetToken(), DeviceId: d.cfg.DeviceID, Reservation: dest.GetReservation()},
 	}}
 	// io.EOF from Send means the stream is over; Recv tells why.
 	if err := cs.Send(hello); err != nil && !errors.Is(err, io.EOF) {

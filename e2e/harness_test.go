@@ -61,7 +61,14 @@ type cluster struct {
 // given capacity.
 func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, etcd: startEtcd(t), executors: map[string]*proc{}}
+	return startClusterOn(t, startEtcd(t), groups, perGroup, execCapacity)
+}
+
+// startClusterOn is startCluster on the etcd at etcdEP, which already has
+// the admin key (see bootstrapAdminKey).
+func startClusterOn(t *testing.T, etcdEP string, groups, perGroup, execCapacity int) *cluster {
+	t.Helper()
+	c := &cluster{t: t, etcd: etcdEP, executors: map[string]*proc{}}
 	priv, pub := keygen(t)
 	c.privKey, c.pubKey = priv, pub
 	c.cp = start(t, "controlplane", "controlplane", "--etcd", c.etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--open-enrollment")

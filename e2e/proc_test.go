@@ -51,6 +51,8 @@ type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	// logPath is the file its stderr goes to.
+	logPath string
 
 	mu    sync.Mutex
 	lines []string
@@ -71,7 +73,7 @@ func start(t *testing.T, name string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	cmd.Stderr = logFile
-	p := &proc{t: t, name: name, cmd: cmd, done: make(chan struct{})}
+	p := &proc{t: t, name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath}
 	p.cond = sync.NewCond(&p.mu)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -105,6 +107,16 @@ func start(t *testing.T, name string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// stderr returns what the process wrote to stderr so far.
+func (p *proc) stderr() string {
+	p.t.Helper()
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		p.t.Fatalf("%s: reading its stderr: %v", p.name, err)
+	}
+	return string(b)
 }
 
 func (p *proc) signal(sig syscall.Signal) {
@@ -161,6 +173,19 @@ func (p *proc) waitLine(timeout time.Duration, what string, match func(string) b
 		}
 		p.cond.Wait()
 	}
+}
+
+// waitNext is waitLine for lines printed from now on only.
+func (p *proc) waitNext(timeout time.Duration, what string, match func(string) bool) string {
+	p.t.Helper()
+	p.mu.Lock()
+	from := len(p.lines)
+	p.mu.Unlock()
+	seen := 0
+	return p.waitLine(timeout, what, func(l string) bool {
+		seen++
+		return seen > from && match(l)
+	})
 }
 
 var listenRE = regexp.MustCompile(`listening on (\S+)`)

@@ -89,6 +89,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	ss.enrollment = claims.Binding.Enrollment
 	ss.id = rand.Text()
 	ss.deviceID = hello.GetDeviceId()
+	ss.ticket, ss.hasTicket = ticketOf(hello.GetReservation(), s.cfg.ID)
 	ss.lastRecv.Store(time.Now().UnixNano())
 	// Welcome goes first in the queue, before the session is visible to
 	// Deliver.

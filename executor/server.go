@@ -52,6 +52,8 @@ type Server struct {
 	draining bool
 	rpc      *rpcserver.Server // set by Run
 	reported report            // last counts given to the Registrar
+	// admitted are the reservations admitted, reported with the counts.
+	admitted admittedMarks
 
 	// subs are the open Subscribe streams; subsClosed is closed at
 	// shutdown, which ends them.
@@ -152,6 +154,7 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	s.reg.Update(func(e *registry.Executor) {
 		e.ID, e.GroupID, e.Address, e.Capacity = s.cfg.ID, s.cfg.GroupID, s.cfg.Address, s.cfg.Capacity
 		e.Connections, e.Load, e.Draining = s.reported.conns, s.reported.load, s.draining
+		e.Admitted = s.admitted.snapshot()
 	})
 	s.mu.Unlock()
 

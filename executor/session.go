@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berthproject/berth/fleet"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/registry"
 )
@@ -41,6 +42,10 @@ type session struct {
 	redirected atomic.Bool
 	// weight is the device's load weight, from its token.
 	weight float64
+	// ticket is the reservation the device came with (hasTicket: one that
+	// names this executor).
+	ticket    fleet.Ticket
+	hasTicket bool
 	// since is when the session was admitted.
 	since time.Time
 	// traffic is what went through the stream since it was last reported.
@@ -211,6 +216,8 @@ func (s *Server) admit(ss *session) (*session, error) {
 	s.weight += ss.weight
 	s.stats.accepted.Add(1)
 	ss.since = time.Now()
+	// The count reported with the marks includes this session.
+	marked := ss.hasTicket && s.admitted.admit(ss.ticket, ss.since)
 	// Under s.mu, so that presence changes reach the Registrar in the
 	// order sessions come and go.
 	s.reg.SetPresence(registry.Presence{
@@ -226,7 +233,7 @@ func (s *Server) admit(ss *session) (*session, error) {
 		s.stats.replaced.Add(1)
 		closeReplaced(old)
 	}
-	s.reportLocked()
+	s.reportLocked(marked)
 	return old, nil
 }
 
@@ -273,7 +280,7 @@ func (s *Server) leave(ss *session) {
 	s.reg.ClearPresence(ss.deviceID, ss.id)
 	close(s.left)
 	s.left = make(chan struct{})
-	s.reportLocked()
+	s.reportLocked(false)
 }
 
 // report is what the Registrar was last told.
@@ -282,18 +289,22 @@ type report struct {
 	load  float64
 }
 
-// reportLocked hands the connection count and load to the Registrar when
-// they changed. It is called with s.mu held, so that updates reach the
-// Registrar in order.
-func (s *Server) reportLocked() {
+// reportLocked hands the connection count, load and admitted reservations
+// (when marked: they changed) to the Registrar when they changed, in one
+// update, so that a record never reports a reservation admitted without
+// counting its device. It is called with s.mu held, so that updates reach
+// the Registrar in order.
+func (s *Server) reportLocked(marked bool) {
 	r := report{conns: len(s.sessions), load: s.weight}
-	if r == s.reported {
+	if r == s.reported && !marked {
 		return
 	}
 	s.reported = r
+	admitted := s.admitted.snapshot()
 	s.reg.Update(func(e *registry.Executor) {
 		e.Connections = r.conns
 		e.Load = r.load
+		e.Admitted = admitted
 	})
 }
 

@@ -84,6 +84,16 @@ type Executor struct {
 	// (`berth ctl executor drain`): it keeps its devices, Assign no longer
 	// names it, and the rebalancer moves its devices away at its rate.
 	DrainMarked bool `json:"drain_marked,omitempty"`
+	// Admitted holds, per control plane replica, the sequence numbers of
+	// that replica's reservations on this executor whose devices this
+	// executor admitted recently (in the last minute at least); it is
+	// written in the same record as Connections, so a reservation in it is
+	// in Connections (or its device came and left). A record without it
+	// (nil) is from an executor that does not report reservations: replicas
+	// then fall back to a time rule. The map and its sets are shared by
+	// copies of the record and never modified after it was decoded or
+	// handed to the registry.
+	Admitted map[string]SeqSet `json:"admitted"`
 	// UpdatedAt is when the executor wrote this record (its own clock).
 	UpdatedAt time.Time `json:"updated_at"`
 	// ObservedAt is when this process saw the record (its own clock). It is
@@ -108,9 +118,15 @@ type Assignment struct {
 	// PolicyVersion is the version of the policy that decided.
 	PolicyVersion int64 `json:"policy_version,omitempty"`
 	// Writer names the control plane replica that wrote the record; other
-	// replicas count the device as pending on its group until executor
-	// counts include it.
+	// replicas count the device as pending until executor counts include
+	// it.
 	Writer string `json:"writer,omitempty"`
+	// Reservation is the writer's reservation ticket for the device
+	// ("<replica>/<executor>/<sequence>", see ParseTicket): other replicas
+	// count the device as pending on that executor until its record's
+	// Admitted entry for the writer reaches the sequence number. Empty:
+	// pending on the group for a time instead.
+	Reservation string `json:"reservation,omitempty"`
 	// Inputs are what the device declared when the record was written, so
 	// that dry runs and explanations can decide again without the device.
 	Inputs *DeviceInputs `json:"inputs,omitempty"`
@@ -181,6 +197,16 @@ func (e Executor) Validate() error {
 		return fmt.Errorf("%w: executor %s: capacity %d must be positive", ErrInvalid, e.ID, e.Capacity)
 	case !validTLSName(e.TLSName):
 		return fmt.Errorf("%w: executor %s: TLS name %q: want at most 253 of [A-Za-z0-9.:-]", ErrInvalid, e.ID, e.TLSName)
+	case len(e.Admitted) > MaxAdmittedReplicas:
+		return fmt.Errorf("%w: executor %s: reservations of %d replicas; at most %d", ErrInvalid, e.ID, len(e.Admitted), MaxAdmittedReplicas)
+	}
+	for r, set := range e.Admitted {
+		if !ValidID(r) {
+			return fmt.Errorf("%w: executor %s: reservations of replica %q", ErrInvalid, e.ID, r)
+		}
+		if err := set.Validate(); err != nil {
+			return fmt.Errorf("%w: executor %s: reservations of replica %s: %v", ErrInvalid, e.ID, r, err)
+		}
 	}
 	return nil
 }
@@ -206,6 +232,11 @@ func (a Assignment) Validate() error {
 		return fmt.Errorf("%w: device id %q", ErrInvalid, a.DeviceID)
 	case !ValidID(a.GroupID):
 		return fmt.Errorf("%w: assignment of %s: group id %q", ErrInvalid, a.DeviceID, a.GroupID)
+	}
+	if a.Reservation != "" {
+		if _, err := ParseTicket(a.Reservation); err != nil {
+			return fmt.Errorf("%w: assignment of %s: reservation %q: %v", ErrInvalid, a.DeviceID, a.Reservation, err)
+		}
 	}
 	return nil
 }

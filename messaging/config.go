@@ -47,6 +47,13 @@ type Config struct {
 	// failed delivery drops the entry at once).
 	PresenceCacheSize int
 	PresenceCacheTTL  time.Duration
+	// PresenceReadTimeout bounds the read of a device's presence record
+	// when the replica knows where the device last was (a cached route
+	// past its TTL): if the registry cannot answer in time (etcd
+	// unreachable), or has no record (one lost with its executor's lease
+	// while etcd was away), the send tries that executor, which knows its
+	// own streams, before answering.
+	PresenceReadTimeout time.Duration
 	// RedeliverMinDelay and RedeliverMaxDelay bound the wait before each
 	// round of redelivery of a connected device's queue after a failed
 	// attempt; RedeliverAttempts is how many failed rounds end it,
@@ -88,6 +95,7 @@ func DefaultConfig() Config {
 		ResyncInterval:      time.Second,
 		PresenceCacheSize:   1 << 20,
 		PresenceCacheTTL:    10 * time.Second,
+		PresenceReadTimeout: 2 * time.Second,
 		RedeliverMinDelay:   500 * time.Millisecond,
 		RedeliverMaxDelay:   30 * time.Second,
 		RedeliverAttempts:   10,
@@ -117,7 +125,8 @@ func (c Config) Validate() error {
 		{"send timeout", c.SendTimeout}, {"call timeout", c.CallTimeout}, {"queue attempt timeout", c.QueueAttemptTimeout},
 		{"retry after", c.RetryAfter}, {"sweep interval", c.SweepInterval},
 		{"resubscribe max delay", c.ResubscribeMaxDelay}, {"resync interval", c.ResyncInterval},
-		{"presence cache TTL", c.PresenceCacheTTL}, {"redeliver min delay", c.RedeliverMinDelay},
+		{"presence cache TTL", c.PresenceCacheTTL}, {"presence read timeout", c.PresenceReadTimeout},
+		{"redeliver min delay", c.RedeliverMinDelay},
 	} {
 		if d.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v: want > 0", d.name, d.d))

@@ -83,17 +83,25 @@ func (c *routeCache) shard(device string) *routeShard {
 
 // get returns the device's presence if a fresh one is cached.
 func (c *routeCache) get(device string) (registry.Presence, bool) {
+	p, fresh, ok := c.lookup(device)
+	return p, ok && fresh
+}
+
+// lookup returns the device's cached presence, fresh or not (where it was
+// last seen, until a delivery there failed), and whether it is fresh.
+func (c *routeCache) lookup(device string) (p registry.Presence, fresh, ok bool) {
 	if c == nil {
-		return registry.Presence{}, false
+		return registry.Presence{}, false, false
 	}
 	sh := c.shard(device)
 	sh.mu.Lock()
 	r, ok := sh.m[device]
 	sh.mu.Unlock()
-	if !ok || c.now().UnixNano()-r.at > int64(c.ttl) {
-		return registry.Presence{}, false
+	if !ok {
+		return registry.Presence{}, false, false
 	}
-	return registry.Presence{DeviceID: device, ExecutorID: r.exec.id, GroupID: r.exec.group, Address: r.exec.address, SessionID: r.session, Since: r.since}, true
+	fresh = c.now().UnixNano()-r.at <= int64(c.ttl)
+	return registry.Presence{DeviceID: device, ExecutorID: r.exec.id, GroupID: r.exec.group, Address: r.exec.address, SessionID: r.session, Since: r.since}, fresh, true
 }
 
 // put caches p, read just now.
@@ -159,15 +167,38 @@ func (c *routeCache) intern(k execKey) *execKey {
 // route finds where dev is connected: from the cache when allowed and
 // fresh, else from the registry (and then cached). online is false when
 // the device holds no stream; cached says the answer came from the cache.
+//
+// When the cache may be used and it knows where the device last was (a
+// route past its TTL), the registry's read is bounded by
+// PresenceReadTimeout, and when the registry cannot answer (etcd
+// unreachable) or has no record (one lost with its executor's lease while
+// etcd was away, although the device never left), the last known route is
+// returned as cached: the delivery tries it, the executor there knows its
+// own streams, and a failure there drops it and reads the record again
+// (deliverAt). So a device that stayed connected is not reported "not
+// connected" because etcd lost or cannot serve its record.
 func (m *Server) route(ctx context.Context, dev string, useCache bool) (p registry.Presence, online, cached bool, err error) {
+	var last registry.Presence
+	var hasLast bool
 	if useCache {
-		if p, ok := m.routes.get(dev); ok {
-			return p, true, true, nil
+		var fresh bool
+		if last, fresh, hasLast = m.routes.lookup(dev); hasLast && fresh {
+			return last, true, true, nil
 		}
 	}
-	p, online, err = m.presence(ctx, dev)
-	if err == nil && online {
+	rctx := ctx
+	if hasLast {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, m.cfg.PresenceReadTimeout)
+		defer cancel()
+	}
+	p, online, err = m.presence(rctx, dev)
+	switch {
+	case err == nil && online:
 		m.routes.put(p)
+		return p, true, false, nil
+	case hasLast && ctx.Err() == nil:
+		return last, true, true, nil
 	}
 	return p, online, false, err
 }

@@ -156,3 +156,52 @@ func TestSendFollowsReplacement(t *testing.T) {
 		t.Errorf("e2 got %d deliveries; want 2: the same stale session is not tried twice", n)
 	}
 }
+
+// TestSendTriesLastKnownRoute: when the registry cannot say where a device
+// is (etcd unreachable) or has lost its record (with its executor's lease,
+// while etcd was away) although the device never left, a Send tries where
+// the device was last seen, and its executor delivers; only when that
+// executor no longer holds it is the device "not connected". GetDevice
+// keeps telling what the registry says.
+func TestSendTriesLastKnownRoute(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	cfg := testMessagingConfig()
+	cfg.PresenceCacheTTL = time.Nanosecond // every cached route is past its TTL
+	f := startMessaging(t, k, cfg, ex)
+	ctx := ctxT(t)
+	send := func() error {
+		_, err := f.client.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x")})
+		return err
+	}
+	f.store.setPresence(ex.presence("d1"))
+	if err := send(); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	f.store.clearPresence("d1") // the record went with the lease
+	if err := send(); err != nil {
+		t.Fatalf("Send with the record lost: %v", err)
+	}
+	f.store.setFail(status.Error(codes.Unavailable, "etcd unreachable"))
+	if err := send(); err != nil {
+		t.Fatalf("Send with the registry unreachable: %v", err)
+	}
+	if n := len(ex.deliveries()); n != 3 {
+		t.Fatalf("e1 got %d deliveries, want 3", n)
+	}
+	f.store.setFail(nil)
+	if resp, err := f.client.GetDevice(ctx, &messagingv1.GetDeviceRequest{DeviceId: "d1"}); status.Code(err) != codes.NotFound || resp.GetOnline() {
+		t.Errorf("GetDevice with no record: %v, online %v; want the registry's answer, NOT_FOUND", err, resp.GetOnline())
+	}
+	// The device did leave: e1 says so, and the Send answers "not
+	// connected" after reading the record again; the next Send does not
+	// try e1.
+	ex.setDeliver(func(context.Context, *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error) {
+		return nil, status.Error(codes.NotFound, "no stream for d1")
+	})
+	wantCode(t, "Send after the device left", send(), codes.Unavailable, "device d1 is not connected")
+	wantCode(t, "Send again", send(), codes.Unavailable, "device d1 is not connected")
+	if n := len(ex.deliveries()); n != 4 {
+		t.Errorf("e1 got %d deliveries, want 4: the failed try, then none", n)
+	}
+}

@@ -25,13 +25,14 @@ var (
 )
 
 // Pending tells how much was sent somewhere but may not yet be in the
-// counts executors reported (observed at countedAt): devices this replica
-// sent to an executor, and devices other replicas sent to a group. The
+// counts executors reported: devices sent to an executor, and devices other
+// replicas sent to a group without saying to which executor. The
 // control plane's reservations implement it; Decide only reads it.
 type Pending interface {
-	// Pending is the weight sent to the executor and not yet in a count
-	// observed at countedAt.
-	Pending(executorID string, countedAt time.Time) float64
+	// Pending is the weight sent to executor e and not yet in its record's
+	// count (e.Connections, as e.Admitted tells, or observed at
+	// e.ObservedAt).
+	Pending(e *fleet.Executor) float64
 	// GroupPending is the weight other replicas sent to the group and not
 	// yet in a count observed at countedAt.
 	GroupPending(groupID string, countedAt time.Time) float64
@@ -42,7 +43,7 @@ type Pending interface {
 type NoPending struct{}
 
 // Pending implements Pending: nothing.
-func (NoPending) Pending(string, time.Time) float64 { return 0 }
+func (NoPending) Pending(*fleet.Executor) float64 { return 0 }
 
 // GroupPending implements Pending: nothing.
 func (NoPending) GroupPending(string, time.Time) float64 { return 0 }
@@ -317,7 +318,7 @@ func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *poli
 		if e.Draining || e.Capacity <= 0 {
 			continue
 		}
-		ep := Endpoint{Executor: e, Pending: pending.Pending(e.ID, e.ObservedAt)}
+		ep := Endpoint{Executor: e, Pending: pending.Pending(e)}
 		c.Endpoints = append(c.Endpoints, ep)
 		if pol.BalanceByLoad() {
 			c.Used += e.Load

@@ -30,7 +30,7 @@ func exe(id, group string, capacity, conns int) fleet.Executor {
 // fixedPending reports a fixed pending count per executor.
 type fixedPending map[string]float64
 
-func (f fixedPending) Pending(id string, _ time.Time) float64      { return f[id] }
+func (f fixedPending) Pending(e *fleet.Executor) float64           { return f[e.ID] }
 func (f fixedPending) GroupPending(id string, _ time.Time) float64 { return f["group:"+id] }
 
 // compile builds a policy from YAML, failing the test if it does not compile.

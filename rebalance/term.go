@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berthproject/berth/fleet"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -184,7 +185,8 @@ type pendingView struct {
 }
 
 // Pending implements placement.Pending.
-func (p *pendingView) Pending(exec string, countedAt time.Time) float64 {
+func (p *pendingView) Pending(e *fleet.Executor) float64 {
+	exec, countedAt := e.ID, e.ObservedAt
 	var n float64
 	if exec == p.self {
 		n -= p.w

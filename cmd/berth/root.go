@@ -54,6 +54,7 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
 	root.AddCommand(
 		newDevCmd(g),
+		newEtcdCmd(g),
 		newControlPlaneCmd(g),
 		newExecutorCmd(g),
 		newKeygenCmd(g),

@@ -105,6 +105,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.StringVar(&keyFile, "signing-key", "", "PEM Ed25519 private key for assignment tokens (berth keygen makes one)")
 	f.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "lifetime of assignment tokens")
 	f.IntVar(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight, "concurrent Assigns before shedding with RESOURCE_EXHAUSTED")
+	f.Float64Var(&cfg.AdmitRate, "admit-rate", cfg.AdmitRate, "Assigns a second this replica answers before shedding with RESOURCE_EXHAUSTED and a retry hint spread over the backlog, for reconnect storms (0: no bound; see berth bench assign for what it sustains)")
+	f.IntVar(&cfg.AdmitBurst, "admit-burst", cfg.AdmitBurst, "Assigns above --admit-rate answered in a burst")
 	f.IntVar(&cfg.TokenCacheSize, "token-cache-size", cfg.TokenCacheSize, "devices whose still-fresh token is re-sent instead of signed again, about 400 bytes each (0: none)")
 	f.IntVar(&cfg.LabelMemoSize, "label-memo-size", cfg.LabelMemoSize, "devices whose label is kept with the inputs it came from, about 1.3 KB each (0: none)")
 	f.Int64Var(&mcfg.QueuePerDevice, "queue-per-device", mcfg.QueuePerDevice, "most queued messages waiting for one device")

@@ -327,8 +327,14 @@ type Destination struct {
 	Token string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
 	// When the token expires. The device calls Assign again after that.
 	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// An opaque reservation ticket: the device gives it back in its next
+	// Hello (executor.v1.Hello.reservation), so that the executor can tell
+	// the control plane exactly when its count includes the device. A device
+	// that does not is counted as pending for up to the control plane's
+	// reservation max age (30 s by default).
+	Reservation   string `protobuf:"bytes,6,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Destination) Reset() {
@@ -394,6 +400,13 @@ func (x *Destination) GetTokenExpiresAt() *timestamppb.Timestamp {
 		return x.TokenExpiresAt
 	}
 	return nil
+}
+
+func (x *Destination) GetReservation() string {
+	if x != nil {
+		return x.Reservation
+	}
+	return ""
 }
 
 // ReconnectHints tell a device how to back off between connection attempts.
@@ -563,13 +576,14 @@ const file_berth_controlplane_v1_controlplane_proto_rawDesc = "" +
 	"executorId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12 \n" +
 	"\vutilization\x18\x03 \x01(\x01R\vutilization\x12&\n" +
-	"\x0ftls_server_name\x18\x04 \x01(\tR\rtlsServerName\"\xd9\x01\n" +
+	"\x0ftls_server_name\x18\x04 \x01(\tR\rtlsServerName\"\xfb\x01\n" +
 	"\vDestination\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12=\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x1f.berth.controlplane.v1.EndpointR\tendpoints\x12\x14\n" +
 	"\x05token\x18\x04 \x01(\tR\x05token\x12D\n" +
-	"\x10token_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\"\xba\x01\n" +
+	"\x10token_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12 \n" +
+	"\vreservation\x18\x06 \x01(\tR\vreservation\"\xba\x01\n" +
 	"\x0eReconnectHints\x128\n" +
 	"\n" +
 	"base_delay\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\tbaseDelay\x12\x1e\n" +

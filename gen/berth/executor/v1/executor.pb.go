@@ -422,7 +422,11 @@ type Hello struct {
 	// The assignment token from ControlPlaneService.Assign.
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// The device's id; must match the token's subject.
-	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The reservation ticket of the Assign answer that sent the device here
+	// (controlplane.v1.Destination.reservation), as received; empty when
+	// there is none. At most 300 bytes; a malformed one is ignored.
+	Reservation   string `protobuf:"bytes,3,opt,name=reservation,proto3" json:"reservation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +471,13 @@ func (x *Hello) GetToken() string {
 func (x *Hello) GetDeviceId() string {
 	if x != nil {
 		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Hello) GetReservation() string {
+	if x != nil {
+		return x.Reservation
 	}
 	return ""
 }
@@ -1390,10 +1401,11 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\x04ping\x18\x03 \x01(\v2\x17.berth.executor.v1.PingH\x00R\x04ping\x129\n" +
 	"\bredirect\x18\x04 \x01(\v2\x1b.berth.executor.v1.RedirectH\x00R\bredirect\x126\n" +
 	"\agoodbye\x18\x05 \x01(\v2\x1a.berth.executor.v1.GoodbyeH\x00R\agoodbyeB\a\n" +
-	"\x05frame\":\n" +
+	"\x05frame\"\\\n" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xae\x01\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12 \n" +
+	"\vreservation\x18\x03 \x01(\tR\vreservation\"\xae\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n" +

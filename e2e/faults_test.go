@@ -1,0 +1,298 @@
+package e2e
+
+// The fault suite: faults on real processes, each bounded in time. `make
+// test` runs them at a short scale; `make faults` (BERTH_FAULTS=full) runs
+// them at the scale docs/reliability.md quotes and prints each figure as a
+// "FIGURE" line.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+)
+
+// fullFaults reports whether the suite runs at full scale (make faults).
+func fullFaults() bool { return os.Getenv("BERTH_FAULTS") == "full" }
+
+// figure logs one measured figure of the fault suite.
+func figure(t *testing.T, name string, format string, args ...any) {
+	t.Helper()
+	t.Logf("FIGURE %s: %s", name, fmt.Sprintf(format, args...))
+}
+
+// startEtcdProcess runs `berth etcd` as its own process, so that a test can
+// pause or kill it, and makes the admin key in it.
+func startEtcdProcess(t *testing.T) (*proc, string) {
+	t.Helper()
+	p := start(t, "etcd", "etcd", "--data-dir", filepath.Join(t.TempDir(), "etcd"), "--listen", "127.0.0.1:0", "--unsafe-no-fsync")
+	ep := p.addr()
+	bootstrapAdminKey(t, ep)
+	return p, ep
+}
+
+// assignClient is ControlPlaneService on the control plane at addr.
+func assignClient(t *testing.T, addr string) controlplanev1.ControlPlaneServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return controlplanev1.NewControlPlaneServiceClient(cc)
+}
+
+// sendOnce sends one ONLINE_ONLY message to dev and returns how long it
+// took and its error.
+func sendOnce(mc messagingv1.MessagingServiceClient, dev string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: []byte("ping"), ContentType: "text/plain"})
+	return time.Since(start), err
+}
+
+// TestFaultEtcdPaused: etcd stops answering (SIGSTOP) for longer than the
+// executors' lease TTL (3 s here), then comes back. Connected devices stay
+// connected; ONLINE_ONLY sends to them keep being delivered; a known
+// device's Assign is answered from the cache; a new device's Assign is
+// answered UNAVAILABLE, at once after the first write failed; when etcd
+// returns, with every executor's lease (and presence record) gone, no send
+// to a device that never left is answered "not connected".
+func TestFaultEtcdPaused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	pause, devices := 5*time.Second, 60
+	if fullFaults() {
+		pause, devices = 30*time.Second, 400
+	}
+	etcd, ep := startEtcdProcess(t)
+	c := startClusterOn(t, ep, 2, 1, devices)
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices
+	})
+	ids := make([]string, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sim-%06d", i)
+	}
+	mc := messagingClient(t, c.cpAddr)
+	for _, id := range ids {
+		if _, err := sendOnce(mc, id); err != nil {
+			t.Fatalf("send to %s before the pause: %v", id, err)
+		}
+	}
+	ac := assignClient(t, c.cpAddr)
+	assign := func(id string) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := ac.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: id, Spec: &controlplanev1.DeviceSpec{Model: "printer-a"}})
+		return time.Since(start), err
+	}
+
+	etcd.signal(syscall.SIGSTOP)
+	paused := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			etcd.signal(syscall.SIGCONT)
+			resumed = true
+		}
+	}
+	t.Cleanup(resume)
+
+	// Assigns, early in the pause: the known device's answer would change
+	// (other inputs than it declared), so it needs a write, which cannot
+	// happen.
+	if d, err := assign(ids[0]); err != nil {
+		t.Errorf("Assign of known device %s during the pause: %v (after %v)", ids[0], err, d)
+	} else {
+		if d > 3*time.Second {
+			t.Errorf("Assign of known device %s during the pause took %v, want about the keep write timeout (1 s)", ids[0], d)
+		}
+		figure(t, "etcd-paused/assign-known", "answered from the cache in %v (its recorded group kept)", d.Round(time.Millisecond))
+	}
+	d1, err1 := assign("fault-new-1")
+	d2, err2 := assign("fault-new-2")
+	for i, e := range []error{err1, err2} {
+		if status.Code(e) != codes.Unavailable {
+			t.Errorf("Assign of new device %d during the pause: %v, want UNAVAILABLE", i+1, e)
+		}
+	}
+	if d1 > time.Second || d2 > time.Second {
+		t.Errorf("new devices answered after %v and %v, want at once (writes known to fail)", d1, d2)
+	}
+	figure(t, "etcd-paused/assign-new", "UNAVAILABLE in %v and %v", d1.Round(time.Millisecond), d2.Round(time.Millisecond))
+
+	// Sends during the pause, round after round until it ends.
+	var sent, failed int
+	var slowest time.Duration
+	for round := 0; time.Since(paused) < pause-time.Second; round++ {
+		id := ids[round%devices]
+		d, err := sendOnce(mc, id)
+		sent++
+		slowest = max(slowest, d)
+		if err != nil {
+			failed++
+			t.Errorf("send to %s %v into the pause: %v (after %v)", id, time.Since(paused).Round(time.Millisecond), err, d)
+		}
+	}
+	figure(t, "etcd-paused/sends", "%d ONLINE_ONLY sends during a %v pause, %d failed, slowest %v", sent, pause, failed, slowest.Round(time.Millisecond))
+	if rest := pause - time.Since(paused); rest > 0 {
+		time.Sleep(rest) // the fault's length itself, not a synchronisation
+	}
+	resume()
+
+	// Right after: every device, once. None left, so none may be "not
+	// connected", lease or no lease.
+	back := time.Now()
+	notConnected := 0
+	var worst time.Duration
+	for _, id := range ids {
+		d, err := sendOnce(mc, id)
+		worst = max(worst, d)
+		if err != nil {
+			if strings.Contains(err.Error(), "not connected") {
+				notConnected++
+			}
+			t.Errorf("send to %s after etcd returned: %v", id, err)
+		}
+	}
+	figure(t, "etcd-paused/after", "%d sends to every device in the %v after etcd returned: %d answered not connected, slowest %v",
+		devices, time.Since(back).Round(time.Millisecond), notConnected, worst.Round(time.Millisecond))
+
+	line := sim.waitNext(30*time.Second, "a summary after the sends", func(l string) bool { _, ok := parseSummary(l); return ok })
+	s, _ := parseSummary(line)
+	figure(t, "etcd-paused/devices", "%d of %d connected, %d stream establishments (%d reconnects)", s.fields["connected"], devices, s.fields["connects"], s.fields["connects"]-devices)
+	if s.fields["connects"] != devices {
+		t.Errorf("%d stream establishments for %d devices: devices were dropped while etcd was away", s.fields["connects"], devices)
+	}
+}
+
+// TestFaultExecutorKilledQueued: an executor holding devices is killed
+// (kill -9) while QUEUE messages for every device are being sent. Every
+// device is back on the other executor within 15 s, and no message is
+// lost: every queue drains (a queued message leaves its queue only when
+// its device acknowledged it); duplicates (a message handed to a device
+// twice because its ack died with the executor) are counted.
+func TestFaultExecutorKilledQueued(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	devices, perDevice := 40, 5
+	if fullFaults() {
+		devices, perDevice = 1000, 5
+	}
+	c := startCluster(t, 1, 2, devices)
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	line := sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices
+	})
+	s, _ := parseSummary(line)
+	victim := "group-1-exec-1"
+	if s.executors[victim] == 0 {
+		t.Fatalf("%s holds no device: %v", victim, s.executors)
+	}
+	mc := messagingClient(t, c.cpAddr)
+	ids := make([]string, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sim-%06d", i)
+	}
+	// Half the messages, the kill, the other half: messages are in flight
+	// to the victim's devices when it dies.
+	var killed time.Time
+	for half := range 2 {
+		errs := make(chan error, devices)
+		parallel(8, devices, func(i int) {
+			for k := range perDevice / 2 {
+				if err := queueOne(mc, ids[i], fmt.Sprintf("m%d-%d-%d", half, i, k)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+		close(errs)
+		for err := range errs {
+			t.Fatalf("queue: %v", err)
+		}
+		if half == 0 {
+			c.executors[victim].signal(syscall.SIGKILL)
+			killed = time.Now()
+		}
+	}
+	sent := devices * 2 * (perDevice / 2)
+	sim.waitNext(60*time.Second, "all devices back without "+victim, func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices && s.executors[victim] == 0
+	})
+	back := time.Since(killed)
+	figure(t, "executor-kill9/back", "all %d devices connected elsewhere %v after the kill", devices, back.Round(10*time.Millisecond))
+	if back > 15*time.Second {
+		t.Errorf("devices back %v after the kill, want within 15 s", back)
+	}
+	// Every queue drains.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	left := -1
+	for ctx.Err() == nil && left != 0 {
+		left = 0
+		for _, id := range ids {
+			resp, err := getDevice(mc, id)
+			if err != nil {
+				t.Fatalf("GetDevice %s: %v", id, err)
+			}
+			left += int(resp.GetQueuedMessages())
+		}
+		if left != 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(pollEvery):
+			}
+		}
+	}
+	if left != 0 {
+		t.Errorf("%d of %d queued messages still queued a minute after the kill", left, sent)
+	}
+	line = sim.waitNext(30*time.Second, "a summary", func(l string) bool { _, ok := parseSummary(l); return ok })
+	s, _ = parseSummary(line)
+	figure(t, "executor-kill9/queue", "%d QUEUE messages sent around the kill: %d lost (still queued), %d handed to devices (%d duplicates)",
+		sent, left, s.fields["received"], s.fields["received"]-sent)
+	if s.fields["received"] < sent {
+		t.Errorf("devices were handed %d messages, fewer than the %d sent", s.fields["received"], sent)
+	}
+}
+
+// queueOne queues one message for dev, bounded.
+func queueOne(mc messagingv1.MessagingServiceClient, dev, payload string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := mc.Send(ctx, &messagingv1.SendRequest{DeviceId: dev, Payload: []byte(payload), ContentType: "text/plain",
+		Mode: messagingv1.DeliveryMode_DELIVERY_MODE_QUEUE, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		return fmt.Errorf("queue %s for %s: %w", payload, dev, err)
+	}
+	if resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_QUEUED && resp.GetStatus() != messagingv1.SendStatus_SEND_STATUS_DELIVERED {
+		return fmt.Errorf("queue %s for %s: %v", payload, dev, resp.GetStatus())
+	}
+	return nil
+}
