@@ -109,3 +109,55 @@ func TestOpsListenRefusesPlaintextOffLoopback(t *testing.T) {
 		t.Errorf("controlplane --pprof without --ops-listen = %v %q; want refused", err, out)
 	}
 }
+
+// TestServersOpsListener runs `berth controlplane` and `berth executor`
+// with --ops-listen: each names its listener in its ready line, is ready,
+// and serves its own metrics (the etcd client's latency, the executor's
+// registration); the control plane's pprof answers with --pprof.
+func TestServersOpsListener(t *testing.T) {
+	ep := startEtcd(t)
+	priv, pub := keygen(t)
+	cp := start(t, "controlplane", "controlplane", "--etcd", ep, "--signing-key", priv, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--pprof")
+	cpLine := cp.waitLine(30*time.Second, "listening line", listenRE.MatchString)
+	cpAddr := listenRE.FindStringSubmatch(cpLine)[1]
+	ctl(t, cpAddr, "group", "put", "group-1", "--capacity", "10")
+	ex := start(t, "executor", "executor", "--etcd", ep, "--group", "group-1", "--id", "e1", "--token-public-key", pub, "--ops-listen", "127.0.0.1:0")
+	exLine := ex.waitLine(30*time.Second, "listening line", listenRE.MatchString)
+	hc := &http.Client{Timeout: 10 * time.Second}
+	get := func(base, path string) (int, string) {
+		resp, err := hc.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s%s: %v", base, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tt := range []struct {
+		name, line string
+		ready      string
+		metrics    []string
+		pprof      int
+	}{
+		{"controlplane", cpLine, "controlplane: ready: in sync", []string{"berth_registry_cache_synced 1", `berth_etcd_request_duration_seconds_count{method="Range"}`, "grpc_server_handled_total"}, 200},
+		{"executor", exLine, "executor e1: ready: registered", []string{`berth_executor_registered{executor="e1",group="group-1"} 1`, `berth_etcd_request_duration_seconds_count{method="LeaseGrant"}`}, 404},
+	} {
+		m := opsRE.FindStringSubmatch(tt.line)
+		if m == nil || !strings.HasPrefix(m[1], "http://127.0.0.1:") {
+			t.Fatalf("%s ready line %q: want ops=http://127.0.0.1:PORT", tt.name, tt.line)
+		}
+		testutil.WaitForEvery(t, 30*time.Second, pollEvery, tt.name+" ready", func() bool {
+			code, body := get(m[1], "/readyz")
+			return code == 200 && strings.Contains(body, tt.ready)
+		})
+		_, body := get(m[1], "/metrics")
+		for _, want := range tt.metrics {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s /metrics lacks %s", tt.name, want)
+			}
+		}
+		if code, _ := get(m[1], "/debug/pprof/"); code != tt.pprof {
+			t.Errorf("%s /debug/pprof/ = %d; want %d", tt.name, code, tt.pprof)
+		}
+	}
+}
