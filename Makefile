@@ -7,7 +7,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -race -timeout 15m
 
-.PHONY: all build run test unit e2e faults bench generate checkgenerate lint lint-core staticcheck fmt vet clean docker
+.PHONY: all build run test unit e2e faults fuzz bench generate checkgenerate lint lint-core staticcheck fmt vet clean docker
 
 all: build
 
@@ -45,6 +45,26 @@ docker:
 faults:
 	@mkdir -p bin; BERTH_FAULTS=full go test $(GO_TEST_FLAGS) -count=1 -v -run '^TestFault' ./e2e/... >bin/faults.log 2>&1; rc=$$?; \
 	grep -E -- '--- (PASS|FAIL)|FIGURE' bin/faults.log; echo "full log: bin/faults.log"; exit $$rc
+
+## fuzz: each fuzz target for FUZZTIME (not part of `make test`, which runs
+# their committed seeds, testdata/fuzz/<Target>/, as ordinary tests). A crash
+# is written to the package's testdata/fuzz/<Target>/ and fails the target.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./policy:FuzzPolicy \
+	./token:FuzzVerify \
+	./token:FuzzTokenModified \
+	./controlplane:FuzzAssign \
+	./executor:FuzzConnectFrames \
+	./executor:FuzzCheckPublish \
+	./registry:FuzzCheckID
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
 
 ## bench: the benchmarks the README quotes
 bench: build

@@ -98,13 +98,14 @@ func (s *fakeStore) PutAssignment(ctx context.Context, a registry.Assignment) er
 }
 
 type fixture struct {
+	srv      *controlplane.Server
 	client   controlplanev1.ControlPlaneServiceClient
 	cache    *fakeCache
 	store    *fakeStore
 	verifier *token.Verifier
 }
 
-func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs []registry.Executor) *fixture {
+func start(t testing.TB, cfg controlplane.Config, groups []registry.Group, execs []registry.Executor) *fixture {
 	t.Helper()
 	priv, err := token.GenerateKey()
 	if err != nil {
@@ -142,7 +143,7 @@ func start(t *testing.T, cfg controlplane.Config, groups []registry.Group, execs
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &fixture{client: controlplanev1.NewControlPlaneServiceClient(cc), cache: cache, store: store, verifier: verifier}
+	return &fixture{srv: srv, client: controlplanev1.NewControlPlaneServiceClient(cc), cache: cache, store: store, verifier: verifier}
 }
 
 func twoGroups() ([]registry.Group, []registry.Executor) {

@@ -245,7 +245,7 @@ func start(t *testing.T, mutate func(*executor.Config)) *harness {
 }
 
 // startWith is start with options for New.
-func startWith(t *testing.T, mutate func(*executor.Config), opts ...executor.Option) *harness {
+func startWith(t testing.TB, mutate func(*executor.Config), opts ...executor.Option) *harness {
 	t.Helper()
 	cfg := testConfig()
 	if mutate != nil {
@@ -287,7 +287,7 @@ func startWith(t *testing.T, mutate func(*executor.Config), opts ...executor.Opt
 
 // dial opens a client connection to the executor, closed when the test
 // ends.
-func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+func (h *harness) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.lis.DialContext(ctx) }),
@@ -301,7 +301,7 @@ func (h *harness) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 }
 
 // serviceToken mints a control plane's service token.
-func (h *harness) serviceToken(t *testing.T) string {
+func (h *harness) serviceToken(t testing.TB) string {
 	t.Helper()
 	tok, _, err := h.signer.SignService("cp-1", time.Minute)
 	if err != nil {
@@ -320,7 +320,7 @@ func (h *harness) serviceCtx(t *testing.T) context.Context {
 }
 
 // wait waits for Run to return and returns its error.
-func (h *harness) wait(t *testing.T) error {
+func (h *harness) wait(t testing.TB) error {
 	t.Helper()
 	select {
 	case err := <-h.done:
@@ -333,13 +333,13 @@ func (h *harness) wait(t *testing.T) error {
 }
 
 // token mints a valid token for device in the executor's group.
-func (h *harness) token(t *testing.T, device string) string {
+func (h *harness) token(t testing.TB, device string) string {
 	t.Helper()
 	return h.tokenFor(t, device, testGroup)
 }
 
 // tokenFor mints a token for device in group.
-func (h *harness) tokenFor(t *testing.T, device, group string) string {
+func (h *harness) tokenFor(t testing.TB, device, group string) string {
 	t.Helper()
 	tok, _, err := h.signer.Sign(device, group, "default", time.Minute)
 	if err != nil {

@@ -8,17 +8,15 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/retry"
 	"github.com/berthproject/berth/registry"
 )
 
 // queuePage is how many queued messages one read of a device's queue takes.
 const queuePage = 64
 
-// Bounds of the backoff between failed queue reads and removals.
-var (
-	queueRetryMin = 50 * time.Millisecond
-	queueRetryMax = 5 * time.Second
-)
+// queueRetry is the backoff between failed queue reads and removals.
+var queueRetry = retry.Policy{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Multiplier: 2}
 
 // presenceReader reads presence records; *registry.Registry is one. A
 // Queue that is one lets the drain close a gap (see drainQueue).
@@ -26,10 +24,10 @@ type presenceReader interface {
 	Presence(ctx context.Context, deviceID string) (registry.Presence, error)
 }
 
-// Bounds of the wait for a session's presence record to become visible.
+// The wait for a session's presence record to become visible: polled with
+// a jittered, growing delay, for at most presenceWaitFor.
 var (
-	presenceWaitMin = 50 * time.Millisecond
-	presenceWaitMax = 2 * time.Second
+	presenceWait    = retry.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}
 	presenceWaitFor = 15 * time.Second
 )
 
@@ -102,7 +100,7 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 }
 
 // awaitPresence waits until the registry shows ss's presence, polling with
-// a growing delay for at most presenceWaitFor. It reports whether the
+// a jittered, growing delay for at most presenceWaitFor. It reports whether the
 // queue should be read again: the presence is visible, or could not be
 // confirmed in time (read once more anyway). It reports false when the
 // Queue cannot read presence, or when ss or ctx ended. A record naming
@@ -115,7 +113,7 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 	if !ok {
 		return false
 	}
-	delay := presenceWaitMin
+	wait := presenceWait.NewBackOff()
 	deadline := time.Now().Add(presenceWaitFor)
 	for {
 		p, err := pr.Presence(ctx, ss.deviceID)
@@ -128,17 +126,9 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 			log.Debug("presence not visible in time; reading the queue once more", "waited", presenceWaitFor, "err", err)
 			return true
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ss.done:
-			t.Stop()
-			return false
-		case <-ctx.Done():
-			t.Stop()
+		if !retry.Sleep(ctx, wait.NextBackOff(), ss.done) {
 			return false
 		}
-		delay = min(2*delay, presenceWaitMax)
 	}
 }
 
@@ -150,29 +140,9 @@ func (s *Server) dequeue(ctx context.Context, ss *session, log *slog.Logger, qm 
 	})
 }
 
-// retryQueue calls fn until it succeeds, with a growing delay between
-// attempts, while ss and ctx last. It reports whether fn succeeded.
+// retryQueue calls fn until it succeeds, with a jittered, growing delay
+// between attempts, while ss and ctx last. It reports whether fn
+// succeeded. An outage is logged once (and its end), not per attempt.
 func (s *Server) retryQueue(ctx context.Context, ss *session, log *slog.Logger, what string, fn func() error) bool {
-	delay := queueRetryMin
-	for {
-		err := fn()
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil || ss.closed() {
-			return false
-		}
-		log.Warn("queue: cannot "+what+"; retrying", "retry_in", delay, "err", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ss.done:
-			t.Stop()
-			return false
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		}
-		delay = min(2*delay, queueRetryMax)
-	}
+	return retry.Do(ctx, queueRetry, log, "queue: cannot "+what, ss.done, func(context.Context) error { return fn() }) == nil
 }

@@ -3,13 +3,14 @@ package messaging
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/retry"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -19,7 +20,8 @@ import (
 // queued. The executor delivers a device's queue when the device connects,
 // so without more the message would wait for the next reconnect. Instead the
 // replica that made the attempt schedules the device for redelivery: after
-// a delay that doubles from RedeliverMinDelay up to RedeliverMaxDelay, it
+// a jittered delay that doubles from RedeliverMinDelay up to
+// RedeliverMaxDelay (internal/retry), it
 // reads the device's presence and, while the device is connected, delivers
 // its queue in order, one message at a time, removing each once the device
 // acknowledged it, as the executor's drain does. It stops when the queue is
@@ -50,7 +52,8 @@ type redeliverer struct {
 // redeliverState is one device's place in the schedule.
 type redeliverState struct {
 	at       time.Time
-	attempts int // failed rounds so far
+	attempts int             // failed rounds so far
+	wait     backoff.BackOff // the device's jittered delays
 }
 
 func newRedeliverer(m *Server, log *slog.Logger) *redeliverer {
@@ -74,7 +77,9 @@ func (r *redeliverer) schedule(dev string) {
 		}
 		return
 	}
-	r.due[dev] = &redeliverState{at: r.m.now().Add(r.delay(0))}
+	st := &redeliverState{wait: r.policy().NewBackOff()}
+	st.at = r.m.now().Add(st.wait.NextBackOff())
+	r.due[dev] = st
 	r.signal()
 }
 
@@ -85,17 +90,12 @@ func (r *redeliverer) signal() {
 	}
 }
 
-// delay is the wait before round n+1, with ±20% jitter.
-func (r *redeliverer) delay(n int) time.Duration {
-	d := r.m.cfg.RedeliverMinDelay
-	for range n {
-		if d >= r.m.cfg.RedeliverMaxDelay {
-			break
-		}
-		d *= 2
-	}
-	d = min(d, r.m.cfg.RedeliverMaxDelay)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+// policy is the backoff between rounds: jittered (±50%), growing from
+// RedeliverMinDelay, never longer than RedeliverMaxDelay. Devices whose
+// delivery failed together (their executor restarted) are not retried in
+// step.
+func (r *redeliverer) policy() retry.Policy {
+	return retry.Policy{Initial: r.m.cfg.RedeliverMinDelay, Max: r.m.cfg.RedeliverMaxDelay, Multiplier: 2}
 }
 
 // run starts the rounds that are due, at most RedeliverWorkers at once,
@@ -171,7 +171,7 @@ func (r *redeliverer) finish(dev string, done bool) {
 			"device", dev, "attempts", st.attempts+1)
 	default:
 		st.attempts++
-		st.at = r.m.now().Add(r.delay(st.attempts))
+		st.at = r.m.now().Add(st.wait.NextBackOff())
 	}
 	r.signal()
 }

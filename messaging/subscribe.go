@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/retry"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -231,37 +231,24 @@ func (h *hub) run(ctx context.Context) {
 	}
 }
 
-// follow starts following e's publishes, reconnecting with backoff.
+// follow starts following e's publishes, reconnecting with a jittered
+// backoff (from 100 ms up to ResubscribeMaxDelay) that starts again once a
+// stream delivered something.
 func (h *hub) follow(ctx context.Context, e registry.Executor) *follower {
 	ctx, cancel := context.WithCancel(ctx)
 	f := &follower{addr: e.Address, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
-		const minGap = 100 * time.Millisecond
-		gap := minGap
-		failures := 0
+		loop := retry.New(retry.Policy{Initial: 100 * time.Millisecond, Max: h.maxGap, Multiplier: 2}, h.log,
+			"following an executor's publishes")
 		for {
 			got, err := h.followOnce(ctx, e.Address)
-			if ctx.Err() != nil {
-				return
-			}
 			if got {
-				gap, failures = minGap, 0
+				loop.Succeeded("executor", e.ID)
 			}
-			failures++
-			lvl := slog.LevelDebug
-			if failures == 1 {
-				lvl = slog.LevelWarn
-			}
-			h.log.Log(ctx, lvl, "following an executor's publishes; retrying", "executor", e.ID, "address", e.Address, "err", err)
-			// Full jitter over [gap/2, gap).
-			d := gap/2 + rand.N(gap/2+1)
-			select {
-			case <-ctx.Done():
+			if !loop.Failed(ctx, nil, err, "executor", e.ID, "address", e.Address) {
 				return
-			case <-time.After(d):
 			}
-			gap = min(gap*2, h.maxGap)
 		}
 	}()
 	return f

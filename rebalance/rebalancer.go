@@ -18,6 +18,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	policyv1 "github.com/berthproject/berth/gen/berth/policy/v1"
+	"github.com/berthproject/berth/internal/retry"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/policy"
 	"github.com/berthproject/berth/registry"
@@ -109,18 +110,19 @@ func (r *Rebalancer) Run(ctx context.Context) error {
 	if err := r.cache.WaitReady(ctx); err != nil {
 		return nil
 	}
+	// Campaign failures (etcd away) back off with jitter, from a tenth of
+	// Interval up to Interval, so that replicas do not campaign in step.
+	loop := retry.New(retry.Policy{Initial: r.cfg.Interval / 10, Max: r.cfg.Interval, Multiplier: 2}, r.log,
+		"rebalancer campaign failed")
 	for ctx.Err() == nil {
 		l, err := r.reg.Campaign(ctx, registry.RebalanceElection, r.cfg.ReplicaID, r.cfg.LeaseTTL)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			r.log.Warn("rebalancer campaign failed; retrying", "err", err)
-			if !sleep(ctx, r.cfg.Interval) {
+			if !loop.Failed(ctx, nil, err) {
 				return nil
 			}
 			continue
 		}
+		loop.Succeeded()
 		r.leading.Store(true)
 		r.log.Info("rebalancer leading", "term", l.Rev())
 		err = r.lead(ctx, l)
@@ -515,16 +517,4 @@ func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *
 	}
 	r.log.Debug("device moving", "device", mv.Device, "reason", mv.Reason, "from", mv.Group, "to", d.Group.ID)
 	return nil
-}
-
-// sleep waits d or until ctx is done; it reports whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

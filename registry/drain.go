@@ -8,6 +8,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // drainsDir holds operators' drain marks of executors, one key per
@@ -113,28 +115,22 @@ func (g *Registration) loadDrainMark(ctx context.Context) {
 
 // watchDrainMark follows the executor's drain mark until ctx is done, and
 // has the record rewritten whenever it appears or goes. Errors are retried
-// after RetryDelay.
+// with the registration's jittered backoff.
 func (g *Registration) watchDrainMark(ctx context.Context) {
 	cli := g.reg.client()
 	g.mu.Lock()
 	key := g.reg.drainKey(g.cur.ID)
 	g.mu.Unlock()
-	for ctx.Err() == nil {
+	loop := retry.New(g.cfg.retryPolicy(), g.log, "watching the executor's drain mark")
+	for {
 		resp, err := cli.Get(ctx, key)
 		if err == nil {
 			g.setMarked(len(resp.Kvs) > 0)
+			loop.Succeeded()
 			err = g.followDrainMark(ctx, key, resp.Header.Revision)
 		}
-		if ctx.Err() != nil {
+		if !loop.Failed(ctx, nil, err) {
 			return
-		}
-		g.log.Warn("watching the executor's drain mark; retrying", "err", err)
-		t := time.NewTimer(g.cfg.RetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
 		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // historyDir holds one record per device that ever connected: its traffic
@@ -159,6 +161,10 @@ type UsageRecorder struct {
 	mu              sync.Mutex
 	pending         map[string]Usage
 	written, failed int64
+	// outage logs failed writes: the first at warn, the next at debug,
+	// the recovery at warn. Writes keep their interval: nothing waits on
+	// its backoff.
+	outage *retry.Loop
 }
 
 // DefaultUsageInterval is how often a UsageRecorder writes.
@@ -173,7 +179,8 @@ func (r *Registry) NewUsageRecorder(interval time.Duration, log *slog.Logger) *U
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &UsageRecorder{reg: r, log: log, interval: interval, now: time.Now, pending: map[string]Usage{}}
+	return &UsageRecorder{reg: r, log: log, interval: interval, now: time.Now, pending: map[string]Usage{},
+		outage: retry.New(retry.Policy{Initial: interval, Max: interval}, log, "registry: writing device history")}
 }
 
 // AddUsage records that the device's stream did u; it does not block.
@@ -231,6 +238,8 @@ func (u *UsageRecorder) Flush(ctx context.Context) {
 		for id, x := range unwritten {
 			u.pending[id] = u.pending[id].Add(x)
 		}
-		u.log.Warn("registry: writing device history; kept for the next write", "devices", len(unwritten), "err", err)
+		u.outage.Fail(err, "devices_kept", len(unwritten))
+		return
 	}
+	u.outage.Succeeded()
 }

@@ -5,7 +5,8 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // syncState is what a watch-fed view shares with its list-watch loop:
@@ -40,20 +41,19 @@ func (s *syncState) WaitReady(ctx context.Context) error {
 	}
 }
 
-// Relist backoff of a list-watch loop.
-const (
-	relistMinDelay = 100 * time.Millisecond
-	relistMaxDelay = 5 * time.Second
-)
+// relistPolicy is the backoff between failed rounds of a list-watch loop.
+var relistPolicy = retry.Default()
 
 // listWatch lists (load returns the revision it read at) and then watches
 // from that revision until the watch fails, again and again, with a
-// doubling delay between failed rounds, until ctx is cancelled; it then
-// returns nil. relisted is called after every successful listing but the
-// first. what names the view in the log.
+// jittered, growing delay between failed rounds (reset by a successful
+// listing), until ctx is cancelled; it then returns nil. relisted is
+// called after every successful listing but the first. what names the view
+// in the log: the first failure of an outage is a warning, the retries
+// debug, and the recovery a warning again.
 func listWatch(ctx context.Context, s *syncState, log *slog.Logger, what string,
 	load func(context.Context) (int64, error), watch func(context.Context, int64) error, relisted func()) error {
-	delay := relistMinDelay
+	loop := retry.New(relistPolicy, log, what+" out of sync")
 	for loaded := false; ; {
 		rev, err := load(ctx)
 		if err == nil {
@@ -64,21 +64,12 @@ func listWatch(ctx context.Context, s *syncState, log *slog.Logger, what string,
 			loaded = true
 			s.ready.Store(true)
 			s.once.Do(func() { close(s.first) })
-			delay = relistMinDelay
+			loop.Succeeded()
 			err = watch(ctx, rev)
 		}
 		s.ready.Store(false)
-		if ctx.Err() != nil {
+		if !loop.Failed(ctx, nil, err) {
 			return nil
 		}
-		log.Warn(what+" out of sync; listing again", "err", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		delay = min(2*delay, relistMaxDelay)
 	}
 }

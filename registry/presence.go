@@ -9,6 +9,8 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // presenceDir holds one record per connected device, written by the
@@ -139,6 +141,9 @@ func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID)
 	}
 	g.pmu.Unlock()
 	g.signalPresence()
+	// One loop for both writes: a failure of either is etcd's, and one
+	// backoff keeps them from hammering it in turn.
+	loop := retry.New(g.cfg.retryPolicy(), g.log, "presence write failed")
 	for {
 		select {
 		case <-ctx.Done():
@@ -155,41 +160,24 @@ func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID)
 				err = g.writeNotes(ctx)
 			}
 			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				g.log.Warn("presence write failed; retrying", "devices", len(batch), "err", err)
-				if !g.pause(ctx) {
+				if !loop.Failed(ctx, nil, err, "devices", len(batch)) {
 					return
 				}
 				continue
 			}
+			loop.Succeeded()
 			if !more {
 				break
 			}
 		}
 		if err := g.writeNotes(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			g.log.Warn("replacement notice write failed; retrying", "err", err)
-			if !g.pause(ctx) {
+			if !loop.Failed(ctx, nil, err, "what", "replacement notices") {
 				return
 			}
 			g.signalPresence()
+			continue
 		}
-	}
-}
-
-// pause waits RetryDelay; false when ctx ended first.
-func (g *Registration) pause(ctx context.Context) bool {
-	t := time.NewTimer(g.cfg.RetryDelay)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
+		loop.Succeeded()
 	}
 }
 

@@ -111,6 +111,7 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 	}
 	seqKey := r.prefix + queueSeqDir + m.DeviceID
 	useKey := r.queueUseKey(m.DeviceID)
+	wait := racePolicy.NewBackOff()
 	for attempt := 0; ; attempt++ {
 		resp, err := r.cli.Txn(ctx).Then(
 			clientv3.OpGet(seqKey), clientv3.OpGet(useKey), clientv3.OpGet(r.prefix+queueTotalDir, clientv3.WithPrefix()),
@@ -194,7 +195,7 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 		if attempt >= maxQueueAttempts {
 			return m, false, fmt.Errorf("%w: queue of %s", ErrConflict, m.DeviceID)
 		}
-		if err := backoff(ctx, attempt); err != nil {
+		if err := raceWait(ctx, wait); err != nil {
 			return m, false, err
 		}
 	}

@@ -9,8 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // Queue usage keys, written in the transactions that enqueue and remove
@@ -148,6 +151,7 @@ func (r *Registry) encodeCharged(m *QueuedMessage, key string) ([]byte, error) {
 // if any of them or the counters changed meanwhile; it then tries again.
 func (r *Registry) removeQueued(ctx context.Context, device string, keys []string) error {
 	useKey := r.queueUseKey(device)
+	wait := racePolicy.NewBackOff()
 	for attempt := 0; ; attempt++ {
 		reads := make([]clientv3.Op, 0, len(keys)+2)
 		for _, k := range keys {
@@ -206,27 +210,24 @@ func (r *Registry) removeQueued(ctx context.Context, device string, keys []strin
 		if attempt >= maxQueueAttempts {
 			return ErrConflict
 		}
-		if err := backoff(ctx, attempt); err != nil {
+		if err := raceWait(ctx, wait); err != nil {
 			return err
 		}
 	}
 }
 
-// backoff waits a little after a lost race, longer after each, so that
-// many concurrent writers of one counter do not all retry at once.
-func backoff(ctx context.Context, attempt int) error {
-	d := time.Duration(min(attempt, 10)) * time.Millisecond
-	if d == 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
+// racePolicy spaces the attempts of a transaction that lost a race: a
+// millisecond or so, growing to 10 ms, jittered so that many concurrent
+// writers of one counter do not all retry at once.
+var racePolicy = retry.Policy{Initial: time.Millisecond, Max: 10 * time.Millisecond, Multiplier: 2}
+
+// raceWait waits the next of b's delays after a lost race; ctx's error when
+// it ended first.
+func raceWait(ctx context.Context, b backoff.BackOff) error {
+	if !retry.Sleep(ctx, b.NextBackOff(), nil) {
 		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
+	return nil
 }
 
 // DeviceQueueUsage returns what waits for one device, as its counter says.

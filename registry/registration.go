@@ -11,6 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/berthproject/berth/internal/retry"
 )
 
 // RegistrationConfig tunes an executor registration.
@@ -24,8 +26,14 @@ type RegistrationConfig struct {
 	// MinInterval spaces writes of a changing record (connection counts move
 	// with every connect), bounding writes per executor.
 	MinInterval time.Duration
-	// RetryDelay is the pause before registering again after a failure.
+	// RetryDelay is the centre of the first pause before registering again
+	// after a failure (and before retrying a presence write or the drain
+	// mark's watch); the pauses are jittered, grow after each failure up to
+	// RetryMax and start again from RetryDelay after a success.
 	RetryDelay time.Duration
+	// RetryMax bounds those pauses; 0 means four times RetryDelay (never
+	// less than RetryDelay).
+	RetryMax time.Duration
 }
 
 // DefaultRegistrationConfig returns the settings used by `berth executor`.
@@ -38,7 +46,7 @@ func (c RegistrationConfig) Validate() error {
 	switch {
 	case c.TTL < 2*time.Second:
 		return fmt.Errorf("%w: registration TTL %v: want at least 2s", ErrInvalid, c.TTL)
-	case c.Refresh <= 0 || c.MinInterval <= 0 || c.RetryDelay <= 0:
+	case c.Refresh <= 0 || c.MinInterval <= 0 || c.RetryDelay <= 0 || c.RetryMax < 0:
 		return fmt.Errorf("%w: registration intervals must be positive", ErrInvalid)
 	case c.Refresh >= c.TTL:
 		return fmt.Errorf("%w: registration refresh %v must be shorter than the TTL %v", ErrInvalid, c.Refresh, c.TTL)
@@ -78,6 +86,15 @@ type Registration struct {
 	// (see replaced.go); notesSync is the state of its watch.
 	onReplaced func(Replacement)
 	notesSync  syncState
+}
+
+// retryPolicy is the backoff of the registration's loops.
+func (c RegistrationConfig) retryPolicy() retry.Policy {
+	m := c.RetryMax
+	if m == 0 {
+		m = 4 * c.RetryDelay
+	}
+	return retry.Policy{Initial: c.RetryDelay, Max: max(m, c.RetryDelay), Multiplier: 2}
 }
 
 // NewRegistration prepares a registration for e. It does no I/O; Run does.
@@ -129,20 +146,16 @@ func (g *Registration) Run(ctx context.Context) error {
 	var notices sync.WaitGroup
 	defer notices.Wait()
 	notices.Go(func() { _ = g.watchReplaced(ctx) })
+	loop := retry.New(g.cfg.retryPolicy(), g.log, "executor registration lost; registering again")
 	for {
-		err := g.session(ctx)
+		err := g.session(ctx, loop)
 		g.registered.Store(false)
 		if ctx.Err() != nil {
 			return nil
 		}
 		g.lost.Add(1)
-		g.log.Warn("executor registration lost; registering again", "err", err)
-		t := time.NewTimer(g.cfg.RetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !loop.Failed(ctx, nil, err) {
 			return nil
-		case <-t.C:
 		}
 	}
 }
@@ -150,8 +163,9 @@ func (g *Registration) Run(ctx context.Context) error {
 // errLeaseLost ends a session whose lease expired or was revoked.
 var errLeaseLost = errors.New("registry: lease lost")
 
-// session holds one lease until it is lost or ctx is done.
-func (g *Registration) session(ctx context.Context) error {
+// session holds one lease until it is lost or ctx is done. It tells loop
+// once the record is written.
+func (g *Registration) session(ctx context.Context, loop *retry.Loop) error {
 	// The lease is granted under ctx: with etcd unreachable a grant waits
 	// for it, and cancelling ctx must still stop Run.
 	cli := g.reg.client()
@@ -185,6 +199,7 @@ func (g *Registration) session(ctx context.Context) error {
 		return err
 	}
 	g.registered.Store(true)
+	loop.Succeeded()
 	g.log.Info("executor registered", "lease", fmt.Sprintf("%x", s.Lease()))
 	pctx, pcancel := context.WithCancel(ctx)
 	var loops sync.WaitGroup

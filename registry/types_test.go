@@ -20,6 +20,8 @@ func TestRegistrationConfigValidate(t *testing.T) {
 		{name: "zero refresh", modify: func(c *registry.RegistrationConfig) { c.Refresh = 0 }, wantErr: true},
 		{name: "zero min interval", modify: func(c *registry.RegistrationConfig) { c.MinInterval = 0 }, wantErr: true},
 		{name: "negative retry delay", modify: func(c *registry.RegistrationConfig) { c.RetryDelay = -time.Second }, wantErr: true},
+		{name: "retry max set", modify: func(c *registry.RegistrationConfig) { c.RetryMax = 30 * time.Second }},
+		{name: "negative retry max", modify: func(c *registry.RegistrationConfig) { c.RetryMax = -time.Second }, wantErr: true},
 		{name: "refresh equal to TTL", modify: func(c *registry.RegistrationConfig) { c.Refresh = c.TTL }, wantErr: true},
 		{name: "refresh longer than TTL", modify: func(c *registry.RegistrationConfig) { c.Refresh = 2 * c.TTL }, wantErr: true},
 	}

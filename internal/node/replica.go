@@ -185,7 +185,11 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, reg, signer, log, controlplane.WithAuthenticator(auth), controlplane.WithLimiter(r.limit),
+	// Assign's records go by group commit: one etcd round trip carries
+	// the records of every Assign that came while the one before was in
+	// flight.
+	store := assignStore{Registry: reg, batch: reg.NewAssignmentBatcher(cfg.ControlPlane.WriteTimeout)}
+	if r.cp, err = controlplane.New(cfg.ControlPlane, r.cache, store, signer, log, controlplane.WithAuthenticator(auth), controlplane.WithLimiter(r.limit),
 		controlplane.WithPolicies(pols)); err != nil {
 		return nil, err
 	}
@@ -215,6 +219,18 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	}
 	r.addMetrics(reg)
 	return r, nil
+}
+
+// assignStore is the registry with assignment records written by group
+// commit.
+type assignStore struct {
+	*registry.Registry
+	batch *registry.AssignmentBatcher
+}
+
+// PutAssignment implements controlplane.AssignmentStore.
+func (s assignStore) PutAssignment(ctx context.Context, a registry.Assignment) error {
+	return s.batch.PutAssignment(ctx, a)
 }
 
 // ControlPlane returns the Assign server (for its counters).
