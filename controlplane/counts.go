@@ -10,26 +10,31 @@ func (s *Server) Reservations() int { return s.res.held() }
 // "permission denied"), as logged.
 func (s *Server) Refusals() map[string]uint64 { return s.refused.Counts() }
 
-// held counts the reservations younger than maxAge.
+// held counts the reservations younger than maxAge and not seen admitted.
 func (r *reservations) held() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cut := r.now().Add(-r.maxAge)
 	n := 0
-	young := func(rs []reservation) {
+	list := func(l *reservationList) {
+		for _, x := range l.rs[l.head:] {
+			if !x.gone && x.at.After(cut) {
+				n++
+			}
+		}
+	}
+	for _, x := range r.byExec {
+		list(&x.own)
+		for _, l := range x.others {
+			list(l)
+		}
+	}
+	for _, rs := range r.byGroup {
 		for _, x := range rs {
 			if x.at.After(cut) {
 				n++
 			}
 		}
-	}
-	for _, byReplica := range r.byExec {
-		for _, l := range byReplica {
-			young(l.rs)
-		}
-	}
-	for _, rs := range r.byGroup {
-		young(rs)
 	}
 	return n
 }
