@@ -81,12 +81,6 @@ func (c *routeCache) shard(device string) *routeShard {
 	return &c.shards[maphash.String(c.seed, device)%routeShards]
 }
 
-// get returns the device's presence if a fresh one is cached.
-func (c *routeCache) get(device string) (registry.Presence, bool) {
-	p, fresh, ok := c.lookup(device)
-	return p, ok && fresh
-}
-
 // lookup returns the device's cached presence, fresh or not (where it was
 // last seen, until a delivery there failed), and whether it is fresh.
 func (c *routeCache) lookup(device string) (p registry.Presence, fresh, ok bool) {

@@ -55,6 +55,7 @@ type Rebalancer struct {
 
 	leading  atomic.Bool
 	policies *placement.Policies
+	onMove   func(reason string, ok bool) // nil: none
 }
 
 // Option changes how New wires a Rebalancer.
@@ -68,6 +69,13 @@ func WithPolicies(p *placement.Policies) Option {
 			r.policies = p
 		}
 	}
+}
+
+// WithMoveHook calls fn after each move the rebalancer asked an executor to
+// make, with the move's reason (policy, drain, balance) and whether the
+// executor took it; fn must not block (metrics count with it).
+func WithMoveHook(fn func(reason string, ok bool)) Option {
+	return func(r *Rebalancer) { r.onMove = fn }
 }
 
 // New wires a rebalancer. It starts nothing and does no I/O.
@@ -495,6 +503,9 @@ func (r *Rebalancer) run(ctx context.Context, l *registry.Leadership, j job, t *
 		Message:  fmt.Sprintf("rebalance (%s): to group %s", mv.Reason, d.Group.ID),
 		MaxDelay: durationpb.New(r.cfg.RedirectSpread),
 	})
+	if r.onMove != nil {
+		r.onMove(mv.Reason.String(), err == nil)
+	}
 	if err != nil {
 		t.abort(mv.Device)
 		// The device stays: put its record back, so that it reads as it is.

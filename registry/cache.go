@@ -53,6 +53,12 @@ type Cache struct {
 	onAssignment []func(Assignment) // subscribers in order; replaced, never modified, under mu
 
 	relists atomic.Int64
+	// rev is the store revision the cache reflects: its listing's, then
+	// each watch response's (progress notifications included).
+	rev atomic.Int64
+	// progress is how often the watch asks etcd for its revision; a watch
+	// that heard nothing for staleProgress of them is given up.
+	progress time.Duration
 }
 
 // NewCache returns a cache of r. It does no I/O; Run does.
@@ -60,7 +66,7 @@ func (r *Registry) NewCache(log *slog.Logger) *Cache {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{reg: r, log: log, now: time.Now, assignments: map[string]Assignment{}, history: map[string]History{}, moved: map[string]map[string]int64{}}
+	c := &Cache{reg: r, log: log, now: time.Now, assignments: map[string]Assignment{}, history: map[string]History{}, moved: map[string]map[string]int64{}, progress: DefaultProgressInterval}
 	c.first = make(chan struct{})
 	c.snap.Store(newSnapshot(0, parts{groups: map[string]Group{}, execs: map[string]Executor{}, tenants: map[string]Tenant{}}))
 	return c
@@ -103,6 +109,18 @@ func (c *Cache) AssignmentCount() int {
 	defer c.mu.RUnlock()
 	return len(c.assignments)
 }
+
+// SetProgressInterval sets how often the watch asks etcd for its revision
+// (DefaultProgressInterval); call it before Run.
+func (c *Cache) SetProgressInterval(d time.Duration) {
+	if d > 0 {
+		c.progress = d
+	}
+}
+
+// Revision returns the etcd revision the cache reflects (0 before the
+// first listing).
+func (c *Cache) Revision() int64 { return c.rev.Load() }
 
 // Relists counts the full reloads after the first one.
 func (c *Cache) Relists() int64 { return c.relists.Load() }
@@ -159,6 +177,7 @@ func (c *Cache) load(ctx context.Context) (int64, error) {
 	c.assignments, c.history, c.moved = devs.assigns, devs.history, moved
 	c.mu.Unlock()
 	c.snap.Store(newSnapshot(rev, p))
+	c.rev.Store(rev)
 	return rev, nil
 }
 
@@ -308,8 +327,24 @@ func (c *Cache) watch(ctx context.Context, rev int64) error {
 	}
 	defer wg.Wait()
 	defer cancel()
+	// Progress requests make etcd tell the watchers its revision when
+	// nothing they watch changed, so Revision follows the store; and a
+	// watch that hears nothing, not even that, is dead: the client retries
+	// a lost connection forever without a word, so this is how the cache
+	// learns that etcd is gone.
+	progress := time.NewTicker(c.progress)
+	defer progress.Stop()
+	heard := time.Now()
 	for {
 		select {
+		case <-progress.C:
+			if silent := time.Since(heard); silent > staleProgress*c.progress {
+				return fmt.Errorf("%w: nothing heard for %v", errWatchStale, silent.Round(time.Millisecond))
+			}
+			pctx, pcancel := context.WithTimeout(wctx, c.progress)
+			// A failure shows as silence.
+			_ = cli.RequestProgress(pctx)
+			pcancel()
 		case <-wctx.Done():
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -322,10 +357,25 @@ func (c *Cache) watch(ctx context.Context, rev int64) error {
 			if resp.Canceled {
 				return errWatchClosed
 			}
+			heard = time.Now()
 			c.apply(resp.Header.Revision, resp.Events)
+			if r := resp.Header.Revision; r > c.rev.Load() {
+				c.rev.Store(r)
+			}
 		}
 	}
 }
+
+// DefaultProgressInterval is how often the cache's watch asks etcd for its
+// revision.
+const DefaultProgressInterval = 2 * time.Second
+
+// staleProgress is how many progress intervals without any watch response
+// make the watch dead.
+const staleProgress = 5
+
+// errWatchStale reports a watch that heard nothing, not even progress.
+var errWatchStale = errors.New("registry: watch silent")
 
 // errWatchClosed reports a watch channel closed without an error.
 var errWatchClosed = errors.New("registry: watch closed")

@@ -39,8 +39,12 @@ func newDevCmd(g *globals) *cobra.Command {
 				if info.CAFile != "" {
 					ca = info.CAFile
 				}
-				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s public-key=%s ca=%s api-key-file=%s enrollment=open (any caller may Assign any device id)\n",
-					info.ControlPlane, info.Etcd, strings.Join(ex, ","), info.PublicKeyFile, ca, info.APIKeyFile)
+				opsURL := "none"
+				if info.Ops != "" {
+					opsURL = info.Ops
+				}
+				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s ops=%s public-key=%s ca=%s api-key-file=%s enrollment=open (any caller may Assign any device id)\n",
+					info.ControlPlane, info.Etcd, strings.Join(ex, ","), opsURL, info.PublicKeyFile, ca, info.APIKeyFile)
 			})
 		},
 	}
@@ -50,6 +54,8 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.Groups, "groups", cfg.Groups, "number of processing groups")
 	f.IntVar(&cfg.ExecutorsPerGroup, "executors-per-group", cfg.ExecutorsPerGroup, "executors in each group")
 	f.IntVar(&cfg.GroupCapacity, "group-capacity", cfg.GroupCapacity, "devices each group is sized for")
+	f.StringVar(&cfg.Ops.Addr, "ops-listen", cfg.Ops.Addr, "address of the operations HTTP listener (/metrics, /healthz, /readyz); HTTPS unless --insecure, plaintext only on loopback (empty: none)")
+	f.BoolVar(&cfg.Ops.Pprof, "pprof", false, "also serve /debug/pprof/* on the operations listener")
 	f.BoolVar(&insecure, "insecure", false, "serve plaintext instead of TLS with a throwaway CA (made in --data-dir/tls, or reused from there)")
 	rb.register(f)
 	return cmd

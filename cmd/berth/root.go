@@ -13,9 +13,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/tlsfiles"
+	"github.com/berthproject/berth/internal/zapslog"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -128,8 +130,14 @@ func (g *globals) logger() (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", g.logFormat)
 }
 
-// etcdClient connects to the --etcd endpoints.
-func (g *globals) etcdClient() (*clientv3.Client, error) {
+// etcdClient connects to the --etcd endpoints, with the client's own logs
+// discarded (ctl and bench report errors themselves).
+func (g *globals) etcdClient() (*clientv3.Client, error) { return g.serverEtcdClient(nil, nil) }
+
+// serverEtcdClient connects to the --etcd endpoints for a server: the
+// client's logs at warn and above go to log, and met (nil: none) times its
+// requests.
+func (g *globals) serverEtcdClient(log *slog.Logger, met *metrics.Metrics) (*clientv3.Client, error) {
 	var eps []string
 	for _, e := range strings.Split(g.etcd, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -143,7 +151,12 @@ func (g *globals) etcdClient() (*clientv3.Client, error) {
 	if pw == "" && g.etcdUser != "" {
 		pw = g.envPassword
 	}
-	cfg := clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: g.etcdUser, Password: pw}
+	var zl *slog.Logger
+	if log != nil {
+		zl = log.With("component", "etcd-client")
+	}
+	cfg := clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zapslog.New(zl, zapcore.WarnLevel), Username: g.etcdUser, Password: pw,
+		DialOptions: met.EtcdDialOptions()}
 	if (g.etcdUser == "") != (pw == "") {
 		return nil, fmt.Errorf("--etcd-user and --etcd-password (or $%s) go together", etcdPasswordEnv)
 	}

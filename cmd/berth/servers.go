@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
@@ -25,6 +26,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	var listen, keyFile, executorCA, operatorCA string
 	var certRoles []string
 	var tlsf serverTLSFlags
+	opsf := newOpsFlags()
 	rb := rebalanceFlags{on: true, cfg: *rcfg.Rebalance}
 	cmd := &cobra.Command{
 		Use:   "controlplane",
@@ -71,23 +73,30 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				lis.Close()
 				return err
 			}
-			cli, err := g.etcdClient()
+			opsl, err := opsf.open(rcfg.RPC.TLS, tlsf.insecure, log)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			defer opsl.close()
+			cli, err := g.serverEtcdClient(log, opsl.met)
 			if err != nil {
 				lis.Close()
 				return err
 			}
 			defer cli.Close()
 			rcfg.Rebalance = rb.config()
-			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log})
+			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log, Metrics: opsl.met})
 			if err != nil {
 				lis.Close()
 				return err
 			}
-			fmt.Fprintf(g.stdout, "berth controlplane listening on %s (%s)\n", lis.Addr(), transportName(rcfg.RPC.TLS))
+			opsl.addCheck("controlplane", r.Ready)
+			fmt.Fprintf(g.stdout, "berth controlplane listening on %s (%s)%s\n", lis.Addr(), transportName(rcfg.RPC.TLS), opsl.readyField(rcfg.RPC.TLS))
 			if rcfg.OpenEnrollment {
 				log.Warn("open enrollment: Assign takes device ids from callers without credentials")
 			}
-			return r.Run(cmd.Context(), lis)
+			return opsl.run(cmd.Context(), func(ctx context.Context) error { return r.Run(ctx, lis) })
 		},
 	}
 	g.etcdFlags(cmd)
@@ -120,6 +129,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&certRoles, "cert-role", nil, "NAME=ROLE[+ROLE…]: the roles (admin, operator, viewer, service) of the certificate named NAME; repeatable (a certificate without one authenticates but may call nothing)")
 	f.StringVar(&executorCA, "executor-ca", "", "PEM CA(s) the executors' certificates chain to: reach executors over TLS (needed with --tls-cert unless --insecure)")
 	tlsf.register(f)
+	opsf.register(f)
 	rb.register(f)
 	_ = cmd.MarkFlagRequired("signing-key")
 	return cmd
@@ -131,6 +141,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	var listen string
 	var keyFiles []string
 	var tlsf serverTLSFlags
+	opsf := newOpsFlags()
 	cmd := &cobra.Command{
 		Use:   "executor",
 		Short: "Hold device streams for one processing group",
@@ -177,19 +188,26 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				host, _ := os.Hostname()
 				cfg.ID = fmt.Sprintf("%s-%s-%d", cfg.GroupID, host, os.Getpid())
 			}
-			cli, err := g.etcdClient()
+			opsl, err := opsf.open(cfg.RPC.TLS, tlsf.insecure, log)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			defer opsl.close()
+			cli, err := g.serverEtcdClient(log, opsl.met)
 			if err != nil {
 				lis.Close()
 				return err
 			}
 			defer cli.Close()
-			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log})
+			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log, Metrics: opsl.met})
 			if err != nil {
 				lis.Close()
 				return err
 			}
-			fmt.Fprintf(g.stdout, "berth executor %s listening on %s (%s)\n", cfg.ID, lis.Addr(), transportName(cfg.RPC.TLS))
-			return ex.Run(cmd.Context(), lis)
+			opsl.addCheck("executor "+cfg.ID, ex.Ready)
+			fmt.Fprintf(g.stdout, "berth executor %s listening on %s (%s)%s\n", cfg.ID, lis.Addr(), transportName(cfg.RPC.TLS), opsl.readyField(cfg.RPC.TLS))
+			return opsl.run(cmd.Context(), func(ctx context.Context) error { return ex.Run(ctx, lis) })
 		},
 	}
 	g.etcdFlags(cmd)
@@ -205,6 +223,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	f.StringSliceVar(&keyFiles, "token-public-key", nil, "PEM Ed25519 public key(s) that verify assignment tokens")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long a SIGTERM drain waits for devices to leave")
 	tlsf.register(f)
+	opsf.register(f)
 	_ = cmd.MarkFlagRequired("group")
 	_ = cmd.MarkFlagRequired("token-public-key")
 	return cmd

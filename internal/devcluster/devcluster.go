@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -24,8 +25,11 @@ import (
 	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/node"
+	"github.com/berthproject/berth/internal/ops"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/internal/zapslog"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
@@ -56,6 +60,10 @@ type Config struct {
 	// (Info.CAFile); the control plane reaches executors over TLS too.
 	// False: plaintext (`berth dev --insecure`, in-process tests).
 	TLS bool
+	// Ops is the operations listener (/metrics, /healthz, /readyz, pprof
+	// when asked) of the whole process, on a loopback address; it serves
+	// HTTPS when TLS is on. Empty Addr: none.
+	Ops ops.Config
 }
 
 // DefaultConfig is what `berth dev` runs: two groups of two executors.
@@ -68,7 +76,16 @@ func DefaultConfig() Config {
 		GroupCapacity:     10000,
 		Executor:          node.DefaultExecutorConfig(),
 		Replica:           devReplicaConfig(),
+		Ops:               devOpsConfig(),
 	}
+}
+
+// devOpsConfig is the operations listener of `berth dev`: a free loopback
+// port.
+func devOpsConfig() ops.Config {
+	c := ops.DefaultConfig()
+	c.Addr = "127.0.0.1:0"
+	return c
 }
 
 // devReplicaConfig is the control plane of `berth dev`: the defaults, with
@@ -107,6 +124,9 @@ type Info struct {
 	// CAFile holds the CA that signed the servers' certificates (PEM);
 	// empty when the cluster serves plaintext.
 	CAFile string
+	// Ops is the operations listener's URL ("https://127.0.0.1:40123");
+	// empty when there is none.
+	Ops string
 }
 
 // Run starts the cluster, calls ready once every server serves and every
@@ -133,7 +153,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		return err
 	}
 	defer etcd.Close()
-	cli, err := etcd.Client()
+	var met *metrics.Metrics
+	if cfg.Ops.Addr != "" {
+		met = metrics.New()
+	}
+	cli, err := etcd.ClientWith(zapslog.New(log.With("component", "etcd-client"), zapcore.WarnLevel), met.EtcdDialOptions()...)
 	if err != nil {
 		return fmt.Errorf("devcluster: etcd client: %w", err)
 	}
@@ -172,16 +196,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 		cfg.Executor.Executor.RPC.TLS = dt.server
 		cfg.Executor.Executor.TLSName = "127.0.0.1"
 	}
+	opsSrv, opsLis, err := openOps(cfg, dt, met, log)
+	if err != nil {
+		return err
+	}
+	if opsLis != nil {
+		defer opsLis.Close()
+	}
 	cpLis, err := rpcserver.Listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
-	cp, err := node.NewReplica(cfg.Replica, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log})
+	cp, err := node.NewReplica(cfg.Replica, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log, Metrics: met})
 	if err != nil {
 		cpLis.Close()
 		return err
 	}
 	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile, APIKeyFile: keyFile, AdminAPIKey: adminKey}
+	if opsSrv != nil {
+		opsSrv.AddCheck("controlplane", cp.Ready)
+		info.Ops = "http://" + opsLis.Addr().String()
+		if dt != nil {
+			info.Ops = "https://" + opsLis.Addr().String()
+		}
+	}
 	transport := insecure.NewCredentials()
 	if dt != nil {
 		info.CAFile = dt.caFile
@@ -215,11 +253,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 			ec.Executor.GroupID = gid
 			ec.Executor.Address = lis.Addr().String()
 			ec.Executor.Capacity = cfg.GroupCapacity / cfg.ExecutorsPerGroup
-			ex, err := node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: verifier, Log: log.With("component", "executor")})
+			ex, err := node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: verifier, Log: log.With("component", "executor"), Metrics: met})
 			if err != nil {
 				lis.Close()
 				cpLis.Close()
 				return err
+			}
+			if opsSrv != nil {
+				opsSrv.AddCheck("executor "+ec.Executor.ID, ex.Ready)
 			}
 			execs = append(execs, exec{ex, lis})
 			info.Executors[ec.Executor.ID] = ec.Executor.Address
@@ -232,6 +273,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	defer stopCP()
 	var cpGroup errgroup.Group
 	cpGroup.Go(func() error { return cp.Run(cpCtx, cpLis) })
+
+	// The operations listener outlives the servers, so their stop shows in
+	// /readyz.
+	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopOps()
+	var opsGroup errgroup.Group
+	if opsSrv != nil {
+		opsGroup.Go(func() error { return opsSrv.Run(opsCtx, opsLis) })
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, e := range execs {
@@ -251,10 +301,36 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if cerr := cpGroup.Wait(); err == nil {
 		err = cerr
 	}
+	stopOps()
+	if oerr := opsGroup.Wait(); err == nil {
+		err = oerr
+	}
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
+}
+
+// openOps builds the operations listener of cfg.Ops, nil when it has no
+// address; it serves HTTPS with the cluster's server certificate when TLS
+// is on.
+func openOps(cfg Config, dt *devTLS, met *metrics.Metrics, log *slog.Logger) (*ops.Server, net.Listener, error) {
+	if cfg.Ops.Addr == "" {
+		return nil, nil, nil
+	}
+	oc := cfg.Ops
+	if dt != nil {
+		oc.TLS = dt.server
+	}
+	srv, err := ops.New(oc, met.Registry, log.With("component", "ops"))
+	if err != nil {
+		return nil, nil, err
+	}
+	lis, err := ops.Listen(oc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, lis, nil
 }
 
 // waitReady waits until every server reports SERVING, every executor is

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Server is a running embedded etcd.
@@ -120,14 +121,22 @@ func (s *Server) Endpoint() string { return s.scheme + "://" + s.etcd.Clients[0]
 
 // Client returns a new plaintext client of the server; the caller closes
 // it. It fails with ErrTLSClient for a server serving TLS.
-func (s *Server) Client() (*clientv3.Client, error) {
+func (s *Server) Client() (*clientv3.Client, error) { return s.ClientWith(nil) }
+
+// ClientWith is Client with the client's logs going to log (nil:
+// discarded) and opts added to its dial options.
+func (s *Server) ClientWith(log *zap.Logger, opts ...grpc.DialOption) (*clientv3.Client, error) {
 	if s.scheme != "http" {
 		return nil, ErrTLSClient
+	}
+	if log == nil {
+		log = zap.NewNop()
 	}
 	return clientv3.New(clientv3.Config{
 		Endpoints:   []string{s.Endpoint()},
 		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
+		Logger:      log,
+		DialOptions: opts,
 	})
 }
 

@@ -3,12 +3,14 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 
 	"github.com/berthproject/berth/executor"
+	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -39,6 +41,9 @@ type ExecutorDeps struct {
 	Verifier executor.Verifier
 	// Log may be nil; the executor's id is added to it.
 	Log *slog.Logger
+	// Metrics, when set, records the executor's metrics: gRPC server calls
+	// and its streams, connects, disconnects and refusals.
+	Metrics *metrics.Metrics
 }
 
 // Executor is one executor: its registration, its device streams and its
@@ -49,7 +54,8 @@ type Executor struct {
 	usage *registry.UsageRecorder // nil: usage is not recorded
 	trust *registry.TrustView
 
-	running atomic.Bool
+	running  atomic.Bool
+	stopping atomic.Bool
 }
 
 // NewExecutor validates cfg and wires an executor. It starts nothing and
@@ -63,6 +69,7 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ec, reg := cfg.Executor, deps.Registry
+	ec.RPC.Metrics = deps.Metrics.ServerMetrics()
 	log = log.With("executor", ec.ID)
 	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, TLSName: ec.TLSName, Capacity: ec.Capacity}, ec.Registration, log)
 	if err != nil {
@@ -81,6 +88,7 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 	if e.srv, err = executor.New(ec, deps.Verifier, rr, log, opts...); err != nil {
 		return nil, err
 	}
+	deps.Metrics.AddExecutor(metrics.Executor{ID: ec.ID, Group: ec.GroupID, Stats: e.srv.Stats})
 	return e, nil
 }
 
@@ -105,10 +113,30 @@ func (e *Executor) Run(ctx context.Context, lis net.Listener) error {
 	if e.usage != nil {
 		bg.Go(func() { _ = e.usage.Run(bgCtx) })
 	}
+	stopped := context.AfterFunc(ctx, func() { e.stopping.Store(true) })
+	defer stopped()
 	err := e.srv.Run(ctx, lis)
+	e.stopping.Store(true)
 	stopBg()
 	bg.Wait()
 	return err
+}
+
+// Ready reports whether the executor takes devices, and what it sees: not
+// while stopping or draining, and not while its record is missing from the
+// registry (etcd unreachable past the lease, or not registered yet) — it
+// keeps the devices it holds meanwhile.
+func (e *Executor) Ready() (bool, string) {
+	st := e.srv.Stats()
+	switch {
+	case e.stopping.Load():
+		return false, "stopping"
+	case st.Draining:
+		return false, fmt.Sprintf("draining (%d streams)", st.Sessions)
+	case !st.Registered:
+		return false, fmt.Sprintf("degraded: not registered in etcd (%d streams kept)", st.Sessions)
+	}
+	return true, fmt.Sprintf("registered, %d streams", st.Sessions)
 }
 
 // Trust returns the executor's view of enrollments and revocations.

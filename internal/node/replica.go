@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/identity"
+	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/messaging"
@@ -119,6 +121,10 @@ type ReplicaDeps struct {
 	// WrapMover, when set, wraps the rebalancer's mover (benchmarks count
 	// the moves with it).
 	WrapMover func(rebalance.Mover) rebalance.Mover
+	// Metrics, when set, records the replica's metrics: gRPC server calls,
+	// calls to executors, Assign and Send outcomes, the rebalancer's moves,
+	// the cache's state, reservations, refusals and the queues' usage.
+	Metrics *metrics.Metrics
 }
 
 // Replica is one control plane replica: Assign, messaging, the Admin
@@ -137,8 +143,11 @@ type Replica struct {
 	keys  *registry.APIKeyView
 	guard *access.Guard
 	limit *ratelimit.Limiter
+	met   *metrics.Metrics // nil: no metrics
 
-	running atomic.Bool
+	running  atomic.Bool
+	serving  atomic.Bool // SERVING reported
+	stopping atomic.Bool
 }
 
 // NewReplica validates cfg and wires a replica. It starts nothing and does
@@ -151,12 +160,14 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		return nil, errors.New("node: a replica needs a registry and a signer")
 	}
 	cfg = cfg.withReplicaID()
+	cfg.RPC.Metrics = deps.Metrics.ServerMetrics()
+	cfg.Executors.DialOptions = append(slices.Clip(cfg.Executors.DialOptions), deps.Metrics.ClientDialOptions()...)
 	log := deps.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	reg, signer, id := deps.Registry, deps.Signer, cfg.ControlPlane.ReplicaID
-	r := &Replica{cfg: cfg, log: log.With("replica", id)}
+	r := &Replica{cfg: cfg, log: log.With("replica", id), met: deps.Metrics}
 	r.cache = reg.NewCache(log.With("component", "cache"))
 	pool, err := execclient.New(cfg.Executors, execclient.Deps{Signer: signer, Executors: r.cache, Log: r.log.With("component", "execclient")})
 	if err != nil {
@@ -198,10 +209,15 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 		if deps.WrapMover != nil {
 			mover = deps.WrapMover(mover)
 		}
-		if r.rb, err = rebalance.New(*cfg.Rebalance, reg, r.cache, signer, mover, log.With("component", "rebalancer"), rebalance.WithPolicies(pols)); err != nil {
+		rbOpts := []rebalance.Option{rebalance.WithPolicies(pols)}
+		if deps.Metrics != nil {
+			rbOpts = append(rbOpts, rebalance.WithMoveHook(deps.Metrics.MoveObserved))
+		}
+		if r.rb, err = rebalance.New(*cfg.Rebalance, reg, r.cache, signer, mover, log.With("component", "rebalancer"), rbOpts...); err != nil {
 			return nil, err
 		}
 	}
+	r.addMetrics(reg)
 	return r, nil
 }
 
@@ -244,8 +260,11 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
-	opts := append(r.guard.ServerOptions(),
-		grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
+	// The outcome counters run before the access guard and the rate
+	// limits, so that their refusals are counted too.
+	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(r.met.UnaryServerInterceptor())}
+	opts = append(opts, r.guard.ServerOptions()...)
+	opts = append(opts, grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
 	rpc := rpcserver.New(r.cfg.RPC, r.log, opts...)
 	r.cp.Register(rpc.GRPC)
 	r.msg.Register(rpc.GRPC)
@@ -293,9 +312,12 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 	g.Go(func() error {
 		if err := errors.Join(r.cache.WaitReady(gctx), r.keys.WaitReady(gctx), r.trust.WaitReady(gctx)); err == nil {
 			rpc.SetServing(true, services...)
+			r.serving.Store(true)
 			r.log.Info("control plane serving", "addr", lis.Addr().String())
+			r.watchDegraded(gctx)
 		}
 		<-gctx.Done()
+		r.stopping.Store(true)
 		rpc.SetServing(false, services...)
 		rpc.Stop(r.cfg.StopTimeout)
 		return nil

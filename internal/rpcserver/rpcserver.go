@@ -1,6 +1,6 @@
 // Package rpcserver builds the gRPC server stack shared by every berth
-// server: keepalive enforcement, message size limits, logging and panic
-// recovery interceptors, the health service and server reflection.
+// server: keepalive enforcement, message size limits, metrics, logging and
+// panic recovery interceptors, the health service and server reflection.
 package rpcserver
 
 import (
@@ -11,6 +11,7 @@ import (
 	"net"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
@@ -43,6 +44,10 @@ type Config struct {
 	// requested); handlers read the client's certificate, if any, from
 	// credentials.TLSInfo in the peer. Nil serves plaintext.
 	TLS *tls.Config
+	// Metrics, when set, records every call's count, code and handling
+	// time (go-grpc-middleware's prometheus provider): the outermost
+	// interceptor, so it sees the code a recovered panic became.
+	Metrics *grpcprom.ServerMetrics
 }
 
 // DefaultConfig returns settings that suit device fleets: small messages,
@@ -78,20 +83,20 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 		log.ErrorContext(ctx, "panic in RPC handler", "panic", fmt.Sprint(p))
 		return status.Error(codes.Internal, "internal error")
 	})
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(recoverOpt), calls.unary}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(recoverOpt), calls.stream}
+	if cfg.Metrics != nil {
+		unary = append([]grpc.UnaryServerInterceptor{cfg.Metrics.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{cfg.Metrics.StreamServerInterceptor()}, stream...)
+	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxSendMsgSize(cfg.MaxSendMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(
-			recovery.UnaryServerInterceptor(recoverOpt),
-			calls.unary,
-		),
-		grpc.ChainStreamInterceptor(
-			recovery.StreamServerInterceptor(recoverOpt),
-			calls.stream,
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
