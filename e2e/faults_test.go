@@ -22,8 +22,11 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/berthproject/berth/access"
+	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 // fullFaults reports whether the suite runs at full scale (make faults).
@@ -82,7 +85,7 @@ func TestFaultEtcdPaused(t *testing.T) {
 		pause, devices = 30*time.Second, 400
 	}
 	etcd, ep := startEtcdProcess(t)
-	c := startClusterOn(t, ep, 2, 1, devices)
+	c := startClusterOn(t, ep, 2, 1, devices, "3s")
 	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
 		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
 	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
@@ -295,4 +298,69 @@ func queueOne(mc messagingv1.MessagingServiceClient, dev, payload string) error 
 		return fmt.Errorf("queue %s for %s: %v", payload, dev, resp.GetStatus())
 	}
 	return nil
+}
+
+// TestFaultKilledExecutorNotCounted: an executor holding devices is killed
+// (kill -9) while its lease has 30 s to run. Its devices reconnect to its
+// sibling, and the control plane stops counting them on the dead one as
+// they do (each reconnect leaves a replacement notice naming it), long
+// before the lease expires and takes its record: the group is not seen
+// holding its devices twice.
+func TestFaultKilledExecutorNotCounted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	devices := 40
+	if fullFaults() {
+		devices = 1000
+	}
+	c := startClusterOn(t, startEtcd(t), 1, 2, devices, "30s")
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	line := sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices
+	})
+	s, _ := parseSummary(line)
+	victim := "group-1-exec-1"
+	held := s.executors[victim]
+	if held == 0 {
+		t.Fatalf("%s holds no device: %v", victim, s.executors)
+	}
+	cc, err := grpc.NewClient(c.cpAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(access.APIKeyCredentials(os.Getenv("BERTH_API_KEY"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	admin := adminv1.NewAdminServiceClient(cc)
+	counted := func() (victimConns, total int64) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := admin.ListExecutors(ctx, &adminv1.ListExecutorsRequest{})
+		if err != nil {
+			t.Fatalf("ListExecutors: %v", err)
+		}
+		for _, e := range r.GetExecutors() {
+			total += e.GetConnections()
+			if e.GetExecutorId() == victim {
+				victimConns = e.GetConnections()
+			}
+		}
+		return victimConns, total
+	}
+	c.executors[victim].signal(syscall.SIGKILL)
+	killed := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var vc, total int64
+	_ = testutil.Poll(ctx, pollEvery, func() bool {
+		vc, total = counted()
+		return vc == 0 && total == int64(devices)
+	})
+	took := time.Since(killed)
+	figure(t, "executor-kill9/counted", "%d devices on %s: counted 0 there and %d in all %v after the kill (lease TTL 30 s)", held, victim, total, took.Round(10*time.Millisecond))
+	if vc != 0 || total != int64(devices) {
+		t.Errorf("20 s after the kill: %s counted %d, %d in all; want 0 and %d (devices counted once, where they are)", victim, vc, total, devices)
+	}
 }

@@ -61,12 +61,13 @@ type cluster struct {
 // given capacity.
 func startCluster(t *testing.T, groups, perGroup, execCapacity int) *cluster {
 	t.Helper()
-	return startClusterOn(t, startEtcd(t), groups, perGroup, execCapacity)
+	return startClusterOn(t, startEtcd(t), groups, perGroup, execCapacity, "3s")
 }
 
 // startClusterOn is startCluster on the etcd at etcdEP, which already has
 // the admin key (see bootstrapAdminKey).
-func startClusterOn(t *testing.T, etcdEP string, groups, perGroup, execCapacity int) *cluster {
+// Executors keep their records under leases of leaseTTL.
+func startClusterOn(t *testing.T, etcdEP string, groups, perGroup, execCapacity int, leaseTTL string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, etcd: etcdEP, executors: map[string]*proc{}}
 	priv, pub := keygen(t)
@@ -81,7 +82,7 @@ func startClusterOn(t *testing.T, etcdEP string, groups, perGroup, execCapacity 
 			id := fmt.Sprintf("group-%d-exec-%d", g, i)
 			c.executors[id] = start(t, id, "executor", "--etcd", c.etcd, "--group", fmt.Sprintf("group-%d", g),
 				"--id", id, "--capacity", strconv.Itoa(execCapacity), "--token-public-key", pub,
-				"--lease-ttl", "3s", "--refresh", "1s", "--drain-timeout", "20s")
+				"--lease-ttl", leaseTTL, "--refresh", "1s", "--drain-timeout", "20s")
 			c.executors[id].addr()
 		}
 	}

@@ -109,6 +109,8 @@ type Executor struct {
 	// to expire.
 	Revision  int64 `json:"-"`
 	MovedAway int   `json:"-"`
+	// MovedLoad is the load Load was lowered by with MovedAway.
+	MovedLoad float64 `json:"-"`
 }
 
 // Assignment records which group a device was assigned to.

@@ -215,16 +215,12 @@ func movedAway(e Executor, notes map[string]int64) Executor {
 		return e
 	}
 	// Back to what the record reports, then down by n.
-	conns := e.Connections + e.MovedAway
-	load := e.Load
-	if e.Connections > 0 {
-		load = e.Load * float64(conns) / float64(e.Connections)
-	}
-	live := max(conns-n, 0)
+	conns, load := e.Connections+e.MovedAway, e.Load+e.MovedLoad
+	live, liveLoad := max(conns-n, 0), load
 	if conns > 0 {
-		load = load * float64(live) / float64(conns)
+		liveLoad = load * float64(live) / float64(conns)
 	}
-	e.Connections, e.Load, e.MovedAway = live, load, conns-live
+	e.Connections, e.Load, e.MovedAway, e.MovedLoad = live, liveLoad, conns-live, load-liveLoad
 	return e
 }
 

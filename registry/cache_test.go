@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"reflect"
 	"slices"
@@ -485,4 +486,54 @@ func TestCacheFirstLoadRetried(t *testing.T) {
 	if n := c.Relists(); n != 0 {
 		t.Errorf("Relists() = %d, want 0: the first successful load is not a relist", n)
 	}
+}
+
+// TestCacheMovedAway: a replacement notice naming an executor, newer than
+// its record, takes one device off the executor's count in the snapshot (a
+// newer session of that device is elsewhere); a newer record of the
+// executor already leaves it out, and so does the notice's deletion.
+func TestCacheMovedAway(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := testContext(t)
+	c, _ := startCache(t, e.reg)
+	putExec := func(conns int) {
+		t.Helper()
+		v := fmt.Sprintf(`{"id":"dead","group":"g1","address":"10.0.0.1:1","capacity":100,"connections":%d,"load":%d,"draining":false,"admitted":{}}`, conns, conns)
+		if _, err := e.cli.Put(ctx, testPrefix+"/executors/dead", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	note := func(dev string) {
+		t.Helper()
+		if _, err := e.cli.Put(ctx, testPrefix+"/replaced/dead/"+dev, `{"device":"`+dev+`","session":"s","executor":"dead"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := func(conns, moved int) func() bool {
+		return func() bool {
+			x, ok := c.Snapshot().Executors["dead"]
+			return ok && x.Connections == conns && x.MovedAway == moved && x.Load == float64(conns)
+		}
+	}
+	putExec(3)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "3 connections", counts(3, 0))
+	note("d1")
+	note("d2")
+	testutil.WaitFor(t, testutil.DefaultTimeout, "1 connection, 2 moved away", counts(1, 2))
+	putExec(1) // the executor's own record catches up
+	testutil.WaitFor(t, testutil.DefaultTimeout, "its record's 1, nothing moved since", counts(1, 0))
+	note("d3")
+	testutil.WaitFor(t, testutil.DefaultTimeout, "0 connections, 1 moved away", counts(0, 1))
+	if _, err := e.cli.Delete(ctx, testPrefix+"/replaced/dead/d3"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "back to the record's 1", counts(1, 0))
+	// A fresh load sees the same.
+	note("d4")
+	c2, _ := startCache(t, e.reg)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "a new cache: 0 connections, 1 moved away", func() bool {
+		x, ok := c2.Snapshot().Executors["dead"]
+		return ok && x.Connections == 0 && x.MovedAway == 1
+	})
 }
