@@ -109,8 +109,8 @@ func checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) (bool, 
 	case err == nil:
 		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
 	case status.Code(err) == codes.Unimplemented && strings.Contains(status.Convert(err).Message(), "unexpected HTTP status code"):
-		return false, fmt.Errorf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
-			addr, status.Convert(err).Message(), controlPlaneEnv)
+		return false, &codedError{code: codes.Unavailable, msg: fmt.Sprintf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
+			addr, status.Convert(err).Message(), controlPlaneEnv)}
 	case status.Code(err) == codes.Unimplemented:
 		return true, nil // a gRPC server without the health service: its calls will tell
 	case ctx.Err() != nil:
@@ -121,7 +121,7 @@ func checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) (bool, 
 
 // waitServing waits until the control plane at addr serves, or ctx ends.
 func waitServing(ctx context.Context, hc healthpb.HealthClient, addr string) error {
-	notServing := fmt.Errorf("control plane at %s is not serving (loading its view of the registry, or stopping; is etcd up?)", addr)
+	notServing := &codedError{code: codes.Unavailable, msg: fmt.Sprintf("control plane at %s is not serving (loading its view of the registry, or stopping; is etcd up?)", addr)}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
@@ -152,7 +152,7 @@ func unreachable(addr string, err error) error {
 			why = strings.Trim(why[i+2:], `" `)
 		}
 	}
-	return fmt.Errorf("no control plane at %s (%s); start one or pass --controlplane / %s", addr, why, controlPlaneEnv)
+	return &codedError{code: codes.Unavailable, msg: fmt.Sprintf("no control plane at %s (%s); start one or pass --controlplane / %s", addr, why, controlPlaneEnv)}
 }
 
 // withAdmin runs fn, bounded by --timeout, with a client of the control
@@ -176,12 +176,12 @@ func (c *ctlFlags) rpcError(what string, err error) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
-		return fmt.Errorf("%s: %w", what, unreachable(c.controlplane, err))
+		return &codedError{code: codes.Unavailable, msg: fmt.Sprintf("%s: %v", what, unreachable(c.controlplane, err))}
 	}
 	if st.Code() == codes.Unauthenticated && c.key() == "" {
-		return fmt.Errorf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)
+		return &codedError{code: st.Code(), msg: fmt.Sprintf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)}
 	}
-	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
+	return &codedError{code: st.Code(), msg: fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())}
 }
 
 // printProto writes msg as indented protojson.

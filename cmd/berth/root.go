@@ -40,6 +40,9 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	root := &cobra.Command{
 		Use:           "berth",
 		Short:         "Keep fleets of devices on always-on gRPC connections",
+		Long: "berth keeps fleets of devices on always-on gRPC connections.\n\n" +
+			"Server flags can also be given as BERTH_<FLAG> environment variables (--etcd-ca: BERTH_ETCD_CA);\n" +
+			"a flag on the command line wins.\n\n" + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -59,6 +62,7 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 		newCtlCmd(g),
 		newSimulateCmd(g),
 		newBenchCmd(g),
+		newVersionCmd(g),
 	)
 	return root, g
 }
