@@ -38,8 +38,8 @@ type globals struct {
 func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:           "berth",
-		Short:         "Keep fleets of devices on always-on gRPC connections",
+		Use:   "berth",
+		Short: "Keep fleets of devices on always-on gRPC connections",
 		Long: "berth keeps fleets of devices on always-on gRPC connections.\n\n" +
 			"Server flags can also be given as BERTH_<FLAG> environment variables (--etcd-ca: BERTH_ETCD_CA);\n" +
 			"a flag on the command line wins.\n\n" + exitCodesHelp,
