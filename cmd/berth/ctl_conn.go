@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -37,6 +38,9 @@ var errLegacyEtcd = errors.New("ctl talks to a control plane now, not to etcd: d
 func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.legacyEtcd != "" || c.legacyPrefix != "" {
 		return nil, errLegacyEtcd
+	}
+	if err := c.resolve(); err != nil {
+		return nil, err
 	}
 	if c.output != "table" && c.output != "json" {
 		return nil, fmt.Errorf("--output %q: want table or json", c.output)
@@ -219,11 +223,81 @@ func listAll[T any](ctx context.Context, c *ctlFlags, limit int, page func(ctx c
 	}
 }
 
-// key is the API key ctl presents: --api-key when given (empty: none),
-// else $BERTH_API_KEY.
-func (c *ctlFlags) key() string {
-	if c.apiKey != "" || (c.apiKeyFlag != nil && c.apiKeyFlag.Changed) {
-		return strings.TrimSpace(c.apiKey)
+// key is the API key ctl presents, as resolve found it (empty: none).
+func (c *ctlFlags) key() string { return c.resolvedKey }
+
+// changed reports whether the flag name of fs was given.
+func changed(fs *pflag.FlagSet, name string) bool {
+	if fs == nil {
+		return false
 	}
-	return strings.TrimSpace(os.Getenv(apiKeyEnv))
+	f := fs.Lookup(name)
+	return f != nil && f.Changed
+}
+
+// resolve settles what no flag gave: from the BERTH_* environment, then
+// from the context file berth dev writes, then the defaults. The context's
+// CA and API key file are used only when the control plane in effect is
+// the one it names, so that its key never goes to another server.
+func (c *ctlFlags) resolve() error {
+	if c.resolved {
+		return nil
+	}
+	c.resolved = true
+	dc, ok, err := readContext(contextPath())
+	if err != nil {
+		return usageError{err}
+	}
+	if !changed(c.flags, "controlplane") {
+		switch {
+		case os.Getenv(controlPlaneEnv) != "":
+			c.controlplane = os.Getenv(controlPlaneEnv)
+		case ok && dc.ControlPlane != "":
+			c.controlplane = dc.ControlPlane
+		default:
+			c.controlplane = defaultControlPlane
+		}
+	}
+	ours := ok && strings.TrimSpace(c.controlplane) == dc.ControlPlane
+	for _, v := range []struct {
+		flag, env string
+		dst       *string
+		fromCtx   string
+	}{
+		{"ca", caEnv, &c.tls.files.CA, dc.CA},
+		{"cert", certEnv, &c.tls.files.Cert, ""},
+		{"key", keyEnv, &c.tls.files.Key, ""},
+	} {
+		if changed(c.flags, v.flag) {
+			continue
+		}
+		if e := os.Getenv(v.env); e != "" {
+			*v.dst = e
+		} else if ours && v.fromCtx != "" {
+			*v.dst = v.fromCtx
+		}
+	}
+	switch {
+	case changed(c.flags, "api-key"):
+		c.resolvedKey = strings.TrimSpace(c.apiKey)
+	case changed(c.flags, "api-key-file"):
+		return c.readKeyFile(c.apiKeyFile, "--api-key-file")
+	case strings.TrimSpace(os.Getenv(apiKeyEnv)) != "":
+		c.resolvedKey = strings.TrimSpace(os.Getenv(apiKeyEnv))
+	case os.Getenv(apiKeyFileEnv) != "":
+		return c.readKeyFile(os.Getenv(apiKeyFileEnv), "$"+apiKeyFileEnv)
+	case ours && dc.APIKeyFile != "":
+		return c.readKeyFile(dc.APIKeyFile, "api_key_file of "+contextPath())
+	}
+	return nil
+}
+
+// readKeyFile sets the API key from the file path, which what names.
+func (c *ctlFlags) readKeyFile(path, what string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usageError{fmt.Errorf("%s: %w", what, err)}
+	}
+	c.resolvedKey = strings.TrimSpace(string(b))
+	return nil
 }

@@ -52,15 +52,20 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file until it exits (go tool pprof reads it)")
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applyEnvFlags(cmd); err != nil {
+			return err
+		}
+		return g.startProfile()
+	}
 	root.AddCommand(
-		newDevCmd(g),
-		newControlPlaneCmd(g),
-		newExecutorCmd(g),
+		withEnvFlags(newDevCmd(g)),
+		withEnvFlags(newControlPlaneCmd(g)),
+		withEnvFlags(newExecutorCmd(g)),
 		newKeygenCmd(g),
 		newCertCmd(g),
 		newCtlCmd(g),
-		newSimulateCmd(g),
+		withEnvFlags(newSimulateCmd(g)),
 		newBenchCmd(g),
 		newVersionCmd(g),
 	)
