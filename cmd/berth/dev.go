@@ -75,7 +75,7 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.GroupCapacity, "group-capacity", cfg.GroupCapacity, "devices each group is sized for")
 	f.BoolVar(&insecure, "insecure", false, "serve plaintext instead of TLS with a throwaway CA (made in --data-dir/tls, or reused from there)")
 	f.StringVar(&ctxFile, "context-file", ctxFile, "where to write the context berth ctl reads (control plane address, CA and API key file paths; never the key), mode 0600; empty: none ($"+contextEnv+" sets the default)")
-	f.BoolVar(&printEnv, "print-env", false, "also print `export BERTH_…=…` lines for the shell (addresses and file paths; never the key)")
+	f.BoolVar(&printEnv, "print-env", false, "also print export BERTH_…=… lines for the shell (addresses and file paths; never the key)")
 	rb.register(f)
 	return cmd
 }

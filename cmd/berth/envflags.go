@@ -26,6 +26,11 @@ func withEnvFlags(cmd *cobra.Command) *cobra.Command {
 		cmd.Annotations = map[string]string{}
 	}
 	cmd.Annotations[envAnnotation] = "true"
+	long := cmd.Long
+	if long == "" {
+		long = cmd.Short
+	}
+	cmd.Long = long + "\n\nEvery flag may also be given as BERTH_<FLAG> in the environment (--etcd-ca: BERTH_ETCD_CA);\na flag on the command line wins."
 	return cmd
 }
 
