@@ -7,12 +7,22 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 GO_TEST_FLAGS ?= -race -timeout 15m
 
-.PHONY: all build run test unit e2e faults fuzz bench generate checkgenerate lint lint-core staticcheck fmt vet clean docker
+# VERSION and COMMIT are stamped into the binary (berth version).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+.PHONY: all build install run test unit e2e faults fuzz bench generate checkgenerate lint lint-core staticcheck fmt vet clean docker
 
 all: build
 
 build:
-	go build -o bin/berth ./cmd/berth
+	go build -ldflags "$(LDFLAGS)" -o bin/berth ./cmd/berth
+
+## install: berth into $(go env GOBIN), or $(go env GOPATH)/bin: put that directory on PATH
+install:
+	go install -ldflags "$(LDFLAGS)" ./cmd/berth
+	@bin=$$(go env GOBIN); [ -n "$$bin" ] || bin=$$(go env GOPATH)/bin; echo "installed $$bin/berth (put $$bin on PATH)"
 
 ## run: the all-in-one dev cluster (embedded etcd, control plane, two groups of two executors)
 run: build

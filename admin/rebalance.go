@@ -132,10 +132,13 @@ func (a *Server) DrainExecutor(ctx context.Context, req *adminv1.DrainExecutorRe
 	if err != nil {
 		return nil, err
 	}
+	_, registered := a.cache.Snapshot().Executors[id]
+	if !registered && !req.GetAllowUnregistered() {
+		return nil, status.Errorf(codes.NotFound, "executor %s is not registered (allow_unregistered marks one about to start)", id)
+	}
 	if err := rs.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: id, By: access.Who(ctx, req.GetDrainedBy()), At: a.now().UTC()}); err != nil {
 		return nil, rebalanceStatus(err, "executor "+id)
 	}
-	_, registered := a.cache.Snapshot().Executors[id]
 	a.log.Info("executor drain mark set", "executor", id, "by", access.Who(ctx, req.GetDrainedBy()), "registered", registered)
 	return &adminv1.DrainExecutorResponse{Registered: registered}, nil
 }

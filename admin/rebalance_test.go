@@ -50,8 +50,14 @@ func TestAdminRebalance(t *testing.T) {
 		t.Errorf("DrainGroup(a/b) = %v, want INVALID_ARGUMENT", err)
 	}
 
-	if resp, err := r.admin.DrainExecutor(ctx, &adminv1.DrainExecutorRequest{ExecutorId: "ex-1", DrainedBy: "op"}); err != nil || resp.GetRegistered() {
-		t.Errorf("DrainExecutor(ex-1) = %v, %v; want a mark on an unregistered executor", resp, err)
+	if _, err := r.admin.DrainExecutor(ctx, &adminv1.DrainExecutorRequest{ExecutorId: "ex-1", DrainedBy: "op"}); code(err) != codes.NotFound {
+		t.Errorf("DrainExecutor(ex-1), not registered = %v, want NOT_FOUND", err)
+	}
+	if marks, _ := reg.ExecutorDrains(ctx); len(marks) != 0 {
+		t.Errorf("drain marks %+v after a refused drain, want none", marks)
+	}
+	if resp, err := r.admin.DrainExecutor(ctx, &adminv1.DrainExecutorRequest{ExecutorId: "ex-1", DrainedBy: "op", AllowUnregistered: true}); err != nil || resp.GetRegistered() {
+		t.Errorf("DrainExecutor(ex-1, allow_unregistered) = %v, %v; want a mark on an unregistered executor", resp, err)
 	}
 	if marks, _ := reg.ExecutorDrains(ctx); len(marks) != 1 || marks[0].By != "op" {
 		t.Errorf("drain marks %+v, want ex-1 by op", marks)

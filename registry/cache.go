@@ -43,7 +43,7 @@ type Cache struct {
 	snap atomic.Pointer[Snapshot]
 	syncState
 
-	mu           sync.RWMutex
+	mu sync.RWMutex
 	// moved are the replacement notices, by the executor they name, then
 	// by device: the revision that created each (see MovedAway). Guarded
 	// by mu; read only by the watch goroutine and load.

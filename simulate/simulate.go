@@ -7,6 +7,7 @@ package simulate
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,10 @@ type Config struct {
 	Services []string
 	// Every is how often a summary line is printed (0: only at the end).
 	Every time.Duration
+	// StatusEvery is how often every connected device publishes a status
+	// report on topic StatusTopic (0: never): what `berth ctl subscribe
+	// --topic status` shows.
+	StatusEvery time.Duration
 	// Backoff overrides the base and maximum delays of the devices'
 	// reconnect backoff (zero fields: gRPC's defaults).
 	Backoff backoff.Config
@@ -68,6 +73,7 @@ func DefaultConfig() Config {
 		Models:       []string{"printer-a", "printer-b", "sensor-x"},
 		Tenants:      10,
 		Every:        time.Second,
+		StatusEvery:  10 * time.Second,
 	}
 }
 
@@ -88,6 +94,8 @@ type Summary struct {
 	// left (it moved) fails, and the next stream's redelivery is dropped as
 	// a duplicate, so Received can exceed Messages + Calls.
 	Received int64
+	// Published counts the status reports the devices published.
+	Published int64
 }
 
 // String is the summary line, `key=value` fields that scripts can parse.
@@ -97,7 +105,7 @@ func (s Summary) String() string {
 	for _, st := range []device.State{device.Connected, device.Connecting, device.Assigning, device.Backoff, device.Idle} {
 		fmt.Fprintf(&b, " %s=%d", strings.ToLower(st.String()), s.ByState[st])
 	}
-	fmt.Fprintf(&b, " connects=%d messages=%d calls=%d received=%d groups=%s executors=%s", s.Connects, s.Messages, s.Calls, s.Received, kv(s.ByGroup), kv(s.ByExecutor))
+	fmt.Fprintf(&b, " connects=%d messages=%d calls=%d received=%d published=%d groups=%s executors=%s", s.Connects, s.Messages, s.Calls, s.Received, s.Published, kv(s.ByGroup), kv(s.ByExecutor))
 	return b.String()
 }
 
@@ -123,13 +131,15 @@ type fleet struct {
 	messages int64
 	received int64
 	calls    int64
+	// published counts status reports.
+	published int64
 }
 
 func (f *fleet) summary() Summary {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := Summary{Devices: len(f.state), ByState: map[device.State]int{}, ByGroup: map[string]int{}, ByExecutor: map[string]int{},
-		Connects: f.connects, Messages: f.messages, Calls: f.calls, Received: f.received}
+		Connects: f.connects, Messages: f.messages, Calls: f.calls, Received: f.received, Published: f.published}
 	for i, st := range f.state {
 		s.ByState[st]++
 		if st == device.Connected {
@@ -249,6 +259,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 			}
 		}()
 	}
+	if cfg.StatusEvery > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.publishStatus(ctx, devs, cfg.IDPrefix, cfg.StatusEvery)
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,12 +276,62 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	}
 }
 
+// StatusTopic is the topic of the devices' periodic status reports.
+const StatusTopic = "status"
+
+// statusReport is the JSON payload of a status report.
+type statusReport struct {
+	Device   string    `json:"device"`
+	Group    string    `json:"group"`
+	Executor string    `json:"executor"`
+	At       time.Time `json:"at"`
+}
+
+// publishStatus makes every connected device of devs (ids idPrefix + index)
+// publish a status report every period, until ctx ends. Each publish waits at most a
+// period (and 5 s) for its stream's send queue.
+func (f *fleet) publishStatus(ctx context.Context, devs []*device.Device, idPrefix string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	wait := min(every, 5*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for i, d := range devs {
+			f.mu.Lock()
+			st, group, executor := f.state[i], f.group[i], f.executor[i]
+			f.mu.Unlock()
+			if st != device.Connected {
+				continue
+			}
+			payload, err := json.Marshal(statusReport{Device: deviceID(idPrefix, i), Group: group, Executor: executor, At: time.Now().UTC()})
+			if err != nil {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, wait)
+			err = d.Publish(pctx, StatusTopic, payload, "application/json")
+			cancel()
+			if err == nil {
+				f.mu.Lock()
+				f.published++
+				f.mu.Unlock()
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+}
+
 // deviceConfig builds the SDK config of device i.
 func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log *slog.Logger) device.Config {
 	dc := device.DefaultConfig()
 	dc.ControlPlaneConn = cc
 	dc.TLS = cfg.TLS
-	dc.DeviceID = fmt.Sprintf("%s%06d", cfg.IDPrefix, i)
+	dc.DeviceID = deviceID(cfg.IDPrefix, i)
 	dc.Spec = device.Spec{Model: "generic", Firmware: "1.0.0"}
 	if len(cfg.Models) > 0 {
 		dc.Spec.Model = cfg.Models[i%len(cfg.Models)]
@@ -302,3 +369,6 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	}
 	return dc
 }
+
+// deviceID is the id of device i.
+func deviceID(prefix string, i int) string { return fmt.Sprintf("%s%06d", prefix, i) }

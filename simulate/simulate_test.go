@@ -2,14 +2,19 @@ package simulate_test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/device"
+	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/devcluster"
 	"github.com/berthproject/berth/simulate"
 )
@@ -24,7 +29,7 @@ func TestSummaryString(t *testing.T) {
 		ByExecutor: map[string]int{"e1": 2},
 		Connects:   5,
 	}
-	want := "devices=3 connected=2 connecting=0 assigning=0 backoff=1 idle=0 connects=5 messages=0 calls=0 received=0 groups=g1:1,g2:1 executors=e1:2"
+	want := "devices=3 connected=2 connecting=0 assigning=0 backoff=1 idle=0 connects=5 messages=0 calls=0 received=0 published=0 groups=g1:1,g2:1 executors=e1:2"
 	if got := s.String(); got != want {
 		t.Errorf("String() =\n %s\nwant\n %s", got, want)
 	}
@@ -109,5 +114,79 @@ func TestRunRejectsEmptyFleet(t *testing.T) {
 	cfg.Devices = 0
 	if err := simulate.Run(context.Background(), cfg, nil, nil); err == nil {
 		t.Error("Run with no devices succeeded")
+	}
+}
+
+// TestStatusReports checks that connected devices publish status reports
+// on topic "status" that a MessagingService subscriber receives.
+func TestStatusReports(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := devcluster.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	ready := make(chan devcluster.Info, 1)
+	clusterCtx, stopCluster := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- devcluster.Run(clusterCtx, cfg, nil, func(i devcluster.Info) { ready <- i }) }()
+	defer func() {
+		stopCluster()
+		if err := <-done; err != nil {
+			t.Errorf("cluster: %v", err)
+		}
+	}()
+	var info devcluster.Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("cluster stopped: %v", err)
+	}
+
+	cc, err := grpc.NewClient(info.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(access.APIKeyCredentials(info.AdminAPIKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	subCtx, stopSub := context.WithCancel(ctx)
+	defer stopSub()
+	sub, err := messagingv1.NewMessagingServiceClient(cc).Subscribe(subCtx, &messagingv1.SubscribeRequest{Topics: []string{simulate.StatusTopic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sc := simulate.DefaultConfig()
+	sc.ControlPlane = info.ControlPlane
+	sc.Devices = 3
+	sc.Every = 0
+	sc.StatusEvery = 50 * time.Millisecond
+	simCtx, stopSim := context.WithCancel(ctx)
+	simDone := make(chan error, 1)
+	w := &lineWaiter{want: "published=", found: make(chan struct{})}
+	go func() { simDone <- simulate.Run(simCtx, sc, w, nil) }()
+
+	resp, err := sub.Recv()
+	if err != nil {
+		t.Fatalf("subscription: %v", err)
+	}
+	var report struct{ Device, Group, Executor string }
+	if err := json.Unmarshal(resp.GetPayload(), &report); err != nil {
+		t.Fatalf("status payload %q: %v", resp.GetPayload(), err)
+	}
+	if resp.GetTopic() != "status" || resp.GetContentType() != "application/json" || report.Device != resp.GetDeviceId() ||
+		!strings.HasPrefix(report.Device, "sim-") || report.Group == "" || report.Executor == "" {
+		t.Errorf("status report = %+v (topic %q, %s, device %s), want one from a connected sim- device naming its group and executor",
+			report, resp.GetTopic(), resp.GetContentType(), resp.GetDeviceId())
+	}
+	stopSim()
+	if err := <-simDone; err != nil {
+		t.Errorf("simulate: %v", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if strings.Contains(w.all.String(), " published=0 ") {
+		t.Errorf("final summary counts no status report:\n%s", w.all.String())
 	}
 }

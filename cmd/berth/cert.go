@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -24,7 +25,7 @@ type certFlags struct {
 // --ca-key.
 func (c *certFlags) register(cmd *cobra.Command, issuing bool, validFor time.Duration) {
 	f := cmd.Flags()
-	f.StringVar(&c.dir, "dir", ".", "directory the files are written to")
+	f.StringVar(&c.dir, "dir", ".", "directory the files are written to (made if missing)")
 	f.DurationVar(&c.validFor, "valid-for", validFor, "life of the certificate (hours, e.g. 8760h)")
 	f.BoolVar(&c.force, "force", false, "overwrite existing files")
 	if issuing {
@@ -53,6 +54,13 @@ func (c *certFlags) loadCA() (*pki.Pair, error) {
 // write writes p as <base>.pem and <base>-key.pem and says so.
 func (c *certFlags) write(g *globals, p *pki.Pair, base, what string) error {
 	cf, kf := c.path(base+".pem"), c.path(base+"-key.pem")
+	for _, f := range []string{cf, kf} {
+		// --dir, and the directory of an --out with one, are made (mode
+		// 0700: they hold private keys) if they do not exist.
+		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+			return err
+		}
+	}
 	if err := p.Write(cf, kf, c.force); err != nil {
 		return fmt.Errorf("%w (--force overwrites)", err)
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // controlPlaneEnv names the environment variable that gives --controlplane
-// its default.
+// when the flag is not given.
 const controlPlaneEnv = "BERTH_CONTROLPLANE"
 
 // apiKeyEnv names the environment variable that gives --api-key its
@@ -37,9 +37,16 @@ type ctlFlags struct {
 	// apiKey is presented as `authorization: Bearer <key>` on every call
 	// (the seam for client-certificate flags: connect's dial options).
 	apiKey string
-	// apiKeyFlag tells whether --api-key was given (also empty: no key).
-	apiKeyFlag *pflag.Flag
-	tls        clientTLSFlags
+	// apiKeyFile is --api-key-file: a file holding the key.
+	apiKeyFile string
+	// flags are ctl's persistent flags, and registryFlags those of `ctl
+	// registry`: resolve asks them which were given.
+	flags, registryFlags *pflag.FlagSet
+	// resolved is set once resolve ran; resolvedKey is the API key it
+	// found (empty: none).
+	resolved    bool
+	resolvedKey string
+	tls         clientTLSFlags
 	// legacyEtcd and legacyPrefix catch the --etcd and --prefix of scripts
 	// written when ctl wrote etcd itself: they only say where to go now.
 	legacyEtcd, legacyPrefix string
@@ -51,20 +58,20 @@ func newCtlCmd(g *globals) *cobra.Command {
 		Use:   "ctl",
 		Short: "Operate a berth cluster through a control plane: groups, tenants, executors, devices, policy, rebalancer, messages",
 		Long: "Operate a berth cluster through a control plane's AdminService and MessagingService.\n" +
-			"ctl needs only the address of one control plane replica (--controlplane, or the " + controlPlaneEnv + "\n" +
-			"environment variable). When no control plane is up, `berth ctl registry …` reads and writes\n" +
-			"etcd directly (break-glass).",
-	}
-	addr := os.Getenv(controlPlaneEnv)
-	if addr == "" {
-		addr = defaultControlPlane
+			"ctl needs only the address of one control plane replica. Each setting comes from, in order:\n" +
+			"its flag; its environment variable (" + controlPlaneEnv + ", " + caEnv + ", " + certEnv + ", " + keyEnv + ", " + apiKeyEnv + ", " + apiKeyFileEnv + ");\n" +
+			"the context file `berth dev` writes (" + contextEnv + " names another file, or off), whose CA and\n" +
+			"API key file are used only for the control plane it names; then the defaults.\n" +
+			"When no control plane is up, `berth ctl registry …` reads and writes etcd directly (break-glass).\n\n" +
+			exitCodesHelp,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&c.controlplane, "controlplane", addr, "address of a control plane's gRPC server, or replicas to try in order, comma separated ($"+controlPlaneEnv+" sets the default)")
-	// The default is read when a command runs, not here: a flag's default
-	// is printed by --help, and this one is a secret.
-	pf.StringVar(&c.apiKey, "api-key", "", "API key to authenticate with (default: $"+apiKeyEnv+", which keeps it out of the process list; berth dev writes one to its data directory)")
-	c.apiKeyFlag = pf.Lookup("api-key")
+	c.flags = pf
+	pf.StringVar(&c.controlplane, "controlplane", "", "address of a control plane's gRPC server, or replicas to try in order, comma separated (default: $"+controlPlaneEnv+", else berth dev's context, else "+defaultControlPlane+")")
+	// The key is read when a command runs, never as a flag default: a
+	// flag's default is printed by --help, and this one is a secret.
+	pf.StringVar(&c.apiKey, "api-key", "", "API key to authenticate with (default: $"+apiKeyEnv+", which keeps it out of the process list, else --api-key-file)")
+	pf.StringVar(&c.apiKeyFile, "api-key-file", "", "file holding the API key (default: $"+apiKeyFileEnv+", else the api_key_file of berth dev's context)")
 	pf.StringVarP(&c.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long a command may take")
 	c.tls.register(pf, true)

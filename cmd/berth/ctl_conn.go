@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -37,6 +38,9 @@ var errLegacyEtcd = errors.New("ctl talks to a control plane now, not to etcd: d
 func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	if c.legacyEtcd != "" || c.legacyPrefix != "" {
 		return nil, errLegacyEtcd
+	}
+	if err := c.resolve(); err != nil {
+		return nil, err
 	}
 	if c.output != "table" && c.output != "json" {
 		return nil, fmt.Errorf("--output %q: want table or json", c.output)
@@ -109,8 +113,8 @@ func checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) (bool, 
 	case err == nil:
 		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, nil
 	case status.Code(err) == codes.Unimplemented && strings.Contains(status.Convert(err).Message(), "unexpected HTTP status code"):
-		return false, fmt.Errorf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
-			addr, status.Convert(err).Message(), controlPlaneEnv)
+		return false, &codedError{code: codes.Unavailable, msg: fmt.Sprintf("no control plane at %s (something that is not a gRPC server answers: %s); pass --controlplane / %s",
+			addr, status.Convert(err).Message(), controlPlaneEnv)}
 	case status.Code(err) == codes.Unimplemented:
 		return true, nil // a gRPC server without the health service: its calls will tell
 	case ctx.Err() != nil:
@@ -121,7 +125,7 @@ func checkServing(ctx context.Context, cc *grpc.ClientConn, addr string) (bool, 
 
 // waitServing waits until the control plane at addr serves, or ctx ends.
 func waitServing(ctx context.Context, hc healthpb.HealthClient, addr string) error {
-	notServing := fmt.Errorf("control plane at %s is not serving (loading its view of the registry, or stopping; is etcd up?)", addr)
+	notServing := &codedError{code: codes.Unavailable, msg: fmt.Sprintf("control plane at %s is not serving (loading its view of the registry, or stopping; is etcd up?)", addr)}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
@@ -152,7 +156,7 @@ func unreachable(addr string, err error) error {
 			why = strings.Trim(why[i+2:], `" `)
 		}
 	}
-	return fmt.Errorf("no control plane at %s (%s); start one or pass --controlplane / %s", addr, why, controlPlaneEnv)
+	return &codedError{code: codes.Unavailable, msg: fmt.Sprintf("no control plane at %s (%s); start one or pass --controlplane / %s", addr, why, controlPlaneEnv)}
 }
 
 // withAdmin runs fn, bounded by --timeout, with a client of the control
@@ -176,12 +180,12 @@ func (c *ctlFlags) rpcError(what string, err error) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
-		return fmt.Errorf("%s: %w", what, unreachable(c.controlplane, err))
+		return &codedError{code: codes.Unavailable, msg: fmt.Sprintf("%s: %v", what, unreachable(c.controlplane, err))}
 	}
 	if st.Code() == codes.Unauthenticated && c.key() == "" {
-		return fmt.Errorf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)
+		return &codedError{code: st.Code(), msg: fmt.Sprintf("%s: %s: %s (pass --api-key or set %s)", what, st.Code(), st.Message(), apiKeyEnv)}
 	}
-	return fmt.Errorf("%s: %s: %s", what, st.Code(), st.Message())
+	return &codedError{code: st.Code(), msg: fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())}
 }
 
 // printProto writes msg as indented protojson.
@@ -219,11 +223,81 @@ func listAll[T any](ctx context.Context, c *ctlFlags, limit int, page func(ctx c
 	}
 }
 
-// key is the API key ctl presents: --api-key when given (empty: none),
-// else $BERTH_API_KEY.
-func (c *ctlFlags) key() string {
-	if c.apiKey != "" || (c.apiKeyFlag != nil && c.apiKeyFlag.Changed) {
-		return strings.TrimSpace(c.apiKey)
+// key is the API key ctl presents, as resolve found it (empty: none).
+func (c *ctlFlags) key() string { return c.resolvedKey }
+
+// changed reports whether the flag name of fs was given.
+func changed(fs *pflag.FlagSet, name string) bool {
+	if fs == nil {
+		return false
 	}
-	return strings.TrimSpace(os.Getenv(apiKeyEnv))
+	f := fs.Lookup(name)
+	return f != nil && f.Changed
+}
+
+// resolve settles what no flag gave: from the BERTH_* environment, then
+// from the context file berth dev writes, then the defaults. The context's
+// CA and API key file are used only when the control plane in effect is
+// the one it names, so that its key never goes to another server.
+func (c *ctlFlags) resolve() error {
+	if c.resolved {
+		return nil
+	}
+	c.resolved = true
+	dc, ok, err := readContext(contextPath())
+	if err != nil {
+		return usageError{err}
+	}
+	if !changed(c.flags, "controlplane") {
+		switch {
+		case os.Getenv(controlPlaneEnv) != "":
+			c.controlplane = os.Getenv(controlPlaneEnv)
+		case ok && dc.ControlPlane != "":
+			c.controlplane = dc.ControlPlane
+		default:
+			c.controlplane = defaultControlPlane
+		}
+	}
+	ours := ok && strings.TrimSpace(c.controlplane) == dc.ControlPlane
+	for _, v := range []struct {
+		flag, env string
+		dst       *string
+		fromCtx   string
+	}{
+		{"ca", caEnv, &c.tls.files.CA, dc.CA},
+		{"cert", certEnv, &c.tls.files.Cert, ""},
+		{"key", keyEnv, &c.tls.files.Key, ""},
+	} {
+		if changed(c.flags, v.flag) {
+			continue
+		}
+		if e := os.Getenv(v.env); e != "" {
+			*v.dst = e
+		} else if ours && v.fromCtx != "" {
+			*v.dst = v.fromCtx
+		}
+	}
+	switch {
+	case changed(c.flags, "api-key"):
+		c.resolvedKey = strings.TrimSpace(c.apiKey)
+	case changed(c.flags, "api-key-file"):
+		return c.readKeyFile(c.apiKeyFile, "--api-key-file")
+	case strings.TrimSpace(os.Getenv(apiKeyEnv)) != "":
+		c.resolvedKey = strings.TrimSpace(os.Getenv(apiKeyEnv))
+	case os.Getenv(apiKeyFileEnv) != "":
+		return c.readKeyFile(os.Getenv(apiKeyFileEnv), "$"+apiKeyFileEnv)
+	case ours && dc.APIKeyFile != "":
+		return c.readKeyFile(dc.APIKeyFile, "api_key_file of "+contextPath())
+	}
+	return nil
+}
+
+// readKeyFile sets the API key from the file path, which what names.
+func (c *ctlFlags) readKeyFile(path, what string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usageError{fmt.Errorf("%s: %w", what, err)}
+	}
+	c.resolvedKey = strings.TrimSpace(string(b))
+	return nil
 }

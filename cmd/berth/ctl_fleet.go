@@ -43,13 +43,17 @@ func newCtlFleetCmds(c *ctlFlags) (executors, executor, devices *cobra.Command) 
 	executors.Flags().StringVar(&group, "group", "", "only executors of this group")
 
 	executor = &cobra.Command{Use: "executor", Short: "Drain or undrain one executor"}
-	executor.AddCommand(&cobra.Command{
+	var allowUnregistered bool
+	drain := &cobra.Command{
 		Use:   "drain ID",
 		Short: "Stop Assign naming an executor; the rebalancer moves its devices to others (the mark outlives restarts)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Stop Assign naming an executor; the rebalancer moves its devices to others. The mark outlives\n" +
+			"restarts until undrain. An executor that is not registered is refused (exit 3) unless\n" +
+			"--allow-unregistered (to mark one about to start).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.withAdmin(cmd.Context(), func(ctx context.Context, cl adminv1.AdminServiceClient) error {
-				r, err := cl.DrainExecutor(ctx, &adminv1.DrainExecutorRequest{ExecutorId: args[0], DrainedBy: whoami()})
+				r, err := cl.DrainExecutor(ctx, &adminv1.DrainExecutorRequest{ExecutorId: args[0], DrainedBy: whoami(), AllowUnregistered: allowUnregistered})
 				if err != nil {
 					return c.rpcError("executor drain", err)
 				}
@@ -60,7 +64,9 @@ func newCtlFleetCmds(c *ctlFlags) (executors, executor, devices *cobra.Command) 
 				return nil
 			})
 		},
-	}, &cobra.Command{
+	}
+	drain.Flags().BoolVar(&allowUnregistered, "allow-unregistered", false, "mark an executor that is not registered now; the mark applies when it registers")
+	executor.AddCommand(drain, &cobra.Command{
 		Use:   "undrain ID",
 		Short: "Remove an executor's drain mark",
 		Args:  cobra.ExactArgs(1),

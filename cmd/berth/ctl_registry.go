@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,7 @@ func newCtlRegistryCmd(c *ctlFlags) *cobra.Command {
 			"checks and its log of changes. With a control plane up, use the other ctl commands.",
 	}
 	c.etcdFlagSet(reg.PersistentFlags())
+	c.registryFlags = reg.PersistentFlags()
 
 	groups := &cobra.Command{
 		Use:   "groups",
@@ -213,15 +215,16 @@ func newRegistryPolicyCmd(c *ctlFlags) *cobra.Command {
 // newRegistryExecutorCmd returns `registry executor drain|undrain`.
 func newRegistryExecutorCmd(c *ctlFlags) *cobra.Command {
 	exec := &cobra.Command{Use: "executor", Short: "Drain or undrain one executor in etcd"}
-	exec.AddCommand(&cobra.Command{
+	var allowUnregistered bool
+	drain := &cobra.Command{
 		Use:   "drain ID",
 		Short: "Stop Assign naming an executor; the rebalancer moves its devices to others (the mark outlives restarts)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Stop Assign naming an executor; the rebalancer moves its devices to others. The mark outlives\n" +
+			"restarts until undrain. An executor that is not registered is refused (exit 3) unless\n" +
+			"--allow-unregistered (to mark one about to start).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.withRegistry(cmd.Context(), func(ctx context.Context, reg *registry.Registry) error {
-				if err := reg.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: args[0], By: whoami(), At: time.Now().UTC()}); err != nil {
-					return err
-				}
 				es, err := reg.Executors(ctx)
 				if err != nil {
 					return err
@@ -230,6 +233,12 @@ func newRegistryExecutorCmd(c *ctlFlags) *cobra.Command {
 				for _, e := range es {
 					known = known || e.ID == args[0]
 				}
+				if !known && !allowUnregistered {
+					return fmt.Errorf("executor %s is not registered (--allow-unregistered marks one about to start): %w", args[0], registry.ErrNotFound)
+				}
+				if err := reg.PutExecutorDrain(ctx, registry.ExecutorDrain{ExecutorID: args[0], By: whoami(), At: time.Now().UTC()}); err != nil {
+					return err
+				}
 				if !known {
 					fmt.Fprintf(c.stderr, "warning: executor %s is not registered now; the mark applies when it registers\n", args[0])
 				}
@@ -237,7 +246,9 @@ func newRegistryExecutorCmd(c *ctlFlags) *cobra.Command {
 				return nil
 			})
 		},
-	}, &cobra.Command{
+	}
+	drain.Flags().BoolVar(&allowUnregistered, "allow-unregistered", false, "mark an executor that is not registered now; the mark applies when it registers")
+	exec.AddCommand(drain, &cobra.Command{
 		Use:   "undrain ID",
 		Short: "Remove an executor's drain mark",
 		Args:  cobra.ExactArgs(1),
@@ -338,6 +349,9 @@ func (c *ctlFlags) withRegistry(ctx context.Context, fn func(context.Context, *r
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
+	if err := c.resolveEtcd(); err != nil {
+		return err
+	}
 	cli, err := c.etcdClient()
 	if err != nil {
 		return err
@@ -346,4 +360,25 @@ func (c *ctlFlags) withRegistry(ctx context.Context, fn func(context.Context, *r
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	return fn(ctx, registry.New(cli, c.prefix))
+}
+
+// resolveEtcd settles --etcd of the break-glass commands when it is not
+// given: $BERTH_ETCD, else the etcd of berth dev's context, else the
+// default.
+func (c *ctlFlags) resolveEtcd() error {
+	if changed(c.registryFlags, "etcd") {
+		return nil
+	}
+	if e := os.Getenv(etcdEnv); e != "" {
+		c.etcd = e
+		return nil
+	}
+	dc, ok, err := readContext(contextPath())
+	if err != nil {
+		return usageError{err}
+	}
+	if ok && dc.Etcd != "" {
+		c.etcd = dc.Etcd
+	}
+	return nil
 }

@@ -89,7 +89,14 @@ func TestCtlRegistry(t *testing.T) {
 		t.Errorf("tenants:\n%s", out)
 	}
 
-	out, warn := ctl("executor", "drain", "ex-1")
+	// An executor nobody knows is refused (exit 3), and nothing is marked.
+	if _, _, err := berth(t, "ctl", "registry", "--etcd", etcd, "executor", "drain", "ex-1"); exitCode(err) != exitNotFound || !strings.Contains(err.Error(), "not registered") {
+		t.Errorf("executor drain of an unknown executor = %v (exit %d), want not found (exit %d)", err, exitCode(err), exitNotFound)
+	}
+	if out, _ := ctl("executor", "undrain", "ex-1"); !strings.Contains(out, "was not drained") {
+		t.Errorf("undrain after a refused drain: %q, want no mark", out)
+	}
+	out, warn := ctl("executor", "drain", "ex-1", "--allow-unregistered")
 	if !strings.Contains(out, "executor ex-1 drained") || !strings.Contains(warn, "not registered") {
 		t.Errorf("executor drain: %q, %q", out, warn)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
@@ -13,7 +14,8 @@ import (
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := devcluster.DefaultConfig()
 	rb := rebalanceFlags{on: true, cfg: *cfg.Replica.Rebalance}
-	var insecure bool
+	var insecure, printEnv bool
+	ctxFile := contextPath()
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an all-in-one cluster: embedded etcd, a control plane, two groups of two executors",
@@ -25,6 +27,12 @@ func newDevCmd(g *globals) *cobra.Command {
 			}
 			cfg.Replica.Rebalance = rb.config()
 			cfg.TLS = !insecure
+			var written *devContext
+			defer func() {
+				if written != nil {
+					removeContext(ctxFile, *written)
+				}
+			}()
 			return devcluster.Run(cmd.Context(), cfg, log, func(info devcluster.Info) {
 				ids := make([]string, 0, len(info.Executors))
 				for id := range info.Executors {
@@ -45,6 +53,21 @@ func newDevCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(g.stdout, "berth dev ready: controlplane=%s etcd=%s executors=%s ops=%s public-key=%s ca=%s api-key-file=%s enrollment=open (any caller may Assign any device id)\n",
 					info.ControlPlane, info.Etcd, strings.Join(ex, ","), opsURL, info.PublicKeyFile, ca, info.APIKeyFile)
+				dc := devContext{ControlPlane: info.ControlPlane, CA: info.CAFile, APIKeyFile: info.APIKeyFile, Etcd: info.Etcd,
+					PublicKeyFile: info.PublicKeyFile, WrittenBy: fmt.Sprintf("berth dev (pid %d)", os.Getpid())}
+				if ctxFile != "" {
+					if err := writeContext(ctxFile, dc); err != nil {
+						log.Warn("berth ctl will need flags: the context file was not written", "file", ctxFile, "err", err)
+					} else {
+						written = &dc
+						fmt.Fprintf(g.stdout, "berth dev context: %s (berth ctl and berth simulate need no flags; removed on exit)\n", ctxFile)
+					}
+				}
+				if printEnv {
+					for _, l := range dc.exportLines() {
+						fmt.Fprintln(g.stdout, l)
+					}
+				}
 			})
 		},
 	}
@@ -57,6 +80,8 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Ops.Addr, "ops-listen", cfg.Ops.Addr, "address of the operations HTTP listener (/metrics, /healthz, /readyz); HTTPS unless --insecure, plaintext only on loopback (empty: none)")
 	f.BoolVar(&cfg.Ops.Pprof, "pprof", false, "also serve /debug/pprof/* on the operations listener")
 	f.BoolVar(&insecure, "insecure", false, "serve plaintext instead of TLS with a throwaway CA (made in --data-dir/tls, or reused from there)")
+	f.StringVar(&ctxFile, "context-file", ctxFile, "where to write the context berth ctl reads (control plane address, CA and API key file paths; never the key), mode 0600; empty: none ($"+contextEnv+" sets the default)")
+	f.BoolVar(&printEnv, "print-env", false, "also print export BERTH_…=… lines for the shell (addresses and file paths; never the key)")
 	rb.register(f)
 	return cmd
 }

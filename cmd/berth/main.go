@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,15 +20,25 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
 // run is main without the process: it parses args and runs the command.
+// An error found before the command ran (flags, arguments) is a
+// usageError.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root, g := newRoot(stdout, stderr)
+	var running bool
+	markUsageErrors(root, &running)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	if err != nil && !running {
+		var ue usageError
+		if !errors.As(err, &ue) {
+			err = usageError{err}
+		}
+	}
 	if stopErr := g.stopProfile(); err == nil {
 		err = stopErr
 	}

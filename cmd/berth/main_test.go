@@ -14,7 +14,12 @@ import (
 	"github.com/berthproject/berth/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// A developer's own berth dev context must not steer these tests;
+	// the tests of the context file name theirs.
+	os.Setenv(contextEnv, "off")
+	goleak.VerifyTestMain(m)
+}
 
 // berth runs the command line in-process and returns stdout and stderr.
 func berth(t *testing.T, args ...string) (string, string, error) {

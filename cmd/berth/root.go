@@ -40,8 +40,11 @@ type globals struct {
 func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:           "berth",
-		Short:         "Keep fleets of devices on always-on gRPC connections",
+		Use:   "berth",
+		Short: "Keep fleets of devices on always-on gRPC connections",
+		Long: "berth keeps fleets of devices on always-on gRPC connections.\n\n" +
+			"Server flags can also be given as BERTH_<FLAG> environment variables (--etcd-ca: BERTH_ETCD_CA);\n" +
+			"a flag on the command line wins.\n\n" + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -51,17 +54,23 @@ func newRoot(stdout, stderr io.Writer) (*cobra.Command, *globals) {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file until it exits (go tool pprof reads it)")
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applyEnvFlags(cmd); err != nil {
+			return err
+		}
+		return g.startProfile()
+	}
 	root.AddCommand(
-		newDevCmd(g),
+		withEnvFlags(newDevCmd(g)),
 		newEtcdCmd(g),
-		newControlPlaneCmd(g),
-		newExecutorCmd(g),
+		withEnvFlags(newControlPlaneCmd(g)),
+		withEnvFlags(newExecutorCmd(g)),
 		newKeygenCmd(g),
 		newCertCmd(g),
 		newCtlCmd(g),
-		newSimulateCmd(g),
+		withEnvFlags(newSimulateCmd(g)),
 		newBenchCmd(g),
+		newVersionCmd(g),
 	)
 	return root, g
 }

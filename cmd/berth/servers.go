@@ -231,6 +231,7 @@ func newExecutorCmd(g *globals) *cobra.Command {
 
 func newKeygenCmd(g *globals) *cobra.Command {
 	var priv, pub string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "keygen",
 		Short: "Make an Ed25519 key pair for assignment tokens",
@@ -248,10 +249,17 @@ func newKeygenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := os.WriteFile(priv, pb, 0o600); err != nil {
+			if !force {
+				for _, f := range []string{priv, pub} {
+					if _, err := os.Lstat(f); err == nil {
+						return fmt.Errorf("%s exists: keygen keeps existing keys (--force overwrites; tokens signed with the old key stop verifying)", f)
+					}
+				}
+			}
+			if err := writeFile(priv, pb, 0o600, force); err != nil {
 				return err
 			}
-			if err := os.WriteFile(pub, ub, 0o644); err != nil {
+			if err := writeFile(pub, ub, 0o644, force); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "wrote %s (control plane) and %s (executors)\n", priv, pub)
@@ -260,7 +268,26 @@ func newKeygenCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&priv, "private", "token-signing.pem", "private key file (for control planes)")
 	cmd.Flags().StringVar(&pub, "public", "token-public.pem", "public key file (for executors)")
+	cmd.Flags().BoolVar(&force, "force", false, "overwrite existing key files")
 	return cmd
+}
+
+// writeFile writes data to a new file name with perm; an existing file is
+// an error unless force, which replaces it.
+func writeFile(name string, data []byte, perm os.FileMode, force bool) error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(name, flags, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // transportName says how a listener serves, for the ready lines.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/credentials"
@@ -58,21 +57,23 @@ type clientTLSFlags struct {
 	files tlsfiles.ClientFiles
 }
 
-// register adds --ca, --cert and --key; with env, their defaults come
-// from BERTH_CA, BERTH_CERT and BERTH_KEY.
+// register adds --ca, --cert and --key; with env, the help says that
+// BERTH_CA, BERTH_CERT and BERTH_KEY stand in for them (ctl's resolve
+// reads them when a command runs).
 func (c *clientTLSFlags) register(f *pflag.FlagSet, env bool) {
-	def := func(name string) (string, string) {
+	note := func(name string) string {
 		if !env {
-			return "", ""
+			return ""
 		}
-		return os.Getenv(name), " ($" + name + " sets the default)"
+		return " (default: $" + name + ")"
 	}
-	ca, caNote := def(caEnv)
-	cert, certNote := def(certEnv)
-	key, keyNote := def(keyEnv)
-	f.StringVar(&c.files.CA, "ca", ca, "PEM CA(s) the server's certificate must chain to: connect over TLS"+caNote)
-	f.StringVar(&c.files.Cert, "cert", cert, "PEM client certificate to present (TLS)"+certNote)
-	f.StringVar(&c.files.Key, "key", key, "PEM private key of --cert"+keyNote)
+	caNote := note(caEnv)
+	if env {
+		caNote = " (default: $" + caEnv + ", else the ca of berth dev's context)"
+	}
+	f.StringVar(&c.files.CA, "ca", "", "PEM CA(s) the server's certificate must chain to: connect over TLS"+caNote)
+	f.StringVar(&c.files.Cert, "cert", "", "PEM client certificate to present (TLS)"+note(certEnv))
+	f.StringVar(&c.files.Key, "key", "", "PEM private key of --cert"+note(keyEnv))
 }
 
 // enabled reports whether any flag asks for TLS.

@@ -1023,9 +1023,13 @@ type DrainExecutorRequest struct {
 	// The executor.
 	ExecutorId string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
 	// Who drains it, for the record.
-	DrainedBy     string `protobuf:"bytes,2,opt,name=drained_by,json=drainedBy,proto3" json:"drained_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DrainedBy string `protobuf:"bytes,2,opt,name=drained_by,json=drainedBy,proto3" json:"drained_by,omitempty"`
+	// Mark an executor that is not registered now (one about to start, or
+	// one restarting): the mark applies when it registers. Without it, an
+	// executor the control plane does not know is refused with NOT_FOUND.
+	AllowUnregistered bool `protobuf:"varint,3,opt,name=allow_unregistered,json=allowUnregistered,proto3" json:"allow_unregistered,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DrainExecutorRequest) Reset() {
@@ -1072,10 +1076,18 @@ func (x *DrainExecutorRequest) GetDrainedBy() string {
 	return ""
 }
 
+func (x *DrainExecutorRequest) GetAllowUnregistered() bool {
+	if x != nil {
+		return x.AllowUnregistered
+	}
+	return false
+}
+
 // DrainExecutorResponse confirms the mark.
 type DrainExecutorResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Whether the executor is registered now (a mark may precede it).
+	// Whether the executor is registered now (false only with
+	// allow_unregistered).
 	Registered    bool `protobuf:"varint,1,opt,name=registered,proto3" json:"registered,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4330,12 +4342,13 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x13UndrainGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\",\n" +
 	"\x14UndrainGroupResponse\x12\x14\n" +
-	"\x05state\x18\x01 \x01(\tR\x05state\"V\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\"\x85\x01\n" +
 	"\x14DrainExecutorRequest\x12\x1f\n" +
 	"\vexecutor_id\x18\x01 \x01(\tR\n" +
 	"executorId\x12\x1d\n" +
 	"\n" +
-	"drained_by\x18\x02 \x01(\tR\tdrainedBy\"7\n" +
+	"drained_by\x18\x02 \x01(\tR\tdrainedBy\x12-\n" +
+	"\x12allow_unregistered\x18\x03 \x01(\bR\x11allowUnregistered\"7\n" +
 	"\x15DrainExecutorResponse\x12\x1e\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\bR\n" +

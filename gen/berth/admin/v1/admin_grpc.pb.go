@@ -118,8 +118,9 @@ type AdminServiceClient interface {
 	UndrainGroup(ctx context.Context, in *UndrainGroupRequest, opts ...grpc.CallOption) (*UndrainGroupResponse, error)
 	// DrainExecutor marks an executor drained: Assign stops naming it and the
 	// rebalancer moves its devices to other executors, at its rate. The mark
-	// outlives restarts of the executor until UndrainExecutor removes it; an
-	// executor not registered now may be marked.
+	// outlives restarts of the executor until UndrainExecutor removes it.
+	// NOT_FOUND for an executor not registered now, unless
+	// allow_unregistered.
 	DrainExecutor(ctx context.Context, in *DrainExecutorRequest, opts ...grpc.CallOption) (*DrainExecutorResponse, error)
 	// UndrainExecutor removes an executor's drain mark.
 	UndrainExecutor(ctx context.Context, in *UndrainExecutorRequest, opts ...grpc.CallOption) (*UndrainExecutorResponse, error)
@@ -560,8 +561,9 @@ type AdminServiceServer interface {
 	UndrainGroup(context.Context, *UndrainGroupRequest) (*UndrainGroupResponse, error)
 	// DrainExecutor marks an executor drained: Assign stops naming it and the
 	// rebalancer moves its devices to other executors, at its rate. The mark
-	// outlives restarts of the executor until UndrainExecutor removes it; an
-	// executor not registered now may be marked.
+	// outlives restarts of the executor until UndrainExecutor removes it.
+	// NOT_FOUND for an executor not registered now, unless
+	// allow_unregistered.
 	DrainExecutor(context.Context, *DrainExecutorRequest) (*DrainExecutorResponse, error)
 	// UndrainExecutor removes an executor's drain mark.
 	UndrainExecutor(context.Context, *UndrainExecutorRequest) (*UndrainExecutorResponse, error)
