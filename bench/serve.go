@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -77,6 +80,11 @@ type ServeConfig struct {
 	// certificates (controlplane mode: and authenticates devices by their
 	// enrollments, enrollment closed); unset, plaintext.
 	TLSCert, TLSKey string
+	// ProfileDir, when set, is where every stats answer also writes the
+	// child's heap profile (all allocations sampled) and goroutine profile,
+	// as <mode>-<id>-<n>-heap.pb.gz and <mode>-<id>-<n>-goroutine.txt for
+	// the nth stats call (berth and bare modes).
+	ProfileDir string
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -95,6 +103,7 @@ func (c ServeConfig) Args() []string {
 		"--log-level=" + c.LogLevel,
 		"--tls-cert=" + c.TLSCert,
 		"--tls-key=" + c.TLSKey,
+		"--profile-dir=" + c.ProfileDir,
 	}
 }
 
@@ -116,6 +125,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.IntVar(&c.LabelMemoSize, "label-memo", -1, "label memo size, 0 for none (controlplane mode; -1 keeps the default)")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate file: serve TLS (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "server key file (with --tls-cert)")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "directory for a heap and goroutine profile at every stats answer")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
 	}
@@ -198,6 +208,32 @@ func collectStats(streams int) (ServerStats, error) {
 	}, nil
 }
 
+// writeProfiles writes this process's heap profile (after a GC) and
+// goroutine profile into dir, named name-heap.pb.gz and name-goroutine.txt.
+func writeProfiles(dir, name string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	runtime.GC()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{{"heap", name + "-heap.pb.gz", 0}, {"goroutine", name + "-goroutine.txt", 1}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		err = pprof.Lookup(p.profile).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("bench: profile %s: %w", p.file, err)
+		}
+	}
+	return nil
+}
+
 // Serve is the body of a benchmark child (`berth bench serve`): it serves
 // ExecutorService in cfg.Mode, prints {"addr": "host:port"} on out once it
 // is ready (for berth mode: registered in etcd through reg), then answers
@@ -216,6 +252,11 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 	}
 	if _, err := RaiseFileLimit(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return err
+	}
+	if cfg.ProfileDir != "" {
+		// Every allocation site, so that the profiles account for the
+		// bytes of each stream.
+		runtime.MemProfileRate = 1
 	}
 	tc, err := cfg.serverTLS(log)
 	if err != nil {
@@ -280,7 +321,15 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		if err := json.NewEncoder(out).Encode(readyLine{Addr: lis.Addr().String()}); err != nil {
 			return fmt.Errorf("bench serve: %w", err)
 		}
-		return answer(gctx, in, out, func() (ServerStats, error) { return collectStats(streams()) }, cancel)
+		calls := 0
+		return answer(gctx, in, out, func() (ServerStats, error) {
+			st, err := collectStats(streams())
+			calls++
+			if err == nil && cfg.ProfileDir != "" {
+				err = writeProfiles(cfg.ProfileDir, fmt.Sprintf("%s-%s-%d", cfg.Mode, cfg.ExecutorID, calls))
+			}
+			return st, err
+		}, cancel)
 	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {

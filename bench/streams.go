@@ -59,6 +59,11 @@ type StreamsConfig struct {
 	// to it (cnf x5t#S256, the enrollment named), so berth's executor
 	// checks the binding and the enrollment on every stream.
 	TLS bool
+	// ProfileDir, when set, is where every server writes a heap and a
+	// goroutine profile each time its stats are read (see
+	// ServeConfig.ProfileDir). Sampling every allocation slows the
+	// servers: figures of such a run are for the profiles only.
+	ProfileDir string
 }
 
 // DefaultStreamsConfig returns what `berth bench streams` runs, without
@@ -300,6 +305,7 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 		base := ServeConfig{
 			Mode: mode, Etcd: etcd.Endpoint(), Prefix: reg.Prefix(), PublicKeyFile: pubFile,
 			GroupID: streamsGroup, Capacity: plan.ConnsPerServer*plan.StreamsPerConn + 1000, LogLevel: cfg.ChildLogLevel,
+			ProfileDir: cfg.ProfileDir,
 		}
 		if pk != nil {
 			base.TLSCert, base.TLSKey = pk.certFile, pk.keyFile

@@ -70,7 +70,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	claims, err := s.verify(hello)
+	claims, err := s.verifyAside(hello)
 	if err != nil {
 		s.refusedToken(ctx, hello.GetDeviceId(), err)
 		return false, err
@@ -145,6 +145,25 @@ func (s *Server) awaitHello(ctx context.Context, stream connectStream, sw status
 		return nil, streamErrorf(errNotHello, "first frame must be Hello")
 	}
 	return hello, nil
+}
+
+// verifyAside is verify on a goroutine of its own, which ends with it.
+// Checking a signature takes several KiB of stack; on the handler
+// goroutine, which then holds the stream for hours, that stack would stay
+// grown (the runtime halves a stack at most once per GC cycle), and idle
+// streams would cost twice bare grpc-go's stack (docs/performance.md).
+func (s *Server) verifyAside(hello *executorv1.Hello) (token.Claims, error) {
+	var (
+		claims token.Claims
+		err    error
+	)
+	done := make(chan struct{})
+	s.spawn(func() {
+		defer close(done)
+		claims, err = s.verify(hello)
+	})
+	<-done
+	return claims, err
 }
 
 // verify checks hello's token against its device and this executor's group,

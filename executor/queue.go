@@ -28,9 +28,10 @@ type presenceReader interface {
 
 // Bounds of the wait for a session's presence record to become visible.
 var (
-	presenceWaitMin = 50 * time.Millisecond
-	presenceWaitMax = 2 * time.Second
-	presenceWaitFor = 15 * time.Second
+	presenceWaitFirst = 20 * time.Millisecond
+	presenceWaitMin   = 50 * time.Millisecond
+	presenceWaitMax   = 2 * time.Second
+	presenceWaitFor   = 15 * time.Second
 )
 
 // drainQueue delivers the messages queued for ss's device, in order, one at
@@ -42,14 +43,19 @@ var (
 //
 // The session's presence is written moments after the drain starts, and a
 // control plane that stores a QUEUE message and then finds no presence
-// leaves the message to the drain. So once the queue is empty, the drain
-// waits until the registry shows this session's presence (when the Queue
-// can read presence) and reads the queue once more: a message stored
-// before the presence was visible is in that read, and one stored after it
-// is delivered by its sender.
+// leaves the message to the drain. So the drain first waits until the
+// registry shows this session's presence (when the Queue can read
+// presence), and only then reads the queue: a message stored before the
+// presence was visible is in that read, and one stored after it is
+// delivered by its sender. Waiting first costs a device with queued
+// messages a few milliseconds; reading first cost every connect a second
+// queue read, and the etcd calls of a connect are most of what an executor
+// allocates per stream (docs/performance.md).
 func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) {
+	if !s.awaitPresence(ctx, ss, log) && (ctx.Err() != nil || ss.closed()) {
+		return
+	}
 	delivered := 0
-	confirmed := false
 	for {
 		var page []registry.QueuedMessage
 		ok := s.retryQueue(ctx, ss, log, "read the queue", func() error {
@@ -61,12 +67,6 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 			return
 		}
 		if len(page) == 0 {
-			if !confirmed {
-				confirmed = true
-				if s.awaitPresence(ctx, ss, log) {
-					continue
-				}
-			}
 			if delivered > 0 {
 				log.Debug("queued messages delivered", "messages", delivered)
 			}
@@ -101,33 +101,24 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 	}
 }
 
-// awaitPresence waits until the registry shows ss's presence, polling with
-// a growing delay for at most presenceWaitFor. It reports whether the
-// queue should be read again: the presence is visible, or could not be
-// confirmed in time (read once more anyway). It reports false when the
-// Queue cannot read presence, or when ss or ctx ended. A record naming
-// another session is waited out: either this session's put comes later
-// and wins, or the other one is newer and this session is replaced (ss
-// ends; the newer session's drain reads the queue). Wall clocks of
-// different executors never decide it.
+// awaitPresence waits until the registry shows ss's presence: it looks
+// presenceWaitFirst after the admission (the registration writes presence
+// within milliseconds, so one look usually does), then polls with a
+// growing delay, for at most presenceWaitFor. It reports true when the
+// presence is visible, or could not be confirmed in time (the queue is
+// read anyway); false when the Queue cannot read presence, or when ss or
+// ctx ended. A record naming another session is waited out: either this
+// session's put comes later and wins, or the other one is newer and this
+// session is replaced (ss ends; the newer session's drain reads the
+// queue). Wall clocks of different executors never decide it.
 func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logger) bool {
 	pr, ok := s.queue.(presenceReader)
 	if !ok {
 		return false
 	}
-	delay := presenceWaitMin
+	delay := presenceWaitFirst
 	deadline := time.Now().Add(presenceWaitFor)
 	for {
-		p, err := pr.Presence(ctx, ss.deviceID)
-		switch {
-		case err == nil && p.SessionID == ss.id:
-			return true
-		case ctx.Err() != nil || ss.closed():
-			return false
-		case time.Now().After(deadline):
-			log.Debug("presence not visible in time; reading the queue once more", "waited", presenceWaitFor, "err", err)
-			return true
-		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -138,7 +129,17 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 			t.Stop()
 			return false
 		}
-		delay = min(2*delay, presenceWaitMax)
+		p, err := pr.Presence(ctx, ss.deviceID)
+		switch {
+		case err == nil && p.SessionID == ss.id:
+			return true
+		case ctx.Err() != nil || ss.closed():
+			return false
+		case time.Now().After(deadline):
+			log.Debug("presence not visible in time; reading the queue anyway", "waited", presenceWaitFor, "err", err)
+			return true
+		}
+		delay = min(max(2*delay, presenceWaitMin), presenceWaitMax)
 	}
 }
 
