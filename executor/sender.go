@@ -20,31 +20,34 @@ import (
 // goroutine of its own beyond the handler (bare grpc-go's count).
 //
 // Once the session is closed, the sender that sees it finishes it: it sends
-// the Goodbye, if any, ends the stream with the close's status, aborts the
-// stream's context (which ends the handler's Recv) and closes ss.finished; ss.sending then stays set, so no sender starts
+// the Goodbye, if any, ends the stream with the close's status (which ends
+// the handler's Recv) and closes ss.finished; ss.sending then stays set, so no sender starts
 // again. The handler, on its way out, finishes the session itself when no
 // sender runs, or waits for the one that does: nothing sends on the stream
 // after its handler returned.
 //
 // A stuck device is cut three ways: its queue fills (enqueue closes the
-// stream and aborts it at once: ErrSendQueueFull), a Send blocked longer
+// stream and ends it at once: ErrSendQueueFull), a Send blocked longer
 // than PingMisses ping intervals is cut by the heartbeat (see heartbeat.go),
 // and a closing stream whose Goodbye is not out within closeGrace is
-// aborted by the session's cut timer.
+// ended by the session's cut timer.
 //
 // Why the status is written by the sender: a gRPC handler blocked in Recv
-// returns only when a frame comes or the stream's context ends, and a Recv
-// that fails on a cancelled context writes status CANCELLED itself, before
-// the handler could return its own. So the sender first ends the stream
-// with the close's status (the one the handler returns: Aborted for a
-// replaced stream, DeadlineExceeded for a silent one, and so on) through
-// gRPC's server transport stream, then cancels the context. gRPC keeps the
-// first status written; the handler's return later changes nothing.
+// returns only when a frame comes or the stream ends, and a Recv that
+// fails on a cancelled context writes status CANCELLED itself, before the
+// handler could return its own. So the sender ends the stream with the
+// close's status (the one the handler returns: Aborted for a replaced
+// stream, DeadlineExceeded for a silent one, and so on) through gRPC's
+// server transport stream, which queues the trailers and cancels the
+// stream's context: the handler's Recv, or a Send blocked on flow control,
+// returns. gRPC keeps the first status written; the handler's return later
+// changes nothing. This is also how a stuck stream is cut, so no
+// cancellable context per stream is needed (the executor used to add one
+// with a tap handler: about 1 KiB per stream).
 
 // statusWriter ends a server stream with a status. gRPC's server transport
 // stream (grpc.ServerTransportStreamFromContext) is one: its WriteStatus
 // sends the trailers and finishes the stream, whichever goroutine calls it.
-// Without one a closed stream ends with CANCELLED.
 type statusWriter interface {
 	WriteStatus(st *status.Status) error
 }
@@ -128,8 +131,8 @@ func (ss *session) send(f *executorv1.ConnectResponse) error {
 }
 
 // finish ends a closed session: the Goodbye (best effort: the device may be
-// gone already), then the stream is aborted so that the handler's Recv
-// returns. The caller owns the sender, for good.
+// gone already), then the stream's status, which makes the handler's Recv
+// return. The caller owns the sender, for good.
 func (ss *session) finish() {
 	r := ss.reason
 	if r.goodbye != nil && ss.grace > 0 {
@@ -138,8 +141,7 @@ func (ss *session) finish() {
 	if ss.cut != nil {
 		ss.cut.Stop()
 	}
-	ss.srv.writeStatus(ss.status, r.err)
-	ss.abort(errAborted)
+	ss.abort()
 	if errors.Is(r.err, ErrSendQueueFull) {
 		ss.srv.stats.stuck.Add(1)
 	}

@@ -130,7 +130,6 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 		return errRunTwice
 	}
 	opts := []grpc.ServerOption{
-		grpc.InTapHandle(tapAbort),
 		grpc.ChainUnaryInterceptor(s.internalUnaryAuth()),
 		grpc.ChainStreamInterceptor(s.internalStreamAuth()),
 	}

@@ -2,7 +2,6 @@ package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -15,9 +14,6 @@ import (
 // closeGrace bounds how long a closing stream may take to write its Goodbye
 // before it is cut.
 const closeGrace = time.Second
-
-// errAborted is the cause of a stream context cancelled by the executor.
-var errAborted = errors.New("executor: stream aborted")
 
 // session is one admitted device stream. The handler goroutine receives;
 // frames to the device go through a bounded queue that a sender drains: the
@@ -33,12 +29,9 @@ type session struct {
 	srv *Server
 	// stream is the session's Connect stream; only the sender sends on it.
 	stream connectStream
-	// status ends the stream with a status from the sender (nil: it
-	// cannot; see sender.go).
+	// status ends the stream with a status from any goroutine, which
+	// also ends a Send or Recv blocked on it (see sender.go).
 	status statusWriter
-	// abort cancels the stream's context, unblocking a Send or Recv stuck
-	// on a device that does not read.
-	abort context.CancelCauseFunc
 	// lastRecv is when the last frame arrived (Unix nanoseconds).
 	lastRecv atomic.Int64
 	// redirected is set once a Redirect has been queued.
@@ -66,7 +59,7 @@ type session struct {
 	// outside a Send: the heartbeat cuts a Send blocked too long.
 	sendStart atomic.Int64
 	// finished is closed once the last sender has sent the Goodbye and
-	// aborted the stream; the handler waits for it before returning.
+	// ended the stream; the handler waits for it before returning.
 	finished chan struct{}
 
 	// slot and pos place the session in the heartbeat wheel; nonce is its
@@ -85,7 +78,7 @@ type session struct {
 	done   chan struct{} // closed by close
 	reason closeReason   // set before done is closed
 	grace  time.Duration // the close's grace, set before done is closed
-	cut    *time.Timer   // aborts the stream if the sender lingers
+	cut    *time.Timer   // ends the stream if the sender lingers
 }
 
 // closeReason says why a session ends: the error its handler returns (nil
@@ -95,17 +88,17 @@ type closeReason struct {
 	goodbye *executorv1.Goodbye
 }
 
-// newSession returns a session of srv on stream with a queue of n frames,
-// whose stream is aborted by abort. The handler owns its sender until it
-// calls sendQueued.
-func newSession(srv *Server, stream connectStream, n int, abort context.CancelCauseFunc) *session {
+// newSession returns a session of srv on stream, which sw ends, with a
+// queue of n frames. The handler owns its sender until it calls
+// sendQueued.
+func newSession(srv *Server, stream connectStream, sw statusWriter, n int) *session {
 	return &session{
 		srv:      srv,
 		stream:   stream,
+		status:   sw,
 		waiting:  &srv.stats.waiting,
 		limit:    n,
 		sending:  true,
-		abort:    abort,
 		done:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
@@ -185,11 +178,11 @@ func (ss *session) resolve(id string, r *executorv1.Reply) {
 }
 
 // close ends the session for r; the first call wins and reports true. The
-// sender sends the Goodbye, if any, and aborts the stream, which ends the
-// handler's Recv; a sender that has not finished within grace (it is
-// blocked in Send on a device that does not read) is cut by aborting the
-// stream at once. With grace 0 the stream is aborted at once. close never
-// blocks.
+// sender sends the Goodbye, if any, and ends the stream with r's status,
+// which ends the handler's Recv; a sender that has not finished within
+// grace (it is blocked in Send on a device that does not read) is cut by
+// ending the stream under it. With grace 0 the stream is ended at once.
+// close never blocks.
 func (ss *session) close(r closeReason, grace time.Duration) bool {
 	if !ss.markClosed(r, grace) {
 		return false
@@ -206,13 +199,20 @@ func (ss *session) markClosed(r closeReason, grace time.Duration) bool {
 		first = true
 		ss.reason, ss.grace = r, grace
 		if grace <= 0 {
-			ss.abort(errAborted)
+			ss.abort()
 		} else {
-			ss.cut = time.AfterFunc(grace, func() { ss.abort(errAborted) })
+			ss.cut = time.AfterFunc(grace, ss.abort)
 		}
 		close(ss.done)
 	})
 	return first
+}
+
+// abort ends the stream with the close's status: the trailers are queued,
+// and a Send or Recv blocked on the stream returns. Called again it does
+// nothing (gRPC keeps the first status).
+func (ss *session) abort() {
+	ss.srv.writeStatus(ss.status, ss.reason.err)
 }
 
 // closed reports whether close was called.

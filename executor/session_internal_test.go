@@ -10,7 +10,7 @@ import (
 func TestSessionWaiters(t *testing.T) {
 	s := &Server{}
 	waiting := &s.stats.waiting
-	ss := newSession(s, nil, 1, func(error) {})
+	ss := newSession(s, nil, nil, 1)
 	ack1 := ss.await("m1", false)
 	ack2 := ss.await("m1", false) // two deliveries of one message
 	call := ss.await("m1", true)
@@ -60,7 +60,7 @@ func TestSessionWaiters(t *testing.T) {
 func TestDeliverWaitOnClosedSession(t *testing.T) {
 	s := &Server{}
 	waiting := &s.stats.waiting
-	ss := newSession(s, nil, 1, func(error) {})
+	ss := newSession(s, nil, nil, 1)
 	ss.markClosed(closeReason{}, 0)
 	if _, err := s.deliverWait(context.Background(), ss, &executorv1.Message{MessageId: "m1"}); err != ErrNotConnected {
 		t.Errorf("deliverWait on a closed session = %v; want ErrNotConnected", err)
