@@ -26,6 +26,13 @@ type presenceReader interface {
 	Presence(ctx context.Context, deviceID string) (registry.Presence, error)
 }
 
+// presenceNotifier tells when a session's presence has been written;
+// *registry.Registration is one. A Registrar that is one spares the queue
+// drain its polls of the registry (see awaitPresence).
+type presenceNotifier interface {
+	PresenceWritten(deviceID, sessionID string) (<-chan struct{}, bool)
+}
+
 // Bounds of the wait for a session's presence record to become visible.
 var (
 	presenceWaitFirst = 20 * time.Millisecond
@@ -101,7 +108,9 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 	}
 }
 
-// awaitPresence waits until the registry shows ss's presence: it looks
+// awaitPresence waits until the registry shows ss's presence. A Registrar
+// that tells when the presence is written (presenceNotifier) is asked;
+// otherwise, when the Queue can read presence, awaitPresence looks
 // presenceWaitFirst after the admission (the registration writes presence
 // within milliseconds, so one look usually does), then polls with a
 // growing delay, for at most presenceWaitFor. It reports true when the
@@ -112,6 +121,13 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 // session is replaced (ss ends; the newer session's drain reads the
 // queue). Wall clocks of different executors never decide it.
 func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logger) bool {
+	if pn, ok := s.reg.(presenceNotifier); ok {
+		if written, ok := pn.PresenceWritten(ss.deviceID, ss.id); ok {
+			return s.awaitWritten(ctx, ss, log, written)
+		}
+		// Not present here: the session was replaced or is ending.
+		return false
+	}
 	pr, ok := s.queue.(presenceReader)
 	if !ok {
 		return false
@@ -140,6 +156,24 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 			return true
 		}
 		delay = min(max(2*delay, presenceWaitMin), presenceWaitMax)
+	}
+}
+
+// awaitWritten is awaitPresence told by the Registrar: it waits until
+// written is closed (the presence was written), at most presenceWaitFor.
+func (s *Server) awaitWritten(ctx context.Context, ss *session, log *slog.Logger, written <-chan struct{}) bool {
+	t := time.NewTimer(presenceWaitFor)
+	defer t.Stop()
+	select {
+	case <-written:
+		return true
+	case <-ss.done:
+		return false
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		log.Debug("presence not written in time; reading the queue anyway", "waited", presenceWaitFor)
+		return true
 	}
 }
 
