@@ -39,6 +39,12 @@ const (
 	// whose Connect reads the first frame, answers Welcome and blocks in
 	// Recv.
 	ModeBare = "bare"
+	// ModeBarePush is ModeBare that can also push: its Connect keeps each
+	// stream by device id and reads the Acks, and an unauthenticated
+	// ExecutorInternalService.Deliver sends a message on a stream and
+	// waits for its Ack (bench push's baseline). bench streams uses it
+	// for its traffic phase (--messages).
+	ModeBarePush = "bare-push"
 	// ModeControlPlane runs a control plane (bench assign's server under
 	// test, in a process of its own).
 	ModeControlPlane = "controlplane"
@@ -135,13 +141,18 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	return c, c.Validate()
 }
 
+// NeedsRegistry reports whether Serve needs a registry for c's mode.
+func (c ServeConfig) NeedsRegistry() bool {
+	return c.Mode != ModeBare && c.Mode != ModeBarePush
+}
+
 // Validate checks c.
 func (c ServeConfig) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("bench serve: --tls-cert and --tls-key go together")
 	}
 	switch c.Mode {
-	case ModeBare:
+	case ModeBare, ModeBarePush:
 		return nil
 	case ModeBerth:
 		if c.Etcd == "" || c.PublicKeyFile == "" {
@@ -154,7 +165,7 @@ func (c ServeConfig) Validate() error {
 		}
 		return nil
 	}
-	return fmt.Errorf("bench serve: --mode %q: want %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeControlPlane)
+	return fmt.Errorf("bench serve: --mode %q: want %s, %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeBarePush, ModeControlPlane)
 }
 
 // ServerStats is what a Serve child reports about itself.
@@ -298,7 +309,14 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		rc := rpcserver.DefaultConfig()
 		rc.TLS = tc
 		rpc := rpcserver.New(rc, log)
-		executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
+		streams = func() int { return int(bare.streams.Load()) }
+		if cfg.Mode == ModeBarePush {
+			push := newBarePush()
+			push.register(rpc.GRPC)
+			streams = push.count
+		} else {
+			executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
+		}
 		rpc.SetServing(true, executor.ServiceName)
 		g.Go(func() error {
 			if err := rpc.GRPC.Serve(lis); err != nil {
@@ -311,7 +329,7 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 			rpc.Stop(2 * time.Second)
 			return nil
 		})
-		streams, ready = func() int { return int(bare.streams.Load()) }, func() bool { return true }
+		ready = func() bool { return true }
 	}
 
 	g.Go(func() error {
