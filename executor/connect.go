@@ -94,9 +94,13 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 		// The Welcome is queued already: queued messages follow it. The
 		// drain stops when the session ends (it waits on ss.done) and its
 		// registry calls when the handler returns.
-		qctx, stopQueue := context.WithCancel(ctx)
+		// Not a child of the stream's context, which would hold it (and
+		// a map of children) for the stream's whole life: the drain
+		// releases it when it ends, the handler when it returns.
+		qctx, stopQueue := context.WithCancel(context.WithoutCancel(ctx))
 		defer stopQueue()
 		s.group.Go(func() error {
+			defer stopQueue()
 			s.drainQueue(qctx, ss, s.log.With("device", ss.deviceID, "session", ss.id))
 			return nil
 		})
