@@ -3,10 +3,13 @@ package executor_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/berthproject/berth/executor"
@@ -164,4 +167,54 @@ func TestPanickingHookClosesOnlyThatStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.next(t, "Message", func(f *executorv1.ConnectResponse) bool { return f.GetMessage() != nil })
+}
+
+// TestDeliverToDeviceNotReading: a device that sends its Hello and then
+// reads nothing fills the transport, then its send queue, and its stream is
+// cut; the deliveries that were waiting for its Ack are answered
+// RESOURCE_EXHAUSTED with that reason (not "stream closed" or
+// "unreachable"), and the cut is counted as stuck.
+func TestDeliverToDeviceNotReading(t *testing.T) {
+	h := start(t, func(c *executor.Config) { c.SendQueue = 2 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := h.client.Connect(ctx) // never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(helloFrame("slow", h.token(t, "slow"))); err != nil {
+		t.Fatal(err)
+	}
+	h.reg.waitRecord(t, "the device admitted", func(e registry.Executor) bool { return e.Connections == 1 })
+	payload := make([]byte, 256<<10) // a few fill the HTTP/2 windows
+	const n = 12
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			dctx, dcancel := context.WithTimeout(h.serviceCtx(t), time.Minute)
+			defer dcancel()
+			_, err := h.internal.Deliver(dctx, &executorv1.DeliverRequest{DeviceId: "slow",
+				Message: &executorv1.Message{MessageId: fmt.Sprint("m", i), Payload: payload}})
+			errs <- err
+		}()
+	}
+	// Those queued or waiting when the stream was cut learn why; those that
+	// came after find no device here.
+	told := 0
+	for range n {
+		err := <-errs
+		switch st := status.Convert(err); {
+		case st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "not reading"):
+			told++
+		case st.Code() == codes.NotFound:
+		default:
+			t.Errorf("Deliver to a device not reading: %v; want RESOURCE_EXHAUSTED saying it is not reading, or NOT_FOUND once cut", err)
+		}
+	}
+	if told == 0 {
+		t.Error("no delivery was told the device is not reading")
+	}
+	if got := h.srv.Stats().Stuck; got != 1 {
+		t.Errorf("Stuck = %d, want 1", got)
+	}
 }

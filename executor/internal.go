@@ -117,7 +117,9 @@ func (svc internalService) Deliver(ctx context.Context, req *executorv1.DeliverR
 	case errors.Is(err, ErrNotConnected):
 		return nil, status.Errorf(codes.NotFound, "device %s is not connected to executor %s", req.GetDeviceId(), s.cfg.ID)
 	case errors.Is(err, ErrSendQueueFull):
-		return nil, status.Errorf(codes.ResourceExhausted, "device %s: send queue full (%d frames): device not reading; stream closed", req.GetDeviceId(), s.cfg.SendQueue)
+		// The stream was cut because the device does not read: say so,
+		// also to deliveries that were waiting for its Ack.
+		return nil, status.Errorf(codes.ResourceExhausted, "device %s: %v", req.GetDeviceId(), err)
 	case errors.Is(err, ErrNotAcknowledged):
 		return nil, status.Errorf(codes.Unavailable, "device %s: stream closed before the device acknowledged message %s", req.GetDeviceId(), m.GetMessageId())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -160,8 +162,11 @@ func (s *Server) deliverWait(ctx context.Context, ss *session, m *executorv1.Mes
 		case r := <-w.done:
 			return r, nil
 		default:
-			return nil, ErrNotAcknowledged
 		}
+		if r := ss.reason.err; errors.Is(r, ErrSendQueueFull) {
+			return nil, r // cut for not reading: the reason, not "closed"
+		}
+		return nil, ErrNotAcknowledged
 	}
 }
 

@@ -144,6 +144,7 @@ func (ss *session) finish() {
 	ss.abort()
 	if errors.Is(r.err, ErrSendQueueFull) {
 		ss.srv.stats.stuck.Add(1)
+		ss.srv.cutLog.Refused("device not reading", "device", ss.deviceID, "session", ss.id, "why", r.err.Error())
 	}
 	close(ss.finished)
 }

@@ -71,6 +71,9 @@ type Server struct {
 	authLog *refusallog.Log
 	// publishLog logs refused publishes, rate-limited.
 	publishLog *refusallog.Log
+	// cutLog logs streams cut because their device does not read (a full
+	// send queue, a send blocked too long), at warn, rate-limited.
+	cutLog *refusallog.Log
 	// weight is the sum of the load weights of the sessions, reported
 	// as the executor's load.
 	weight float64
@@ -109,6 +112,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		log:        log,
 		authLog:    refusallog.New(log, "authentication refused", refusallog.DefaultInterval, nil),
 		publishLog: refusallog.New(log, "publish refused", refusallog.DefaultInterval, nil),
+		cutLog:     refusallog.New(log, "stream cut", refusallog.DefaultInterval, nil),
 		sessions:   make(map[string]*session),
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),

@@ -244,7 +244,7 @@ func (ss *session) enqueue(f *executorv1.ConnectResponse) error {
 		ss.smu.Unlock()
 		err := streamErrorf(ErrSendQueueFull, "send queue full (%d frames): device not reading; stream closed", ss.limit)
 		ss.close(closeReason{err: err}, 0)
-		return ErrSendQueueFull
+		return err // wraps ErrSendQueueFull, with the reason
 	}
 	ss.queue = append(ss.queue, f)
 	start := !ss.sending

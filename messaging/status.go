@@ -86,7 +86,9 @@ func (m *Server) deliverStatus(err error, p registry.Presence, messageID string,
 	case codes.Canceled:
 		return status.Error(codes.Canceled, "the call was cancelled")
 	case codes.ResourceExhausted:
-		return rpcserver.WithRetry(codes.ResourceExhausted, fmt.Sprintf("device %s: its send queue on executor %s is full", p.DeviceID, p.ExecutorID), m.retry)
+		// The executor says why: the device does not read (its stream was
+		// cut, or its send queue is full).
+		return rpcserver.WithRetry(codes.ResourceExhausted, fmt.Sprintf("executor %s: %s", p.ExecutorID, st.Message()), m.retry)
 	case codes.Unauthenticated, codes.PermissionDenied:
 		m.log.Error("executor refused the service token; do executors verify with this control plane's public key?",
 			"executor", p.ExecutorID, "code", st.Code(), "err", st.Message())

@@ -55,8 +55,11 @@ func New(log *slog.Logger, msg string, interval time.Duration, now func() time.T
 // Refused counts one refusal of the given reason (a few fixed words, such
 // as "assignment token invalid") and logs it at warn level with attrs
 // (slog key-value pairs: never a credential) unless a line of the same
-// reason was written less than the interval ago.
+// reason was written less than the interval ago. A nil Log does nothing.
 func (l *Log) Refused(why string, attrs ...any) {
+	if l == nil {
+		return
+	}
 	now := l.now()
 	l.mu.Lock()
 	r, ok := l.reasons[why]
@@ -83,8 +86,11 @@ func (l *Log) Refused(why string, attrs ...any) {
 	l.log.Warn(l.msg, args...)
 }
 
-// Counts returns the refusals so far, by reason.
+// Counts returns the refusals so far, by reason (none for a nil Log).
 func (l *Log) Counts() map[string]uint64 {
+	if l == nil {
+		return map[string]uint64{}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make(map[string]uint64, len(l.reasons))
