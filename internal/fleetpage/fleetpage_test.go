@@ -30,7 +30,10 @@ func (fakeKeys) Loaded() bool                               { return true }
 
 type fakeAssignments map[string]registry.Assignment
 
-func (a fakeAssignments) Assignment(id string) (registry.Assignment, bool) { r, ok := a[id]; return r, ok }
+func (a fakeAssignments) Assignment(id string) (registry.Assignment, bool) {
+	r, ok := a[id]
+	return r, ok
+}
 
 type fakeAudit struct{}
 

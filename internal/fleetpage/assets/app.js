@@ -171,6 +171,7 @@ async function lookup(id) {
     if (x) {
       rows.push(["placement", "rule " + (x.rule || "(default)") + " → label " + x.label + " → group " + x.group + " by " + x.method]);
       rows.push(["reason", x.reason]);
+      rows.push(["recorded", x.recorded_group + " (label " + x.recorded_label + ": " + x.recorded_reason + ")"]);
       rows.push(["candidates", x.candidates.map((c) => c.group + " " + (c.utilization * 100).toFixed(0) + "%" +
         (c.kept ? "" : " (dropped: " + c.dropped + ")")).join(", ") || "none"]);
     }
