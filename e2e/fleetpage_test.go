@@ -234,3 +234,46 @@ func TestFleetPageInChromium(t *testing.T) {
 		t.Errorf("berth dev after SIGTERM: %v", err)
 	}
 }
+
+// TestFleetPageServers: `berth controlplane --ops-listen` serves the fleet
+// page and its API (an API key needed), `berth executor --ops-listen` does
+// not serve it.
+func TestFleetPageServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	ep := startEtcd(t) // BERTH_API_KEY: an admin key
+	priv, pub := keygen(t)
+	cp := start(t, "controlplane", "controlplane", "--etcd", ep, "--signing-key", priv, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0")
+	cpLine := cp.waitLine(30*time.Second, "listening line", listenRE.MatchString)
+	ctl(t, listenRE.FindStringSubmatch(cpLine)[1], "group", "put", "group-1", "--capacity", "10")
+	ex := start(t, "executor", "executor", "--etcd", ep, "--group", "group-1", "--id", "e1", "--token-public-key", pub, "--ops-listen", "127.0.0.1:0")
+	exLine := ex.waitLine(30*time.Second, "listening line", listenRE.MatchString)
+	cpOps, exOps := opsRE.FindStringSubmatch(cpLine), opsRE.FindStringSubmatch(exLine)
+	if cpOps == nil || exOps == nil {
+		t.Fatalf("ready lines %q, %q: want ops=", cpLine, exLine)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	admin := fleetAPI{t: t, base: cpOps[1], key: os.Getenv("BERTH_API_KEY"), hc: hc}
+	var groups fleetGroups
+	testutil.WaitForEvery(t, 30*time.Second, pollEvery, "group-1 in /fleet/api/groups", func() bool {
+		return admin.get("groups", &groups) == http.StatusOK && len(groups.Groups) == 1 && groups.Groups[0].ID == "group-1" && groups.Groups[0].Capacity == 10
+	})
+	if code := (fleetAPI{t: t, base: cpOps[1], hc: hc}).get("groups", nil); code != http.StatusUnauthorized {
+		t.Errorf("control plane /fleet/api/groups without a key = %d; want 401", code)
+	}
+	for _, tt := range []struct {
+		base string
+		want int
+	}{{cpOps[1], http.StatusOK}, {exOps[1], http.StatusNotFound}} {
+		resp, err := hc.Get(tt.base + "/fleet/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("GET %s/fleet/ = %d; want %d (control planes serve the page, executors do not)", tt.base, resp.StatusCode, tt.want)
+		}
+	}
+}
