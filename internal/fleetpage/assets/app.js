@@ -72,13 +72,17 @@ function renderGroups(data) {
     tr.appendChild(u);
     tb.appendChild(tr);
   }
-  if (data.next_page_token) {
-    const tr = el("tr");
-    const td = el("td", "… more groups than one page shows");
-    td.colSpan = 6;
-    tr.appendChild(td);
-    tb.appendChild(tr);
-  }
+  more(tb, data, "groups", 6);
+}
+
+// more notes a listing longer than the page the API gave.
+function more(tb, data, what, cols) {
+  if (!data.next_page_token) return;
+  const tr = el("tr");
+  const td = el("td", "… more " + what + " than one page shows");
+  td.colSpan = cols;
+  tr.appendChild(td);
+  tb.appendChild(tr);
 }
 
 function renderExecutors(data) {
@@ -97,6 +101,7 @@ function renderExecutors(data) {
     tr.appendChild(el("td", e.draining ? "draining" : (e.drain_marked ? "drain marked" : "no")));
     tb.appendChild(tr);
   }
+  more(tb, data, "executors", 5);
 }
 
 function pairs(dl, rows) {
