@@ -305,3 +305,46 @@ func TestCertName(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthorizeHeader checks an HTTP Authorization header as a gRPC call:
+// the same keys, roles and tenant limits, and refusals counted.
+func TestAuthorizeHeader(t *testing.T) {
+	now := time.Now()
+	viewer, viewerSecret, _ := access.NewAPIKey("viewer", []string{"viewer"}, nil, nil, "", now)
+	svc, svcSecret, _ := access.NewAPIKey("svc", []string{"service"}, nil, nil, "", now)
+	limited, limitedSecret, _ := access.NewAPIKey("limited", []string{"viewer"}, []string{"t-a"}, nil, "", now)
+	g, err := access.New(access.Config{}, access.Deps{Keys: fakeKeys{viewer.ID: viewer, svc.ID: svc, limited.ID: limited},
+		Assignments: fakeAssignments{"d-a": "t-a", "d-b": "t-b"}, Audit: &fakeAudit{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, getDevice := adminv1.AdminService_ListGroups_FullMethodName, messagingv1.MessagingService_GetDevice_FullMethodName
+	tests := []struct {
+		name, header, method string
+		req                  any
+		want                 codes.Code
+	}{
+		{"viewer lists groups", "Bearer " + viewerSecret, groups, nil, codes.OK},
+		{"viewer reads a device", "Bearer " + viewerSecret, getDevice, &messagingv1.GetDeviceRequest{DeviceId: "d-b"}, codes.OK},
+		{"no header", "", groups, nil, codes.Unauthenticated},
+		{"other scheme", "Basic " + viewerSecret, groups, nil, codes.Unauthenticated},
+		{"wrong secret", "Bearer " + viewer.ID + ".AAAA", groups, nil, codes.Unauthenticated},
+		{"service lists groups", "Bearer " + svcSecret, groups, nil, codes.PermissionDenied},
+		{"limited viewer, own tenant", "Bearer " + limitedSecret, getDevice, &messagingv1.GetDeviceRequest{DeviceId: "d-a"}, codes.OK},
+		{"limited viewer, other tenant", "Bearer " + limitedSecret, getDevice, &messagingv1.GetDeviceRequest{DeviceId: "d-b"}, codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err := g.AuthorizeHeader(context.Background(), tt.header, tt.method, tt.req)
+			if got := status.Code(err); got != tt.want {
+				t.Fatalf("AuthorizeHeader = %v; want %v", err, tt.want)
+			}
+			if (id != nil) != (tt.want == codes.OK) {
+				t.Errorf("identity %+v with %v", id, err)
+			}
+		})
+	}
+	if r := g.Refusals(); r["unauthenticated"] != 3 || r["permission denied"] != 2 {
+		t.Errorf("refusals %v; want 3 unauthenticated, 2 permission denied", r)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
@@ -63,6 +64,13 @@ func (o *opsFlags) open(tlsCfg *tls.Config, insecure bool, log *slog.Logger) (*o
 func (r *opsRun) addCheck(name string, c ops.Check) {
 	if r.srv != nil {
 		r.srv.AddCheck(name, c)
+	}
+}
+
+// handle serves h for pattern on the listener, if there is one.
+func (r *opsRun) handle(pattern string, h http.Handler) {
+	if r.srv != nil {
+		r.srv.Handle(pattern, h)
 	}
 }
 

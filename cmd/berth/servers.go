@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berthproject/berth/access"
+	"github.com/berthproject/berth/internal/fleetpage"
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/internal/tlsfiles"
@@ -92,6 +93,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			opsl.addCheck("controlplane", r.Ready)
+			opsl.handle(fleetpage.Prefix, r.FleetPage())
 			fmt.Fprintf(g.stdout, "berth controlplane listening on %s (%s)%s\n", lis.Addr(), transportName(rcfg.RPC.TLS), opsl.readyField(rcfg.RPC.TLS))
 			if rcfg.OpenEnrollment {
 				log.Warn("open enrollment: Assign takes device ids from callers without credentials")

@@ -25,6 +25,7 @@ import (
 	"github.com/berthproject/berth/access"
 	"github.com/berthproject/berth/controlplane"
 	"github.com/berthproject/berth/internal/embedetcd"
+	"github.com/berthproject/berth/internal/fleetpage"
 	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/ops"
@@ -215,6 +216,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	info := Info{Etcd: etcd.Endpoint(), ControlPlane: cpLis.Addr().String(), Executors: map[string]string{}, PublicKeyFile: pubFile, APIKeyFile: keyFile, AdminAPIKey: adminKey}
 	if opsSrv != nil {
 		opsSrv.AddCheck("controlplane", cp.Ready)
+		opsSrv.Handle(fleetpage.Prefix, cp.FleetPage())
 		info.Ops = "http://" + opsLis.Addr().String()
 		if dt != nil {
 			info.Ops = "https://" + opsLis.Addr().String()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/identity"
+	"github.com/berthproject/berth/internal/fleetpage"
 	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
@@ -142,6 +144,7 @@ type Replica struct {
 	rb    *rebalance.Rebalancer // nil: off
 	keys  *registry.APIKeyView
 	guard *access.Guard
+	fleet *fleetpage.Handler
 	limit *ratelimit.Limiter
 	met   *metrics.Metrics // nil: no metrics
 
@@ -204,6 +207,9 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	if r.guard, err = access.New(cfg.Access, access.Deps{Keys: r.keys, Assignments: r.cache, Audit: reg, Log: r.log.With("component", "access")}); err != nil {
 		return nil, err
 	}
+	if r.fleet, err = fleetpage.New(fleetpage.Deps{Admin: r.admin, Devices: r.msg, Auth: r.guard, Log: r.log.With("component", "fleetpage")}); err != nil {
+		return nil, err
+	}
 	if cfg.Rebalance != nil {
 		var mover rebalance.Mover = rebalance.NewGRPCMover(pool)
 		if deps.WrapMover != nil {
@@ -241,6 +247,11 @@ func (r *Replica) RateLimited() map[string]uint64 { return r.limit.Refused() }
 
 // Cache returns the replica's registry cache.
 func (r *Replica) Cache() *registry.Cache { return r.cache }
+
+// FleetPage returns the fleet page's handler, to serve at
+// fleetpage.Prefix on the operations listener: read-only, each API call
+// checked by the replica's access guard (a viewer key at least).
+func (r *Replica) FleetPage() http.Handler { return r.fleet }
 
 // Rebalancer returns the rebalancer, nil when it is off.
 func (r *Replica) Rebalancer() *rebalance.Rebalancer { return r.rb }

@@ -2,7 +2,8 @@
 // process's Prometheus registry, text format), /healthz (liveness: the
 // process answers), /readyz (readiness: every registered check is ready;
 // the body says what each check sees, a degraded state included) and, only
-// when configured, /debug/pprof/*.
+// when configured, /debug/pprof/*. A server may add handlers of its own
+// (Handle): a control plane replica's fleet page.
 //
 // The listener serves read-only data and takes no input beyond the path
 // and the query of pprof. Who may reach it is decided by where it listens:
@@ -164,6 +165,13 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	fmt.Fprintln(w, strings.Join(lines, "\n"))
+}
+
+// Handle serves h for pattern (a net/http ServeMux pattern) on the
+// listener, next to /metrics and the health endpoints: a replica's fleet
+// page (/fleet/). It must be called before Run; h decides who may see it.
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
 }
 
 // Handler returns the listener's handler (for tests and embedding).
