@@ -51,7 +51,7 @@ func serveChild(args []string) int {
 		return 2
 	}
 	var reg *registry.Registry
-	if cfg.Mode != bench.ModeBare {
+	if cfg.NeedsRegistry() {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.Etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

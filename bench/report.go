@@ -28,6 +28,18 @@ func machineLine(e Env) string {
 	return s
 }
 
+// loadLine reports the 1-minute load average at the start and the end of a
+// run: a loaded machine skews the timings.
+func loadLine(start, end float64) string {
+	f := func(v float64) string {
+		if v < 0 {
+			return "unknown"
+		}
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("load average (1 min): %s at start, %s at the end", f(start), f(end))
+}
+
 // fmtDur prints d with its unit: µs below a millisecond, ms below a second,
 // s above.
 func fmtDur(d time.Duration) string {
@@ -334,7 +346,15 @@ func (r *StreamsReport) Format(w io.Writer) error {
 		fmt.Fprintln(&b, "         berth checks each token's binding to it (cnf x5t#S256) and its enrollment; bare ignores both")
 	}
 	fmt.Fprintln(&b, "         berth: a real executor (registered in etcd, token verified, admission, pings answered by the clients)")
-	fmt.Fprintln(&b, "         bare:  grpc-go ExecutorService on the same server stack, reads the Hello, sends Welcome, blocks in Recv")
+	if r.Messages > 0 {
+		fmt.Fprintln(&b, "         bare-push: grpc-go ExecutorService on the same server stack, keeps each stream by device id, sends Welcome,")
+		fmt.Fprintln(&b, "                    reads Acks; its ExecutorInternalService.Deliver (no auth) sends a message and waits for the Ack")
+		fmt.Fprintf(&b, "         traffic: once idle and measured, every device is sent %d messages of %d bytes through its server's\n", r.Messages, r.PayloadSize)
+		fmt.Fprintln(&b, "                  ExecutorInternalService.Deliver, one at a time, each waiting for the device's Ack; then measured again")
+	} else {
+		fmt.Fprintln(&b, "         bare:  grpc-go ExecutorService on the same server stack, reads the Hello, sends Welcome, blocks in Recv")
+	}
+	fmt.Fprintln(&b, "         both kinds: the same gRPC server settings (internal/rpcserver.DefaultConfig: grpc-go's default window and buffer sizes)")
 	fmt.Fprintln(&b, "         memory is read in the server processes after runtime.GC and debug.FreeOSMemory; per stream = (after - before) / streams")
 	fmt.Fprintln(&b)
 
@@ -348,7 +368,7 @@ func (r *StreamsReport) Format(w io.Writer) error {
 			s.RSSPerStream()/kib, s.HeapInusePerStream()/kib, s.HeapAllocPerStream()/kib, s.StackPerStream()/kib, s.GoroutinesPerStream())
 	}
 	berth, okB := r.Server(ModeBerth)
-	bare, okR := r.Server(ModeBare)
+	bare, okR := r.Baseline()
 	if okB && okR {
 		fmt.Fprintf(&b, "%-10s %8s %12s %12s %12s %12s %14s %14s %13s %13s\n",
 			"berth/bare", "", ratio(berth.ConnectTime.Seconds(), bare.ConnectTime.Seconds()), "", "",
@@ -375,6 +395,36 @@ func (r *StreamsReport) Format(w io.Writer) error {
 		fmt.Fprintf(&b, "info  idle stream with TLS: berth %.1f KiB RSS and %.2f goroutines per stream, bare %.1f KiB and %.2f (%s the RSS)\n",
 			berth.RSSPerStream()/kib, berth.GoroutinesPerStream(), bare.RSSPerStream()/kib, bare.GoroutinesPerStream(), ratio(berth.RSSPerStream(), bare.RSSPerStream()))
 	}
+	if r.Messages > 0 {
+		fmt.Fprintln(&b)
+		fmt.Fprintf(&b, "traffic: %d messages of %d bytes to each device, each acked\n", r.Messages, r.PayloadSize)
+		fmt.Fprintf(&b, "%-10s %12s %12s %14s %14s %12s %13s %12s\n", "server", "time (s)", "messages/s", "RSS/str idle", "RSS/str after", "after/idle", "stack/stream", "goroutines/")
+		fmt.Fprintf(&b, "%-10s %12s %12s %14s %14s %12s %13s %12s\n", "", "", "", "(KiB)", "(KiB)", "", "(KiB)", "stream")
+		for _, s := range r.Servers {
+			n := float64(s.Streams * s.Messages)
+			fmt.Fprintf(&b, "%-10s %12.3f %12.0f %14.2f %14.2f %12s %13.2f %12.2f\n",
+				s.Mode, s.TrafficTime.Seconds(), n/max(s.TrafficTime.Seconds(), 1e-9), s.RSSPerStream()/kib, s.TrafficRSSPerStream()/kib,
+				ratio(s.TrafficRSSPerStream(), s.RSSPerStream()), s.perStream(float64(s.Before.StackInuse), float64(s.Traffic.StackInuse))/kib,
+				s.perStream(float64(s.Before.Goroutines), float64(s.Traffic.Goroutines)))
+		}
+	}
+	if okB && okR && !r.TLS {
+		fmt.Fprintln(&b)
+		fmt.Fprintf(&b, "targets (issue 12; berth against %s of the same run):\n", bare.Mode)
+		rss := berth.RSSPerStream() / max(bare.RSSPerStream(), 1e-9)
+		fmt.Fprintf(&b, "%s  RSS per idle stream %.2fx of %s <= %.2fx\n", passFail(bare.RSSPerStream() > 0 && rss <= TargetIdleRSSRatio), rss, bare.Mode, TargetIdleRSSRatio)
+		extra := berth.GoroutinesPerStream() - bare.GoroutinesPerStream()
+		fmt.Fprintf(&b, "%s  goroutines per idle stream %.2f, %s's %.2f + %.2f <= + %.2f\n", passFail(extra <= TargetExtraGoroutines), berth.GoroutinesPerStream(), bare.Mode, bare.GoroutinesPerStream(), extra, TargetExtraGoroutines)
+		conn := berth.ConnectTime.Seconds() / max(bare.ConnectTime.Seconds(), 1e-9)
+		fmt.Fprintf(&b, "%s  connect time (tokens verified) %.2fx of %s <= %.2fx\n", passFail(bare.ConnectTime > 0 && conn <= TargetIdleConnectRatio), conn, bare.Mode, TargetIdleConnectRatio)
+		if r.Messages > 0 {
+			g := berth.TrafficGrowth()
+			fmt.Fprintf(&b, "%s  RSS per stream after %d acked messages each %.2fx of berth's idle figure <= %.2fx (%s: %.2fx)\n",
+				passFail(g > 0 && g <= TargetTrafficGrowth), r.Messages, g, TargetTrafficGrowth, bare.Mode, bare.TrafficGrowth())
+		}
+	}
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, loadLine(r.Env.LoadAvg, r.LoadAvgAfter))
 	var warn []string
 	for _, s := range r.Servers {
 		if s.After.Streams != s.Streams {

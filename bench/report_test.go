@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"bytes"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,20 @@ func TestStreamsReportFormat(t *testing.T) {
 		t.Errorf("report has no ratio row:\n%s", out)
 	}
 
+	for _, want := range []string{
+		"FAIL  RSS per idle stream 2.00x of bare <= 1.15x",
+		"FAIL  goroutines per idle stream 4.00, bare's 3.00 + 1.00 <= + 0.25",
+		"FAIL  connect time (tokens verified) 2.00x of bare <= 1.30x",
+		"load average (1 min): 0.50 at start, 0.00 at the end",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "acked messages") {
+		t.Errorf("report of a run without traffic has a traffic target:\n%s", out)
+	}
+
 	rep.Plan = bench.ConnPlan{FileLimit: 20000, Conns: 300, StreamsPerConn: 100}
 	b.Reset()
 	if err := rep.Format(&b); err != nil {
@@ -147,7 +162,7 @@ func TestServeArgsRoundTrip(t *testing.T) {
 	want := bench.ServeConfig{
 		Mode: bench.ModeBerth, Listen: "127.0.0.2:0", Etcd: "http://127.0.0.1:2379", Prefix: "/p",
 		PublicKeyFile: "/tmp/k.pem", ExecutorID: "e-1", GroupID: "g-1", Capacity: 12345, LogLevel: "debug",
-		TLSCert: "/tmp/server.pem", TLSKey: "/tmp/server-key.pem",
+		TLSCert: "/tmp/server.pem", TLSKey: "/tmp/server-key.pem", ProfileDir: "/tmp/profiles",
 	}
 	got, err := bench.ParseServeArgs(want.Args())
 	if err != nil {
@@ -166,5 +181,53 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		if _, err := bench.ParseServeArgs(bad); err == nil {
 			t.Errorf("ParseServeArgs(%q) = nil error, want one", bad)
 		}
+	}
+}
+
+func TestStreamsReportTraffic(t *testing.T) {
+	const mib = 1 << 20
+	berth := bench.ServerResult{
+		Mode: bench.ModeBerth, Servers: 1, Streams: 1024, ConnectTime: 12 * time.Second / 10, Messages: 100, TrafficTime: 10 * time.Second,
+		Before:  bench.ServerStats{RSS: 20 * mib, Goroutines: 30},
+		After:   bench.ServerStats{RSS: 60 * mib, Goroutines: 30 + 4*1024, Streams: 1024},
+		Traffic: bench.ServerStats{RSS: 68 * mib, Goroutines: 30 + 4*1024, Streams: 1024},
+	}
+	bare := bench.ServerResult{
+		Mode: bench.ModeBarePush, Servers: 1, Streams: 1024, ConnectTime: time.Second, Messages: 100, TrafficTime: 5 * time.Second,
+		Before:  bench.ServerStats{RSS: 10 * mib, Goroutines: 10},
+		After:   bench.ServerStats{RSS: 46 * mib, Goroutines: 10 + 4*1024, Streams: 1024},
+		Traffic: bench.ServerStats{RSS: 64 * mib, Goroutines: 10 + 4*1024, Streams: 1024},
+	}
+	if got, want := berth.TrafficGrowth(), 1.2; math.Abs(got-want) > 1e-9 {
+		t.Errorf("TrafficGrowth() = %v, want %v", got, want)
+	}
+	rep := &bench.StreamsReport{
+		Env: testEnv, Devices: 1024, Addrs: 1, InFlight: 256, Messages: 100, PayloadSize: 256, LoadAvgAfter: 1.5,
+		Plan:    bench.ConnPlan{FileLimit: 20000, Conns: 1024, StreamsPerConn: 1, ConnsPerServer: 1024},
+		Servers: []bench.ServerResult{berth, bare},
+	}
+	if s, ok := rep.Baseline(); !ok || s.Mode != bench.ModeBarePush {
+		t.Errorf("Baseline() = %q, %v; want bare-push", s.Mode, ok)
+	}
+	var b bytes.Buffer
+	if err := rep.Format(&b); err != nil {
+		t.Fatalf("Format: %v", err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"every device is sent 100 messages of 256 bytes",
+		"traffic: 100 messages of 256 bytes to each device, each acked",
+		"PASS  RSS per idle stream 1.11x of bare-push <= 1.15x",
+		"PASS  goroutines per idle stream 4.00, bare-push's 4.00 + 0.00 <= + 0.25",
+		"PASS  connect time (tokens verified) 1.20x of bare-push <= 1.30x",
+		"PASS  RSS per stream after 100 acked messages each 1.20x of berth's idle figure <= 1.25x (bare-push: 1.50x)",
+		"load average (1 min): 0.50 at start, 1.50 at the end",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if !hasRow(out, []string{"berth", "10.000", "10240", "40.00", "48.00", "1.20x"}) {
+		t.Errorf("report has no traffic row for berth:\n%s", out)
 	}
 }

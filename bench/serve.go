@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,6 +39,12 @@ const (
 	// whose Connect reads the first frame, answers Welcome and blocks in
 	// Recv.
 	ModeBare = "bare"
+	// ModeBarePush is ModeBare that can also push: its Connect keeps each
+	// stream by device id and reads the Acks, and an unauthenticated
+	// ExecutorInternalService.Deliver sends a message on a stream and
+	// waits for its Ack (bench push's baseline). bench streams uses it
+	// for its traffic phase (--messages).
+	ModeBarePush = "bare-push"
 	// ModeControlPlane runs a control plane (bench assign's server under
 	// test, in a process of its own).
 	ModeControlPlane = "controlplane"
@@ -77,6 +86,11 @@ type ServeConfig struct {
 	// certificates (controlplane mode: and authenticates devices by their
 	// enrollments, enrollment closed); unset, plaintext.
 	TLSCert, TLSKey string
+	// ProfileDir, when set, is where every stats answer also writes the
+	// child's heap profile (all allocations sampled) and goroutine profile,
+	// as <mode>-<id>-<n>-heap.pb.gz and <mode>-<id>-<n>-goroutine.txt for
+	// the nth stats call (berth and bare modes).
+	ProfileDir string
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -95,6 +109,7 @@ func (c ServeConfig) Args() []string {
 		"--log-level=" + c.LogLevel,
 		"--tls-cert=" + c.TLSCert,
 		"--tls-key=" + c.TLSKey,
+		"--profile-dir=" + c.ProfileDir,
 	}
 }
 
@@ -116,6 +131,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.IntVar(&c.LabelMemoSize, "label-memo", -1, "label memo size, 0 for none (controlplane mode; -1 keeps the default)")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate file: serve TLS (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "server key file (with --tls-cert)")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "directory for a heap and goroutine profile at every stats answer")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
 	}
@@ -125,13 +141,18 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	return c, c.Validate()
 }
 
+// NeedsRegistry reports whether Serve needs a registry for c's mode.
+func (c ServeConfig) NeedsRegistry() bool {
+	return c.Mode != ModeBare && c.Mode != ModeBarePush
+}
+
 // Validate checks c.
 func (c ServeConfig) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("bench serve: --tls-cert and --tls-key go together")
 	}
 	switch c.Mode {
-	case ModeBare:
+	case ModeBare, ModeBarePush:
 		return nil
 	case ModeBerth:
 		if c.Etcd == "" || c.PublicKeyFile == "" {
@@ -144,7 +165,7 @@ func (c ServeConfig) Validate() error {
 		}
 		return nil
 	}
-	return fmt.Errorf("bench serve: --mode %q: want %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeControlPlane)
+	return fmt.Errorf("bench serve: --mode %q: want %s, %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeBarePush, ModeControlPlane)
 }
 
 // ServerStats is what a Serve child reports about itself.
@@ -198,6 +219,32 @@ func collectStats(streams int) (ServerStats, error) {
 	}, nil
 }
 
+// writeProfiles writes this process's heap profile (after a GC) and
+// goroutine profile into dir, named name-heap.pb.gz and name-goroutine.txt.
+func writeProfiles(dir, name string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	runtime.GC()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{{"heap", name + "-heap.pb.gz", 0}, {"goroutine", name + "-goroutine.txt", 1}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		err = pprof.Lookup(p.profile).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("bench: profile %s: %w", p.file, err)
+		}
+	}
+	return nil
+}
+
 // Serve is the body of a benchmark child (`berth bench serve`): it serves
 // ExecutorService in cfg.Mode, prints {"addr": "host:port"} on out once it
 // is ready (for berth mode: registered in etcd through reg), then answers
@@ -216,6 +263,11 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 	}
 	if _, err := RaiseFileLimit(); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return err
+	}
+	if cfg.ProfileDir != "" {
+		// Every allocation site, so that the profiles account for the
+		// bytes of each stream.
+		runtime.MemProfileRate = 1
 	}
 	tc, err := cfg.serverTLS(log)
 	if err != nil {
@@ -257,7 +309,14 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		rc := rpcserver.DefaultConfig()
 		rc.TLS = tc
 		rpc := rpcserver.New(rc, log)
-		executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
+		streams = func() int { return int(bare.streams.Load()) }
+		if cfg.Mode == ModeBarePush {
+			push := newBarePush()
+			push.register(rpc.GRPC)
+			streams = push.count
+		} else {
+			executorv1.RegisterExecutorServiceServer(rpc.GRPC, bare)
+		}
 		rpc.SetServing(true, executor.ServiceName)
 		g.Go(func() error {
 			if err := rpc.GRPC.Serve(lis); err != nil {
@@ -270,7 +329,7 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 			rpc.Stop(2 * time.Second)
 			return nil
 		})
-		streams, ready = func() int { return int(bare.streams.Load()) }, func() bool { return true }
+		ready = func() bool { return true }
 	}
 
 	g.Go(func() error {
@@ -280,7 +339,15 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		if err := json.NewEncoder(out).Encode(readyLine{Addr: lis.Addr().String()}); err != nil {
 			return fmt.Errorf("bench serve: %w", err)
 		}
-		return answer(gctx, in, out, func() (ServerStats, error) { return collectStats(streams()) }, cancel)
+		calls := 0
+		return answer(gctx, in, out, func() (ServerStats, error) {
+			st, err := collectStats(streams())
+			calls++
+			if err == nil && cfg.ProfileDir != "" {
+				err = writeProfiles(cfg.ProfileDir, fmt.Sprintf("%s-%s-%d", cfg.Mode, cfg.ExecutorID, calls))
+			}
+			return st, err
+		}, cancel)
 	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {

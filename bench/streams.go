@@ -59,12 +59,26 @@ type StreamsConfig struct {
 	// to it (cnf x5t#S256, the enrollment named), so berth's executor
 	// checks the binding and the enrollment on every stream.
 	TLS bool
+	// ProfileDir, when set, is where every server writes a heap and a
+	// goroutine profile each time its stats are read (see
+	// ServeConfig.ProfileDir). Sampling every allocation slows the
+	// servers: figures of such a run are for the profiles only.
+	ProfileDir string
+	// Messages, when positive, adds the traffic phase: once the streams
+	// are idle and measured, every device is sent Messages messages (one
+	// at a time, each waiting for the device's Ack) and the servers are
+	// measured again. The baseline is then ModeBarePush instead of
+	// ModeBare, so that it can push too.
+	Messages int
+	// PayloadSize is the size of each message's payload in the traffic
+	// phase, in bytes.
+	PayloadSize int
 }
 
 // DefaultStreamsConfig returns what `berth bench streams` runs, without
 // Command.
 func DefaultStreamsConfig() StreamsConfig {
-	return StreamsConfig{Devices: 10000, Addrs: 1, InFlight: 256, ChildLogLevel: "warn"}
+	return StreamsConfig{Devices: 10000, Addrs: 1, InFlight: 256, ChildLogLevel: "warn", PayloadSize: 256}
 }
 
 // Validate checks c.
@@ -80,6 +94,10 @@ func (c StreamsConfig) Validate() error {
 		return fmt.Errorf("bench: in-flight %d: must be positive", c.InFlight)
 	case len(c.Command) == 0:
 		return errors.New("bench: no command to start the servers with")
+	case c.Messages < 0:
+		return fmt.Errorf("bench: messages %d: must not be negative", c.Messages)
+	case c.Messages > 0 && (c.PayloadSize < 0 || c.PayloadSize > 64<<10):
+		return fmt.Errorf("bench: payload size %d: want 0 to 65536 bytes", c.PayloadSize)
 	}
 	return nil
 }
@@ -144,6 +162,27 @@ type ServerResult struct {
 	Before, After ServerStats
 	// EndedEarly counts streams the server ended before the teardown.
 	EndedEarly int64
+	// Messages is the number of messages each device was sent and acked
+	// in the traffic phase (0: none), taking TrafficTime; Traffic is the
+	// servers' stats after it.
+	Messages    int
+	TrafficTime time.Duration
+	Traffic     ServerStats
+}
+
+// TrafficRSSPerStream is the growth of VmRSS per stream from before the
+// streams were opened to after the traffic phase, in bytes.
+func (r ServerResult) TrafficRSSPerStream() float64 {
+	return r.perStream(float64(r.Before.RSS), float64(r.Traffic.RSS))
+}
+
+// TrafficGrowth is TrafficRSSPerStream over RSSPerStream: how much the
+// memory per stream grew with the traffic (1: flat).
+func (r ServerResult) TrafficGrowth() float64 {
+	if idle := r.RSSPerStream(); idle > 0 {
+		return r.TrafficRSSPerStream() / idle
+	}
+	return 0
 }
 
 // perStream returns (after - before) / streams.
@@ -191,6 +230,20 @@ type StreamsReport struct {
 	// TLS is set when both served TLS, with client certificates and bound
 	// tokens.
 	TLS bool
+	// Messages and PayloadSize are the traffic phase's (0: none).
+	Messages, PayloadSize int
+	// LoadAvgAfter is the 1-minute load average when the run ended (-1
+	// when unknown); Env.LoadAvg is the one at the start.
+	LoadAvgAfter float64
+}
+
+// Baseline returns the result of the bare server the run compared berth
+// with: ModeBare, or ModeBarePush with a traffic phase.
+func (r *StreamsReport) Baseline() (ServerResult, bool) {
+	if s, ok := r.Server(ModeBare); ok {
+		return s, true
+	}
+	return r.Server(ModeBarePush)
 }
 
 // Server returns the result of mode.
@@ -294,12 +347,22 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 	if err != nil {
 		return nil, err
 	}
+	var push *pusher
+	baseline := ModeBare
+	if cfg.Messages > 0 {
+		if push, err = newPusher(priv, cfg, plan); err != nil {
+			return nil, err
+		}
+		baseline = ModeBarePush
+	}
 
-	rep := &StreamsReport{Env: CurrentEnv(), Devices: cfg.Devices, Addrs: cfg.Addrs, InFlight: cfg.InFlight, Plan: plan, TLS: cfg.TLS}
-	for _, mode := range []string{ModeBerth, ModeBare} {
+	rep := &StreamsReport{Env: CurrentEnv(), Devices: cfg.Devices, Addrs: cfg.Addrs, InFlight: cfg.InFlight, Plan: plan, TLS: cfg.TLS, Messages: cfg.Messages, PayloadSize: cfg.PayloadSize}
+	defer func() { rep.LoadAvgAfter = loadAvg() }()
+	for _, mode := range []string{ModeBerth, baseline} {
 		base := ServeConfig{
 			Mode: mode, Etcd: etcd.Endpoint(), Prefix: reg.Prefix(), PublicKeyFile: pubFile,
 			GroupID: streamsGroup, Capacity: plan.ConnsPerServer*plan.StreamsPerConn + 1000, LogLevel: cfg.ChildLogLevel,
+			ProfileDir: cfg.ProfileDir,
 		}
 		if pk != nil {
 			base.TLSCert, base.TLSKey = pk.certFile, pk.keyFile
@@ -308,7 +371,7 @@ func RunStreams(ctx context.Context, cfg StreamsConfig, log *slog.Logger) (*Stre
 		if mode == ModeBerth {
 			refuse = stolen
 		}
-		res, err := runServers(ctx, cfg, plan, base, hellos, creds, refuse, log)
+		res, err := runServers(ctx, cfg, plan, base, hellos, creds, refuse, push, log)
 		if err != nil {
 			return nil, err
 		}
@@ -344,7 +407,8 @@ func signHellos(priv ed25519.PrivateKey, n int, b token.Binding) ([]*executorv1.
 // With refuse set, the servers must first refuse a Hello over it (a
 // connection presenting another certificate than the one its token is
 // bound to), or the run fails: the binding would not be measured.
-func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, creds, refuse credentials.TransportCredentials, log *slog.Logger) (res ServerResult, err error) {
+// With push set, the traffic phase follows the idle measurement.
+func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base ServeConfig, hellos []*executorv1.ConnectRequest, creds, refuse credentials.TransportCredentials, push *pusher, log *slog.Logger) (res ServerResult, err error) {
 	res = ServerResult{Mode: base.Mode, Servers: cfg.Addrs}
 	children := make([]*child, 0, cfg.Addrs)
 	defer func() {
@@ -388,6 +452,16 @@ func runServers(ctx context.Context, cfg StreamsConfig, plan ConnPlan, base Serv
 	log.Info("streams open", "mode", base.Mode, "streams", res.Streams, "connect_time", fl.connectTime)
 	if res.After, err = sumStats(ctx, children); err != nil {
 		return res, err
+	}
+	if push != nil {
+		log.Info("traffic", "mode", base.Mode, "messages_per_device", cfg.Messages)
+		if res.TrafficTime, err = push.run(ctx, addrs, hellos, creds); err != nil {
+			return res, fmt.Errorf("bench: %s: traffic: %w", base.Mode, err)
+		}
+		res.Messages = cfg.Messages
+		if res.Traffic, err = sumStats(ctx, children); err != nil {
+			return res, err
+		}
 	}
 	res.EndedEarly = fl.ended.Load()
 	// The streams end before the servers do, so that the executor's drain
@@ -506,6 +580,11 @@ func (fl *fleet) open(ctx context.Context, cc *grpc.ClientConn, hello *executorv
 			case *executorv1.ConnectResponse_Ping:
 				pong := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Pong{Pong: &executorv1.Pong{Nonce: f.Ping.GetNonce()}}}
 				if st.Send(pong) != nil {
+					continue // Recv reports why
+				}
+			case *executorv1.ConnectResponse_Message:
+				ack := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Ack{Ack: &executorv1.Ack{MessageId: f.Message.GetMessageId()}}}
+				if st.Send(ack) != nil {
 					continue // Recv reports why
 				}
 			case *executorv1.ConnectResponse_Goodbye, *executorv1.ConnectResponse_Redirect:

@@ -2,9 +2,12 @@ package bench_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +61,65 @@ func TestRunStreamsSmall(t *testing.T) {
 		if s.EndedEarly != 0 {
 			t.Errorf("%s: %d streams ended before the teardown", mode, s.EndedEarly)
 		}
+	}
+}
+
+func TestRunStreamsTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes; skipped in -short mode")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatalf("os.Executable: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := bench.DefaultStreamsConfig()
+	cfg.Devices, cfg.Addrs, cfg.InFlight, cfg.Messages, cfg.PayloadSize = 20, 2, 8, 5, 64
+	cfg.Command = []string{exe}
+	cfg.Env = []string{childEnv + "=1"}
+	cfg.ChildStderr = testWriter{t}
+	cfg.TempDir = t.TempDir()
+	cfg.ProfileDir = t.TempDir()
+	rep, err := bench.RunStreams(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("RunStreams: %v", err)
+	}
+	if _, ok := rep.Server(bench.ModeBare); ok {
+		t.Error("a run with traffic has a bare result; want bare-push as the baseline")
+	}
+	for _, mode := range []string{bench.ModeBerth, bench.ModeBarePush} {
+		s, ok := rep.Server(mode)
+		if !ok {
+			t.Errorf("no result for %s", mode)
+			continue
+		}
+		if s.Messages != 5 || s.TrafficTime <= 0 || s.Traffic.Streams != 20 || s.Traffic.RSS <= 0 {
+			t.Errorf("%s: %d messages in %v, %d streams and %d bytes of RSS after; want 5, a positive time, 20 streams, RSS",
+				mode, s.Messages, s.TrafficTime, s.Traffic.Streams, s.Traffic.RSS)
+		}
+		if s.EndedEarly != 0 {
+			t.Errorf("%s: %d streams ended before the teardown", mode, s.EndedEarly)
+		}
+		// Three measurements (before, idle, after the traffic) of each
+		// of the two servers, each with both profiles.
+		for server := 1; server <= 2; server++ {
+			for n := 1; n <= 3; n++ {
+				for _, kind := range []string{"heap.pb.gz", "goroutine.txt"} {
+					name := fmt.Sprintf("%s-bench-exec-%d-%d-%s", mode, server, n, kind)
+					if fi, err := os.Stat(filepath.Join(cfg.ProfileDir, name)); err != nil || fi.Size() == 0 {
+						t.Errorf("profile %s: %v", name, err)
+					}
+				}
+			}
+		}
+	}
+	var b strings.Builder
+	if err := rep.Format(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "RSS per stream after 5 acked messages each") {
+		t.Errorf("report lacks the traffic target:\n%s", b.String())
 	}
 }
 

@@ -190,3 +190,30 @@ func TestReservationsExactUnderInterleavings(t *testing.T) {
 		}
 	})
 }
+
+// TestReservationWithdrawn: a cancelled reservation no longer counts, and
+// cancelling one already admitted or unknown changes nothing.
+func TestReservationWithdrawn(t *testing.T) {
+	now := time.Unix(1000, 0)
+	res := newReservations("cp-1", time.Second, 30*time.Second, func() time.Time { return now })
+	var a, b fleet.Ticket
+	res.locked(func() { a, b = res.addLocked("e1", 1), res.addLocked("e1", 1) })
+	var p float64
+	res.locked(func() {
+		res.cancelLocked(a)
+		res.cancelLocked(fleet.Ticket{Replica: "cp-1", Executor: "e1", Seq: b.Seq + 7})
+		res.cancelLocked(fleet.Ticket{Replica: "cp-1", Executor: "e9", Seq: 1})
+		p = res.Pending(reporting("e1", 0, nil))
+	})
+	if p != 1 {
+		t.Errorf("pending after withdrawing one of two = %v, want 1", p)
+	}
+	res.locked(func() {
+		p = res.Pending(reporting("e1", 1, map[string]fleet.SeqSet{"cp-1": setOf(b.Seq)}))
+		res.cancelLocked(b) // admitted already
+		p += res.Pending(reporting("e1", 1, map[string]fleet.SeqSet{"cp-1": setOf(b.Seq)}))
+	})
+	if p != 0 {
+		t.Errorf("pending once the other is admitted, and after withdrawing it = %v, want 0", p)
+	}
+}

@@ -347,6 +347,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket, timeout)
 			if err != nil && ctx.Err() != nil {
 				s.writes.abandon() // the caller left: says nothing of etcd
+				s.withdraw(ticket)
 				return nil, err
 			}
 			s.writes.done(err == nil, s.now())
@@ -356,6 +357,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 			// group is still usable goes back there, which needs no write.
 			kept, ok := s.keepRecorded(d, prev, hasPrev, w, &ticket)
 			if !ok {
+				s.withdraw(ticket)
 				return nil, err
 			}
 			s.log.Debug("registry unavailable: device kept in its recorded group", "device", req.GetDeviceId(), "group", kept.Group.ID)
@@ -364,6 +366,7 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}
 	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight, b)
 	if err != nil {
+		s.withdraw(ticket)
 		return nil, err
 	}
 	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
@@ -382,6 +385,12 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		Reconnect: s.hints,
 		Reason:    d.Reason,
 	}, nil
+}
+
+// withdraw cancels the reservation of an Assign that fails after it was
+// made: its device is not on its way.
+func (s *Server) withdraw(t fleet.Ticket) {
+	s.res.locked(func() { s.res.cancelLocked(t) })
 }
 
 // recordedCandidate returns the device's recorded group among d's usable

@@ -111,7 +111,7 @@ func TestFaultEtcdPaused(t *testing.T) {
 		return time.Since(start), err
 	}
 
-	etcd.signal(syscall.SIGSTOP)
+	etcd.pause()
 	paused := time.Now()
 	resumed := false
 	resume := func() {

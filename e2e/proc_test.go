@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -117,6 +118,33 @@ func (p *proc) stderr() string {
 		p.t.Fatalf("%s: reading its stderr: %v", p.name, err)
 	}
 	return string(b)
+}
+
+// state returns the process's state letter from /proc (R, S, T for
+// stopped, …), "" when it cannot be read.
+func (p *proc) state() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return ""
+	}
+	// pid (comm) state …: comm may hold spaces, so after the last ')'.
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return string(b[i+2])
+	}
+	return ""
+}
+
+// pause stops the process (SIGSTOP) and waits until the kernel has
+// stopped it: a signal is delivered asynchronously, and on a busy machine
+// the process may run a little after kill returns.
+func (p *proc) pause() {
+	p.t.Helper()
+	p.signal(syscall.SIGSTOP)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := testutil.Poll(ctx, time.Millisecond, func() bool { return p.state() == "T" }); err != nil {
+		p.t.Fatalf("%s not stopped 10 s after SIGSTOP (state %q)", p.name, p.state())
+	}
 }
 
 func (p *proc) signal(sig syscall.Signal) {

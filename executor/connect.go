@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
@@ -31,53 +31,34 @@ type service struct {
 func (svc service) Connect(stream connectStream) error {
 	admitted, err := svc.s.connect(stream)
 	st := toStatus(err, svc.s.cfg.RedirectSpread)
-	if !admitted {
+	// A missing Hello was counted when its timer ended the stream.
+	if !admitted && !errors.Is(err, errNoHello) {
 		svc.s.stats.refuse(status.Code(st))
 	}
 	return st
 }
 
-// abortKey is the context key of a Connect stream's abort function.
-type abortKey struct{}
+// errNoStatusWriter means gRPC's server transport stream no longer offers
+// WriteStatus, which the executor needs to end a stream from another
+// goroutine than its handler's (see sender.go): a bug, found by the tests
+// on a gRPC upgrade.
+var errNoStatusWriter = errors.New("executor: the gRPC transport stream cannot be ended from another goroutine")
 
-// tapAbort gives every Connect stream a context the executor can cancel.
-// It runs on the connection's reader goroutine, so it does nothing else.
-func tapAbort(ctx context.Context, info *tap.Info) (context.Context, error) {
-	if info.FullMethodName != executorv1.ExecutorService_Connect_FullMethodName {
-		return ctx, nil
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	return context.WithValue(ctx, abortKey{}, cancel), nil
-}
-
-// recvResult is one Recv's outcome.
-type recvResult struct {
-	req *executorv1.ConnectRequest
-	err error
-}
-
-// connect serves one stream: accept with a deadline, verify, register,
-// then send until the session ends. It reports whether the stream was
-// admitted, and the error that ended it (nil for a clean end).
+// connect serves one stream on its handler goroutine, which is also the
+// stream's only receiver: accept with a deadline, verify, register, send
+// the Welcome, then receive until the session ends. It reports whether the
+// stream was admitted, and the error that ended it (nil for a clean end).
 func (s *Server) connect(stream connectStream) (bool, error) {
 	ctx := stream.Context()
-	abort, ok := ctx.Value(abortKey{}).(context.CancelCauseFunc)
-	if !ok {
-		// Only without the tap, which Run always installs.
-		abort = func(error) {}
+	sw := streamStatus(ctx)
+	if sw == nil {
+		return false, errNoStatusWriter
 	}
-	ss := newSession(s.cfg.SendQueue, abort, &s.stats.waiting)
-	first := make(chan recvResult, 1)
-	s.group.Go(func() error {
-		s.receive(stream, ss, first)
-		return nil
-	})
-
-	hello, err := s.awaitHello(ctx, first)
+	hello, err := s.awaitHello(stream, sw)
 	if err != nil {
 		return false, err
 	}
-	claims, err := s.verify(hello)
+	claims, err := s.verifyAside(hello)
 	if err != nil {
 		s.refusedToken(ctx, hello.GetDeviceId(), err)
 		return false, err
@@ -85,6 +66,7 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	if err := checkBinding(ctx, claims); err != nil {
 		return false, err
 	}
+	ss := newSession(s, stream, sw, s.cfg.SendQueue)
 	ss.weight = claims.Weight
 	ss.enrollment = claims.Binding.Enrollment
 	ss.id = rand.Text()
@@ -92,66 +74,90 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 	ss.ticket, ss.hasTicket = ticketOf(hello.GetReservation(), s.cfg.ID)
 	ss.lastRecv.Store(time.Now().UnixNano())
 	// Welcome goes first in the queue, before the session is visible to
-	// Deliver.
-	ss.queue <- &executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Welcome{Welcome: &executorv1.Welcome{
+	// Deliver; the handler owns the sender until it is out.
+	ss.queue = append(ss.queue, &executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Welcome{Welcome: &executorv1.Welcome{
 		SessionId:         ss.id,
 		ExecutorId:        s.cfg.ID,
 		GroupId:           s.cfg.GroupID,
 		HeartbeatInterval: durationpb.New(s.cfg.PingInterval),
-	}}}
+	}}})
 	replaced, err := s.admit(ss)
 	if err != nil {
 		return false, err
 	}
 	defer s.leave(ss)
-	close(ss.admitted)
-	log := s.log.With("device", ss.deviceID, "session", ss.id)
 	if replaced != nil {
-		log.Info("stream replaced an older one of the same device", "old_session", replaced.id)
+		s.log.Info("stream replaced an older one of the same device", "device", ss.deviceID, "session", ss.id, "old_session", replaced.id)
 	} else {
-		log.Debug("stream admitted")
+		s.log.Debug("stream admitted", "device", ss.deviceID, "session", ss.id)
 	}
 	if s.queue != nil {
 		// The Welcome is queued already: queued messages follow it. The
 		// drain stops when the session ends (it waits on ss.done) and its
 		// registry calls when the handler returns.
-		qctx, stopQueue := context.WithCancel(ctx)
+		// Not a child of the stream's context, which would hold it (and
+		// a map of children) for the stream's whole life: the drain
+		// releases it when it ends, the handler when it returns.
+		qctx, stopQueue := context.WithCancel(context.WithoutCancel(ctx))
 		defer stopQueue()
 		s.group.Go(func() error {
-			s.drainQueue(qctx, ss, log)
+			defer stopQueue()
+			s.drainQueue(qctx, ss, s.log.With("device", ss.deviceID, "session", ss.id))
 			return nil
 		})
 	}
-
-	err = s.send(stream, ss)
-	log.Debug("stream closed", "err", err)
+	// The Welcome and what was queued behind it, then the sender is given
+	// up: enqueue starts one when needed.
+	ss.sendQueued()
+	err = ss.end(s.receive(stream, ss))
+	s.log.Debug("stream closed", "device", ss.deviceID, "session", ss.id, "err", err)
 	return true, err
 }
 
-// awaitHello waits for the first frame, at most HelloTimeout, and checks
-// that it is a Hello.
-func (s *Server) awaitHello(ctx context.Context, first <-chan recvResult) (*executorv1.Hello, error) {
-	t := time.NewTimer(s.cfg.HelloTimeout)
-	defer t.Stop()
-	var r recvResult
-	select {
-	case r = <-first:
-	case <-t.C:
-		return nil, streamErrorf(errNoHello, "no Hello within %v", s.cfg.HelloTimeout)
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+// awaitHello receives the first frame, for at most HelloTimeout (then the
+// stream is ended with sw, which ends the Recv), and checks that it is a
+// Hello.
+func (s *Server) awaitHello(stream connectStream, sw statusWriter) (*executorv1.Hello, error) {
+	late := func() error { return streamErrorf(errNoHello, "no Hello within %v", s.cfg.HelloTimeout) }
+	t := time.AfterFunc(s.cfg.HelloTimeout, func() {
+		// Counted before the device can see the status.
+		s.stats.refuse(codes.DeadlineExceeded)
+		s.writeStatus(sw, late())
+	})
+	req, err := stream.Recv()
+	if !t.Stop() {
+		return nil, late()
 	}
-	if errors.Is(r.err, io.EOF) {
+	if errors.Is(err, io.EOF) {
 		return nil, streamErrorf(errNotHello, "first frame must be Hello; the stream ended before one")
 	}
-	if r.err != nil {
-		return nil, r.err
+	if err != nil {
+		return nil, err
 	}
-	hello := r.req.GetHello()
+	hello := req.GetHello()
 	if hello == nil {
 		return nil, streamErrorf(errNotHello, "first frame must be Hello")
 	}
 	return hello, nil
+}
+
+// verifyAside is verify on a goroutine of its own, which ends with it.
+// Checking a signature takes several KiB of stack; on the handler
+// goroutine, which then holds the stream for hours, that stack would stay
+// grown (the runtime halves a stack at most once per GC cycle), and idle
+// streams would cost twice bare grpc-go's stack (docs/performance.md).
+func (s *Server) verifyAside(hello *executorv1.Hello) (token.Claims, error) {
+	var (
+		claims token.Claims
+		err    error
+	)
+	done := make(chan struct{})
+	s.spawn(func() {
+		defer close(done)
+		claims, err = s.verify(hello)
+	})
+	<-done
+	return claims, err
 }
 
 // verify checks hello's token against its device and this executor's group,
@@ -173,84 +179,24 @@ func (s *Server) verify(hello *executorv1.Hello) (token.Claims, error) {
 	return claims, nil
 }
 
-// send is the stream's send loop, on the handler goroutine: queued frames,
-// a Ping every PingInterval, and the Goodbye when the session closes. It
-// closes a session whose device has been silent for PingMisses intervals.
-// It returns the session's close reason.
-func (s *Server) send(stream connectStream, ss *session) error {
-	ping := time.NewTicker(s.cfg.PingInterval)
-	defer ping.Stop()
-	silence := time.Duration(s.cfg.PingMisses) * s.cfg.PingInterval
-	var nonce uint64
-	for {
-		select {
-		case f := <-ss.queue:
-			if err := stream.Send(f); err != nil {
-				ss.close(closeReason{err: err}, 0)
-			} else {
-				ss.traffic.countSent(f)
-			}
-		case now := <-ping.C:
-			if quiet := now.Sub(time.Unix(0, ss.lastRecv.Load())); quiet >= silence {
-				msg := fmt.Sprintf("nothing received from the device for %v (%d pings of %v)", quiet.Round(time.Millisecond), s.cfg.PingMisses, s.cfg.PingInterval)
-				if ss.close(closeReason{
-					err:     streamErrorf(errSilent, "%s", msg),
-					goodbye: &executorv1.Goodbye{Reason: executorv1.GoodbyeReason_GOODBYE_REASON_TIMEOUT, Message: msg},
-				}, closeGrace) {
-					s.stats.timeouts.Add(1)
-				}
-				continue
-			}
-			nonce++
-			if err := stream.Send(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Ping{Ping: &executorv1.Ping{Nonce: nonce}}}); err != nil {
-				ss.close(closeReason{err: err}, 0)
-			}
-		case <-ss.done:
-			r := ss.reason
-			if r.goodbye != nil {
-				// Best effort: the device may be gone already.
-				_ = stream.Send(&executorv1.ConnectResponse{Frame: &executorv1.ConnectResponse_Goodbye{Goodbye: r.goodbye}})
-			}
-			ss.cut.Stop()
-			if errors.Is(r.err, ErrSendQueueFull) {
-				s.stats.stuck.Add(1)
-			}
-			return r.err
-		}
-	}
-}
-
-// receive is the stream's receive loop. It hands the first frame to the
-// handler, waits for the session to be admitted, then reads Acks, Replies,
-// Pongs and Publishes until the stream ends. It ends by itself once the
-// handler has returned, since gRPC then finishes the stream.
-func (s *Server) receive(stream connectStream, ss *session, first chan<- recvResult) {
-	req, err := stream.Recv()
-	first <- recvResult{req: req, err: err}
-	if err != nil {
-		return
-	}
-	select {
-	case <-ss.admitted:
-	case <-stream.Context().Done():
-		return
-	}
+// receive is the stream's receive loop, on the handler goroutine: Acks,
+// Replies, Pongs and Publishes until the stream ends. It returns why: a
+// clean end when the device closed its side, the error otherwise (a closed
+// session's stream is ended by its sender, which ends Recv).
+func (s *Server) receive(stream connectStream, ss *session) closeReason {
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			// The device closed its side: a clean end.
-			ss.close(closeReason{}, closeGrace)
-			return
+			return closeReason{}
 		}
 		if err != nil {
-			ss.close(closeReason{err: err}, closeGrace)
-			return
+			return closeReason{err: err}
 		}
 		ss.lastRecv.Store(time.Now().UnixNano())
 		s.stats.frames.Add(1)
 		if err := s.handle(ss, req); err != nil {
-			ss.close(closeReason{err: err}, closeGrace)
-			return
+			return closeReason{err: err}
 		}
 	}
 }

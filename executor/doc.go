@@ -3,10 +3,12 @@
 // group.
 //
 // A stream is accepted with a deadline, verified, registered, and served by
-// two goroutines until it ends:
+// its handler goroutine alone while it is idle (the goroutines of bare
+// grpc-go: see docs/performance.md):
 //
 //   - Accept: the first frame must be a Hello and must arrive within
-//     Config.HelloTimeout. Its assignment token must verify, be minted for
+//     Config.HelloTimeout. Its assignment token must verify (on a short-lived
+//     goroutine, so that the handler's stack stays small), be minted for
 //     the device named in the Hello and for this executor's group. A
 //     draining executor refuses with UNAVAILABLE, a full one with
 //     RESOURCE_EXHAUSTED. Nothing is registered for a refused stream.
@@ -19,16 +21,23 @@
 //     Registrar reports it (Registrar.OnReplaced; the registry's order of
 //     presence writes decides which session is newer) and the older stream
 //     gets the same Goodbye{REPLACED}.
-//   - Send: the RPC handler goroutine is the stream's only sender. It sends
-//     Welcome, then the frames of a bounded queue (Config.SendQueue frames:
-//     Messages from Server.Deliver and Redirects), a Ping every
-//     Config.PingInterval with an increasing nonce, and a Goodbye when the
-//     executor closes the stream.
-//   - Receive: one goroutine per stream reads Acks, Replies, Pongs and
+//   - Send: frames go through a bounded queue (Config.SendQueue frames:
+//     Welcome, Messages from Server.Deliver, Redirects, Pings) drained by
+//     the stream's sender: the handler for the Welcome, later a goroutine
+//     that enqueue starts when it queues a frame and no sender runs, and
+//     that ends when the queue is empty. One sender at a time sends; an
+//     idle stream has none.
+//   - Receive: the handler goroutine reads Acks, Replies, Pongs and
 //     Publishes; it resolves the deliveries waiting for an Ack or Reply,
 //     hands Publishes to the subscribers, and Acks and Publishes to
-//     Config.Hooks. A stream from which nothing arrives for
-//     PingMisses*PingInterval is closed with Goodbye{TIMEOUT}.
+//     Config.Hooks.
+//   - Heartbeat: one goroutine per executor visits the sessions on a wheel
+//     (a session once per Config.PingInterval, the first visit one interval
+//     after its admission): it queues a Ping with an increasing nonce,
+//     closes a stream from which nothing arrived for
+//     PingMisses*PingInterval with Goodbye{TIMEOUT}, and cuts one whose
+//     Send has been blocked as long (a device that sends but does not
+//     read).
 //   - Presence: an admitted session's presence (device, executor, group,
 //     address, session, since) is handed to the Registrar, which writes it
 //     under the executor's lease; it is cleared when the session leaves,
@@ -44,10 +53,10 @@
 //     message not acked by then stays queued and comes again on the next
 //     stream (at least once; the device drops duplicates by id). Failed
 //     reads and removals are retried with backoff while the session lasts.
-//     Once the queue is empty, the goroutine waits until the registry shows
-//     the session's presence (when the Queue can read it) and reads the
-//     queue once more, for a message stored while the presence was not yet
-//     visible to control planes.
+//     Before it reads the queue, the goroutine waits until the session's
+//     presence is written (the Registrar tells, or the registry shows it
+//     when the Queue can read presence), so that a message stored while
+//     the presence was not yet visible to control planes is in its read.
 //
 // # Control plane calls
 //
@@ -80,21 +89,23 @@
 //
 // Overflow policy: enqueueing never blocks. When a stream's send queue is
 // full the device is not reading fast enough; the stream is considered stuck
-// and is closed at once (without a Goodbye, which could not get through
-// either; the device sees CANCELLED), so that one slow device never holds
-// up the executor. Frames still queued on a closed stream are dropped:
-// delivery is confirmed by Acks, not by Deliver returning nil.
+// and is ended at once with RESOURCE_EXHAUSTED (without a Goodbye, which
+// could not get through either; a device that reads nothing may see the
+// connection's end instead), so that one slow device never holds up the
+// executor. Frames still queued on a closed stream are dropped: delivery is
+// confirmed by Acks, not by Deliver returning nil.
 //
-// Why the handler sends and another goroutine receives: a gRPC handler can
-// only end its stream with a status of its choosing by returning, so it must
-// never sit in Recv (a stream that sends nothing would keep it there), and a
-// handler blocked in Send on a device that does not read cannot return at
-// all. The receive goroutine ends by itself once the handler has returned;
-// Run's errgroup owns it. For a blocked Send the Server installs a tap
-// (grpc.InTapHandle) that gives every Connect stream a context the executor
-// can cancel: that is how a stuck stream, or one whose Goodbye cannot be
-// written within a second, is cut.
-//
+// How a stream ends with the executor's status although its handler sits in
+// Recv: a gRPC handler can only end its stream by returning, or by a Recv
+// that fails, which writes CANCELLED first. So the sender that finishes a
+// closed session (after the Goodbye) ends the stream itself through gRPC's
+// server transport stream (grpc.ServerTransportStreamFromContext, whose
+// WriteStatus any goroutine may call): the status is the one the handler
+// returns, its Recv and any blocked Send return at once, and the handler's
+// return changes nothing. The same cuts a stuck stream, or one whose
+// Goodbye cannot be written within a second. A gRPC whose transport stream
+// lacked WriteStatus would fail every stream with INTERNAL (and the tests).
+
 // # Lifecycle
 //
 // New validates the Config and wires the dependencies; it does no I/O. Run

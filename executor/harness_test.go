@@ -247,6 +247,13 @@ func start(t *testing.T, mutate func(*executor.Config)) *harness {
 // startWith is start with options for New.
 func startWith(t testing.TB, mutate func(*executor.Config), opts ...executor.Option) *harness {
 	t.Helper()
+	return startWrapped(t, nil, mutate, opts...)
+}
+
+// startWrapped is startWith whose executor is given wrap(fake registrar)
+// as its Registrar (wrap nil: the fake itself).
+func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mutate func(*executor.Config), opts ...executor.Option) *harness {
+	t.Helper()
 	cfg := testConfig()
 	if mutate != nil {
 		mutate(&cfg)
@@ -264,7 +271,11 @@ func startWith(t testing.TB, mutate func(*executor.Config), opts ...executor.Opt
 		t.Fatal(err)
 	}
 	reg := newFakeRegistrar()
-	srv, err := executor.New(cfg, verifier, reg, nil, opts...)
+	var r executor.Registrar = reg
+	if wrap != nil {
+		r = wrap(reg)
+	}
+	srv, err := executor.New(cfg, verifier, r, nil, opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -24,11 +24,20 @@ type presenceReader interface {
 	Presence(ctx context.Context, deviceID string) (registry.Presence, error)
 }
 
-// The wait for a session's presence record to become visible: polled with
-// a jittered, growing delay, for at most presenceWaitFor.
+// presenceNotifier tells when a session's presence has been written;
+// *registry.Registration is one. A Registrar that is one spares the queue
+// drain its polls of the registry (see awaitPresence).
+type presenceNotifier interface {
+	PresenceWritten(deviceID, sessionID string) (<-chan struct{}, bool)
+}
+
+// The wait for a session's presence record to become visible, when it is
+// polled: a first look presenceWaitFirst after the admission, then a
+// jittered, growing delay, for at most presenceWaitFor.
 var (
-	presenceWait    = retry.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}
-	presenceWaitFor = 15 * time.Second
+	presenceWaitFirst = 20 * time.Millisecond
+	presenceWait      = retry.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}
+	presenceWaitFor   = 15 * time.Second
 )
 
 // drainQueue delivers the messages queued for ss's device, in order, one at
@@ -40,14 +49,19 @@ var (
 //
 // The session's presence is written moments after the drain starts, and a
 // control plane that stores a QUEUE message and then finds no presence
-// leaves the message to the drain. So once the queue is empty, the drain
-// waits until the registry shows this session's presence (when the Queue
-// can read presence) and reads the queue once more: a message stored
-// before the presence was visible is in that read, and one stored after it
-// is delivered by its sender.
+// leaves the message to the drain. So the drain first waits until the
+// registry shows this session's presence (when the Queue can read
+// presence), and only then reads the queue: a message stored before the
+// presence was visible is in that read, and one stored after it is
+// delivered by its sender. Waiting first costs a device with queued
+// messages a few milliseconds; reading first cost every connect a second
+// queue read, and the etcd calls of a connect are most of what an executor
+// allocates per stream (docs/performance.md).
 func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) {
+	if !s.awaitPresence(ctx, ss, log) && (ctx.Err() != nil || ss.closed()) {
+		return
+	}
 	delivered := 0
-	confirmed := false
 	for {
 		var page []registry.QueuedMessage
 		ok := s.retryQueue(ctx, ss, log, "read the queue", func() error {
@@ -59,12 +73,6 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 			return
 		}
 		if len(page) == 0 {
-			if !confirmed {
-				confirmed = true
-				if s.awaitPresence(ctx, ss, log) {
-					continue
-				}
-			}
 			if delivered > 0 {
 				log.Debug("queued messages delivered", "messages", delivered)
 			}
@@ -103,18 +111,31 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 	}
 }
 
-// awaitPresence waits until the registry shows ss's presence, polling with
-// a jittered, growing delay for at most presenceWaitFor. It reports whether the
-// queue should be read again: the presence is visible, or could not be
-// confirmed in time (read once more anyway). It reports false when the
-// Queue cannot read presence, or when ss or ctx ended. A record naming
-// another session is waited out: either this session's put comes later
-// and wins, or the other one is newer and this session is replaced (ss
-// ends; the newer session's drain reads the queue). Wall clocks of
-// different executors never decide it.
+// awaitPresence waits until the registry shows ss's presence. A Registrar
+// that tells when the presence is written (presenceNotifier) is asked;
+// otherwise, when the Queue can read presence, awaitPresence looks
+// presenceWaitFirst after the admission (the registration writes presence
+// within milliseconds, so one look usually does), then polls with a
+// jittered, growing delay, for at most presenceWaitFor. It reports true when the
+// presence is visible, or could not be confirmed in time (the queue is
+// read anyway); false when the Queue cannot read presence, or when ss or
+// ctx ended. A record naming another session is waited out: either this
+// session's put comes later and wins, or the other one is newer and this
+// session is replaced (ss ends; the newer session's drain reads the
+// queue). Wall clocks of different executors never decide it.
 func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logger) bool {
+	if pn, ok := s.reg.(presenceNotifier); ok {
+		if written, ok := pn.PresenceWritten(ss.deviceID, ss.id); ok {
+			return s.awaitWritten(ctx, ss, log, written)
+		}
+		// Not present here: the session was replaced or is ending.
+		return false
+	}
 	pr, ok := s.queue.(presenceReader)
 	if !ok {
+		return false
+	}
+	if !retry.Sleep(ctx, presenceWaitFirst, ss.done) {
 		return false
 	}
 	wait := presenceWait.NewBackOff()
@@ -127,12 +148,30 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 		case ctx.Err() != nil || ss.closed():
 			return false
 		case time.Now().After(deadline):
-			log.Debug("presence not visible in time; reading the queue once more", "waited", presenceWaitFor, "err", err)
+			log.Debug("presence not visible in time; reading the queue anyway", "waited", presenceWaitFor, "err", err)
 			return true
 		}
 		if !retry.Sleep(ctx, wait.NextBackOff(), ss.done) {
 			return false
 		}
+	}
+}
+
+// awaitWritten is awaitPresence told by the Registrar: it waits until
+// written is closed (the presence was written), at most presenceWaitFor.
+func (s *Server) awaitWritten(ctx context.Context, ss *session, log *slog.Logger, written <-chan struct{}) bool {
+	t := time.NewTimer(presenceWaitFor)
+	defer t.Stop()
+	select {
+	case <-written:
+		return true
+	case <-ss.done:
+		return false
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		log.Debug("presence not written in time; reading the queue anyway", "waited", presenceWaitFor)
+		return true
 	}
 }
 

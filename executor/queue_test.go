@@ -78,6 +78,13 @@ func (q *fakeQueue) Dequeue(_ context.Context, device string, seq int64) error {
 	return nil
 }
 
+// readCount returns how many times the queue was read.
+func (q *fakeQueue) readCount() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.reads
+}
+
 // state returns the seqs still queued for device and the seqs dequeued.
 func (q *fakeQueue) state(device string) (queued, dequeued []int64) {
 	q.mu.Lock()
@@ -233,8 +240,8 @@ func TestQueueReadAgainOncePresenceVisible(t *testing.T) {
 	h := startWith(t, nil, executor.WithQueue(q))
 	q.reg.Store(h.reg)
 	d, _ := h.connect(t, "d1")
-	// The queue was empty when the drain first read it; the message stored
-	// before the presence was visible comes once it is.
+	// The drain reads the queue once the presence is visible: the message
+	// stored while it was not comes.
 	m := d.message(t)
 	if m.GetMessageId() != "q1" {
 		t.Fatalf("got %s; want q1", m.GetMessageId())
@@ -246,5 +253,61 @@ func TestQueueReadAgainOncePresenceVisible(t *testing.T) {
 	})
 	if n := q.calls.Load(); n != 3 {
 		t.Errorf("presence read %d times; want 3 (two misses, then the session's record)", n)
+	}
+}
+
+// notifyingRegistrar is a fake Registrar that tells when a presence is
+// written (as *registry.Registration does): written is closed by the test.
+type notifyingRegistrar struct {
+	*fakeRegistrar
+	written chan struct{}
+	asked   chan string // the sessions asked about
+}
+
+func (r *notifyingRegistrar) PresenceWritten(deviceID, sessionID string) (<-chan struct{}, bool) {
+	p, ok := r.presenceOf(deviceID)
+	if !ok || p.SessionID != sessionID {
+		return nil, false
+	}
+	r.asked <- sessionID
+	return r.written, true
+}
+
+// TestQueueWaitsForPresenceWritten: with a Registrar that tells when the
+// presence is written, the drain reads the queue only then, and never
+// polls the presence record.
+func TestQueueWaitsForPresenceWritten(t *testing.T) {
+	q := &laggingPresence{fakeQueue: newFakeQueue()}
+	nr := &notifyingRegistrar{written: make(chan struct{}), asked: make(chan string, 1)}
+	h := startWrapped(t, func(f *fakeRegistrar) executor.Registrar {
+		nr.fakeRegistrar = f
+		return nr
+	}, nil, executor.WithQueue(q))
+	q.reg.Store(h.reg)
+	q.add("d1", 1)
+	d, w := h.connect(t, "d1")
+	select {
+	case s := <-nr.asked:
+		if s != w.GetSessionId() {
+			t.Fatalf("asked about session %s; want %s", s, w.GetSessionId())
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the drain never asked whether the presence was written")
+	}
+	// The drain waits on written: nothing was read yet.
+	if queued, _ := q.state("d1"); len(queued) != 1 || q.readCount() != 0 {
+		t.Fatalf("before the presence is written: %d queue reads, %d queued; want 0 reads, 1 queued", q.readCount(), len(queued))
+	}
+	close(nr.written)
+	if m := d.message(t); m.GetMessageId() != "q1" {
+		t.Fatalf("got %s; want q1", m.GetMessageId())
+	}
+	d.ack(t, "q1")
+	testutil.WaitFor(t, waitTimeout, "the queue empty", func() bool {
+		queued, _ := q.state("d1")
+		return len(queued) == 0
+	})
+	if n := q.calls.Load(); n != 0 {
+		t.Errorf("presence record read %d times; want none (the Registrar told)", n)
 	}
 }

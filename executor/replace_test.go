@@ -200,7 +200,11 @@ func TestReplaceDuplicateEnds(t *testing.T) {
 
 	real1, w1 := a.connect(t, "d1")
 	c.waitPresence(t, "d1", w1.GetSessionId(), a, b)
-	dup, _ := b.connect(t, "d1")
+	dup, wd := b.connect(t, "d1")
+	// The duplicate's presence is written before it ends: a stream that
+	// ends before its presence was ever written leaves no trace (nothing
+	// is written for it), and replaces nothing.
+	c.waitPresence(t, "d1", wd.GetSessionId(), a, b)
 	dup.cancel()
 	replacedGoodbye(t, real1)
 	c.waitPresence(t, "d1", "", a, b)

@@ -42,8 +42,8 @@ type Server struct {
 	log      *slog.Logger
 
 	running atomic.Bool
-	// group owns every goroutine of Run, including the receive loops of
-	// the streams. Set by Run before the server serves.
+	// group owns every goroutine of Run, including the streams' senders
+	// and queue drains. Set by Run before the server serves.
 	group *errgroup.Group
 
 	mu       sync.Mutex
@@ -54,6 +54,8 @@ type Server struct {
 	reported report            // last counts given to the Registrar
 	// admitted are the reservations admitted, reported with the counts.
 	admitted admittedMarks
+	// beats pings the sessions; a session is in it while admitted.
+	beats *heartbeat
 
 	// subs are the open Subscribe streams; subsClosed is closed at
 	// shutdown, which ends them.
@@ -111,6 +113,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		left:       make(chan struct{}),
 		subs:       make(map[*subscriber]struct{}),
 		subsClosed: make(chan struct{}),
+		beats:      newHeartbeat(cfg.PingInterval),
 	}
 	if s.trust != nil {
 		s.trust.OnChange(s.trustChanged)
@@ -129,7 +132,6 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 		return errRunTwice
 	}
 	opts := []grpc.ServerOption{
-		grpc.InTapHandle(tapAbort),
 		grpc.ChainUnaryInterceptor(s.internalUnaryAuth()),
 		grpc.ChainStreamInterceptor(s.internalStreamAuth()),
 	}
@@ -182,6 +184,10 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error {
 		s.reportUsage(runCtx, UsageInterval)
+		return nil
+	})
+	g.Go(func() error {
+		s.runHeartbeat(runCtx)
 		return nil
 	})
 	g.Go(func() error {

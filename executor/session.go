@@ -2,7 +2,6 @@ package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -17,25 +16,23 @@ import (
 // before it is cut.
 const closeGrace = time.Second
 
-// errAborted is the cause of a stream context cancelled by the executor.
-var errAborted = errors.New("executor: stream aborted")
-
-// session is one admitted device stream. The handler goroutine sends, the
-// receive goroutine receives; everything else talks to it through enqueue
-// and close.
+// session is one admitted device stream. The handler goroutine receives;
+// frames to the device go through a bounded queue that a sender drains: the
+// handler at the start (the Welcome), later a goroutine started when a frame
+// is queued and none is running (see sender.go). An idle stream has no
+// goroutine but its handler's, which waits in Recv.
 type session struct {
 	id       string
 	deviceID string
 	// enrollment vouched for the device (from its token; "" when open).
 	enrollment string
-	// queue holds the frames waiting for the sender; bounded (SendQueue).
-	queue chan *executorv1.ConnectResponse
-	// abort cancels the stream's context, unblocking a Send or Recv stuck
-	// on a device that does not read.
-	abort context.CancelCauseFunc
-	// admitted is closed once the session is registered; the receive
-	// goroutine waits for it before reading past the Hello.
-	admitted chan struct{}
+	// srv starts the senders and counts what they do.
+	srv *Server
+	// stream is the session's Connect stream; only the sender sends on it.
+	stream connectStream
+	// status ends the stream with a status from any goroutine, which
+	// also ends a Send or Recv blocked on it (see sender.go).
+	status statusWriter
 	// lastRecv is when the last frame arrived (Unix nanoseconds).
 	lastRecv atomic.Int64
 	// redirected is set once a Redirect has been queued.
@@ -51,11 +48,32 @@ type session struct {
 	// traffic is what went through the stream since it was last reported.
 	traffic traffic
 	// publishesRefused counts the publishes refused on this stream; only
-	// the receive goroutine uses it.
+	// the handler goroutine uses it.
 	publishesRefused int
 
+	// smu guards the send side: queue and sending.
+	smu sync.Mutex
+	// queue holds the frames waiting for the sender, at most limit; nil
+	// when empty, so that an idle stream holds no queue.
+	queue []*executorv1.ConnectResponse
+	limit int
+	// sending is set while a sender owns the stream's Send side; once the
+	// session is closed it stays set (the last sender finished it).
+	sending bool
+	// sendStart is when the Send in progress began (Unix nanoseconds), 0
+	// outside a Send: the heartbeat cuts a Send blocked too long.
+	sendStart atomic.Int64
+	// finished is closed once the last sender has sent the Goodbye and
+	// ended the stream; the handler waits for it before returning.
+	finished chan struct{}
+
+	// slot and pos place the session in the heartbeat wheel; nonce is its
+	// last Ping's. All three belong to the wheel.
+	slot, pos int
+	nonce     uint64
+
 	// waiters are the deliveries waiting for the device's Ack or Reply,
-	// by message id; resolved by the receive goroutine.
+	// by message id; resolved by the handler goroutine. Made on first use.
 	wmu     sync.Mutex
 	waiters map[string][]*waiter
 	// waiting counts the waiters of every session (the Server's counter).
@@ -64,7 +82,8 @@ type session struct {
 	once   sync.Once
 	done   chan struct{} // closed by close
 	reason closeReason   // set before done is closed
-	cut    *time.Timer   // aborts the stream if the sender lingers
+	grace  time.Duration // the close's grace, set before done is closed
+	cut    *time.Timer   // ends the stream if the sender lingers
 }
 
 // closeReason says why a session ends: the error its handler returns (nil
@@ -74,16 +93,19 @@ type closeReason struct {
 	goodbye *executorv1.Goodbye
 }
 
-// newSession returns a session with a queue of n frames whose stream is
-// aborted by abort.
-func newSession(n int, abort context.CancelCauseFunc, waiting *atomic.Int64) *session {
+// newSession returns a session of srv on stream, which sw ends, with a
+// queue of n frames. The handler owns its sender until it calls
+// sendQueued.
+func newSession(srv *Server, stream connectStream, sw statusWriter, n int) *session {
 	return &session{
-		waiting:  waiting,
-		queue:    make(chan *executorv1.ConnectResponse, n),
-		abort:    abort,
-		admitted: make(chan struct{}),
+		srv:      srv,
+		stream:   stream,
+		status:   sw,
+		waiting:  &srv.stats.waiting,
+		limit:    n,
+		sending:  true,
 		done:     make(chan struct{}),
-		waiters:  make(map[string][]*waiter),
+		finished: make(chan struct{}),
 	}
 }
 
@@ -101,6 +123,9 @@ type waiter struct {
 func (ss *session) await(id string, reply bool) *waiter {
 	w := &waiter{reply: reply, done: make(chan *executorv1.Reply, 1)}
 	ss.wmu.Lock()
+	if ss.waiters == nil {
+		ss.waiters = make(map[string][]*waiter)
+	}
 	ss.waiters[id] = append(ss.waiters[id], w)
 	ss.waiting.Add(1)
 	ss.wmu.Unlock()
@@ -123,6 +148,10 @@ func (ss *session) forget(id string, w *waiter) {
 		delete(ss.waiters, id)
 	} else {
 		ss.waiters[id] = ws
+	}
+	if len(ss.waiters) == 0 {
+		// An idle stream holds no map.
+		ss.waiters = nil
 	}
 }
 
@@ -153,19 +182,42 @@ func (ss *session) resolve(id string, r *executorv1.Reply) {
 	}
 }
 
-// close ends the session for r; the first call wins. The sender sees done,
-// sends the Goodbye and returns; if it has not finished within grace (it is
-// blocked in Send on a device that does not read) the stream is aborted.
+// close ends the session for r; the first call wins and reports true. The
+// sender sends the Goodbye, if any, and ends the stream with r's status,
+// which ends the handler's Recv; a sender that has not finished within
+// grace (it is blocked in Send on a device that does not read) is cut by
+// ending the stream under it. With grace 0 the stream is ended at once.
 // close never blocks.
 func (ss *session) close(r closeReason, grace time.Duration) bool {
+	if !ss.markClosed(r, grace) {
+		return false
+	}
+	ss.wake()
+	return true
+}
+
+// markClosed is close without waking a sender: for the handler, which
+// finishes the session itself (see end).
+func (ss *session) markClosed(r closeReason, grace time.Duration) bool {
 	first := false
 	ss.once.Do(func() {
 		first = true
-		ss.reason = r
-		ss.cut = time.AfterFunc(grace, func() { ss.abort(errAborted) })
+		ss.reason, ss.grace = r, grace
+		if grace <= 0 {
+			ss.abort()
+		} else {
+			ss.cut = time.AfterFunc(grace, ss.abort)
+		}
 		close(ss.done)
 	})
 	return first
+}
+
+// abort ends the stream with the close's status: the trailers are queued,
+// and a Send or Recv blocked on the stream returns. Called again it does
+// nothing (gRPC keeps the first status).
+func (ss *session) abort() {
+	ss.srv.writeStatus(ss.status, ss.reason.err)
 }
 
 // closed reports whether close was called.
@@ -178,22 +230,30 @@ func (ss *session) closed() bool {
 	}
 }
 
-// enqueue queues f for the sender without blocking. A full queue means the
-// device does not keep up: the stream is closed at once (overflow policy)
-// and ErrSendQueueFull returned. A closing stream takes nothing and returns
-// ErrNotConnected.
+// enqueue queues f for the sender without blocking, and starts a sender if
+// none is running. A full queue means the device does not keep up: the
+// stream is closed at once (overflow policy) and ErrSendQueueFull
+// returned. A closing stream takes nothing and returns ErrNotConnected.
 func (ss *session) enqueue(f *executorv1.ConnectResponse) error {
+	ss.smu.Lock()
 	if ss.closed() {
+		ss.smu.Unlock()
 		return ErrNotConnected
 	}
-	select {
-	case ss.queue <- f:
-		return nil
-	default:
+	if len(ss.queue) >= ss.limit {
+		ss.smu.Unlock()
+		err := streamErrorf(ErrSendQueueFull, "send queue full (%d frames): device not reading; stream closed", ss.limit)
+		ss.close(closeReason{err: err}, 0)
+		return ErrSendQueueFull
 	}
-	err := streamErrorf(ErrSendQueueFull, "send queue full (%d frames): device not reading; stream closed", cap(ss.queue))
-	ss.close(closeReason{err: err}, 0)
-	return ErrSendQueueFull
+	ss.queue = append(ss.queue, f)
+	start := !ss.sending
+	ss.sending = true
+	ss.smu.Unlock()
+	if start {
+		ss.srv.spawn(ss.sendQueued)
+	}
+	return nil
 }
 
 // admit registers ss under its device id, replacing the device's previous
@@ -213,6 +273,7 @@ func (s *Server) admit(ss *session) (*session, error) {
 		return nil, streamErrorf(errAtCapacity, "executor at capacity (%d streams); try another endpoint", s.cfg.Capacity)
 	}
 	s.sessions[ss.deviceID] = ss
+	s.beats.add(ss)
 	s.weight += ss.weight
 	s.stats.accepted.Add(1)
 	ss.since = time.Now()
@@ -267,8 +328,10 @@ func (s *Server) replacedElsewhere(r registry.Replacement) {
 }
 
 // leave unregisters ss, unless a newer session of the same device has
-// replaced it.
+// replaced it, and stops its heartbeat.
 func (s *Server) leave(ss *session) {
+	// Out of the wheel even when replaced: it was added at admission.
+	s.beats.remove(ss)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sessions[ss.deviceID] != ss {

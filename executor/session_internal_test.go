@@ -2,15 +2,15 @@ package executor
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 )
 
 func TestSessionWaiters(t *testing.T) {
-	var waiting atomic.Int64
-	ss := newSession(1, func(error) {}, &waiting)
+	s := &Server{}
+	waiting := &s.stats.waiting
+	ss := newSession(s, nil, nil, 1)
 	ack1 := ss.await("m1", false)
 	ack2 := ss.await("m1", false) // two deliveries of one message
 	call := ss.await("m1", true)
@@ -58,11 +58,10 @@ func TestSessionWaiters(t *testing.T) {
 }
 
 func TestDeliverWaitOnClosedSession(t *testing.T) {
-	var waiting atomic.Int64
 	s := &Server{}
-	ss := newSession(1, func(error) {}, &waiting)
-	ss.close(closeReason{}, 0)
-	ss.cut.Stop()
+	waiting := &s.stats.waiting
+	ss := newSession(s, nil, nil, 1)
+	ss.markClosed(closeReason{}, 0)
 	if _, err := s.deliverWait(context.Background(), ss, &executorv1.Message{MessageId: "m1"}); err != ErrNotConnected {
 		t.Errorf("deliverWait on a closed session = %v; want ErrNotConnected", err)
 	}

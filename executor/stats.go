@@ -25,7 +25,8 @@ type Stats struct {
 	// Revoked counts streams closed because their device was revoked or
 	// their enrollment disabled while they were open.
 	Revoked uint64
-	// Stuck counts streams closed because their send queue was full.
+	// Stuck counts streams closed because their send queue was full, or
+	// a Send to them stayed blocked for PingMisses ping intervals.
 	Stuck uint64
 	// FramesReceived counts the frames received after Hello.
 	FramesReceived uint64

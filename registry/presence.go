@@ -69,6 +69,40 @@ type presenceEntry struct {
 	// lease) are rewrites, conditional on the record being this one or
 	// absent.
 	written bool
+	// wrote, made by the first PresenceWritten that finds the entry not
+	// yet written, is closed when written is set.
+	wrote chan struct{}
+}
+
+// closedChan is the channel PresenceWritten returns for a written record.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// PresenceWritten returns a channel that is closed once the presence of
+// deviceID naming sessionID has been written, so that readers of the
+// registry see it (closed already if it has been). ok is false when this
+// registration holds no such presence: the session ended, or a newer
+// session of the device replaced it here. A put that finds a newer
+// session's record is not applied and never closes the channel: the
+// session is replaced (OnReplaced) instead. The executor waits on it
+// before reading a device's message queue, instead of polling the record.
+func (g *Registration) PresenceWritten(deviceID, sessionID string) (written <-chan struct{}, ok bool) {
+	g.pmu.Lock()
+	defer g.pmu.Unlock()
+	e, live := g.present[deviceID]
+	if !live || e.p.SessionID != sessionID {
+		return nil, false
+	}
+	if e.written {
+		return closedChan, true
+	}
+	if e.wrote == nil {
+		e.wrote = make(chan struct{})
+	}
+	return e.wrote, true
 }
 
 // SetPresence records that the device's stream is held here. It is written
@@ -250,6 +284,10 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		kvs, wrote := presenceOutcome(resp.Responses[i])
 		if wrote && g.present[o.id] == o.entry {
 			o.entry.written = true
+			if o.entry.wrote != nil {
+				close(o.entry.wrote)
+				o.entry.wrote = nil
+			}
 		}
 		for _, kv := range kvs {
 			var prev Presence

@@ -185,3 +185,56 @@ func TestPresenceRewriteNeverOverwritesNewer(t *testing.T) {
 		t.Error("ex-a told that s3 was replaced; nothing replaced it")
 	}
 }
+
+// TestPresenceWritten: the channel closes once the put is applied, and
+// the record is then visible to readers; another session or an ended one
+// is not present.
+func TestPresenceWritten(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ex := testExecutor()
+	ex.ID = "ex-a"
+	a, err := e.reg.NewRegistration(ex, fastRegistration(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.PresenceWritten("d1", "s1"); ok {
+		t.Fatal("PresenceWritten before SetPresence: ok; want not present")
+	}
+	a.SetPresence(presenceOf("ex-a", "s1"))
+	if _, ok := a.PresenceWritten("d1", "s0"); ok {
+		t.Error("PresenceWritten for another session: ok; want not present")
+	}
+	written, ok := a.PresenceWritten("d1", "s1")
+	if !ok {
+		t.Fatal("PresenceWritten after SetPresence: not present")
+	}
+	// Not running: nothing is written.
+	select {
+	case <-written:
+		t.Fatal("presence reported written before the registration ran")
+	default:
+	}
+	goRun(t, a.Run)
+	select {
+	case <-written:
+	case <-time.After(testutil.DefaultTimeout):
+		t.Fatalf("presence not reported written within %v", testutil.DefaultTimeout)
+	}
+	if p, err := e.reg.Presence(testContext(t), "d1"); err != nil || p.SessionID != "s1" {
+		t.Errorf("Presence(d1) once reported written = %+v, %v; want session s1", p, err)
+	}
+	again, ok := a.PresenceWritten("d1", "s1")
+	if !ok {
+		t.Fatal("PresenceWritten after the write: not present")
+	}
+	select {
+	case <-again:
+	default:
+		t.Error("PresenceWritten after the write: channel open; want closed")
+	}
+	a.ClearPresence("d1", "s1")
+	if _, ok := a.PresenceWritten("d1", "s1"); ok {
+		t.Error("PresenceWritten after ClearPresence: ok; want not present")
+	}
+}

@@ -94,6 +94,9 @@ func newBenchStreamsCmd(g *globals) *cobra.Command {
 	f.IntVar(&cfg.InFlight, "in-flight", cfg.InFlight, "streams being opened at once")
 	f.StringVar(&cfg.ChildLogLevel, "server-log-level", cfg.ChildLogLevel, "log level of the server processes")
 	f.BoolVar(&cfg.TLS, "tls", false, "both kinds of server serve TLS; devices present a client certificate and berth's tokens are bound to it")
+	f.IntVar(&cfg.Messages, "messages", 0, "after the idle measurement, send every device this many messages (each acked) and measure again; the baseline is then bare-push")
+	f.IntVar(&cfg.PayloadSize, "payload-size", cfg.PayloadSize, "payload bytes of each message of --messages")
+	f.StringVar(&cfg.ProfileDir, "profile-dir", "", "write every server's heap and goroutine profile into this directory at each measurement (all allocations sampled: slower; figures for the profiles only)")
 	return cmd
 }
 
@@ -116,7 +119,7 @@ func newBenchServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			var reg *registry.Registry
-			if cfg.Mode != bench.ModeBare {
+			if cfg.NeedsRegistry() {
 				g.etcd = cfg.Etcd
 				cli, err := g.etcdClient()
 				if err != nil {
