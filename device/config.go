@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 )
@@ -75,6 +76,13 @@ type Config struct {
 	// creates: the control plane's (unless ControlPlaneConn is set) and the
 	// executors'.
 	DialOptions []grpc.DialOption
+	// TracerProvider, when set, traces each message handed to the
+	// application: a "device.message" span, the child of the trace context
+	// the executor sends with the message (the Send's trace), ended by its
+	// Ack or Reply (Message.Context gives it to the application). Nil: no
+	// spans. Add otelgrpc's client stats handler to DialOptions to trace
+	// the Device's own calls too.
+	TracerProvider trace.TracerProvider
 	// MessageBuffer is the capacity of the channel returned by
 	// Device.Messages. Zero means DefaultMessageBuffer.
 	MessageBuffer int

@@ -309,6 +309,7 @@ func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) 
 		SentAt:       timeOf(m.GetSentAt()),
 		ExpectsReply: m.GetExpectsReply(),
 		s:            s,
+		span:         d.startMessageSpan(m),
 	}
 	select {
 	case d.msgs <- msg:
@@ -319,6 +320,7 @@ func (d *Device) deliver(ctx context.Context, s *stream, m *executorv1.Message) 
 		if id != "" {
 			d.seen.end(id, false)
 		}
+		msg.endSpan(context.Cause(ctx))
 	}
 }
 

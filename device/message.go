@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 )
 
@@ -35,7 +37,9 @@ type Message struct {
 	// time.
 	ExpectsReply bool
 
-	s *stream
+	s        *stream
+	span     trace.Span // nil: the Device does not trace
+	spanOnce sync.Once
 }
 
 // Ack acknowledges the message on the stream that delivered it, so that the
@@ -62,6 +66,7 @@ func (m *Message) Ack(ctx context.Context) error {
 	if err := m.s.send(ctx, ackFrame(m.ID)); err != nil {
 		return fmt.Errorf("device: ack %s: %w", m.ID, err)
 	}
+	m.endSpan(nil)
 	return nil
 }
 
@@ -107,6 +112,7 @@ func (m *Message) reply(ctx context.Context, r *executorv1.Reply) error {
 	if err := m.s.send(ctx, frame); err != nil {
 		return fmt.Errorf("device: reply to %s: %w", m.ID, err)
 	}
+	m.endSpan(nil)
 	return nil
 }
 

@@ -110,6 +110,7 @@ func (svc internalService) Deliver(ctx context.Context, req *executorv1.DeliverR
 	if ss == nil {
 		return nil, status.Errorf(codes.NotFound, "device %s is not connected to executor %s", req.GetDeviceId(), s.cfg.ID)
 	}
+	stampTrace(ctx, m)
 	reply, err := s.deliverWait(ctx, ss, m)
 	switch {
 	case err == nil:

@@ -90,7 +90,11 @@ func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) 
 				MessageId:   qm.ID,
 				Payload:     qm.Payload,
 				ContentType: qm.ContentType,
+				// The Send's trace: the device's span continues it.
+				TraceParent: qm.TraceParent,
+				TraceState:  qm.TraceState,
 			}
+			boundTrace(m)
 			if !qm.EnqueuedAt.IsZero() {
 				m.SentAt = timestamppb.New(qm.EnqueuedAt)
 			}

@@ -11,6 +11,7 @@ import (
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/retry"
+	"github.com/berthproject/berth/internal/tracing"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -226,7 +227,8 @@ func (r *redeliverer) deliver(ctx context.Context, p *registry.Presence, qm regi
 	if !qm.EnqueuedAt.IsZero() {
 		msg.SentAt = timestamppb.New(qm.EnqueuedAt)
 	}
-	actx, cancel := context.WithTimeout(ctx, m.cfg.QueueAttemptTimeout)
+	// The Deliver call continues the trace of the Send that queued qm.
+	actx, cancel := context.WithTimeout(tracing.ContextWithParent(ctx, qm.TraceParent, qm.TraceState), m.cfg.QueueAttemptTimeout)
 	defer cancel()
 	_, p2, connected, err := m.deliverAt(actx, *p, true, msg, m.cfg.QueueAttemptTimeout)
 	switch {

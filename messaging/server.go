@@ -13,6 +13,7 @@ import (
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/tracing"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -188,9 +189,13 @@ func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, t
 		}
 	}
 	now := m.now()
+	// The Send's span (when traces are on) is stored with the message, so
+	// that its delivery, now or at a later connect, continues its trace.
+	traceParent, traceState := tracing.Parent(ctx)
 	stored, dup, err := m.store.Enqueue(ctx, registry.QueuedMessage{
 		ID: registry.NewMessageID(), DeviceID: dev, Payload: req.GetPayload(), ContentType: req.GetContentType(),
 		EnqueuedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC(), IdempotencyKey: req.GetIdempotencyKey(),
+		TraceParent: traceParent, TraceState: traceState,
 	}, registry.QueueLimits{
 		PerDevice: m.cfg.QueuePerDevice, PerDeviceBytes: m.cfg.QueueBytesPerDevice,
 		Total: m.cfg.QueueTotal, TotalBytes: m.cfg.QueueTotalBytes,

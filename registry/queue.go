@@ -45,6 +45,12 @@ type QueuedMessage struct {
 	ExpiresAt  time.Time `json:"expires_at"`
 	// IdempotencyKey is the sender's key, if any.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// TraceParent and TraceState are the W3C trace context of the Send
+	// that queued it, when traces are on: its delivery, however late,
+	// continues that trace. Each at most 256 bytes; an executor drops a
+	// malformed one.
+	TraceParent string `json:"trace_parent,omitempty"`
+	TraceState  string `json:"trace_state,omitempty"`
 	// Size is the bytes the message was charged against its device's and
 	// the total bounds (at least its key and stored value), and Shard the
 	// total counter charged; removing the message frees them. Messages
@@ -87,6 +93,9 @@ func (r *Registry) idemKey(device, key string) string { return r.prefix + idemDi
 // NewMessageID returns a random message id.
 func NewMessageID() string { return rand.Text() }
 
+// maxTraceField bounds QueuedMessage.TraceParent and TraceState.
+const maxTraceField = 256
+
 // Enqueue stores m at the end of its device's queue, within limits. With an
 // idempotency key already used for this device, it stores nothing and
 // returns the first message's id and sequence with dup set. It returns the
@@ -97,6 +106,10 @@ func (r *Registry) Enqueue(ctx context.Context, m QueuedMessage, limits QueueLim
 	}
 	if m.IdempotencyKey != "" && !ValidID(m.IdempotencyKey) {
 		return m, false, fmt.Errorf("%w: idempotency key %q: want 1-128 of [A-Za-z0-9._:@-]", ErrInvalid, m.IdempotencyKey)
+	}
+	if len(m.TraceParent) > maxTraceField || len(m.TraceState) > maxTraceField {
+		// Trace context is a hint: an oversized one is dropped, not the Send.
+		m.TraceParent, m.TraceState = "", ""
 	}
 	if m.ID == "" {
 		m.ID = NewMessageID()

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/device"
+	"github.com/berthproject/berth/internal/tracing"
 )
 
 // Config describes the fleet.
@@ -62,6 +63,10 @@ type Config struct {
 	// enrollment's key (device.SymmetricKey), as a provisioned fleet does.
 	EnrollmentID  string
 	EnrollmentKey []byte
+	// Tracing, when set, traces the devices' calls and each message they
+	// take (a "device.message" span, the child of the Send's trace). Nil:
+	// off.
+	Tracing *tracing.Tracing
 }
 
 // DefaultConfig is what `berth simulate` runs.
@@ -197,7 +202,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		if cfg.TLS != nil {
 			transport = credentials.NewTLS(cfg.TLS)
 		}
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(transport))
+		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(transport)}, cfg.Tracing.DialOptions()...)...)
 		if err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}
@@ -356,6 +361,10 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	}
 	if cfg.EnrollmentID != "" {
 		dc.SymmetricKey = &device.SymmetricKey{EnrollmentID: cfg.EnrollmentID, DeviceKey: device.DeriveDeviceKey(cfg.EnrollmentKey, dc.DeviceID)}
+	}
+	if cfg.Tracing != nil {
+		dc.TracerProvider = cfg.Tracing.TracerProvider()
+		dc.DialOptions = cfg.Tracing.DialOptions()
 	}
 	dc.Logger = log
 	dc.OnStateChange = func(sc device.StateChange) {

@@ -27,6 +27,12 @@ func newDevCmd(g *globals) *cobra.Command {
 			}
 			cfg.Replica.Rebalance = rb.config()
 			cfg.TLS = !insecure
+			tr, stopTracing, err := startTracing(cmd.Context(), "berth-dev", log)
+			if err != nil {
+				return err
+			}
+			defer stopTracing()
+			cfg.Tracing = tr
 			var written *devContext
 			defer func() {
 				if written != nil {

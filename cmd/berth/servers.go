@@ -80,6 +80,12 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer opsl.close()
+			tr, stopTracing, err := startTracing(cmd.Context(), "berth-controlplane", log)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			defer stopTracing()
 			cli, err := g.serverEtcdClient(log, opsl.met)
 			if err != nil {
 				lis.Close()
@@ -87,7 +93,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 			}
 			defer cli.Close()
 			rcfg.Rebalance = rb.config()
-			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log, Metrics: opsl.met})
+			r, err := node.NewReplica(rcfg, node.ReplicaDeps{Registry: registry.New(cli, g.prefix), Signer: signer, Log: log, Metrics: opsl.met, Tracing: tr})
 			if err != nil {
 				lis.Close()
 				return err
@@ -196,13 +202,19 @@ func newExecutorCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer opsl.close()
+			tr, stopTracing, err := startTracing(cmd.Context(), "berth-executor", log)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			defer stopTracing()
 			cli, err := g.serverEtcdClient(log, opsl.met)
 			if err != nil {
 				lis.Close()
 				return err
 			}
 			defer cli.Close()
-			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log, Metrics: opsl.met})
+			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log, Metrics: opsl.met, Tracing: tr})
 			if err != nil {
 				lis.Close()
 				return err

@@ -33,6 +33,12 @@ func newSimulateCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			tr, stopTracing, err := startTracing(cmd.Context(), "berth-simulate", log)
+			if err != nil {
+				return err
+			}
+			defer stopTracing()
+			cfg.Tracing = tr
 			return simulate.Run(cmd.Context(), cfg, g.stdout, log)
 		},
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/ops"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/internal/tracing"
 	"github.com/berthproject/berth/internal/zapslog"
 	"github.com/berthproject/berth/rebalance"
 	"github.com/berthproject/berth/registry"
@@ -65,6 +66,9 @@ type Config struct {
 	// when asked) of the whole process, on a loopback address; it serves
 	// HTTPS when TLS is on. Empty Addr: none.
 	Ops ops.Config
+	// Tracing, when set, traces the control plane's and the executors'
+	// calls (internal/tracing). Nil: off.
+	Tracing *tracing.Tracing
 }
 
 // DefaultConfig is what `berth dev` runs: two groups of two executors.
@@ -208,7 +212,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 	if err != nil {
 		return err
 	}
-	cp, err := node.NewReplica(cfg.Replica, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log, Metrics: met})
+	cp, err := node.NewReplica(cfg.Replica, node.ReplicaDeps{Registry: reg, Signer: signer, Log: log, Metrics: met, Tracing: cfg.Tracing})
 	if err != nil {
 		cpLis.Close()
 		return err
@@ -255,7 +259,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(Info)) er
 			ec.Executor.GroupID = gid
 			ec.Executor.Address = lis.Addr().String()
 			ec.Executor.Capacity = cfg.GroupCapacity / cfg.ExecutorsPerGroup
-			ex, err := node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: verifier, Log: log.With("component", "executor"), Metrics: met})
+			ex, err := node.NewExecutor(ec, node.ExecutorDeps{Registry: reg, Verifier: verifier, Log: log.With("component", "executor"), Metrics: met, Tracing: cfg.Tracing})
 			if err != nil {
 				lis.Close()
 				cpLis.Close()

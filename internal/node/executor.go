@@ -11,6 +11,7 @@ import (
 
 	"github.com/berthproject/berth/executor"
 	"github.com/berthproject/berth/internal/metrics"
+	"github.com/berthproject/berth/internal/tracing"
 	"github.com/berthproject/berth/registry"
 )
 
@@ -44,6 +45,9 @@ type ExecutorDeps struct {
 	// Metrics, when set, records the executor's metrics: gRPC server calls
 	// and its streams, connects, disconnects and refusals.
 	Metrics *metrics.Metrics
+	// Tracing, when set, traces the executor's calls (Deliver's span is
+	// the parent of the device's span for the message); nil: off.
+	Tracing *tracing.Tracing
 }
 
 // Executor is one executor: its registration, its device streams and its
@@ -70,6 +74,7 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 	}
 	ec, reg := cfg.Executor, deps.Registry
 	ec.RPC.Metrics = deps.Metrics.ServerMetrics()
+	ec.RPC.StatsHandler = deps.Tracing.ServerHandler()
 	log = log.With("executor", ec.ID)
 	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, TLSName: ec.TLSName, Capacity: ec.Capacity}, ec.Registration, log)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/berthproject/berth/internal/metrics"
 	"github.com/berthproject/berth/internal/ratelimit"
 	"github.com/berthproject/berth/internal/rpcserver"
+	"github.com/berthproject/berth/internal/tracing"
 	"github.com/berthproject/berth/messaging"
 	"github.com/berthproject/berth/placement"
 	"github.com/berthproject/berth/rebalance"
@@ -127,6 +128,10 @@ type ReplicaDeps struct {
 	// calls to executors, Assign and Send outcomes, the rebalancer's moves,
 	// the cache's state, reservations, refusals and the queues' usage.
 	Metrics *metrics.Metrics
+	// Tracing, when set, traces the replica's calls, served and made to
+	// executors, and stores a queued message's trace context with it;
+	// nil: off.
+	Tracing *tracing.Tracing
 }
 
 // Replica is one control plane replica: Assign, messaging, the Admin
@@ -165,6 +170,8 @@ func NewReplica(cfg ReplicaConfig, deps ReplicaDeps) (*Replica, error) {
 	cfg = cfg.withReplicaID()
 	cfg.RPC.Metrics = deps.Metrics.ServerMetrics()
 	cfg.Executors.DialOptions = append(slices.Clip(cfg.Executors.DialOptions), deps.Metrics.ClientDialOptions()...)
+	cfg.RPC.StatsHandler = deps.Tracing.ServerHandler()
+	cfg.Executors.DialOptions = append(cfg.Executors.DialOptions, deps.Tracing.DialOptions()...)
 	log := deps.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

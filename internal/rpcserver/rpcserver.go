@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
 
@@ -48,6 +49,10 @@ type Config struct {
 	// time (go-grpc-middleware's prometheus provider): the outermost
 	// interceptor, so it sees the code a recovered panic became.
 	Metrics *grpcprom.ServerMetrics
+	// StatsHandler, when set, is installed with grpc.StatsHandler: the
+	// tracing package's otelgrpc server handler when traces are on. Nil
+	// installs none.
+	StatsHandler stats.Handler
 }
 
 // DefaultConfig returns settings that suit device fleets: small messages,
@@ -100,6 +105,9 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	if cfg.StatsHandler != nil {
+		opts = append(opts, grpc.StatsHandler(cfg.StatsHandler))
 	}
 	opts = append(opts, extra...)
 	s := grpc.NewServer(opts...)

@@ -569,7 +569,17 @@ type Message struct {
 	SentAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
 	// Set when the service waits for a Reply (MessagingService.Call). The
 	// device answers with a Reply frame instead of an Ack.
-	ExpectsReply  bool `protobuf:"varint,5,opt,name=expects_reply,json=expectsReply,proto3" json:"expects_reply,omitempty"`
+	ExpectsReply bool `protobuf:"varint,5,opt,name=expects_reply,json=expectsReply,proto3" json:"expects_reply,omitempty"`
+	// W3C Trace Context traceparent of the delivery ("00-<trace id>-<span
+	// id>-<flags>"), set by the executor when tracing is on: the span of the
+	// Deliver call, or for a queued message the span of the Send that queued
+	// it. Optional for devices: one that traces starts its span for the
+	// message as a child of it. At most 256 bytes; a device ignores a value
+	// that is not valid traceparent syntax.
+	TraceParent string `protobuf:"bytes,6,opt,name=trace_parent,json=traceParent,proto3" json:"trace_parent,omitempty"`
+	// W3C Trace Context tracestate that goes with trace_parent, if any; at
+	// most 256 bytes.
+	TraceState    string `protobuf:"bytes,7,opt,name=trace_state,json=traceState,proto3" json:"trace_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -637,6 +647,20 @@ func (x *Message) GetExpectsReply() bool {
 		return x.ExpectsReply
 	}
 	return false
+}
+
+func (x *Message) GetTraceParent() string {
+	if x != nil {
+		return x.TraceParent
+	}
+	return ""
+}
+
+func (x *Message) GetTraceState() string {
+	if x != nil {
+		return x.TraceState
+	}
+	return ""
 }
 
 // Reply answers a Message that expects one; it also acknowledges it.
@@ -1412,14 +1436,17 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\vexecutor_id\x18\x02 \x01(\tR\n" +
 	"executorId\x12\x19\n" +
 	"\bgroup_id\x18\x03 \x01(\tR\agroupId\x12H\n" +
-	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xbf\x01\n" +
+	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\x83\x02\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x123\n" +
 	"\asent_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
-	"\rexpects_reply\x18\x05 \x01(\bR\fexpectsReply\"y\n" +
+	"\rexpects_reply\x18\x05 \x01(\bR\fexpectsReply\x12!\n" +
+	"\ftrace_parent\x18\x06 \x01(\tR\vtraceParent\x12\x1f\n" +
+	"\vtrace_state\x18\a \x01(\tR\n" +
+	"traceState\"y\n" +
 	"\x05Reply\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x18\n" +
