@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -75,12 +76,15 @@ type ReplicaConfig struct {
 // rebalancer included.
 func DefaultReplicaConfig() ReplicaConfig {
 	rb := rebalance.DefaultConfig()
+	rpc := rpcserver.DefaultConfig()
+	// Short, deep unary calls: workers that keep their grown stacks.
+	rpc.StreamWorkers = uint32(4 * runtime.GOMAXPROCS(0))
 	return ReplicaConfig{
 		ControlPlane: controlplane.DefaultConfig(),
 		Messaging:    messaging.DefaultConfig(),
 		Executors:    execclient.DefaultConfig(),
 		Rebalance:    &rb,
-		RPC:          rpcserver.DefaultConfig(),
+		RPC:          rpc,
 		RateLimits:   DefaultRateLimits(),
 		StopTimeout:  5 * time.Second,
 	}

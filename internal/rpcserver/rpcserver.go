@@ -49,6 +49,13 @@ type Config struct {
 	// time (go-grpc-middleware's prometheus provider): the outermost
 	// interceptor, so it sees the code a recovered panic became.
 	Metrics *grpcprom.ServerMetrics
+	// StreamWorkers, when not 0, serves streams (unary calls too) on a pool
+	// of that many goroutines (grpc.NumStreamWorkers; more streams at once
+	// still get a goroutine each). A worker keeps the stack its calls grew,
+	// so a server of short, deep calls (Assign: interceptors, CEL, a
+	// signature) does not grow a fresh stack on every call. 0: a goroutine
+	// per stream, grpc's default, right for servers of long streams.
+	StreamWorkers uint32
 	// StatsHandler, when set, is installed with grpc.StatsHandler: the
 	// tracing package's otelgrpc server handler when traces are on. Nil
 	// installs none.
@@ -108,6 +115,9 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 	}
 	if cfg.StatsHandler != nil {
 		opts = append(opts, grpc.StatsHandler(cfg.StatsHandler))
+	}
+	if cfg.StreamWorkers > 0 {
+		opts = append(opts, grpc.NumStreamWorkers(cfg.StreamWorkers))
 	}
 	opts = append(opts, extra...)
 	s := grpc.NewServer(opts...)
