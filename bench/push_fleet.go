@@ -64,7 +64,7 @@ func openPushFleet(ctx context.Context, cfg PushChildConfig) (*pushFleet, error)
 					return
 				}
 				id := pushDeviceID(i)
-				addr, tok := targets[i%len(targets)], ""
+				addr, tok, ticket := targets[i%len(targets)], "", ""
 				if assign != nil {
 					actx, acancel := context.WithTimeout(fctx, streamOpenTimeout)
 					resp, err := assign.Assign(actx, &controlplanev1.AssignRequest{DeviceId: id})
@@ -78,7 +78,7 @@ func openPushFleet(ctx context.Context, cfg PushChildConfig) (*pushFleet, error)
 						first.set(fmt.Errorf("assign %s: no endpoint", id))
 						return
 					}
-					addr, tok = eps[0].GetAddress(), resp.GetDestination().GetToken()
+					addr, tok, ticket = eps[0].GetAddress(), resp.GetDestination().GetToken(), resp.GetDestination().GetReservation()
 				}
 				cc, err := grpc.NewClient(addr,
 					grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -92,7 +92,7 @@ func openPushFleet(ctx context.Context, cfg PushChildConfig) (*pushFleet, error)
 				mu.Lock()
 				fl.conns = append(fl.conns, cc)
 				mu.Unlock()
-				hello := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Hello{Hello: &executorv1.Hello{DeviceId: id, Token: tok}}}
+				hello := &executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Hello{Hello: &executorv1.Hello{DeviceId: id, Token: tok, Reservation: ticket}}}
 				if err := fl.connect(fctx, cc, hello); err != nil {
 					first.set(fmt.Errorf("device %s: %w", id, err))
 					return

@@ -36,6 +36,12 @@ type Config struct {
 	// interval). Reservations on executors that report them end exactly
 	// when a count includes them.
 	ReservationGrace time.Duration
+	// ReservationUnlisted ends a reservation its executor has not listed
+	// (fleet.Executor.Admitted) once a count observed that long after it
+	// was made: the device connected without giving its ticket back (an
+	// SDK that does not), or elsewhere, or not at all. Devices that give
+	// their ticket back are listed within the executor's write interval.
+	ReservationUnlisted time.Duration
 	// ReservationMaxAge forgets a reservation whose device never connected
 	// (or never gave its ticket back).
 	ReservationMaxAge time.Duration
@@ -77,17 +83,18 @@ func DefaultConfig() Config {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return Config{
-		ReplicaID:         "cp-" + hex.EncodeToString(b[:]),
-		TokenTTL:          15 * time.Minute,
-		TokenCacheSize:    100_000,
-		LabelMemoSize:     100_000,
-		ReservationGrace:  time.Second,
-		ReservationMaxAge: 30 * time.Second,
-		MaxInFlight:       4096,
-		AdmitBurst:        1000,
-		RetryAfter:        time.Second,
-		WriteTimeout:      5 * time.Second,
-		KeepWriteTimeout:  time.Second,
+		ReplicaID:           "cp-" + hex.EncodeToString(b[:]),
+		TokenTTL:            15 * time.Minute,
+		TokenCacheSize:      100_000,
+		LabelMemoSize:       100_000,
+		ReservationGrace:    time.Second,
+		ReservationMaxAge:   30 * time.Second,
+		ReservationUnlisted: 10 * time.Second,
+		MaxInFlight:         4096,
+		AdmitBurst:          1000,
+		RetryAfter:          time.Second,
+		WriteTimeout:        5 * time.Second,
+		KeepWriteTimeout:    time.Second,
 		// gRPC's own connection backoff defaults.
 		Reconnect: Backoff{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 120 * time.Second},
 	}
@@ -101,6 +108,9 @@ func (c Config) Validate() error {
 	}
 	if c.TokenTTL < time.Second {
 		errs = append(errs, fmt.Errorf("token TTL %v: want at least 1s", c.TokenTTL))
+	}
+	if c.ReservationUnlisted <= 0 {
+		errs = append(errs, fmt.Errorf("reservation unlisted %v: want > 0", c.ReservationUnlisted))
 	}
 	if c.ReservationGrace < 0 || c.ReservationMaxAge <= c.ReservationGrace {
 		errs = append(errs, fmt.Errorf("reservation grace %v and max age %v: want 0 <= grace < max age", c.ReservationGrace, c.ReservationMaxAge))

@@ -33,8 +33,11 @@ import (
 // device's weight, so load balancing counts heavy devices as more.
 type reservations struct {
 	grace, maxAge time.Duration
-	now           func() time.Time
-	replica       string
+	// unlisted ends a reservation its reporting executor has not listed
+	// once a count observed that long after it was made (0: only maxAge).
+	unlisted time.Duration
+	now      func() time.Time
+	replica  string
 	// start numbers the first reservation on each executor.
 	start uint64
 
@@ -96,7 +99,11 @@ func (r *reservations) pendingOf(l *reservationList, replica string, e *fleet.Ex
 	if len(e.Admitted) > 0 {
 		set = e.Admitted[replica]
 	}
-	return l.pending(set, r.oldest)
+	cut := r.oldest
+	if r.unlisted > 0 {
+		cut = maxTime(cut, e.ObservedAt.Add(-r.unlisted))
+	}
+	return l.pending(set, cut)
 }
 
 // GroupPending implements placement.Pending for devices other replicas sent

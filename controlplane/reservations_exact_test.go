@@ -217,3 +217,26 @@ func TestReservationWithdrawn(t *testing.T) {
 		t.Errorf("pending once the other is admitted, and after withdrawing it = %v, want 0", p)
 	}
 }
+
+// TestReservationUnlisted: a reservation its executor never lists (the
+// device did not give its ticket back) ends once a count is observed
+// ReservationUnlisted after it was made, not only at the max age.
+func TestReservationUnlisted(t *testing.T) {
+	now := time.Unix(1000, 0)
+	res := newReservations("cp-1", time.Second, 30*time.Second, func() time.Time { return now })
+	res.unlisted = 10 * time.Second
+	res.locked(func() { res.addLocked("e1", 1) })
+	at := func(observed time.Time) (p float64) {
+		e := reporting("e1", 1, nil)
+		e.ObservedAt = observed
+		res.locked(func() { p = res.Pending(e) })
+		return p
+	}
+	now = now.Add(12 * time.Second)
+	if p := at(time.Unix(1000, 0).Add(9 * time.Second)); p != 1 {
+		t.Errorf("pending against a count observed 9 s after = %v, want 1", p)
+	}
+	if p := at(time.Unix(1000, 0).Add(11 * time.Second)); p != 0 {
+		t.Errorf("pending against a count observed 11 s after = %v, want 0", p)
+	}
+}

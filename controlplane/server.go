@@ -178,6 +178,7 @@ func New(cfg Config, cache Snapshotter, store AssignmentStore, signer Signer, lo
 	s.writes.probeEvery = cfg.RetryAfter
 	s.admit = newAdmission(cfg.AdmitRate, cfg.AdmitBurst, cfg.RetryAfter, s.now)
 	s.res = newReservations(cfg.ReplicaID, cfg.ReservationGrace, cfg.ReservationMaxAge, s.now)
+	s.res.unlisted = cfg.ReservationUnlisted
 	s.policies = placement.NewPolicies(s.log)
 	if cfg.TokenCacheSize > 0 {
 		s.tokens = newTokenCache(cfg.TokenCacheSize)

@@ -330,8 +330,9 @@ type Destination struct {
 	// An opaque reservation ticket: the device gives it back in its next
 	// Hello (executor.v1.Hello.reservation), so that the executor can tell
 	// the control plane exactly when its count includes the device. A device
-	// that does not is counted as pending for up to the control plane's
-	// reservation max age (30 s by default).
+	// that does not is counted as pending for up to 10 s (the control
+	// plane's reservation_unlisted), which in bursts can refuse devices
+	// while their groups still have room.
 	Reservation   string `protobuf:"bytes,6,opt,name=reservation,proto3" json:"reservation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
