@@ -364,3 +364,86 @@ func TestFaultKilledExecutorNotCounted(t *testing.T) {
 		t.Errorf("20 s after the kill: %s counted %d, %d in all; want 0 and %d (devices counted once, where they are)", victim, vc, total, devices)
 	}
 }
+
+// TestFaultStormEveryExecutorRestarted: every executor is killed at once
+// (kill -9) and started again (on new ports: every device's endpoints are
+// gone, so the whole fleet comes back through Assign), with the control
+// plane admitting 200 Assigns a second. Reported: the time until every
+// device is back, the peak devices per group against its capacity, and the
+// refusals for full groups while the groups had room, which must be none.
+func TestFaultStormEveryExecutorRestarted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	devices := 300
+	if fullFaults() {
+		devices = 3000
+	}
+	execCap := devices * 3 / 10 // 2 groups of 2: room for 1.2× the fleet
+	ep := startEtcd(t)
+	priv, pub := keygen(t)
+	cp := start(t, "controlplane", "controlplane", "--etcd", ep, "--signing-key", priv, "--listen", "127.0.0.1:0",
+		"--open-enrollment", "--admit-rate", "200", "--admit-burst", "50")
+	cpAddr := cp.addr()
+	groupCap := map[string]int{}
+	for g := 1; g <= 2; g++ {
+		id := fmt.Sprintf("group-%d", g)
+		groupCap[id] = 2 * execCap
+		ctl(t, cpAddr, "group", "put", id, "--capacity", strconv.Itoa(2*execCap))
+	}
+	execs := map[string]*proc{}
+	startExecs := func(round int) {
+		var ids []string
+		for g := 1; g <= 2; g++ {
+			for i := 1; i <= 2; i++ {
+				id := fmt.Sprintf("group-%d-exec-%d", g, i)
+				execs[id] = start(t, fmt.Sprintf("%s-%d", id, round), "executor", "--etcd", ep, "--group", fmt.Sprintf("group-%d", g),
+					"--id", id, "--capacity", strconv.Itoa(execCap), "--token-public-key", pub, "--lease-ttl", "3s", "--refresh", "1s")
+				execs[id].addr()
+				ids = append(ids, id)
+			}
+		}
+		waitRegistered(t, cpAddr, ids...)
+	}
+	startExecs(1)
+	sim := start(t, "simulate", "simulate", "--controlplane", cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "100ms", "--backoff-max", "2s")
+	allBack := func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices
+	}
+	sim.waitLine(90*time.Second, "all devices connected", allBack)
+	before := len(sim.stderr())
+
+	for _, p := range execs {
+		p.signal(syscall.SIGKILL)
+	}
+	killed := time.Now()
+	for _, p := range execs {
+		_ = p.wait(10 * time.Second)
+	}
+	startExecs(2)
+	peak := map[string]int{}
+	sim.waitNext(120*time.Second, "all devices back", func(line string) bool {
+		s, ok := parseSummary(line)
+		if !ok {
+			return false
+		}
+		for g, n := range s.groups {
+			peak[g] = max(peak[g], n)
+		}
+		return s.fields["connected"] == devices
+	})
+	back := time.Since(killed)
+	refusals := strings.Count(sim.stderr()[before:], "every usable group is full")
+	figure(t, "storm/back", "%d devices back %v after every executor was killed (restarted on new ports, admitted at 200 Assigns/s)", devices, back.Round(10*time.Millisecond))
+	figure(t, "storm/peak", "peak devices per group %v against capacity %v; %d refusals for full groups", peak, groupCap, refusals)
+	for g, n := range peak {
+		if n > groupCap[g]*105/100 {
+			t.Errorf("group %s peaked at %d devices, more than 5%% over its capacity %d", g, n, groupCap[g])
+		}
+	}
+	if refusals != 0 {
+		t.Errorf("%d Assigns refused as if every group were full, with room for %d more devices", refusals, 2*groupCap["group-1"]-devices)
+	}
+}
