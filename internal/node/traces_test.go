@@ -32,6 +32,9 @@ func startTraced(t *testing.T) *traced {
 	tr := tracing.New(tp)
 	reg := newRegistry(t)
 	k := newKeys(t)
+	// Before the replica starts, so that its first load of the keys has
+	// it (a key made later reaches the replica through its watch).
+	key := apiKey(t, reg, "test admin", []string{"admin"})
 	elis := listen(t)
 	ex, err := node.NewExecutor(executorConfig(elis.Addr().String(), false), node.ExecutorDeps{Registry: reg, Verifier: k.verifier, Tracing: tr})
 	if err != nil {
@@ -51,7 +54,7 @@ func startTraced(t *testing.T) *traced {
 	testutil.WaitFor(t, testutil.DefaultTimeout, "the replica seeing the executor", func() bool { return r.ControlPlane().KnownExecutors() == 1 })
 	return &traced{
 		rec: rec, tp: tp, cp: lis.Addr().String(),
-		msg: messagingv1.NewMessagingServiceClient(dialKey(t, lis.Addr().String(), apiKey(t, reg, "test admin", []string{"admin"}))),
+		msg: messagingv1.NewMessagingServiceClient(dialKey(t, lis.Addr().String(), key)),
 		stop: func() {
 			if err := run.stop(); err != nil {
 				t.Errorf("replica Run = %v", err)
