@@ -27,10 +27,12 @@ import (
 // Two fallbacks keep a time rule: an executor record without Admitted (an
 // executor that does not report reservations) counts a reservation made at
 // t while its count was observed before t+grace; a record of another
-// replica without a ticket counts on the group the same way. Any
-// reservation is forgotten after maxAge (its device never came, connected
-// to another endpoint, or did not give its ticket back). Each carries the
-// device's weight, so load balancing counts heavy devices as more.
+// replica without a ticket counts on the group the same way. A reservation
+// a reporting executor never lists (its device never came, connected to
+// another endpoint, or did not give its ticket back) ends once a count is
+// observed unlisted after it was made, and any is forgotten after maxAge.
+// Each carries the device's weight, so load balancing counts heavy devices
+// as more.
 type reservations struct {
 	grace, maxAge time.Duration
 	// unlisted ends a reservation its reporting executor has not listed
