@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"github.com/berthproject/berth/access"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/testutil"
 )
@@ -445,5 +447,98 @@ func TestFaultStormEveryExecutorRestarted(t *testing.T) {
 	}
 	if refusals != 0 {
 		t.Errorf("%d Assigns refused as if every group were full, with room for %d more devices", refusals, 2*groupCap["group-1"]-devices)
+	}
+}
+
+// TestFaultStuckDeviceOthersUnaffected: one device stops reading (it sends
+// its Hello and never reads) while services push large messages to it; the
+// other devices on the same executor keep getting theirs. Every send to the
+// others is delivered; their latency before and while the stuck device is
+// being cut is reported (a figure, not a timed assertion); the stuck one is
+// told why.
+func TestFaultStuckDeviceOthersUnaffected(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts real processes")
+	}
+	devices := 20
+	c := startCluster(t, 1, 1, devices+1)
+	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
+	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == devices
+	})
+	// The stuck device: Assign, Hello, then nothing read.
+	ac := assignClient(t, c.cpAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := ac.Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "stuck", Spec: &controlplanev1.DeviceSpec{Model: "m"}})
+	if err != nil {
+		t.Fatalf("Assign stuck: %v", err)
+	}
+	dest := resp.GetDestination()
+	cc, err := grpc.NewClient(dest.GetEndpoints()[0].GetAddress(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	stream, err := executorv1.NewExecutorServiceClient(cc).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&executorv1.ConnectRequest{Frame: &executorv1.ConnectRequest_Hello{Hello: &executorv1.Hello{
+		DeviceId: "stuck", Token: dest.GetToken(), Reservation: dest.GetReservation()}}}); err != nil {
+		t.Fatal(err)
+	}
+	mc := messagingClient(t, c.cpAddr)
+	others := make([]string, devices)
+	for i := range others {
+		others[i] = fmt.Sprintf("sim-%06d", i)
+	}
+	round := func(phase string) {
+		t.Helper()
+		var lat []time.Duration
+		for k := range 5 * devices {
+			d, err := sendOnce(mc, others[k%devices])
+			if err != nil {
+				t.Errorf("%s: send to %s: %v", phase, others[k%devices], err)
+				continue
+			}
+			lat = append(lat, d)
+		}
+		slices.Sort(lat)
+		if len(lat) > 0 {
+			figure(t, "stuck-device/"+phase, "%d sends to the other %d devices: p50 %v, p99 %v", len(lat), devices,
+				lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*99/100].Round(10*time.Microsecond))
+		}
+	}
+	round("before")
+	// 100 sends of 256 KiB at once to the stuck device, from the side:
+	// they fill the transport, then its send queue (64 frames), and its
+	// stream is cut; meanwhile, the others' round.
+	told := make(chan error, 100)
+	payload := make([]byte, 256<<10)
+	for range 100 {
+		go func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer scancel()
+			_, err := mc.Send(sctx, &messagingv1.SendRequest{DeviceId: "stuck", Payload: payload, ContentType: "application/octet-stream"})
+			told <- err
+		}()
+	}
+	round("while-stuck")
+	why := map[string]int{}
+	notReading := 0
+	for range 100 {
+		err := <-told
+		st := status.Convert(err)
+		if st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "not reading") {
+			notReading++
+		}
+		why[st.Code().String()]++
+	}
+	figure(t, "stuck-device/told", "the 100 sends to the stuck device were answered %v; %d said it does not read", why, notReading)
+	if notReading == 0 {
+		t.Errorf("no send to the stuck device was told it does not read: %v", why)
 	}
 }
