@@ -250,14 +250,9 @@ func startWith(t testing.TB, mutate func(*executor.Config), opts ...executor.Opt
 	return startWrapped(t, nil, mutate, opts...)
 }
 
-// startWrapped is startWith whose executor is given wrap(fake registrar)
-// as its Registrar (wrap nil: the fake itself).
-func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mutate func(*executor.Config), opts ...executor.Option) *harness {
+// testKeys returns a fresh Ed25519 token key with its signer and verifier.
+func testKeys(t testing.TB) (ed25519.PrivateKey, *token.Signer, *token.Verifier) {
 	t.Helper()
-	cfg := testConfig()
-	if mutate != nil {
-		mutate(&cfg)
-	}
 	key, err := token.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -270,6 +265,18 @@ func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mu
 	if err != nil {
 		t.Fatal(err)
 	}
+	return key, signer, verifier
+}
+
+// startWrapped is startWith whose executor is given wrap(fake registrar)
+// as its Registrar (wrap nil: the fake itself).
+func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mutate func(*executor.Config), opts ...executor.Option) *harness {
+	t.Helper()
+	cfg := testConfig()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	key, signer, verifier := testKeys(t)
 	reg := newFakeRegistrar()
 	var r executor.Registrar = reg
 	if wrap != nil {

@@ -2,7 +2,6 @@ package executor_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -86,18 +85,7 @@ func startTLSExecutor(t *testing.T) *tlsHarness {
 	serverCA := testutil.NewTestCA(t, "servers")
 	trust := newFakeTrust()
 	cfg := testConfig()
-	key, err := token.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := token.NewSigner(key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := token.NewVerifier(nil, key.Public().(ed25519.PublicKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, signer, verifier := testKeys(t)
 	reg := newFakeRegistrar()
 	srv, err := executor.New(cfg, verifier, reg, nil,
 		executor.WithTrust(trust), executor.WithCredentials(credentials.NewTLS(serverCA.ServerTLS(t))))

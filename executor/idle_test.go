@@ -2,7 +2,6 @@ package executor_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/internal/testutil"
-	"github.com/berthproject/berth/token"
 )
 
 // idleProfile, when set, is a directory where TestIdleStreamGoroutines
@@ -219,18 +217,7 @@ func TestIdleStreamGoroutines(t *testing.T) {
 	}
 
 	// The executor, with real tokens.
-	key, err := token.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := token.NewSigner(key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := token.NewVerifier(nil, key.Public().(ed25519.PublicKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signer, verifier := testKeys(t)
 	for i := range hellos {
 		id := hellos[i].GetHello().GetDeviceId()
 		tok, _, err := signer.Sign(id, testGroup, "default", waitTimeout)

@@ -2,7 +2,6 @@ package executor_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"net"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
-	"github.com/berthproject/berth/token"
 )
 
 // TestRegistrationInEtcd runs an executor with a real Registration and a
@@ -38,18 +36,7 @@ func TestRegistrationInEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := token.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := token.NewSigner(key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := token.NewVerifier(nil, key.Public().(ed25519.PublicKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signer, verifier := testKeys(t)
 	// Queued before d2 connects.
 	queued, _, err := reg.Enqueue(context.Background(), registry.QueuedMessage{
 		DeviceID: "d2", Payload: []byte("hello"), ContentType: "text/plain",

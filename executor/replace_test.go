@@ -43,18 +43,7 @@ func newCluster(t *testing.T) *cluster {
 	}
 	etcd := testutil.StartEtcd(t)
 	cli := testutil.EtcdClient(t, etcd)
-	key, err := token.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := token.NewSigner(key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := token.NewVerifier(nil, key.Public().(ed25519.PublicKey))
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, signer, verifier := testKeys(t)
 	return &cluster{reg: registry.New(cli, "/replace-test"), key: key, signer: signer, verify: verifier}
 }
 
