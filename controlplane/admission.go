@@ -3,21 +3,15 @@ package controlplane
 import (
 	"context"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/berthproject/berth/internal/rpcserver"
 )
-
-// PushbackTrailer is the trailer that tells gRPC clients (and gRPC's retry
-// policies) how long to wait before retrying, in milliseconds.
-const PushbackTrailer = "grpc-retry-pushback-ms"
 
 // maxAdmitHint bounds the retry hint of a shed Assign.
 const maxAdmitHint = time.Minute
@@ -71,6 +65,6 @@ func (a *admission) admit() (time.Duration, bool) {
 // shed answers an Assign the replica will not take now: RESOURCE_EXHAUSTED
 // with the retry hint in a RetryInfo detail and the pushback trailer.
 func shed(ctx context.Context, msg string, hint time.Duration) error {
-	_ = grpc.SetTrailer(ctx, metadata.Pairs(PushbackTrailer, strconv.FormatInt(hint.Milliseconds(), 10)))
+	_ = grpc.SetTrailer(ctx, rpcserver.Pushback(hint))
 	return rpcserver.WithRetry(codes.ResourceExhausted, msg, hint)
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
@@ -367,7 +368,7 @@ func TestAssignAdmissionSheds(t *testing.T) {
 	if hint < cfg.RetryAfter {
 		t.Errorf("RetryInfo hint %v, want at least %v (%v)", hint, cfg.RetryAfter, st.Details())
 	}
-	if got := trailer.Get(controlplane.PushbackTrailer); len(got) != 1 || got[0] != strconv.FormatInt(hint.Milliseconds(), 10) {
+	if got := trailer.Get(rpcserver.PushbackTrailer); len(got) != 1 || got[0] != strconv.FormatInt(hint.Milliseconds(), 10) {
 		t.Errorf("pushback trailer %v, want [%d]", got, hint.Milliseconds())
 	}
 	if !strings.Contains(st.Message(), "at most 0.001 Assigns a second") {

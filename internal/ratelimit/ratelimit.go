@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -64,8 +63,8 @@ func (c Config) Validate() error {
 type IdentityFunc func(ctx context.Context, req any) string
 
 // PushbackTrailer is the trailer that tells gRPC clients (and their retry
-// policies) how long to wait, in milliseconds.
-const PushbackTrailer = "grpc-retry-pushback-ms"
+// policies) how long to wait, in milliseconds (rpcserver's).
+const PushbackTrailer = rpcserver.PushbackTrailer
 
 // Limiter holds the buckets. It is safe for concurrent use.
 type Limiter struct {
@@ -163,7 +162,7 @@ func (l *Limiter) Tracked() int {
 func refusal(method string, r Rule, wait time.Duration) (metadata.MD, error) {
 	wait = max(wait.Round(time.Millisecond), time.Millisecond)
 	msg := fmt.Sprintf("rate limit: at most %g calls a second (bursts of %d) to %s per caller; retry in %v", r.Rate, r.Burst, method, wait)
-	return metadata.Pairs(PushbackTrailer, strconv.FormatInt(wait.Milliseconds(), 10)), rpcserver.WithRetry(codes.ResourceExhausted, msg, wait)
+	return rpcserver.Pushback(wait), rpcserver.WithRetry(codes.ResourceExhausted, msg, wait)
 }
 
 // Check takes a token for (method, id) and returns nil, or the refusal
