@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestConnectBurstCountsExact puts a burst of devices on real processes
@@ -23,12 +21,7 @@ func TestConnectBurstCountsExact(t *testing.T) {
 	c := startCluster(t, 2, 2, 150)
 	ctl(t, c.cpAddr, "group", "put", "group-1", "--capacity", "220")
 	ctl(t, c.cpAddr, "group", "put", "group-2", "--capacity", "110")
-	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	line := sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
+	sim, line := startSimulate(t, c.cpAddr, devices)
 	t.Logf("connected: %s", line)
 	s, _ := parseSummary(line)
 	if s.fields["connects"] != devices {

@@ -88,16 +88,8 @@ func TestFaultEtcdPaused(t *testing.T) {
 	}
 	etcd, ep := startEtcdProcess(t)
 	c := startClusterOn(t, ep, 2, 1, devices, "3s")
-	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
-	ids := make([]string, devices)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("sim-%06d", i)
-	}
+	sim, _ := startSimulate(t, c.cpAddr, devices)
+	ids := simIDs(devices)
 	mc := messagingClient(t, c.cpAddr)
 	for _, id := range ids {
 		if _, err := sendOnce(mc, id); err != nil {
@@ -207,22 +199,14 @@ func TestFaultExecutorKilledQueued(t *testing.T) {
 		devices, perDevice = 1000, 5
 	}
 	c := startCluster(t, 1, 2, devices)
-	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	line := sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
+	sim, line := startSimulate(t, c.cpAddr, devices)
 	s, _ := parseSummary(line)
 	victim := "group-1-exec-1"
 	if s.executors[victim] == 0 {
 		t.Fatalf("%s holds no device: %v", victim, s.executors)
 	}
 	mc := messagingClient(t, c.cpAddr)
-	ids := make([]string, devices)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("sim-%06d", i)
-	}
+	ids := simIDs(devices)
 	// Half the messages, the kill, the other half: messages are in flight
 	// to the victim's devices when it dies.
 	var killed time.Time
@@ -259,7 +243,7 @@ func TestFaultExecutorKilledQueued(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	left := -1
-	for ctx.Err() == nil && left != 0 {
+	_ = testutil.Poll(ctx, pollEvery, func() bool {
 		left = 0
 		for _, id := range ids {
 			resp, err := getDevice(mc, id)
@@ -268,13 +252,8 @@ func TestFaultExecutorKilledQueued(t *testing.T) {
 			}
 			left += int(resp.GetQueuedMessages())
 		}
-		if left != 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(pollEvery):
-			}
-		}
-	}
+		return left == 0
+	})
 	if left != 0 {
 		t.Errorf("%d of %d queued messages still queued a minute after the kill", left, sent)
 	}
@@ -317,12 +296,7 @@ func TestFaultKilledExecutorNotCounted(t *testing.T) {
 		devices = 1000
 	}
 	c := startClusterOn(t, startEtcd(t), 1, 2, devices, "30s")
-	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	line := sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
+	_, line := startSimulate(t, c.cpAddr, devices)
 	s, _ := parseSummary(line)
 	victim := "group-1-exec-1"
 	held := s.executors[victim]
@@ -408,13 +382,7 @@ func TestFaultStormEveryExecutorRestarted(t *testing.T) {
 		waitRegistered(t, cpAddr, ids...)
 	}
 	startExecs(1)
-	sim := start(t, "simulate", "simulate", "--controlplane", cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "100ms", "--backoff-max", "2s")
-	allBack := func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	}
-	sim.waitLine(90*time.Second, "all devices connected", allBack)
+	sim, _ := startSimulate(t, cpAddr, devices, "--backoff-base", "100ms", "--backoff-max", "2s")
 	before := len(sim.stderr())
 
 	for _, p := range execs {
@@ -462,12 +430,7 @@ func TestFaultStuckDeviceOthersUnaffected(t *testing.T) {
 	}
 	devices := 20
 	c := startCluster(t, 1, 1, devices+1)
-	sim := start(t, "simulate", "simulate", "--controlplane", c.cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
+	startSimulate(t, c.cpAddr, devices)
 	// The stuck device: Assign, Hello, then nothing read.
 	ac := assignClient(t, c.cpAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -491,10 +454,7 @@ func TestFaultStuckDeviceOthersUnaffected(t *testing.T) {
 		t.Fatal(err)
 	}
 	mc := messagingClient(t, c.cpAddr)
-	others := make([]string, devices)
-	for i := range others {
-		others[i] = fmt.Sprintf("sim-%06d", i)
-	}
+	others := simIDs(devices)
 	round := func(phase string) {
 		t.Helper()
 		var lat []time.Duration

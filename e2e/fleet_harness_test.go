@@ -71,6 +71,31 @@ func parseSummary(line string) (summary, bool) {
 // simID is the id `berth simulate` gives its device i.
 func simID(i int) string { return fmt.Sprintf("sim-%06d", i) }
 
+// simIDs are the ids of a simulated fleet of n devices.
+func simIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = simID(i)
+	}
+	return ids
+}
+
+// startSimulate runs `berth simulate` with n devices against the control
+// plane cp (a summary every 200 ms, reconnects backing off from 50 ms to
+// 1 s; extra flags come after and win), waits until every device is
+// connected, and returns the process and that summary's line.
+func startSimulate(t *testing.T, cp string, n int, extra ...string) (*proc, string) {
+	t.Helper()
+	args := append([]string{"simulate", "--controlplane", cp, "--devices", strconv.Itoa(n),
+		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s"}, extra...)
+	sim := start(t, "simulate", args...)
+	line := sim.waitLine(90*time.Second, "all devices connected", func(line string) bool {
+		s, ok := parseSummary(line)
+		return ok && s.fields["connected"] == n
+	})
+	return sim, line
+}
+
 // fleet is devices of the device SDK in the test process. Each records
 // every message its application receives, then acknowledges it.
 type fleet struct {

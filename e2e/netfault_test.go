@@ -77,16 +77,8 @@ func TestFaultNetworkExecutorsEtcd(t *testing.T) {
 		ids = append(ids, id)
 	}
 	waitRegistered(t, cpAddr, ids...)
-	sim := start(t, "simulate", "simulate", "--controlplane", cpAddr, "--devices", strconv.Itoa(devices),
-		"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s")
-	sim.waitLine(60*time.Second, "all devices connected", func(line string) bool {
-		s, ok := parseSummary(line)
-		return ok && s.fields["connected"] == devices
-	})
-	devs := make([]string, devices)
-	for i := range devs {
-		devs[i] = fmt.Sprintf("sim-%06d", i)
-	}
+	sim, _ := startSimulate(t, cpAddr, devices)
+	devs := simIDs(devices)
 	mc := messagingClient(t, cpAddr)
 	sendsFor := func(phase string, d time.Duration) {
 		t.Helper()
