@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
 )
@@ -73,15 +72,7 @@ func TestAssignmentBatcherGroupCommits(t *testing.T) {
 func TestAssignmentBatcherEtcdDown(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	cli := testutil.EtcdClient(t, srv)
-	if _, err := cli.Get(ctx, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	srv.Close()
+	cli := goneEtcdClient(t)
 	b := registry.New(cli, testPrefix).NewAssignmentBatcher(500 * time.Millisecond)
 	if err := b.PutAssignment(ctx, registry.Assignment{DeviceID: "d1", GroupID: "g1"}); err == nil {
 		t.Fatal("PutAssignment with etcd down succeeded")

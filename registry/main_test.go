@@ -76,3 +76,22 @@ func goRun(t *testing.T, run func(context.Context) error) (stop func() error) {
 	t.Cleanup(func() { _ = stop() })
 	return stop
 }
+
+// goneEtcdClient returns a client of an etcd that answered once and is now
+// stopped: for tests of what happens while etcd is down. (Not
+// testutil.StartEtcd: the server is closed here, and must not be closed
+// twice.)
+func goneEtcdClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	ctx := testContext(t)
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	cli := testutil.EtcdClient(t, srv)
+	if _, err := cli.Get(ctx, "warm-up"); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	return cli
+}

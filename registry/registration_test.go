@@ -9,7 +9,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
 )
@@ -288,19 +287,7 @@ func TestRegistrationRunDeletesRecordOnReturn(t *testing.T) {
 // unreachable: it must return rather than wait for etcd to come back.
 func TestRegistrationStopsWhileEtcdIsDown(t *testing.T) {
 	t.Parallel()
-	ctx := testContext(t)
-	// Not testutil.StartEtcd: this test stops the server itself, and
-	// embedetcd.Server.Close must not be called twice.
-	srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), UnsafeNoFsync: true})
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	cli := testutil.EtcdClient(t, srv)
-	if _, err := cli.Get(ctx, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	srv.Close()
-
+	cli := goneEtcdClient(t)
 	g, err := registry.New(cli, testPrefix).NewRegistration(testExecutor(), fastRegistration(), nil)
 	if err != nil {
 		t.Fatal(err)
