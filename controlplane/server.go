@@ -338,11 +338,12 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	}
 	if !hasPrev || prev.GroupID != d.Group.ID || prev.Label != d.Label || !sameInputs(prev.Inputs, in) ||
 		prev.Thumbprint != b.Thumbprint || prev.Enrollment != b.Enrollment {
-		now := s.now()
+		// Where the device can stay if the record cannot be written.
+		recorded, canKeep := recordedCandidate(d, prev, hasPrev)
 		err := errRegistryDown
-		if s.writes.allow(now) {
+		if s.writes.allow(s.now()) {
 			timeout := s.cfg.WriteTimeout
-			if _, ok := recordedCandidate(d, prev, hasPrev); ok {
+			if canKeep {
 				timeout = min(timeout, s.cfg.KeepWriteTimeout)
 			}
 			err = s.record(ctx, req.GetDeviceId(), d, in, b, ticket, timeout)
@@ -356,13 +357,12 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		if err != nil {
 			// etcd cannot take the record: a known device whose recorded
 			// group is still usable goes back there, which needs no write.
-			kept, ok := s.keepRecorded(d, prev, hasPrev, w, &ticket)
-			if !ok {
+			if !canKeep {
 				s.withdraw(ticket)
 				return nil, err
 			}
-			s.log.Debug("registry unavailable: device kept in its recorded group", "device", req.GetDeviceId(), "group", kept.Group.ID)
-			d = kept
+			d = s.keepRecorded(d, recorded, prev.Label, w, &ticket)
+			s.log.Debug("registry unavailable: device kept in its recorded group", "device", req.GetDeviceId(), "group", d.Group.ID)
 		}
 	}
 	tok, exp, err := s.token(req.GetDeviceId(), d, in.Weight, b)
@@ -408,23 +408,19 @@ func recordedCandidate(d placement.Decision, prev registry.Assignment, hasPrev b
 	return placement.Candidate{}, false
 }
 
-// keepRecorded turns d into a decision for the device's recorded group
-// (see recordedCandidate) and moves the reservation there (ticket is
-// updated). It is the answer while the registry cannot record a change:
-// the device's record stays true.
-func (s *Server) keepRecorded(d placement.Decision, prev registry.Assignment, hasPrev bool, w float64, ticket *fleet.Ticket) (placement.Decision, bool) {
-	c, ok := recordedCandidate(d, prev, hasPrev)
-	if !ok {
-		return d, false
-	}
-	d.Group, d.Label, d.Endpoints = *c.Group, prev.Label, c.Endpoints
+// keepRecorded turns d into a decision for the device's recorded group c
+// under its recorded label (see recordedCandidate) and moves the
+// reservation there (ticket is updated). It is the answer while the
+// registry cannot record a change: the device's record stays true.
+func (s *Server) keepRecorded(d placement.Decision, c placement.Candidate, label string, w float64, ticket *fleet.Ticket) placement.Decision {
+	d.Group, d.Label, d.Endpoints = *c.Group, label, c.Endpoints
 	d.Method = "recorded"
 	d.Reason = "registry unavailable: kept in recorded group " + c.Group.ID
 	s.res.locked(func() {
 		s.res.cancelLocked(*ticket)
 		*ticket = s.res.addLocked(c.Endpoints[0].Executor.ID, w)
 	})
-	return d, true
+	return d
 }
 
 // history returns the device's traffic history as of now (zero without a
