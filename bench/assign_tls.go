@@ -75,7 +75,7 @@ func (r *AssignReport) runMTLS(ctx context.Context, cl *clients, cp *controlPlan
 		return err
 	}
 	return r.rounds(ctx, r.Config.Rounds, []closedCase{
-		{CaseNoop, noop, nil},
-		{CaseAssignMTLS, assignMTLS, cp},
+		{name: CaseNoop, op: noop, cpu: cpuOf(cp)},
+		{name: CaseAssignMTLS, op: assignMTLS, cp: cp, cpu: cpuOf(cp)},
 	})
 }

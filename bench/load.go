@@ -29,6 +29,9 @@ type Result struct {
 	// RoundOpsPerSec is the throughput of each round, when the case was
 	// measured in rounds.
 	RoundOpsPerSec []float64
+	// CPU is the processor time the load generator and the servers used
+	// during the measured period (Known is false when not measured).
+	CPU CPU
 }
 
 // OpsPerSec is the throughput of successful calls, in calls per second.
@@ -47,6 +50,13 @@ type Load struct {
 	Duration time.Duration
 	// Op makes one call as worker w.
 	Op func(ctx context.Context, w int) error
+	// Lean, when set, keeps no latencies: a worker only counts its calls
+	// (no clock read or histogram per call), so that the load generator
+	// costs as little as a plain loop of calls.
+	Lean bool
+	// CPU, when set, measures the processor time used during the measured
+	// period (Result.CPU).
+	CPU *cpuProbe
 }
 
 // Run applies the load. A call counts when it starts within the measured
@@ -56,16 +66,25 @@ func (l Load) Run(ctx context.Context, name string) (Result, error) {
 	start := time.Now()
 	measureFrom := start.Add(l.Warmup)
 	end := measureFrom.Add(l.Duration)
-	type tally struct {
-		ops, errs uint64
-		first     error
-		hist      *Histogram
+	tallies := make([]loadTally, l.Workers)
+	stop := make(chan struct{})
+	cpu := l.CPU.window(measureFrom, end, stop)
+	var phase atomic.Int32 // lean workers: 0 warm-up, 1 measured, 2 over
+	if l.Lean {
+		phases := time.AfterFunc(time.Until(measureFrom), func() {
+			phase.Store(1)
+			time.AfterFunc(time.Until(end), func() { phase.Store(2) })
+		})
+		defer phases.Stop()
 	}
-	tallies := make([]tally, l.Workers)
 	var wg sync.WaitGroup
 	for w := range l.Workers {
 		wg.Go(func() {
-			t := tally{hist: NewHistogram()}
+			t := loadTally{hist: NewHistogram()}
+			if l.Lean {
+				tallies[w] = l.runLean(ctx, w, &phase)
+				return
+			}
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if !t0.Before(end) {
@@ -92,10 +111,12 @@ func (l Load) Run(ctx context.Context, name string) (Result, error) {
 		})
 	}
 	wg.Wait()
+	close(stop)
+	used := cpu()
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	r := Result{Name: name, Elapsed: l.Duration, Latency: NewHistogram(), RecordsWritten: -1}
+	r := Result{Name: name, Elapsed: l.Duration, Latency: NewHistogram(), RecordsWritten: -1, CPU: used}
 	for _, t := range tallies {
 		r.Ops += t.ops
 		r.Errors += t.errs
@@ -105,6 +126,42 @@ func (l Load) Run(ctx context.Context, name string) (Result, error) {
 		r.Latency.Merge(t.hist)
 	}
 	return r, nil
+}
+
+// loadTally is what one worker of a Load counted.
+type loadTally struct {
+	ops, errs uint64
+	first     error
+	hist      *Histogram
+}
+
+// runLean is worker w of a Lean load: it calls back to back until phase
+// is 2 (or ctx ends), counting the calls that started while phase was 1;
+// it reads no clock and keeps no latency.
+func (l Load) runLean(ctx context.Context, w int, phase *atomic.Int32) loadTally {
+	t := loadTally{hist: NewHistogram()}
+	for ctx.Err() == nil {
+		p := phase.Load()
+		if p == 2 {
+			break
+		}
+		err := l.Op(ctx, w)
+		if p == 0 {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			t.errs++
+			if t.first == nil {
+				t.first = err
+			}
+			continue
+		}
+		t.ops++
+	}
+	return t
 }
 
 // PacedResult is what an open-loop (paced) case measured.
@@ -150,6 +207,13 @@ type Paced struct {
 	Duration time.Duration
 	// Op makes one call as worker w.
 	Op func(ctx context.Context, w int) error
+	// Lean, when set, keeps no latencies: a worker only counts its calls
+	// (no clock read or histogram per call), so that the load generator
+	// costs as little as a plain loop of calls.
+	Lean bool
+	// CPU, when set, measures the processor time used during the measured
+	// period (Result.CPU).
+	CPU *cpuProbe
 }
 
 // Run applies the load. A call is measured when its scheduled start is in
@@ -265,6 +329,7 @@ func (r *Result) add(o Result) {
 		r.RecordsWritten = max(r.RecordsWritten, 0) + o.RecordsWritten
 	}
 	r.RoundOpsPerSec = append(r.RoundOpsPerSec, o.OpsPerSec())
+	r.CPU.add(o.CPU)
 }
 
 // add accumulates o, one round of the same paced case, into r.

@@ -5,6 +5,7 @@ package bench
 import (
 	"errors"
 	"os/exec"
+	"time"
 )
 
 // readRSS is only implemented on Linux.
@@ -16,3 +17,6 @@ func RaiseFileLimit() (uint64, error) { return 0, errors.ErrUnsupported }
 
 // dieWithParent is only implemented on Linux.
 func dieWithParent(*exec.Cmd) {}
+
+// processCPU is only implemented on Linux.
+func processCPU(int) (time.Duration, error) { return 0, errors.ErrUnsupported }

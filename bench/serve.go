@@ -21,6 +21,10 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/berthproject/berth/executor"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
@@ -48,6 +52,11 @@ const (
 	// ModeControlPlane runs a control plane (bench assign's server under
 	// test, in a process of its own).
 	ModeControlPlane = "controlplane"
+	// ModeLean runs grpc-go as it comes: grpc.NewServer() with no option
+	// but the transport credentials, and the standard health service,
+	// nothing else (bench assign's lean baseline: what the machine allows
+	// a unary call).
+	ModeLean = "lean"
 )
 
 // Lines a Serve child understands on its input.
@@ -143,7 +152,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 
 // NeedsRegistry reports whether Serve needs a registry for c's mode.
 func (c ServeConfig) NeedsRegistry() bool {
-	return c.Mode != ModeBare && c.Mode != ModeBarePush
+	return c.Mode != ModeBare && c.Mode != ModeBarePush && c.Mode != ModeLean
 }
 
 // Validate checks c.
@@ -152,7 +161,7 @@ func (c ServeConfig) Validate() error {
 		return errors.New("bench serve: --tls-cert and --tls-key go together")
 	}
 	switch c.Mode {
-	case ModeBare, ModeBarePush:
+	case ModeBare, ModeBarePush, ModeLean:
 		return nil
 	case ModeBerth:
 		if c.Etcd == "" || c.PublicKeyFile == "" {
@@ -165,7 +174,7 @@ func (c ServeConfig) Validate() error {
 		}
 		return nil
 	}
-	return fmt.Errorf("bench serve: --mode %q: want %s, %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeBarePush, ModeControlPlane)
+	return fmt.Errorf("bench serve: --mode %q: want %s, %s, %s, %s or %s", c.Mode, ModeBerth, ModeBare, ModeBarePush, ModeControlPlane, ModeLean)
 }
 
 // ServerStats is what a Serve child reports about itself.
@@ -304,6 +313,20 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 				return ok && ex.Registration().Registered()
 			}
 		}
+	case ModeLean:
+		srv := newLeanServer(tc)
+		g.Go(func() error {
+			if err := srv.Serve(lis); err != nil {
+				return fmt.Errorf("bench serve: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			srv.Stop()
+			return nil
+		})
+		streams, ready = func() int { return 0 }, func() bool { return true }
 	default:
 		bare := &bareServer{executorID: cfg.ExecutorID, groupID: cfg.GroupID}
 		rc := rpcserver.DefaultConfig()
@@ -354,6 +377,18 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		err = nil
 	}
 	return err
+}
+
+// newLeanServer is ModeLean's server: grpc-go's defaults and the standard
+// health service (every service SERVING), over TLS with tc when set.
+func newLeanServer(tc *tls.Config) *grpc.Server {
+	var opts []grpc.ServerOption
+	if tc != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	srv := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	return srv
 }
 
 // answer serves the input's commands until it says quit or ends, then calls

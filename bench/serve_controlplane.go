@@ -11,6 +11,7 @@ import (
 	"runtime"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
@@ -103,6 +104,8 @@ func newBenchControlPlane(tokenCache, labelMemo int, tc *tls.Config, reg *regist
 // child process (Command set) or in this one.
 type controlPlaneUnderTest struct {
 	addr string
+	// pid is the child's process id, 0 in this process.
+	pid int
 	// counters returns its writes and cached assignment records.
 	counters func(ctx context.Context) (writes int64, assignments int, err error)
 	// stop stops it and waits.
@@ -153,10 +156,58 @@ func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, pk *bench
 	}
 	return &controlPlaneUnderTest{
 		addr: c.addr,
+		pid:  c.cmd.Process.Pid,
 		counters: func(ctx context.Context) (int64, int, error) {
 			st, err := c.stats(ctx)
 			return st.Writes, st.Assignments, err
 		},
 		stop: func() error { return c.stop() },
 	}, nil
+}
+
+// cpu is a probe of the processor time of this process and of the control
+// planes cps (nil entries are skipped; none in a child: they run here).
+func cpuOf(cps ...*controlPlaneUnderTest) *cpuProbe {
+	p := &cpuProbe{}
+	for _, cp := range cps {
+		if cp != nil && cp.pid != 0 {
+			p.pids = append(p.pids, cp.pid)
+		}
+	}
+	return p
+}
+
+// leanUnderTest is bench assign's lean baseline server: grpc-go's defaults
+// and the health service (ModeLean), in a child process (Command set) or
+// in this one.
+type leanUnderTest struct {
+	addr string
+	pid  int
+	stop func() error
+}
+
+// startLean starts the lean baseline server, plaintext, like
+// startControlPlaneUnderTest.
+func startLean(ctx context.Context, cfg AssignConfig) (*leanUnderTest, error) {
+	if len(cfg.Command) == 0 {
+		lis, err := rpcserver.Listen("127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		srv := newLeanServer(nil)
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(lis) }()
+		return &leanUnderTest{addr: lis.Addr().String(), stop: func() error {
+			srv.Stop()
+			if err := <-done; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("bench: lean server: %w", err)
+			}
+			return nil
+		}}, nil
+	}
+	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{Mode: ModeLean, Listen: "127.0.0.1:0", LogLevel: "warn"})
+	if err != nil {
+		return nil, err
+	}
+	return &leanUnderTest{addr: c.addr, pid: c.cmd.Process.Pid, stop: c.stop}, nil
 }
