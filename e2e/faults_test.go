@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -341,25 +342,49 @@ func TestFaultKilledExecutorNotCounted(t *testing.T) {
 	}
 }
 
+// stormDevices is the fleet of TestFaultStormEveryExecutorRestarted: 300
+// devices, 20,000 at full scale (make faults), or BERTH_STORM_DEVICES at
+// either scale (BERTH_STORM_DEVICES=5000 make faults: a smaller full run).
+func stormDevices(t *testing.T) int {
+	t.Helper()
+	if v := os.Getenv("BERTH_STORM_DEVICES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 10 {
+			t.Fatalf("BERTH_STORM_DEVICES=%q: want a number of devices, at least 10", v)
+		}
+		return n
+	}
+	if fullFaults() {
+		return 20000
+	}
+	return 300
+}
+
 // TestFaultStormEveryExecutorRestarted: every executor is killed at once
 // (kill -9) and started again (on new ports: every device's endpoints are
 // gone, so the whole fleet comes back through Assign), with the control
-// plane admitting 200 Assigns a second. Reported: the time until every
-// device is back, the peak devices per group against its capacity, and the
-// refusals for full groups while the groups had room, which must be none.
+// plane admitting a tenth of the fleet's Assigns a second (at least 200:
+// 200/s for 300 devices, 2,000/s for 20,000), in bursts of a quarter of
+// that. The fleet is `berth simulate` processes of at most simPerProcess
+// devices each (stormDevices: 300; 20,000 at full scale). Reported: the
+// time until every device is back, the peak devices per group against its
+// capacity, and the refusals for full groups while the groups had room,
+// which must be none; and the processes' peak memory.
 func TestFaultStormEveryExecutorRestarted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts real processes")
 	}
-	devices := 300
-	if fullFaults() {
-		devices = 3000
-	}
+	devices := stormDevices(t)
+	admitRate := max(200, devices/10)
+	// Every wait on the whole fleet: 120 s, or 20 ms a device past 6,000
+	// (the fleet connects at a few hundred a second on a busy 2-core
+	// machine, whatever the admitted rate).
+	fleetWait := max(120*time.Second, time.Duration(devices)*20*time.Millisecond)
 	execCap := devices * 3 / 10 // 2 groups of 2: room for 1.2× the fleet
 	ep := startEtcd(t)
 	priv, pub := keygen(t)
 	cp := start(t, "controlplane", "controlplane", "--etcd", ep, "--signing-key", priv, "--listen", "127.0.0.1:0",
-		"--open-enrollment", "--admit-rate", "200", "--admit-burst", "50")
+		"--open-enrollment", "--admit-rate", strconv.Itoa(admitRate), "--admit-burst", strconv.Itoa(admitRate/4))
 	cpAddr := cp.addr()
 	groupCap := map[string]int{}
 	for g := 1; g <= 2; g++ {
@@ -382,8 +407,9 @@ func TestFaultStormEveryExecutorRestarted(t *testing.T) {
 		waitRegistered(t, cpAddr, ids...)
 	}
 	startExecs(1)
-	sim, _ := startSimulate(t, cpAddr, devices, "--backoff-base", "100ms", "--backoff-max", "2s")
-	before := len(sim.stderr())
+	sim := startSimFleet(t, cpAddr, devices, fleetWait, "--backoff-base", "100ms", "--backoff-max", "2s")
+	const full = "every usable group is full"
+	before := sim.countStderr(full)
 
 	for _, p := range execs {
 		p.signal(syscall.SIGKILL)
@@ -392,30 +418,50 @@ func TestFaultStormEveryExecutorRestarted(t *testing.T) {
 	for _, p := range execs {
 		_ = p.wait(10 * time.Second)
 	}
+	// Peaks from here on: lines printed before the devices saw the kill
+	// count them where they were, within capacity.
+	sim.resetPeaks()
 	startExecs(2)
-	peak := map[string]int{}
-	sim.waitNext(120*time.Second, "all devices back", func(line string) bool {
-		s, ok := parseSummary(line)
-		if !ok {
-			return false
-		}
-		for g, n := range s.groups {
-			peak[g] = max(peak[g], n)
-		}
-		return s.fields["connected"] == devices
-	})
+	sim.wait(fleetWait, "all devices back", func(s summary) bool { return s.fields["connected"] == devices })
 	back := time.Since(killed)
-	refusals := strings.Count(sim.stderr()[before:], "every usable group is full")
-	figure(t, "storm/back", "%d devices back %v after every executor was killed (restarted on new ports, admitted at 200 Assigns/s)", devices, back.Round(10*time.Millisecond))
-	figure(t, "storm/peak", "peak devices per group %v against capacity %v; %d refusals for full groups", peak, groupCap, refusals)
-	for g, n := range peak {
+	refusals := sim.countStderr(full) - before
+	sampled, bound := sim.peaks()
+	figure(t, "storm/back", "%d devices (in %d berth simulate process(es)) back %v after every executor was killed (restarted on new ports, admitted at %d Assigns/s, burst %d)",
+		devices, len(sim.procs), back.Round(10*time.Millisecond), admitRate, admitRate/4)
+	figure(t, "storm/peak", "peak devices per group %v (bound: the processes' own peaks summed, %v) against capacity %v; %d refusals for full groups",
+		sampled, bound, groupCap, refusals)
+	for g, n := range bound {
 		if n > groupCap[g]*105/100 {
-			t.Errorf("group %s peaked at %d devices, more than 5%% over its capacity %d", g, n, groupCap[g])
+			t.Errorf("group %s peaked at up to %d devices (sampled %d), more than 5%% over its capacity %d", g, n, sampled[g], groupCap[g])
 		}
 	}
 	if refusals != 0 {
 		t.Errorf("%d Assigns refused as if every group were full, with room for %d more devices", refusals, 2*groupCap["group-1"]-devices)
 	}
+	figure(t, "storm/memory", "peak RSS: %s", stormMemory(sim, execs, cp, devices))
+}
+
+// stormMemory describes the peak RSS of the storm's processes: the
+// simulate processes' in all and per device, the executors' (the second
+// round's, which took the whole fleet back), the control plane's.
+func stormMemory(sim *simFleet, execs map[string]*proc, cp *proc, devices int) string {
+	mib := func(kib int) string { return fmt.Sprintf("%.0f MiB", float64(kib)/1024) }
+	simKiB := 0
+	for _, p := range sim.procs {
+		kib, ok := p.peakRSS()
+		if !ok {
+			return "not readable (no /proc)"
+		}
+		simKiB += kib
+	}
+	var execRSS []string
+	for _, id := range slices.Sorted(maps.Keys(execs)) {
+		kib, _ := execs[id].peakRSS()
+		execRSS = append(execRSS, id+" "+mib(kib))
+	}
+	cpKiB, _ := cp.peakRSS()
+	return fmt.Sprintf("berth simulate %s in all (%.1f KiB a device); executors %s; control plane %s",
+		mib(simKiB), float64(simKiB)/float64(devices), strings.Join(execRSS, ", "), mib(cpKiB))
 }
 
 // TestFaultStuckDeviceOthersUnaffected: one device stops reading (it sends

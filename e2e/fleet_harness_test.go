@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -94,6 +95,153 @@ func startSimulate(t *testing.T, cp string, n int, extra ...string) (*proc, stri
 		return ok && s.fields["connected"] == n
 	})
 	return sim, line
+}
+
+// simPerProcess is the most devices one `berth simulate` process of a
+// simFleet holds: each device holds a TCP connection, an open file, and
+// the hard limit on open files can be as low as 20,000 (this project's
+// VM). 20,000 devices are 5 processes, 5,000 already 2.
+const simPerProcess = 4000
+
+// simFleet is a simulated fleet split over `berth simulate` processes of at
+// most simPerProcess devices each, read as one: the sum of every process's
+// latest summary line. Its peaks per group are kept as lines come in.
+type simFleet struct {
+	t       *testing.T
+	devices int
+	procs   []*proc
+	next    []int     // per process, its first stdout line not yet read
+	latest  []summary // per process, its latest summary (zero: none yet)
+	// peakOf is, per process, the most devices it had connected in each
+	// group in any of its lines since resetPeaks; peakSum is the most in
+	// each group in the sum of the processes' latest lines, taken at each
+	// line.
+	peakOf  []map[string]int
+	peakSum map[string]int
+}
+
+// startSimFleet runs n devices against the control plane cp as
+// ceil(n/simPerProcess) `berth simulate` processes (the startSimulate
+// defaults, then extra). With one process its devices are simIDs(n);
+// with several, process k's ids start with "sim<k>-". It waits up to
+// timeout for every device to be connected.
+func startSimFleet(t *testing.T, cp string, n int, timeout time.Duration, extra ...string) *simFleet {
+	t.Helper()
+	procs := (n + simPerProcess - 1) / simPerProcess
+	f := &simFleet{t: t, devices: n, next: make([]int, procs), latest: make([]summary, procs)}
+	for k := range procs {
+		size := n / procs
+		if k < n%procs {
+			size++ // the remainder, one each to the first processes
+		}
+		args := []string{"simulate", "--controlplane", cp, "--devices", strconv.Itoa(size),
+			"--every", "200ms", "--backoff-base", "50ms", "--backoff-max", "1s"}
+		name := "simulate"
+		if procs > 1 {
+			name = fmt.Sprintf("simulate-%d", k)
+			args = append(args, "--id-prefix", fmt.Sprintf("sim%d-", k))
+		}
+		f.procs = append(f.procs, start(t, name, append(args, extra...)...))
+	}
+	f.resetPeaks()
+	f.wait(timeout, "all devices connected", func(s summary) bool { return s.fields["connected"] == n })
+	return f
+}
+
+// resetPeaks starts the peaks per group over, from the lines printed
+// from now on: the lines printed so far and not yet read are skipped, and
+// each process counts as having none until its next.
+func (f *simFleet) resetPeaks() {
+	for k, p := range f.procs {
+		_, f.next[k], _ = p.linesFrom(f.next[k])
+		f.latest[k] = summary{}
+	}
+	f.peakOf = make([]map[string]int, len(f.procs))
+	for k := range f.peakOf {
+		f.peakOf[k] = map[string]int{}
+	}
+	f.peakSum = map[string]int{}
+}
+
+// wait reads the processes' new summary lines until the sum of their latest
+// ones satisfies cond, and returns that sum; it fails the test after
+// timeout or when a process exits.
+func (f *simFleet) wait(timeout time.Duration, what string, cond func(summary) bool) summary {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var sum summary
+	err := testutil.Poll(ctx, pollEvery, func() bool {
+		for k, p := range f.procs {
+			lines, next, exited := p.linesFrom(f.next[k])
+			f.next[k] = next
+			if exited {
+				f.t.Fatalf("%s exited (%v) while waiting for %s", p.name, p.err, what)
+			}
+			for _, l := range lines {
+				s, ok := parseSummary(l)
+				if !ok {
+					continue
+				}
+				f.latest[k] = s
+				for g, c := range s.groups {
+					f.peakOf[k][g] = max(f.peakOf[k][g], c)
+				}
+				sum = f.sum()
+				for g, c := range sum.groups {
+					f.peakSum[g] = max(f.peakSum[g], c)
+				}
+			}
+		}
+		sum = f.sum()
+		return cond(sum)
+	})
+	if err != nil {
+		f.t.Fatalf("simulated fleet: no %s within %v; the processes' sum: %v connected, groups %v", what, timeout, sum.fields["connected"], sum.groups)
+	}
+	return sum
+}
+
+// sum adds up the processes' latest summaries.
+func (f *simFleet) sum() summary {
+	s := summary{fields: map[string]int{}, groups: map[string]int{}, executors: map[string]int{}}
+	for _, l := range f.latest {
+		for k, v := range l.fields {
+			s.fields[k] += v
+		}
+		for k, v := range l.groups {
+			s.groups[k] += v
+		}
+		for k, v := range l.executors {
+			s.executors[k] += v
+		}
+	}
+	return s
+}
+
+// peaks returns the peak devices per group since resetPeaks: sampled, the
+// most seen in the sum of the processes' latest lines (each up to a
+// summary interval old when summed); bound, the sum of each process's own
+// peak, never below the sum of the processes' counts, as their lines
+// report them, at any one moment.
+func (f *simFleet) peaks() (sampled, bound map[string]int) {
+	bound = map[string]int{}
+	for _, m := range f.peakOf {
+		for g, c := range m {
+			bound[g] += c
+		}
+	}
+	return maps.Clone(f.peakSum), bound
+}
+
+// countStderr counts the occurrences of substr in what the processes
+// wrote to stderr so far.
+func (f *simFleet) countStderr(substr string) int {
+	n := 0
+	for _, p := range f.procs {
+		n += strings.Count(p.stderr(), substr)
+	}
+	return n
 }
 
 // fleet is devices of the device SDK in the test process. Each records

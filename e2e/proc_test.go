@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -214,6 +216,40 @@ func (p *proc) waitNext(timeout time.Duration, what string, match func(string) b
 		seen++
 		return seen > from && match(l)
 	})
+}
+
+// linesFrom returns the stdout lines from index from on, and the index
+// of the line after them; exited reports whether the process has exited
+// (its last lines are then all in).
+func (p *proc) linesFrom(from int) (lines []string, next int, exited bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done:
+		exited = true
+	default:
+	}
+	if from < len(p.lines) {
+		lines = slices.Clone(p.lines[from:])
+	}
+	return lines, len(p.lines), exited
+}
+
+// peakRSS returns the process's peak resident set size (VmHWM in
+// /proc/<pid>/status) in KiB; ok is false when it cannot be read (the
+// process has exited, or no /proc).
+func (p *proc) peakRSS() (kib int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, found := strings.CutPrefix(line, "VmHWM:"); found {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 var listenRE = regexp.MustCompile(`listening on (\S+)`)
