@@ -3,8 +3,12 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -136,4 +140,52 @@ func (d bareDeliver) Deliver(ctx context.Context, req *executorv1.DeliverRequest
 	delete(bs.wait, id)
 	bs.wmu.Unlock()
 	return nil, err
+}
+
+// cmdLean asks the bare server to push to its own streams for a while:
+// "lean <workers> <warm-up ns> <measured ns> <devices> <payload bytes>".
+const cmdLean = "lean"
+
+// leanPushResult is the bare server's answer to cmdLean.
+type leanPushResult struct {
+	Ops        uint64 `json:"ops"`
+	Errors     uint64 `json:"errors"`
+	FirstError string `json:"first_error,omitempty"`
+	ElapsedNS  int64  `json:"elapsed_ns"`
+}
+
+// leanCommand is cmdLean's line for these figures.
+func leanCommand(workers int, warmup, measured time.Duration, devices, payload int) string {
+	return fmt.Sprintf("%s %d %d %d %d %d", cmdLean, workers, int64(warmup), int64(measured), devices, payload)
+}
+
+// runLean pushes from inside the server, the lean push baseline: workers
+// goroutines deliver to the devices in turn back to back (each waiting for
+// the device's Ack, as a Deliver call does), with no RPC in front and no
+// latency kept, for the warm-up and the measured time of line (cmdLean).
+func (b *barePush) runLean(ctx context.Context, line string) (any, error) {
+	var workers, devices, payload int
+	var warmup, measured int64
+	if _, err := fmt.Sscanf(line, cmdLean+" %d %d %d %d %d", &workers, &warmup, &measured, &devices, &payload); err != nil || workers <= 0 || devices <= 0 || payload < 0 {
+		return nil, fmt.Errorf("bench push child: bad %q line %q", cmdLean, line)
+	}
+	body := make([]byte, payload)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	targets := newPushTarget(devices)
+	var ids atomic.Uint64
+	d := bareDeliver{b: b}
+	op := func(ctx context.Context, _ int) error {
+		_, err := d.Deliver(ctx, &executorv1.DeliverRequest{
+			DeviceId: targets.pick(),
+			Message:  &executorv1.Message{MessageId: "l" + strconv.FormatUint(ids.Add(1), 36), Payload: body, ContentType: "application/octet-stream"},
+		})
+		return err
+	}
+	res, err := Load{Workers: workers, Warmup: time.Duration(warmup), Duration: time.Duration(measured), Op: op, Lean: true}.Run(ctx, CasePushLean)
+	if err != nil {
+		return nil, err
+	}
+	return leanPushResult{Ops: res.Ops, Errors: res.Errors, FirstError: res.FirstError, ElapsedNS: int64(res.Elapsed)}, nil
 }

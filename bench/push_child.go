@@ -114,6 +114,7 @@ func RunPushChild(ctx context.Context, cfg PushChildConfig, in io.Reader, out io
 		return err
 	}
 	var stats func() childStats
+	var lean func(ctx context.Context, line string) (any, error)
 	var ready pushReady
 	switch cfg.Role {
 	case RoleBare:
@@ -134,6 +135,7 @@ func RunPushChild(ctx context.Context, cfg PushChildConfig, in io.Reader, out io
 		}()
 		ready.Addr = lis.Addr().String()
 		stats = func() childStats { return childStats{Streams: int64(b.count())} }
+		lean = b.runLean
 	case RoleDevices:
 		fl, err := openPushFleet(ctx, cfg)
 		if err != nil {
@@ -174,6 +176,14 @@ func RunPushChild(ctx context.Context, cfg PushChildConfig, in io.Reader, out io
 				return nil
 			case line == cmdStats:
 				if err := enc.Encode(stats()); err != nil {
+					return fmt.Errorf("bench push child: %w", err)
+				}
+			case lean != nil && strings.HasPrefix(line, cmdLean+" "):
+				res, err := lean(ctx, line)
+				if err != nil {
+					return err
+				}
+				if err := enc.Encode(res); err != nil {
 					return fmt.Errorf("bench push child: %w", err)
 				}
 			}
