@@ -62,6 +62,13 @@ type Config struct {
 	RedeliverMinDelay, RedeliverMaxDelay time.Duration
 	RedeliverAttempts, RedeliverPending  int
 	RedeliverWorkers                     int
+	// InFlightPerDevice bounds the deliveries this replica has under way
+	// to one device (sent to its executor and not yet acknowledged), and
+	// InFlightBytesPerDevice their payload bytes; past either, a delivery
+	// is refused at once with RESOURCE_EXHAUSTED and a retry hint (a QUEUE
+	// message stays stored). One message larger than the byte bound goes
+	// when nothing else is in flight to its device. See inflight.go.
+	InFlightPerDevice, InFlightBytesPerDevice int64
 }
 
 // Bounds of MessagingService input.
@@ -101,6 +108,11 @@ func DefaultConfig() Config {
 		RedeliverAttempts:   10,
 		RedeliverPending:    100_000,
 		RedeliverWorkers:    32,
+		// Four messages of the largest payload; 8 deliveries leave most
+		// of the 100 streams of a replica's connection to an executor to
+		// the executor's other devices while a dozen devices do not read.
+		InFlightPerDevice:      8,
+		InFlightBytesPerDevice: 1 << 20,
 	}
 }
 
@@ -143,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if c.RedeliverAttempts <= 0 || c.RedeliverPending <= 0 || c.RedeliverWorkers <= 0 {
 		errs = append(errs, fmt.Errorf("redeliver attempts %d, pending %d, workers %d: want > 0", c.RedeliverAttempts, c.RedeliverPending, c.RedeliverWorkers))
+	}
+	if c.InFlightPerDevice <= 0 || c.InFlightBytesPerDevice <= 0 {
+		errs = append(errs, fmt.Errorf("in flight per device %d deliveries, %d bytes: want > 0", c.InFlightPerDevice, c.InFlightBytesPerDevice))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("messaging: invalid config: %w", err)

@@ -637,6 +637,8 @@ func TestNewRefuses(t *testing.T) {
 	bad.QueuePerDevice = 0
 	smallBytes := messaging.DefaultConfig()
 	smallBytes.QueueTotalBytes = 4 << 20
+	noInFlight := messaging.DefaultConfig()
+	noInFlight.InFlightBytesPerDevice = 0
 	tests := []struct {
 		name string
 		cfg  messaging.Config
@@ -646,6 +648,7 @@ func TestNewRefuses(t *testing.T) {
 		{name: "defaults", cfg: messaging.DefaultConfig(), deps: good},
 		{name: "bad config", cfg: bad, deps: good, want: "queue limits 0 per device"},
 		{name: "total bytes below a message per shard", cfg: smallBytes, deps: good, want: "queue bytes 16777216 per device, 4194304 total: want at least 1048576 and 8388608"},
+		{name: "no in-flight bound", cfg: noInFlight, deps: good, want: "in flight per device 8 deliveries, 0 bytes: want > 0"},
 		{name: "no store", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Cache: cache, Executors: clients}, want: "store"},
 		{name: "no cache", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Executors: clients}, want: "cache"},
 		{name: "no executor clients", cfg: messaging.DefaultConfig(), deps: messaging.Deps{Store: newFakeMsgStore(), Cache: cache}, want: "executor clients"},

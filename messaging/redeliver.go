@@ -227,6 +227,13 @@ func (r *redeliverer) deliver(ctx context.Context, p *registry.Presence, qm regi
 	if !qm.EnqueuedAt.IsZero() {
 		msg.SentAt = timestamppb.New(qm.EnqueuedAt)
 	}
+	h, busy := m.inflight.acquire(p.DeviceID, len(qm.Payload))
+	if busy != nil {
+		// Deliveries to the device are at their bound: a later round.
+		r.log.Debug("redelivery: not attempted", "device", p.DeviceID, "message", qm.ID, "err", busy.Error())
+		return false
+	}
+	defer h.release()
 	// The Deliver call continues the trace of the Send that queued qm.
 	actx, cancel := context.WithTimeout(tracing.ContextWithParent(ctx, qm.TraceParent, qm.TraceState), m.cfg.QueueAttemptTimeout)
 	defer cancel()

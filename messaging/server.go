@@ -27,6 +27,7 @@ type Server struct {
 	pool      ExecutorClients
 	hub       *hub
 	routes    *routeCache // nil: every route is read from the registry
+	inflight  *inflight   // deliveries in flight per device
 	redeliver *redeliverer
 	log       *slog.Logger
 	now       func() time.Time
@@ -54,6 +55,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	m := &Server{
 		cfg: cfg, store: deps.Store, cache: deps.Cache, pool: deps.Executors, log: log, now: now, retry: cfg.RetryAfter,
 		stopping: make(chan struct{}),
+		inflight: newInflight(cfg.InFlightBytesPerDevice, cfg.InFlightPerDevice),
 	}
 	m.hub = newHub(m.cache, m.pool, cfg, log)
 	if cfg.PresenceCacheSize > 0 {
@@ -140,6 +142,13 @@ func (m *Server) sendOnline(ctx context.Context, req *messagingv1.SendRequest, t
 	if !online {
 		return nil, offlineStatus(dev)
 	}
+	// Counted before anything is written or sent: a device with its bound
+	// in flight is refused at once.
+	h, busy := m.inflight.acquire(dev, len(req.GetPayload()))
+	if busy != nil {
+		return nil, m.busyStatus(ctx, busy)
+	}
+	defer h.release()
 	now := m.now()
 	id := registry.NewMessageID()
 	key := req.GetIdempotencyKey()
@@ -162,6 +171,7 @@ func (m *Server) sendOnline(ctx context.Context, req *messagingv1.SendRequest, t
 	}
 	msg := &executorv1.Message{MessageId: id, Payload: req.GetPayload(), ContentType: req.GetContentType(), SentAt: timestamppb.New(now)}
 	_, p, online, err = m.deliverAt(ctx, p, cached, msg, m.cfg.SendTimeout)
+	h.release()
 	switch {
 	case !online:
 		return nil, offlineStatus(dev)
@@ -230,10 +240,20 @@ func (m *Server) sendQueued(ctx context.Context, req *messagingv1.SendRequest, t
 	if !online {
 		return queued(fmt.Sprintf("device %s is not connected", dev)), nil
 	}
+	// The message is stored, not in flight; the attempt to deliver it now
+	// is, and a device at its bound gets it from the redelivery, which
+	// keeps to the bound too.
+	h, busy := m.inflight.acquire(dev, len(stored.Payload))
+	if busy != nil {
+		m.redeliver.schedule(dev)
+		return queued("delivery not attempted now: " + busyMessage(busy) + "; it is tried again while the device stays connected"), nil
+	}
+	defer h.release()
 	actx, cancel := attemptContext(ctx, m.cfg.QueueAttemptTimeout)
 	defer cancel()
 	msg := &executorv1.Message{MessageId: stored.ID, Payload: stored.Payload, ContentType: stored.ContentType, SentAt: timestamppb.New(now)}
 	_, p, online, err = m.deliverAt(actx, p, cached, msg, m.cfg.QueueAttemptTimeout)
+	h.release()
 	if !online {
 		return queued(fmt.Sprintf("device %s is not connected", dev)), nil
 	}
@@ -288,6 +308,11 @@ func (m *Server) Call(ctx context.Context, req *messagingv1.CallRequest) (*messa
 	if !online {
 		return nil, offlineStatus(dev)
 	}
+	h, busy := m.inflight.acquire(dev, len(req.GetPayload()))
+	if busy != nil {
+		return nil, m.busyStatus(ctx, busy)
+	}
+	defer h.release()
 	id := registry.NewMessageID()
 	msg := &executorv1.Message{MessageId: id, Payload: req.GetPayload(), ContentType: req.GetContentType(), SentAt: timestamppb.New(m.now()), ExpectsReply: true}
 	resp, p, online, err := m.deliverAt(ctx, p, cached, msg, m.cfg.CallTimeout)

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -43,6 +44,20 @@ func unassignedStatus(device string) error {
 func queueFullStatus(err error, retry time.Duration) error {
 	msg := strings.TrimPrefix(err.Error(), registry.ErrQueueFull.Error()+": ")
 	return rpcserver.WithRetry(codes.ResourceExhausted, "queue full: "+msg+"; nothing was stored", retry)
+}
+
+// busyStatus refuses a delivery to a device that has as many deliveries,
+// or bytes, in flight from this replica as its bounds allow, with a retry
+// hint in the status and in the pushback trailer.
+func (m *Server) busyStatus(ctx context.Context, b *busyError) error {
+	_ = grpc.SetTrailer(ctx, rpcserver.Pushback(m.retry))
+	return rpcserver.WithRetry(codes.ResourceExhausted, busyMessage(b)+"; nothing was sent", m.retry)
+}
+
+// busyMessage says why b refused a delivery.
+func busyMessage(b *busyError) string {
+	return fmt.Sprintf("device %s is not reading fast enough: %d bytes in %d deliveries to it wait for its acknowledgement (this replica allows %d bytes and %d deliveries in flight per device)",
+		b.device, b.bytes, b.count, b.maxBytes, b.maxCount)
 }
 
 // contextStatus is the status of a call that ended with its context.

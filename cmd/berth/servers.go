@@ -121,6 +121,8 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 	f.Int64Var(&mcfg.QueueTotal, "queue-total", mcfg.QueueTotal, "most queued messages waiting for all devices")
 	f.Int64Var(&mcfg.QueueBytesPerDevice, "queue-bytes-per-device", mcfg.QueueBytesPerDevice, "most bytes of etcd the messages queued for one device may take (at least 1 MiB)")
 	f.Int64Var(&mcfg.QueueTotalBytes, "queue-total-bytes", mcfg.QueueTotalBytes, "most bytes of etcd the messages queued for all devices may take; keep it well inside etcd's quota (--quota-backend-bytes, 2 GiB by default) so presence and assignment writes keep room (at least 8 MiB)")
+	f.Int64Var(&mcfg.InFlightPerDevice, "inflight-per-device", mcfg.InFlightPerDevice, "most deliveries (Send, Call, queue redelivery) this replica has under way to one device, awaiting its acknowledgement; past it RESOURCE_EXHAUSTED with a retry hint, so a device that does not read cannot hold the streams of the replica's connection to its executor")
+	f.Int64Var(&mcfg.InFlightBytesPerDevice, "inflight-bytes-per-device", mcfg.InFlightBytesPerDevice, "most payload bytes this replica has in flight to one device; past it RESOURCE_EXHAUSTED with a retry hint (one larger message goes when nothing else is in flight to the device)")
 	rl := &rcfg.RateLimits
 	f.Float64Var(&rl.Assign.Rate, "rate-assign", rl.Assign.Rate, "Assigns a second per device id (0: no limit); past it RESOURCE_EXHAUSTED with a retry hint")
 	f.IntVar(&rl.Assign.Burst, "burst-assign", rl.Assign.Burst, "Assigns one device id may make at once")
