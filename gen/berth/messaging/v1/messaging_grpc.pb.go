@@ -43,12 +43,17 @@ type MessagingServiceClient interface {
 	// from the queue only after the device acknowledged it.
 	//
 	// Errors: INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED when the
-	// device's queue or the total queue is full (nothing is dropped silently).
+	// device's queue or the total queue is full (nothing is dropped silently),
+	// or when the replica already has as many deliveries or bytes in flight
+	// to the device as it allows (a device that does not read; a retry hint
+	// comes with it; a QUEUE send is then stored and answered QUEUED).
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
 	// Call sends a request to a connected device and returns its reply, like
 	// a direct method. UNAVAILABLE when the device is not connected;
 	// DEADLINE_EXCEEDED when it did not answer within the call's deadline;
-	// ABORTED with the device's message when it answered with an error.
+	// ABORTED with the device's message when it answered with an error;
+	// RESOURCE_EXHAUSTED, with a retry hint, at the bound on what is in
+	// flight to the device.
 	Call(ctx context.Context, in *CallRequest, opts ...grpc.CallOption) (*CallResponse, error)
 	// GetDevice says whether a device is online, where, since when, and how
 	// many messages wait for it.
@@ -135,12 +140,17 @@ type MessagingServiceServer interface {
 	// from the queue only after the device acknowledged it.
 	//
 	// Errors: INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED when the
-	// device's queue or the total queue is full (nothing is dropped silently).
+	// device's queue or the total queue is full (nothing is dropped silently),
+	// or when the replica already has as many deliveries or bytes in flight
+	// to the device as it allows (a device that does not read; a retry hint
+	// comes with it; a QUEUE send is then stored and answered QUEUED).
 	Send(context.Context, *SendRequest) (*SendResponse, error)
 	// Call sends a request to a connected device and returns its reply, like
 	// a direct method. UNAVAILABLE when the device is not connected;
 	// DEADLINE_EXCEEDED when it did not answer within the call's deadline;
-	// ABORTED with the device's message when it answered with an error.
+	// ABORTED with the device's message when it answered with an error;
+	// RESOURCE_EXHAUSTED, with a retry hint, at the bound on what is in
+	// flight to the device.
 	Call(context.Context, *CallRequest) (*CallResponse, error)
 	// GetDevice says whether a device is online, where, since when, and how
 	// many messages wait for it.
