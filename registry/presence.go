@@ -63,8 +63,10 @@ const maxTxnOps = 100
 
 // presenceEntry is one live session's record as this executor keeps it.
 type presenceEntry struct {
-	p   Presence
-	val string // p encoded: the exact value written
+	// p is never modified: its encoding (encodePresence), the value
+	// written, is the same at every write. It is encoded when written, not
+	// kept: an executor holds an entry per stream for hours.
+	p Presence
 	// written is set once a put was applied: later puts (under a new
 	// lease) are rewrites, conditional on the record being this one or
 	// absent.
@@ -109,14 +111,8 @@ func (g *Registration) PresenceWritten(deviceID, sessionID string) (written <-ch
 // within moments, batched with others, under the registration's lease; after
 // a lease is lost, every presence is written again under the new one.
 func (g *Registration) SetPresence(p Presence) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		// A Presence is strings and a time: it always encodes.
-		g.log.Error("registry: encode presence", "device", p.DeviceID, "err", err)
-		return
-	}
 	g.pmu.Lock()
-	g.present[p.DeviceID] = &presenceEntry{p: p, val: string(b)}
+	g.present[p.DeviceID] = &presenceEntry{p: p}
 	g.pdirty[p.DeviceID] = true
 	g.pmu.Unlock()
 	g.signalPresence()
@@ -237,6 +233,14 @@ func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
 	return batch, len(g.pdirty) > 0
 }
 
+// encodePresence is p's record value. The same p always encodes to the
+// same bytes (encoding/json writes a struct's fields in their order), which
+// a rewrite's compare relies on.
+func encodePresence(p Presence) (string, error) {
+	b, err := json.Marshal(p)
+	return string(b), err
+}
+
 // writePresence applies batch in one transaction. On failure every change
 // of it is marked dirty again; on success each put's outcome is read: the
 // record it overwrote names a session replaced by this one, and a rewrite
@@ -250,8 +254,15 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{ours}, []clientv3.Op{clientv3.OpDelete(key)}, nil))
 			continue
 		}
-		mine := clientv3.Compare(clientv3.Value(key), "=", o.entry.val)
-		put := clientv3.OpPut(key, o.entry.val, clientv3.WithLease(lease), clientv3.WithPrevKV())
+		val, err := encodePresence(o.entry.p)
+		if err != nil {
+			// A Presence is strings and a time of this year: it always
+			// encodes.
+			g.log.Error("registry: encode presence", "device", o.id, "err", err)
+			continue
+		}
+		mine := clientv3.Compare(clientv3.Value(key), "=", val)
+		put := clientv3.OpPut(key, val, clientv3.WithLease(lease), clientv3.WithPrevKV())
 		switch {
 		case o.rewrite:
 			absent := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
