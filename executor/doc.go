@@ -60,7 +60,12 @@
 //
 // # Control plane calls
 //
-// ExecutorInternalService is served on the same listener. Its calls must
+// ExecutorInternalService is served on the same listener (Run), or, when
+// Config.InternalAddress is set, on an internal listener of its own
+// (RunSplit), which control planes reach over their own network: each
+// listener then refuses the other's service with UNIMPLEMENTED, and a
+// fault between control planes and the executor leaves devices alone.
+// Its calls must
 // carry "authorization: Bearer <token>" with a service token of a control
 // plane (token.RoleControlPlane), checked by the same Verifier as the
 // devices' tokens: UNAUTHENTICATED without a token or with one that does
