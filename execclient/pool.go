@@ -132,9 +132,11 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 	return c.client, release, nil
 }
 
-// tlsName is the TLS name the registry gives the executor at addr, which
-// its certificate is checked by (as devices check it); "" without TLS, or
-// when the executor gives none (then its address's host is checked).
+// tlsName is the TLS name the registry gives the executor at addr (its
+// control address: the internal address when it has one, whose listener
+// serves the same certificate), which its certificate is checked by (as
+// devices check it); "" without TLS, or when the executor gives none (then
+// the host of addr is checked).
 func (p *Pool) tlsName(addr string) string {
 	if !p.tls || p.execs == nil {
 		return ""
@@ -144,7 +146,7 @@ func (p *Pool) tlsName(addr string) string {
 		return ""
 	}
 	for _, e := range snap.Executors {
-		if e.Address == addr {
+		if e.ControlAddress() == addr {
 			return e.TLSName
 		}
 	}
@@ -152,8 +154,9 @@ func (p *Pool) tlsName(addr string) string {
 }
 
 // Prune closes the connections to addresses the registry no longer names
-// that nobody uses and that were last used at least IdleTimeout ago. It
-// returns how many it closed.
+// as an executor's control address (the internal address when it has one,
+// else its address) that nobody uses and that were last used at least
+// IdleTimeout ago. It returns how many it closed.
 func (p *Pool) Prune() int {
 	if p.execs == nil {
 		return 0
@@ -161,7 +164,7 @@ func (p *Pool) Prune() int {
 	snap := p.execs.Snapshot()
 	live := make(map[string]bool, len(snap.Executors))
 	for _, e := range snap.Executors {
-		live[e.Address] = true
+		live[e.ControlAddress()] = true
 	}
 	return p.prune(live)
 }
