@@ -49,7 +49,7 @@ type moveCall struct {
 	// addr is where the Move was sent; endpoint is the destination
 	// address the device is given.
 	addr, endpoint string
-	at                   time.Time
+	at             time.Time
 }
 
 func newFixture(t *testing.T, groups []registry.Group, execs []registry.Executor) *fixture {
