@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -23,9 +24,17 @@ var ErrClosed = errors.New("execclient: connections to executors are closed")
 
 // DialOptions are the options of every connection to an executor: TLS
 // with tlsCfg (nil: plaintext, for loopback and --insecure clusters),
-// creds on every call, and keepalive pings every 30s (timeout
-// 10s), which executors tolerate: their servers (internal/rpcserver)
-// accept client pings every 15s at most, with or without a call under way.
+// creds on every call, reconnects at most ReconnectMaxDelay apart, and
+// keepalive pings every 30s (timeout 10s), which executors tolerate: their
+// servers (internal/rpcserver) accept client pings every 15s at most, with
+// or without a call under way.
+//
+// Reconnects: while an executor cannot be reached, calls to it fail at once
+// with UNAVAILABLE, until a reconnect succeeds. gRPC's own backoff grows to
+// 120s, so that after a partition of 30s the first reconnect came 15s after
+// the network was back (docs/reliability.md); capped at ReconnectMaxDelay,
+// it comes within about that, for one connection attempt per executor
+// and replica every ReconnectMaxDelay while the executor is away.
 //
 // PermitWithoutStream is on, deliberately: a replica's connection to an
 // executor is idle between bursts of Sends and moves, often for minutes,
@@ -44,8 +53,17 @@ func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc
 		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay},
+			MinConnectTimeout: 20 * time.Second, // gRPC's default
+		}),
 	}
 }
+
+// ReconnectMaxDelay is the longest wait between two attempts to reconnect
+// to an executor (gRPC's backoff, from 1s growing 1.6 times with 20%
+// jitter, capped here instead of at gRPC's 120s).
+const ReconnectMaxDelay = 2 * time.Second
 
 // Pool holds one client connection per executor address, shared by every
 // part of a replica that calls executors. Its methods are safe for
