@@ -82,7 +82,9 @@ func (m *Server) deliverStatus(err error, p registry.Presence, messageID string,
 		// The presence record was stale: the device left meanwhile.
 		return offlineStatus(p.DeviceID)
 	case codes.DeadlineExceeded:
-		return status.Errorf(codes.DeadlineExceeded, "device %s did not %s message %s in time", p.DeviceID, verb, messageID)
+		// The executor's answer, or no answer in time (a network that
+		// drops packets between control plane and executor).
+		return status.Errorf(codes.DeadlineExceeded, "device %s did not %s message %s in time (or executor %s did not answer in time)", p.DeviceID, verb, messageID, p.ExecutorID)
 	case codes.Canceled:
 		return status.Error(codes.Canceled, "the call was cancelled")
 	case codes.ResourceExhausted:
