@@ -115,7 +115,9 @@
 //
 // New validates the Config and wires the dependencies; it does no I/O. Run
 // serves on a listener, marks the gRPC health service SERVING (overall and
-// for berth.executor.v1.ExecutorService) and keeps the executor's record in
+// for berth.executor.v1.ExecutorService; RunSplit's internal listener
+// marks berth.executor.v1.ExecutorInternalService, which a drain leaves
+// SERVING) and keeps the executor's record in
 // the registry through a Registrar, whose Connections, Load and Draining
 // fields it updates as streams come and go. Cancelling Run's context shuts
 // down in this order: health NOT_SERVING; the record marked Draining; a
