@@ -206,7 +206,7 @@ func (a *Server) ListExecutors(_ context.Context, req *adminv1.ListExecutorsRequ
 	out := &adminv1.ListExecutorsResponse{NextPageToken: next}
 	for _, e := range es {
 		out.Executors = append(out.Executors, &adminv1.Executor{
-			ExecutorId: e.ID, GroupId: e.GroupID, Address: e.Address, Capacity: int64(e.Capacity), Connections: int64(e.Connections),
+			ExecutorId: e.ID, GroupId: e.GroupID, Address: e.Address, InternalAddress: e.InternalAddress, Capacity: int64(e.Capacity), Connections: int64(e.Connections),
 			Load: e.Load, Draining: e.Draining, DrainMarked: e.DrainMarked, UpdatedAt: optTime(e.UpdatedAt),
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -23,9 +24,17 @@ var ErrClosed = errors.New("execclient: connections to executors are closed")
 
 // DialOptions are the options of every connection to an executor: TLS
 // with tlsCfg (nil: plaintext, for loopback and --insecure clusters),
-// creds on every call, and keepalive pings every 30s (timeout
-// 10s), which executors tolerate: their servers (internal/rpcserver)
-// accept client pings every 15s at most, with or without a call under way.
+// creds on every call, reconnects at most ReconnectMaxDelay apart, and
+// keepalive pings every 30s (timeout 10s), which executors tolerate: their
+// servers (internal/rpcserver) accept client pings every 15s at most, with
+// or without a call under way.
+//
+// Reconnects: while an executor cannot be reached, calls to it fail at once
+// with UNAVAILABLE, until a reconnect succeeds. gRPC's own backoff grows to
+// 120s, so that after a partition of 30s the first reconnect came 15s after
+// the network was back (docs/reliability.md); capped at ReconnectMaxDelay,
+// it comes within about that, for one connection attempt per executor
+// and replica every ReconnectMaxDelay while the executor is away.
 //
 // PermitWithoutStream is on, deliberately: a replica's connection to an
 // executor is idle between bursts of Sends and moves, often for minutes,
@@ -44,8 +53,17 @@ func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc
 		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay},
+			MinConnectTimeout: 20 * time.Second, // gRPC's default
+		}),
 	}
 }
+
+// ReconnectMaxDelay is the longest wait between two attempts to reconnect
+// to an executor (gRPC's backoff, from 1s growing 1.6 times with 20%
+// jitter, capped here instead of at gRPC's 120s).
+const ReconnectMaxDelay = 2 * time.Second
 
 // Pool holds one client connection per executor address, shared by every
 // part of a replica that calls executors. Its methods are safe for
@@ -132,9 +150,11 @@ func (p *Pool) Acquire(addr string) (executorv1.ExecutorInternalServiceClient, f
 	return c.client, release, nil
 }
 
-// tlsName is the TLS name the registry gives the executor at addr, which
-// its certificate is checked by (as devices check it); "" without TLS, or
-// when the executor gives none (then its address's host is checked).
+// tlsName is the TLS name the registry gives the executor at addr (its
+// control address: the internal address when it has one, whose listener
+// serves the same certificate), which its certificate is checked by (as
+// devices check it); "" without TLS, or when the executor gives none (then
+// the host of addr is checked).
 func (p *Pool) tlsName(addr string) string {
 	if !p.tls || p.execs == nil {
 		return ""
@@ -144,7 +164,7 @@ func (p *Pool) tlsName(addr string) string {
 		return ""
 	}
 	for _, e := range snap.Executors {
-		if e.Address == addr {
+		if e.ControlAddress() == addr {
 			return e.TLSName
 		}
 	}
@@ -152,8 +172,9 @@ func (p *Pool) tlsName(addr string) string {
 }
 
 // Prune closes the connections to addresses the registry no longer names
-// that nobody uses and that were last used at least IdleTimeout ago. It
-// returns how many it closed.
+// as an executor's control address (the internal address when it has one,
+// else its address) that nobody uses and that were last used at least
+// IdleTimeout ago. It returns how many it closed.
 func (p *Pool) Prune() int {
 	if p.execs == nil {
 		return 0
@@ -161,7 +182,7 @@ func (p *Pool) Prune() int {
 	snap := p.execs.Snapshot()
 	live := make(map[string]bool, len(snap.Executors))
 	for _, e := range snap.Executors {
-		live[e.Address] = true
+		live[e.ControlAddress()] = true
 	}
 	return p.prune(live)
 }

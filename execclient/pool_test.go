@@ -18,6 +18,7 @@ import (
 	"github.com/berthproject/berth/execclient"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/registry"
 	"github.com/berthproject/berth/token"
 )
 
@@ -92,6 +93,41 @@ func TestPoolPrune(t *testing.T) {
 }
 
 // TestPoolRun: Run prunes on its own, and returns when its context ends.
+// TestPoolPruneInternalAddress: the pool keeps the connection to an
+// executor's internal address, which control planes dial, and prunes the
+// one to its device address once the executor names an internal address
+// (an executor restarted with --internal-listen).
+func TestPoolPruneInternalAddress(t *testing.T) {
+	clk := newClock()
+	execs := &fakeExecutors{}
+	const dev, internal = "127.0.0.1:1", "127.0.0.1:2"
+	p := newPool(t, testConfig(), execclient.Deps{Signer: &countingSigner{clk: clk}, Executors: execs, Now: clk.now})
+	clients := map[string]executorv1.ExecutorInternalServiceClient{}
+	for _, addr := range []string{dev, internal} {
+		c, release, err := p.Acquire(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[addr] = c
+		release()
+	}
+	execs.mu.Lock()
+	execs.snap = registry.NewSnapshot(1, nil, []registry.Executor{{ID: "e1", GroupID: "g1", Address: dev, InternalAddress: internal, Capacity: 1}})
+	execs.mu.Unlock()
+	clk.advance(time.Minute)
+	if got := p.Prune(); got != 1 || p.Len() != 1 {
+		t.Fatalf("pruned %d, %d left; want the device address's connection pruned, the internal one kept", got, p.Len())
+	}
+	c, release, err := p.Acquire(internal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if c != clients[internal] {
+		t.Errorf("the internal address's connection was pruned; want it kept")
+	}
+}
+
 func TestPoolRun(t *testing.T) {
 	clk := newClock()
 	execs := &fakeExecutors{}

@@ -20,7 +20,9 @@ import (
 )
 
 // TestPoolTLSName: over TLS, the pool checks an executor's certificate by
-// the TLS name of its registry record, not by its address.
+// the TLS name of its registry record, not by its address, also when it
+// dials the executor's internal address (whose listener serves the same
+// certificate).
 func TestPoolTLSName(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.NewCA("ca", 0)
@@ -59,18 +61,25 @@ func TestPoolTLSName(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name    string
-		tlsName string
-		want    codes.Code
+		name     string
+		tlsName  string
+		internal bool // addr is the record's internal address
+		want     codes.Code
 	}{
-		{"by the record's TLS name", "executor.test", codes.Unimplemented},
-		{"by the address: refused", "", codes.Unavailable},
+		{"by the record's TLS name", "executor.test", false, codes.Unimplemented},
+		{"by the address: refused", "", false, codes.Unavailable},
+		{"internal address, by the record's TLS name", "executor.test", true, codes.Unimplemented},
+		{"internal address, by the address: refused", "", true, codes.Unavailable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			execs := &fakeExecutors{}
 			execs.mu.Lock()
-			execs.snap = registry.NewSnapshot(1, nil, []registry.Executor{{ID: "e1", GroupID: "g1", Address: addr, TLSName: tc.tlsName, Capacity: 1}})
+			rec := registry.Executor{ID: "e1", GroupID: "g1", Address: addr, TLSName: tc.tlsName, Capacity: 1}
+			if tc.internal {
+				rec.Address, rec.InternalAddress = "10.0.0.1:7000", addr
+			}
+			execs.snap = registry.NewSnapshot(1, nil, []registry.Executor{rec})
 			execs.mu.Unlock()
 			cfg := testConfig()
 			cfg.TLS = ccfg

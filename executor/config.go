@@ -26,6 +26,12 @@ type Config struct {
 	// Address is the host:port devices connect to, as written to the
 	// registry (the advertised address, not necessarily the listen address).
 	Address string
+	// InternalAddress, when set, is the host:port control planes call
+	// ExecutorInternalService at, as written to the registry: the
+	// executor then serves that service only on a listener of its own
+	// (Server.RunSplit), and refuses it on Address. Empty: Address serves
+	// devices and control planes alike (Server.Run).
+	InternalAddress string
 	// TLSName, when set, says the executor serves TLS and names its
 	// certificate: devices verify the executor by it (Assign's
 	// Endpoint.tls_server_name). Empty: plaintext.
@@ -131,6 +137,14 @@ func (c Config) Validate() error {
 	}
 	if host, port, err := net.SplitHostPort(c.Address); err != nil || host == "" || port == "" {
 		return bad("Address %q: want host:port", c.Address)
+	}
+	if c.InternalAddress != "" {
+		if host, port, err := net.SplitHostPort(c.InternalAddress); err != nil || host == "" || port == "" {
+			return bad("InternalAddress %q: want host:port", c.InternalAddress)
+		}
+		if c.InternalAddress == c.Address {
+			return bad("InternalAddress %q: the same as Address; leave it empty to serve control planes on Address", c.InternalAddress)
+		}
 	}
 	if err := c.Registration.Validate(); err != nil {
 		return fmt.Errorf("%w: Registration: %w", ErrInvalidConfig, err)

@@ -60,7 +60,12 @@
 //
 // # Control plane calls
 //
-// ExecutorInternalService is served on the same listener. Its calls must
+// ExecutorInternalService is served on the same listener (Run), or, when
+// Config.InternalAddress is set, on an internal listener of its own
+// (RunSplit), which control planes reach over their own network: each
+// listener then refuses the other's service with UNIMPLEMENTED, and a
+// fault between control planes and the executor leaves devices alone.
+// Its calls must
 // carry "authorization: Bearer <token>" with a service token of a control
 // plane (token.RoleControlPlane), checked by the same Verifier as the
 // devices' tokens: UNAUTHENTICATED without a token or with one that does
@@ -110,7 +115,9 @@
 //
 // New validates the Config and wires the dependencies; it does no I/O. Run
 // serves on a listener, marks the gRPC health service SERVING (overall and
-// for berth.executor.v1.ExecutorService) and keeps the executor's record in
+// for berth.executor.v1.ExecutorService; RunSplit's internal listener
+// marks berth.executor.v1.ExecutorInternalService, which a drain leaves
+// SERVING) and keeps the executor's record in
 // the registry through a Registrar, whose Connections, Load and Draining
 // fields it updates as streams come and go. Cancelling Run's context shuts
 // down in this order: health NOT_SERVING; the record marked Draining; a

@@ -214,8 +214,13 @@ type harness struct {
 	lis    *bufconn.Listener
 	conn   *grpc.ClientConn
 	client executorv1.ExecutorServiceClient
-	// internal is ExecutorInternalService on conn; calls need a token
-	// (see serviceCtx).
+	// ilis and iconn are the internal listener and a connection to it,
+	// when the config has an InternalAddress (RunSplit); nil otherwise.
+	ilis  *bufconn.Listener
+	iconn *grpc.ClientConn
+	// internal is ExecutorInternalService on conn, or on iconn when the
+	// executor has an internal listener; calls need a token (see
+	// serviceCtx).
 	internal executorv1.ExecutorInternalServiceClient
 	health   healthpb.HealthClient
 	stop     context.CancelFunc
@@ -289,7 +294,12 @@ func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mu
 	lis := bufconn.Listen(1 << 20)
 	ctx, stop := context.WithCancel(context.Background())
 	h := &harness{cfg: cfg, srv: srv, reg: reg, key: key, signer: signer, lis: lis, stop: stop, done: make(chan error, 1)}
-	go func() { h.done <- srv.Run(ctx, lis) }()
+	if cfg.InternalAddress != "" {
+		h.ilis = bufconn.Listen(1 << 20)
+		go func() { h.done <- srv.RunSplit(ctx, lis, h.ilis) }()
+	} else {
+		go func() { h.done <- srv.Run(ctx, lis) }()
+	}
 	t.Cleanup(func() {
 		stop()
 		if err := h.wait(t); err != nil {
@@ -300,6 +310,10 @@ func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mu
 	h.client = executorv1.NewExecutorServiceClient(h.conn)
 	h.internal = executorv1.NewExecutorInternalServiceClient(h.conn)
 	h.health = healthpb.NewHealthClient(h.conn)
+	if h.ilis != nil {
+		h.iconn = dialBufconn(t, h.ilis)
+		h.internal = executorv1.NewExecutorInternalServiceClient(h.iconn)
+	}
 	return h
 }
 
@@ -307,8 +321,14 @@ func startWrapped(t testing.TB, wrap func(*fakeRegistrar) executor.Registrar, mu
 // ends.
 func (h *harness) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
+	return dialBufconn(t, h.lis, opts...)
+}
+
+// dialBufconn opens a client connection to lis, closed when the test ends.
+func dialBufconn(t testing.TB, lis *bufconn.Listener, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.lis.DialContext(ctx) }),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 	}, opts...)...)
 	if err != nil {

@@ -126,25 +126,35 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 	return s, nil
 }
 
-// Run serves ExecutorService on lis until ctx is cancelled, then shuts down
-// in the order the package documentation gives and returns nil. It returns
-// an error if serving or the Registrar fails, after the same shutdown. Run
-// closes lis. It may be called once; later calls return an error at once
-// and leave their listener alone.
+// Run serves ExecutorService and ExecutorInternalService on lis until ctx
+// is cancelled, then shuts down in the order the package documentation
+// gives and returns nil. It returns an error if serving or the Registrar
+// fails, after the same shutdown. Run closes lis. It may be called once;
+// later calls return an error at once and leave their listener alone. A
+// Server whose Config has an InternalAddress is run with RunSplit instead.
 func (s *Server) Run(ctx context.Context, lis net.Listener) error {
+	return s.RunSplit(ctx, lis, nil)
+}
+
+// RunSplit is Run with ExecutorInternalService served on internal only:
+// lis serves devices (ExecutorService), internal serves control planes,
+// and each refuses the other's service with UNIMPLEMENTED and a message
+// that says where it is served; both serve the health service, with the
+// same credentials and limits. internal is what Config.InternalAddress
+// advertises: RunSplit refuses (at once, leaving both listeners alone) an
+// internal listener without an InternalAddress, and the reverse. A nil
+// internal is Run. RunSplit closes both listeners.
+func (s *Server) RunSplit(ctx context.Context, lis, internal net.Listener) error {
+	switch {
+	case internal != nil && s.cfg.InternalAddress == "":
+		return fmt.Errorf("%w: an internal listener needs Config.InternalAddress, which control planes are told", ErrInvalidConfig)
+	case internal == nil && s.cfg.InternalAddress != "":
+		return fmt.Errorf("%w: Config.InternalAddress %s needs an internal listener (RunSplit)", ErrInvalidConfig, s.cfg.InternalAddress)
+	}
 	if !s.running.CompareAndSwap(false, true) {
 		return errRunTwice
 	}
-	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(s.internalUnaryAuth()),
-		grpc.ChainStreamInterceptor(s.internalStreamAuth()),
-	}
-	if s.creds != nil {
-		opts = append(opts, grpc.Creds(s.creds))
-	}
-	rpc := rpcserver.New(s.cfg.RPC, s.log, opts...)
-	executorv1.RegisterExecutorServiceServer(rpc.GRPC, service{s: s})
-	executorv1.RegisterExecutorInternalServiceServer(rpc.GRPC, internalService{s: s})
+	rpc, irpc := s.newServers(internal != nil)
 
 	var g errgroup.Group
 	s.group = &g
@@ -159,6 +169,7 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	s.rpc = rpc
 	s.reg.Update(func(e *registry.Executor) {
 		e.ID, e.GroupID, e.Address, e.Capacity = s.cfg.ID, s.cfg.GroupID, s.cfg.Address, s.cfg.Capacity
+		e.InternalAddress = s.cfg.InternalAddress
 		e.Connections, e.Load, e.Draining = s.reported.conns, s.reported.load, s.draining
 		e.Admitted = s.admitted.snapshot()
 	})
@@ -172,12 +183,29 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 		}
 		return nil
 	})
+	if irpc != nil {
+		g.Go(func() error {
+			if err := irpc.GRPC.Serve(internal); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				stop(err)
+				return fmt.Errorf("executor: serve internal listener: %w", err)
+			}
+			return nil
+		})
+		// Control planes keep delivering to the devices that stay while
+		// the executor drains: the internal health does not follow Drain.
+		irpc.SetServing(true, InternalServiceName)
+	}
 	s.mu.Lock()
 	if !s.draining {
 		rpc.SetServing(true, ServiceName)
 	}
 	s.mu.Unlock()
-	s.log.Info("executor serving", "address", s.cfg.Address, "listen", lis.Addr().String(), "group", s.cfg.GroupID, "capacity", s.cfg.Capacity)
+	if irpc != nil {
+		s.log.Info("executor serving", "address", s.cfg.Address, "listen", lis.Addr().String(),
+			"internal_address", s.cfg.InternalAddress, "internal_listen", internal.Addr().String(), "group", s.cfg.GroupID, "capacity", s.cfg.Capacity)
+	} else {
+		s.log.Info("executor serving", "address", s.cfg.Address, "listen", lis.Addr().String(), "group", s.cfg.GroupID, "capacity", s.cfg.Capacity)
+	}
 
 	g.Go(func() error {
 		if err := s.reg.Run(regCtx); err != nil {
@@ -196,15 +224,16 @@ func (s *Server) Run(ctx context.Context, lis net.Listener) error {
 	})
 	g.Go(func() error {
 		<-runCtx.Done()
-		s.shutdown(rpc)
+		s.shutdown(rpc, irpc)
 		stopReg()
 		return nil
 	})
 	return g.Wait()
 }
 
-// shutdown drains, closes what remains and stops the gRPC server.
-func (s *Server) shutdown(rpc *rpcserver.Server) {
+// shutdown drains, closes what remains and stops the gRPC servers (irpc,
+// the internal listener's, may be nil).
+func (s *Server) shutdown(rpc, irpc *rpcserver.Server) {
 	s.log.Info("executor shutting down: draining", "streams", s.Sessions(), "timeout", s.cfg.DrainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	err := s.Drain(ctx)
@@ -214,7 +243,14 @@ func (s *Server) shutdown(rpc *rpcserver.Server) {
 		s.log.Warn("executor drain timed out; closing the remaining streams", "streams", n)
 	}
 	s.closeSubscribers()
-	rpc.Stop(stopTimeout)
+	if irpc == nil {
+		rpc.Stop(stopTimeout)
+	} else {
+		var wg sync.WaitGroup
+		wg.Go(func() { rpc.Stop(stopTimeout) })
+		wg.Go(func() { irpc.Stop(stopTimeout) })
+		wg.Wait()
+	}
 	s.log.Info("executor stopped")
 }
 

@@ -282,12 +282,13 @@ func (s *Server) admit(ss *session) (*session, error) {
 	// Under s.mu, so that presence changes reach the Registrar in the
 	// order sessions come and go.
 	s.reg.SetPresence(registry.Presence{
-		DeviceID:   ss.deviceID,
-		ExecutorID: s.cfg.ID,
-		GroupID:    s.cfg.GroupID,
-		Address:    s.cfg.Address,
-		SessionID:  ss.id,
-		Since:      ss.since,
+		DeviceID:        ss.deviceID,
+		ExecutorID:      s.cfg.ID,
+		GroupID:         s.cfg.GroupID,
+		Address:         s.cfg.Address,
+		InternalAddress: s.cfg.InternalAddress,
+		SessionID:       ss.id,
+		Since:           ss.since,
 	})
 	if old != nil {
 		s.weight -= old.weight

@@ -3,6 +3,7 @@ package fleet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"time"
 )
@@ -65,8 +66,16 @@ type Executor struct {
 	ID string `json:"id"`
 	// GroupID is the group the executor serves.
 	GroupID string `json:"group"`
-	// Address is host:port of its gRPC server.
+	// Address is host:port of its gRPC server: devices connect to it, and
+	// control planes too unless InternalAddress is set.
 	Address string `json:"address"`
+	// InternalAddress, when set, is host:port of its internal listener,
+	// which serves control planes only (ExecutorInternalService): control
+	// planes dial it instead of Address, so that devices and control planes
+	// reach the executor over separate networks. Empty (records of
+	// executors without --internal-listen, and older ones): Address serves
+	// both.
+	InternalAddress string `json:"internal_address,omitempty"`
 	// TLSName, when set, is the name its TLS server certificate is
 	// verified by; devices get it in Assign's endpoints. Empty: plaintext.
 	TLSName string `json:"tls_name,omitempty"`
@@ -205,6 +214,8 @@ func (e Executor) Validate() error {
 		return fmt.Errorf("%w: executor %s: group id %q", ErrInvalid, e.ID, e.GroupID)
 	case e.Address == "":
 		return fmt.Errorf("%w: executor %s: empty address", ErrInvalid, e.ID)
+	case e.InternalAddress != "" && !validHostPort(e.InternalAddress):
+		return fmt.Errorf("%w: executor %s: internal address %q: want host:port", ErrInvalid, e.ID, e.InternalAddress)
 	case e.Capacity <= 0:
 		return fmt.Errorf("%w: executor %s: capacity %d must be positive", ErrInvalid, e.ID, e.Capacity)
 	case !validTLSName(e.TLSName):
@@ -221,6 +232,21 @@ func (e Executor) Validate() error {
 		}
 	}
 	return nil
+}
+
+// ControlAddress is the address control planes dial to reach the
+// executor: InternalAddress when it has one, else Address.
+func (e Executor) ControlAddress() string {
+	if e.InternalAddress != "" {
+		return e.InternalAddress
+	}
+	return e.Address
+}
+
+// validHostPort reports whether s is host:port with both parts set.
+func validHostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	return err == nil && host != "" && port != ""
 }
 
 // validTLSName reports whether s may name a TLS server (a DNS name or an

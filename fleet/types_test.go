@@ -1,6 +1,7 @@
 package fleet_test
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -89,6 +90,9 @@ func TestExecutorValidate(t *testing.T) {
 		{name: "empty group", modify: func(e *fleet.Executor) { e.GroupID = "" }, wantErr: true},
 		{name: "group with slash", modify: func(e *fleet.Executor) { e.GroupID = "g/1" }, wantErr: true},
 		{name: "empty address", modify: func(e *fleet.Executor) { e.Address = "" }, wantErr: true},
+		{name: "internal address", modify: func(e *fleet.Executor) { e.InternalAddress = "10.1.0.1:7001" }},
+		{name: "internal address without port", modify: func(e *fleet.Executor) { e.InternalAddress = "10.1.0.1" }, wantErr: true},
+		{name: "internal address without host", modify: func(e *fleet.Executor) { e.InternalAddress = ":7001" }, wantErr: true},
 		{name: "zero capacity", modify: func(e *fleet.Executor) { e.Capacity = 0 }, wantErr: true},
 		{name: "negative capacity", modify: func(e *fleet.Executor) { e.Capacity = -5 }, wantErr: true},
 	}
@@ -104,6 +108,40 @@ func TestExecutorValidate(t *testing.T) {
 				t.Errorf("Validate(%+v) = %v, want errors.Is ErrInvalid", e, err)
 			}
 		})
+	}
+}
+
+// TestExecutorControlAddress: control planes dial the internal address
+// when the record has one, the device address otherwise, and records
+// written before the field existed decode without it.
+func TestExecutorControlAddress(t *testing.T) {
+	tests := []struct {
+		name, record, want string
+	}{
+		{"old record", `{"id":"ex-1","group":"g1","address":"10.0.0.1:7000","capacity":10}`, "10.0.0.1:7000"},
+		{"empty internal address", `{"id":"ex-1","group":"g1","address":"10.0.0.1:7000","internal_address":"","capacity":10}`, "10.0.0.1:7000"},
+		{"internal address", `{"id":"ex-1","group":"g1","address":"10.0.0.1:7000","internal_address":"10.1.0.1:7001","capacity":10}`, "10.1.0.1:7001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var e fleet.Executor
+			if err := json.Unmarshal([]byte(tt.record), &e); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			if got := e.ControlAddress(); got != tt.want {
+				t.Errorf("ControlAddress() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	b, err := json.Marshal(fleet.Executor{ID: "ex-1", Address: "10.0.0.1:7000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "internal_address") {
+		t.Errorf("a record without an internal address encodes it: %s", b)
 	}
 }
 

@@ -236,7 +236,10 @@ func (f *fakeCache) Assignment(id string) (registry.Assignment, bool) {
 type fakeExec struct {
 	executorv1.UnimplementedExecutorInternalServiceServer
 	id, addr string
-	verifier *token.Verifier
+	// deviceAddr, when set (splitPorts), is the executor's device
+	// address, and addr its internal address.
+	deviceAddr string
+	verifier   *token.Verifier
 
 	mu        sync.Mutex
 	deliver   func(ctx context.Context, req *executorv1.DeliverRequest) (*executorv1.DeliverResponse, error)
@@ -376,13 +379,41 @@ func (e *fakeExec) kick() {
 	}
 }
 
+// splitPorts gives e a device port of its own, which serves no
+// ExecutorInternalService (calls there fail UNIMPLEMENTED): e's records
+// then name it as their address and e's own as the internal address, as
+// an executor run with --internal-listen writes them.
+func (e *fakeExec) splitPorts(t *testing.T) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	e.deviceAddr = lis.Addr().String()
+}
+
+// addrs returns e's address and internal address, as its records name
+// them.
+func (e *fakeExec) addrs() (addr, internal string) {
+	if e.deviceAddr != "" {
+		return e.deviceAddr, e.addr
+	}
+	return e.addr, ""
+}
+
 func (e *fakeExec) record(group string) registry.Executor {
-	return registry.Executor{ID: e.id, GroupID: group, Address: e.addr, Capacity: 100}
+	addr, internal := e.addrs()
+	return registry.Executor{ID: e.id, GroupID: group, Address: addr, InternalAddress: internal, Capacity: 100}
 }
 
 // presence says device is connected to e.
 func (e *fakeExec) presence(device string) registry.Presence {
-	return registry.Presence{DeviceID: device, ExecutorID: e.id, GroupID: "g1", Address: e.addr, SessionID: "s-" + device, Since: time.Now().UTC()}
+	addr, internal := e.addrs()
+	return registry.Presence{DeviceID: device, ExecutorID: e.id, GroupID: "g1", Address: addr, InternalAddress: internal, SessionID: "s-" + device, Since: time.Now().UTC()}
 }
 
 // keys is a signing key and verifiers for executors.

@@ -16,9 +16,10 @@ import (
 )
 
 // Routing. A device's presence record (written by the executor that holds
-// its stream, under that executor's lease) names the executor's address, so
-// a control plane reaches the device in one hop: it reads the record and
-// calls that executor. The records a replica read are kept in a routeCache
+// its stream, under that executor's lease) names the executor's address
+// (its internal address, when it serves control planes on a listener of
+// their own: Presence.ControlAddress), so a control plane reaches the
+// device in one hop: it reads the record and calls that executor. The records a replica read are kept in a routeCache
 // for PresenceCacheTTL after they were read or last proved right by an
 // acknowledged delivery, so a device that is sent to often costs no read
 // of etcd per message. A cached route can be stale (the device left, or moved
@@ -54,8 +55,8 @@ type routeShard struct {
 	m  map[string]route
 }
 
-// execKey is an executor's identity and address.
-type execKey struct{ id, group, address string }
+// execKey is an executor's identity and addresses.
+type execKey struct{ id, group, address, internal string }
 
 // route is one cached presence.
 type route struct {
@@ -95,7 +96,7 @@ func (c *routeCache) lookup(device string) (p registry.Presence, fresh, ok bool)
 		return registry.Presence{}, false, false
 	}
 	fresh = c.now().UnixNano()-r.at <= int64(c.ttl)
-	return registry.Presence{DeviceID: device, ExecutorID: r.exec.id, GroupID: r.exec.group, Address: r.exec.address, SessionID: r.session, Since: r.since}, fresh, true
+	return registry.Presence{DeviceID: device, ExecutorID: r.exec.id, GroupID: r.exec.group, Address: r.exec.address, InternalAddress: r.exec.internal, SessionID: r.session, Since: r.since}, fresh, true
 }
 
 // put caches p, read just now.
@@ -103,7 +104,7 @@ func (c *routeCache) put(p registry.Presence) {
 	if c == nil || p.Address == "" {
 		return
 	}
-	r := route{exec: c.intern(execKey{p.ExecutorID, p.GroupID, p.Address}), session: p.SessionID, since: p.Since, at: c.now().UnixNano()}
+	r := route{exec: c.intern(execKey{p.ExecutorID, p.GroupID, p.Address, p.InternalAddress}), session: p.SessionID, since: p.Since, at: c.now().UnixNano()}
 	sh := c.shard(p.DeviceID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
+	"github.com/berthproject/berth/internal/testutil"
 )
 
 func TestSendRoutesFromCache(t *testing.T) {
@@ -204,4 +205,32 @@ func TestSendTriesLastKnownRoute(t *testing.T) {
 	if n := len(ex.deliveries()); n != 4 {
 		t.Errorf("e1 got %d deliveries, want 4: the failed try, then none", n)
 	}
+}
+
+// TestSendAndSubscribeUseInternalAddress: for an executor that serves
+// control planes on an internal listener, Sends (the first, read from the
+// record, and the next, from the cached route) and the publish stream go
+// to its internal address, never its device port.
+func TestSendAndSubscribeUseInternalAddress(t *testing.T) {
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	ex.splitPorts(t)
+	f := startMessaging(t, k, testMessagingConfig(), ex)
+	ctx := ctxT(t)
+	f.store.setPresence(ex.presence("d1"))
+	for i := range 2 {
+		if _, err := f.client.Send(ctx, &messagingv1.SendRequest{DeviceId: "d1", Payload: []byte("x")}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	if n, reads := len(ex.deliveries()), f.store.presenceReads(); n != 2 || reads != 1 {
+		t.Errorf("%d deliveries at the internal address, %d presence reads; want 2, and 1 (the second Send from the cached route)", n, reads)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if _, err := f.client.Subscribe(sctx, &messagingv1.SubscribeRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "a publish stream to the internal address", func() bool { return ex.subscribers() == 1 })
 }

@@ -378,11 +378,11 @@ func (m *Server) presence(ctx context.Context, dev string) (p registry.Presence,
 }
 
 // deliver hands msg to the executor named by p: one Deliver on the pooled
-// connection to it, within the caller's deadline (def when it has none).
+// connection to its control address (p.ControlAddress), within the caller's deadline (def when it has none).
 func (m *Server) deliver(ctx context.Context, p registry.Presence, msg *executorv1.Message, def time.Duration) (*executorv1.DeliverResponse, error) {
 	ctx, cancel := deliveryContext(ctx, def)
 	defer cancel()
-	c, release, err := m.pool.Acquire(p.Address)
+	c, release, err := m.pool.Acquire(p.ControlAddress())
 	if err != nil {
 		return nil, err
 	}

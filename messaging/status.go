@@ -97,7 +97,9 @@ func (m *Server) deliverStatus(err error, p registry.Presence, messageID string,
 		// The presence record was stale: the device left meanwhile.
 		return offlineStatus(p.DeviceID)
 	case codes.DeadlineExceeded:
-		return status.Errorf(codes.DeadlineExceeded, "device %s did not %s message %s in time", p.DeviceID, verb, messageID)
+		// The executor's answer, or no answer in time (a network that
+		// drops packets between control plane and executor).
+		return status.Errorf(codes.DeadlineExceeded, "device %s did not %s message %s in time (or executor %s did not answer in time)", p.DeviceID, verb, messageID, p.ExecutorID)
 	case codes.Canceled:
 		return status.Error(codes.Canceled, "the call was cancelled")
 	case codes.ResourceExhausted:
@@ -109,7 +111,10 @@ func (m *Server) deliverStatus(err error, p registry.Presence, messageID string,
 			"executor", p.ExecutorID, "code", st.Code(), "err", st.Message())
 		return status.Errorf(codes.Internal, "executor %s refused this control plane's credentials", p.ExecutorID)
 	case codes.Unimplemented:
-		return status.Errorf(codes.Unavailable, "executor %s does not deliver messages (an older version?)", p.ExecutorID)
+		// An older executor, or a device port that refuses control
+		// planes (the executor serves them on its internal address).
+		m.log.Warn("executor does not serve delivery where it was called", "executor", p.ExecutorID, "address", p.ControlAddress(), "err", st.Message())
+		return status.Errorf(codes.Unavailable, "executor %s does not deliver messages at the address it was called at (an older version, or a port that does not serve control planes?)", p.ExecutorID)
 	case codes.Unavailable:
 		return rpcserver.WithRetry(codes.Unavailable, fmt.Sprintf("executor %s holding device %s is unreachable", p.ExecutorID, p.DeviceID), m.retry)
 	default:

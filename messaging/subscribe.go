@@ -211,7 +211,7 @@ func (h *hub) run(ctx context.Context) {
 		} else {
 			execs := h.cache.Snapshot().Executors
 			for id, f := range fs {
-				if e, ok := execs[id]; !ok || e.Address != f.addr {
+				if e, ok := execs[id]; !ok || e.ControlAddress() != f.addr {
 					f.stop()
 					delete(fs, id)
 				}
@@ -236,17 +236,18 @@ func (h *hub) run(ctx context.Context) {
 // stream delivered something.
 func (h *hub) follow(ctx context.Context, e registry.Executor) *follower {
 	ctx, cancel := context.WithCancel(ctx)
-	f := &follower{addr: e.Address, cancel: cancel, done: make(chan struct{})}
+	addr := e.ControlAddress()
+	f := &follower{addr: addr, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
 		loop := retry.New(retry.Policy{Initial: 100 * time.Millisecond, Max: h.maxGap, Multiplier: 2}, h.log,
 			"following an executor's publishes")
 		for {
-			got, err := h.followOnce(ctx, e.Address)
+			got, err := h.followOnce(ctx, addr)
 			if got {
 				loop.Succeeded("executor", e.ID)
 			}
-			if !loop.Failed(ctx, nil, err, "executor", e.ID, "address", e.Address) {
+			if !loop.Failed(ctx, nil, err, "executor", e.ID, "address", addr) {
 				return
 			}
 		}

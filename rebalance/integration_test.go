@@ -46,7 +46,10 @@ type fixture struct {
 type moveCall struct {
 	by, device, from, to string
 	token                string
-	at                   time.Time
+	// addr is where the Move was sent; endpoint is the destination
+	// address the device is given.
+	addr, endpoint string
+	at             time.Time
 }
 
 func newFixture(t *testing.T, groups []registry.Group, execs []registry.Executor) *fixture {
@@ -162,12 +165,13 @@ type fakeMover struct {
 	name string
 }
 
-func (m fakeMover) Move(_ context.Context, _ string, req *executorv1.MoveRequest) error {
+func (m fakeMover) Move(_ context.Context, addr string, req *executorv1.MoveRequest) error {
 	dest := req.GetDestination()
 	ep := dest.GetEndpoints()[0]
 	old, _ := m.f.reg.Presence(m.f.ctx, req.GetDeviceId())
 	m.f.mu.Lock()
-	m.f.moves = append(m.f.moves, moveCall{by: m.name, device: req.GetDeviceId(), from: old.GroupID, to: dest.GetGroupId(), token: dest.GetToken(), at: time.Now()})
+	m.f.moves = append(m.f.moves, moveCall{by: m.name, device: req.GetDeviceId(), from: old.GroupID, to: dest.GetGroupId(), token: dest.GetToken(), at: time.Now(),
+		addr: addr, endpoint: ep.GetAddress()})
 	m.f.mu.Unlock()
 	m.f.putPresence(registry.Presence{DeviceID: req.GetDeviceId(), ExecutorID: ep.GetExecutorId(), GroupID: dest.GetGroupId(), Address: ep.GetAddress()})
 	return nil
@@ -237,7 +241,13 @@ func groupsAndExecs(n int) ([]registry.Group, []registry.Executor) {
 	for i := 1; i <= n; i++ {
 		g := fmt.Sprintf("g%d", i)
 		gs = append(gs, registry.Group{ID: g, Labels: []string{"default"}, Capacity: 1000, State: registry.GroupActive})
-		es = append(es, registry.Executor{ID: g + "-x", GroupID: g, Address: g + ":1", Capacity: 1000})
+		// Every other executor serves control planes on an internal
+		// listener.
+		e := registry.Executor{ID: g + "-x", GroupID: g, Address: g + ":1", Capacity: 1000}
+		if i%2 == 1 {
+			e.InternalAddress = g + "-internal:2"
+		}
+		es = append(es, e)
 	}
 	return gs, es
 }
@@ -292,6 +302,11 @@ func TestDrainGroupAtRate(t *testing.T) {
 		t.Errorf("%d moves within one second; the rate is %v", m, cfg.Rate)
 	}
 	for _, c := range calls {
+		// The Move goes to g1's executor's internal address; the device
+		// is sent to the device address of its destination.
+		if c.addr != "g1-internal:2" || c.endpoint != c.to+":1" {
+			t.Errorf("move of %s sent to %q with endpoint %q; want g1-internal:2 and %s:1", c.device, c.addr, c.endpoint, c.to)
+		}
 		// A move's token keeps the identity the device proved at Assign.
 		if want := "|x5t-" + c.device + "|factory"; !strings.HasSuffix(c.token, want) {
 			t.Errorf("move token of %s = %q, want it bound (%s)", c.device, c.token, want)

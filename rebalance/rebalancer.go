@@ -454,9 +454,9 @@ func (r *Rebalancer) prepare(dctx context.Context, view *registry.PresenceView, 
 	if mv.Reason == ReasonBalance {
 		room[d.Group.ID] -= bw
 	}
-	addr := p.Address
+	addr := p.ControlAddress()
 	if e, ok := snap.Executors[mv.Executor]; ok {
-		addr = e.Address
+		addr = e.ControlAddress()
 	}
 	now = r.now()
 	t.start(&flight{device: mv.Device, from: mv.Group, fromExec: mv.Executor, to: d.Group.ID, toExec: d.Endpoints[0].Executor.ID, reason: mv.Reason, w: bw, at: now})

@@ -26,12 +26,27 @@ type Presence struct {
 	ExecutorID string `json:"executor"`
 	// GroupID is the executor's group.
 	GroupID string `json:"group"`
-	// Address is the executor's address.
+	// Address is the executor's address: where devices connect.
 	Address string `json:"address"`
+	// InternalAddress is the executor's internal address (its
+	// Executor.InternalAddress), which control planes dial instead of
+	// Address when it is set; empty when the executor serves control
+	// planes on Address.
+	InternalAddress string `json:"internal_address,omitempty"`
 	// SessionID identifies the stream.
 	SessionID string `json:"session"`
 	// Since is when the stream was admitted.
 	Since time.Time `json:"since"`
+}
+
+// ControlAddress is the address control planes dial to reach the
+// executor holding the device: InternalAddress when it is set, else
+// Address.
+func (p Presence) ControlAddress() string {
+	if p.InternalAddress != "" {
+		return p.InternalAddress
+	}
+	return p.Address
 }
 
 func (r *Registry) presenceKey(id string) string { return r.prefix + presenceDir + id }

@@ -238,3 +238,32 @@ func TestPresenceWritten(t *testing.T) {
 		t.Error("PresenceWritten after ClearPresence: ok; want not present")
 	}
 }
+
+// TestPresenceInternalAddress: a presence record keeps the executor's
+// internal address, which control planes dial; a record without one (as
+// executors serving control planes on their device port, and older ones,
+// write) is dialed at its device address.
+func TestPresenceInternalAddress(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, _ := presenceExec(t, e, "ex-a")
+	p := presenceOf("ex-a", "s1")
+	p.InternalAddress = "127.0.0.1:7101"
+	a.SetPresence(p)
+	presenceNames(t, e, "s1", a)
+	got, err := e.reg.Presence(testContext(t), "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.InternalAddress != p.InternalAddress || got.ControlAddress() != p.InternalAddress {
+		t.Errorf("presence read back with internal address %q, control address %q; want %q for both", got.InternalAddress, got.ControlAddress(), p.InternalAddress)
+	}
+
+	var old registry.Presence
+	if err := json.Unmarshal([]byte(`{"device":"d1","executor":"ex-a","group":"g1","address":"127.0.0.1:7001","session":"s0"}`), &old); err != nil {
+		t.Fatal(err)
+	}
+	if got := old.ControlAddress(); got != "127.0.0.1:7001" {
+		t.Errorf("an old record's control address = %q, want its device address 127.0.0.1:7001", got)
+	}
+}

@@ -121,6 +121,8 @@ func TestServersRefusePlaintext(t *testing.T) {
 		{"control plane TLS without --executor-ca", []string{"controlplane", "--etcd", noEtcd, "--signing-key", priv, "--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem")}, "--executor-ca"},
 		{"executor --advertise-name without TLS", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--advertise-name", "exec.example"}, "--tls-cert"},
 		{"executor cert without key", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--tls-cert", filepath.Join(dir, "server.pem")}, "--tls-key"},
+		{"executor internal listener on 0.0.0.0", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--internal-listen", "0.0.0.0:0"}, "(--internal-listen), which is not a loopback address: give --tls-cert and --tls-key, or --insecure"},
+		{"executor --internal-advertise without --internal-listen", []string{"executor", "--etcd", noEtcd, "--group", "g", "--token-public-key", pub, "--internal-advertise", "10.1.0.1:7001"}, "--internal-advertise needs --internal-listen"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -132,10 +132,15 @@ func printGroups(c *ctlFlags, rows []groupRow) error {
 	})
 }
 
-// printExecutors writes `ctl executors`.
+// printExecutors writes `ctl executors`. INTERNAL is the address control
+// planes reach the executor at when it is not ADDRESS ("-": ADDRESS).
 func printExecutors(c *ctlFlags, es []registry.Executor) error {
-	return printRows(c, es, []string{"EXECUTOR", "GROUP", "ADDRESS", "CONNECTIONS", "CAPACITY", "DRAINING", "UPDATED"}, func(e registry.Executor) []string {
-		return []string{e.ID, e.GroupID, e.Address, fmt.Sprint(e.Connections), fmt.Sprint(e.Capacity), fmt.Sprint(e.Draining), e.UpdatedAt.Format(time.RFC3339)}
+	return printRows(c, es, []string{"EXECUTOR", "GROUP", "ADDRESS", "INTERNAL", "CONNECTIONS", "CAPACITY", "DRAINING", "UPDATED"}, func(e registry.Executor) []string {
+		internal := e.InternalAddress
+		if internal == "" {
+			internal = "-"
+		}
+		return []string{e.ID, e.GroupID, e.Address, internal, fmt.Sprint(e.Connections), fmt.Sprint(e.Capacity), fmt.Sprint(e.Draining), e.UpdatedAt.Format(time.RFC3339)}
 	})
 }
 

@@ -32,7 +32,7 @@ func newCtlFleetCmds(c *ctlFlags) (executors, executor, devices *cobra.Command) 
 				}
 				rows := make([]registry.Executor, len(es))
 				for i, e := range es {
-					rows[i] = registry.Executor{ID: e.GetExecutorId(), GroupID: e.GetGroupId(), Address: e.GetAddress(), Capacity: int(e.GetCapacity()),
+					rows[i] = registry.Executor{ID: e.GetExecutorId(), GroupID: e.GetGroupId(), Address: e.GetAddress(), InternalAddress: e.GetInternalAddress(), Capacity: int(e.GetCapacity()),
 						Connections: int(e.GetConnections()), Load: e.GetLoad(), Draining: e.GetDraining(), DrainMarked: e.GetDrainMarked(), UpdatedAt: optTime(e.GetUpdatedAt())}
 				}
 				return printExecutors(c, rows)

@@ -148,7 +148,7 @@ func newControlPlaneCmd(g *globals) *cobra.Command {
 func newExecutorCmd(g *globals) *cobra.Command {
 	ncfg := node.DefaultExecutorConfig()
 	cfg := &ncfg.Executor
-	var listen string
+	var listen, internalListen string
 	var keyFiles []string
 	var tlsf serverTLSFlags
 	opsf := newOpsFlags()
@@ -173,24 +173,44 @@ func newExecutorCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if internalListen == "" && cfg.InternalAddress != "" {
+				return errors.New("--internal-advertise needs --internal-listen")
+			}
 			lis, err := rpcserver.Listen(listen)
 			if err != nil {
 				return err
 			}
+			// Run closes the listeners; these close them when an error
+			// comes first (after Run, a second Close is harmless).
+			defer lis.Close()
 			if cfg.RPC.TLS, err = tlsf.config(lis, log); err != nil {
-				lis.Close()
 				return err
 			}
 			if cfg.Address == "" {
 				cfg.Address = lis.Addr().String()
 			}
+			var ilis net.Listener // nil: control planes call the device port
+			if internalListen != "" {
+				if ilis, err = rpcserver.Listen(internalListen); err != nil {
+					return fmt.Errorf("--internal-listen: %w", err)
+				}
+				defer ilis.Close()
+				// The same TLS as the device port, or plaintext on the same
+				// terms.
+				if cfg.RPC.TLS == nil {
+					if err := tlsf.checkPlaintext(ilis, "--internal-listen"); err != nil {
+						return err
+					}
+				}
+				if cfg.InternalAddress == "" {
+					cfg.InternalAddress = ilis.Addr().String()
+				}
+			}
 			if cfg.RPC.TLS == nil && cfg.TLSName != "" {
-				lis.Close()
 				return errors.New("--advertise-name needs --tls-cert: it names the executor's TLS certificate")
 			}
 			if cfg.RPC.TLS != nil && cfg.TLSName == "" {
 				if cfg.TLSName, _, err = net.SplitHostPort(cfg.Address); err != nil {
-					lis.Close()
 					return fmt.Errorf("--advertise %q: %w", cfg.Address, err)
 				}
 			}
@@ -200,30 +220,30 @@ func newExecutorCmd(g *globals) *cobra.Command {
 			}
 			opsl, err := opsf.open(cfg.RPC.TLS, tlsf.insecure, log)
 			if err != nil {
-				lis.Close()
 				return err
 			}
 			defer opsl.close()
 			tr, stopTracing, err := startTracing(cmd.Context(), "berth-executor", log)
 			if err != nil {
-				lis.Close()
 				return err
 			}
 			defer stopTracing()
 			cli, err := g.serverEtcdClient(log, opsl.met)
 			if err != nil {
-				lis.Close()
 				return err
 			}
 			defer cli.Close()
 			ex, err := node.NewExecutor(ncfg, node.ExecutorDeps{Registry: registry.New(cli, g.prefix), Verifier: verifier, Log: log, Metrics: opsl.met, Tracing: tr})
 			if err != nil {
-				lis.Close()
 				return err
 			}
 			opsl.addCheck("executor "+cfg.ID, ex.Ready)
-			fmt.Fprintf(g.stdout, "berth executor %s listening on %s (%s)%s\n", cfg.ID, lis.Addr(), transportName(cfg.RPC.TLS), opsl.readyField(cfg.RPC.TLS))
-			return opsl.run(cmd.Context(), func(ctx context.Context) error { return ex.Run(ctx, lis) })
+			internalField := ""
+			if ilis != nil {
+				internalField = " internal=" + ilis.Addr().String()
+			}
+			fmt.Fprintf(g.stdout, "berth executor %s listening on %s (%s)%s%s\n", cfg.ID, lis.Addr(), transportName(cfg.RPC.TLS), internalField, opsl.readyField(cfg.RPC.TLS))
+			return opsl.run(cmd.Context(), func(ctx context.Context) error { return ex.RunSplit(ctx, lis, ilis) })
 		},
 	}
 	g.etcdFlags(cmd)
@@ -234,6 +254,8 @@ func newExecutorCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.ID, "id", "", "executor id (default: group-host-pid)")
 	f.StringVar(&cfg.GroupID, "group", "", "the processing group this executor serves")
 	f.StringVar(&cfg.Address, "advertise", "", "address devices connect to (default: the listen address)")
+	f.StringVar(&internalListen, "internal-listen", "", "gRPC address of a separate listener for control planes only (ExecutorInternalService: Send, Call, Subscribe, rebalancer moves), with the same TLS as --listen; the device port then refuses control planes, and a network fault between control planes and executors leaves devices alone. Keep it reachable by control planes only (firewall it). Empty: --listen serves both")
+	f.StringVar(&cfg.InternalAddress, "internal-advertise", "", "address control planes reach --internal-listen at, written to the registry (default: the internal listen address)")
 	f.StringVar(&cfg.TLSName, "advertise-name", "", "with --tls-cert: the name devices verify the executor's certificate by, sent in Assign's endpoints (default: the host of --advertise)")
 	f.IntVar(&cfg.Capacity, "capacity", 10000, "most streams this executor admits")
 	f.StringSliceVar(&keyFiles, "token-public-key", nil, "PEM Ed25519 public key(s) that verify assignment tokens")

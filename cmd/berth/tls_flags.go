@@ -38,10 +38,19 @@ func (s *serverTLSFlags) config(lis net.Listener, log *slog.Logger) (*tls.Config
 		}
 		return cfg, err
 	}
+	return nil, s.checkPlaintext(lis, "")
+}
+
+// checkPlaintext refuses plaintext on lis off loopback without --insecure;
+// flag, when set, names the flag that opened lis, for the message.
+func (s *serverTLSFlags) checkPlaintext(lis net.Listener, flag string) error {
 	if err := tlsfiles.CheckPlaintext(lis.Addr(), s.insecure); err != nil {
-		return nil, fmt.Errorf("refusing to serve plaintext on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure to allow it", lis.Addr())
+		if flag != "" {
+			flag = " (" + flag + ")"
+		}
+		return fmt.Errorf("refusing to serve plaintext on %s%s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure to allow it", lis.Addr(), flag)
 	}
-	return nil, nil
+	return nil
 }
 
 // Environment variables giving ctl's TLS flags their defaults.

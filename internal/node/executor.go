@@ -17,9 +17,10 @@ import (
 
 // ExecutorConfig is everything an executor is built from.
 type ExecutorConfig struct {
-	// Executor tunes the executor; its ID, GroupID, Address and Capacity
-	// are also its registry record, and its Registration the record's
-	// lease and writes.
+	// Executor tunes the executor; its ID, GroupID, Address,
+	// InternalAddress and Capacity are also its registry record, and its
+	// Registration the record's lease and writes. With an InternalAddress
+	// the executor is run with RunSplit.
 	Executor executor.Config
 	// RecordUsage writes each device's traffic history to the registry
 	// when its stream ends (and hourly for long streams), for the policy's
@@ -76,7 +77,7 @@ func NewExecutor(cfg ExecutorConfig, deps ExecutorDeps) (*Executor, error) {
 	ec.RPC.Metrics = deps.Metrics.ServerMetrics()
 	ec.RPC.StatsHandler = deps.Tracing.ServerHandler()
 	log = log.With("executor", ec.ID)
-	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, TLSName: ec.TLSName, Capacity: ec.Capacity}, ec.Registration, log)
+	rr, err := reg.NewRegistration(registry.Executor{ID: ec.ID, GroupID: ec.GroupID, Address: ec.Address, InternalAddress: ec.InternalAddress, TLSName: ec.TLSName, Capacity: ec.Capacity}, ec.Registration, log)
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +109,13 @@ func (e *Executor) Registration() *registry.Registration { return e.rr }
 // recorder and the trust view outlive the streams, so that the usage of
 // the last ones is written too. Run closes lis; it may be called once.
 func (e *Executor) Run(ctx context.Context, lis net.Listener) error {
+	return e.RunSplit(ctx, lis, nil)
+}
+
+// RunSplit is Run with control planes served on internal, devices on lis
+// (executor.Server.RunSplit): for an executor whose config has an
+// InternalAddress. A nil internal is Run. RunSplit closes both listeners.
+func (e *Executor) RunSplit(ctx context.Context, lis, internal net.Listener) error {
 	if !e.running.CompareAndSwap(false, true) {
 		return ErrRunTwice
 	}
@@ -120,7 +128,7 @@ func (e *Executor) Run(ctx context.Context, lis net.Listener) error {
 	}
 	stopped := context.AfterFunc(ctx, func() { e.stopping.Store(true) })
 	defer stopped()
-	err := e.srv.Run(ctx, lis)
+	err := e.srv.RunSplit(ctx, lis, internal)
 	e.stopping.Store(true)
 	stopBg()
 	bg.Wait()

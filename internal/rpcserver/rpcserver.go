@@ -130,12 +130,15 @@ func New(cfg Config, log *slog.Logger, extra ...grpc.ServerOption) *Server {
 
 // levelFor logs successful and expected-failure calls at debug level, so a
 // busy server does not log every device, and bugs at error level.
+// UNIMPLEMENTED is a caller at the wrong server or port (an executor's
+// split listeners refuse each other's service with it) or of another
+// version: info.
 func levelFor(c codes.Code) logging.Level {
 	switch c {
 	case codes.OK, codes.Canceled, codes.InvalidArgument, codes.NotFound, codes.Unauthenticated,
 		codes.PermissionDenied, codes.FailedPrecondition, codes.ResourceExhausted, codes.DeadlineExceeded:
 		return logging.LevelDebug
-	case codes.Unavailable, codes.Aborted:
+	case codes.Unavailable, codes.Aborted, codes.Unimplemented:
 		return logging.LevelInfo
 	default:
 		return logging.LevelError

@@ -2370,7 +2370,8 @@ type Executor struct {
 	ExecutorId string `protobuf:"bytes,1,opt,name=executor_id,json=executorId,proto3" json:"executor_id,omitempty"`
 	// The group it serves.
 	GroupId string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	// host:port devices and control planes reach it at.
+	// host:port devices reach it at, and control planes too unless
+	// internal_address is set.
 	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	// Most streams it admits.
 	Capacity int64 `protobuf:"varint,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
@@ -2384,9 +2385,12 @@ type Executor struct {
 	// Whether an operator's drain mark (DrainExecutor) names it.
 	DrainMarked bool `protobuf:"varint,8,opt,name=drain_marked,json=drainMarked,proto3" json:"drain_marked,omitempty"`
 	// When it wrote its record, by its own clock.
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// host:port of its internal listener, which serves control planes only
+	// (berth executor --internal-listen); empty when address serves both.
+	InternalAddress string `protobuf:"bytes,10,opt,name=internal_address,json=internalAddress,proto3" json:"internal_address,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Executor) Reset() {
@@ -2480,6 +2484,13 @@ func (x *Executor) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *Executor) GetInternalAddress() string {
+	if x != nil {
+		return x.InternalAddress
+	}
+	return ""
 }
 
 // ListExecutorsRequest asks for a page of executors.
@@ -4439,7 +4450,7 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\x12DeleteGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"7\n" +
 	"\x13DeleteGroupResponse\x12 \n" +
-	"\vassignments\x18\x01 \x01(\x03R\vassignments\"\xac\x02\n" +
+	"\vassignments\x18\x01 \x01(\x03R\vassignments\"\xd7\x02\n" +
 	"\bExecutor\x12\x1f\n" +
 	"\vexecutor_id\x18\x01 \x01(\tR\n" +
 	"executorId\x12\x19\n" +
@@ -4451,7 +4462,9 @@ const file_berth_admin_v1_admin_proto_rawDesc = "" +
 	"\bdraining\x18\a \x01(\bR\bdraining\x12!\n" +
 	"\fdrain_marked\x18\b \x01(\bR\vdrainMarked\x129\n" +
 	"\n" +
-	"updated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"m\n" +
+	"updated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12)\n" +
+	"\x10internal_address\x18\n" +
+	" \x01(\tR\x0finternalAddress\"m\n" +
 	"\x14ListExecutorsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +

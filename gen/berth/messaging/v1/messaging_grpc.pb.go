@@ -36,8 +36,12 @@ type MessagingServiceClient interface {
 	// Send delivers a message to a device, at least once.
 	//
 	// ONLINE_ONLY: delivered now and acknowledged by the device, or
-	// UNAVAILABLE when the device is not connected (DEADLINE_EXCEEDED when it
-	// did not acknowledge in time). QUEUE: stored in etcd first; delivered now
+	// UNAVAILABLE when the device is not connected or its executor cannot be
+	// reached (at once when its connection is refused), DEADLINE_EXCEEDED
+	// when the device did not acknowledge in time or its executor did not
+	// answer in time (a network that drops packets): within the call's
+	// deadline, or 10 s without one.
+	// QUEUE: stored in etcd first; delivered now
 	// when the device is connected, else when it connects, in order, until
 	// the TTL ends; the answer says DELIVERED or QUEUED. A message is removed
 	// from the queue only after the device acknowledged it.
@@ -133,8 +137,12 @@ type MessagingServiceServer interface {
 	// Send delivers a message to a device, at least once.
 	//
 	// ONLINE_ONLY: delivered now and acknowledged by the device, or
-	// UNAVAILABLE when the device is not connected (DEADLINE_EXCEEDED when it
-	// did not acknowledge in time). QUEUE: stored in etcd first; delivered now
+	// UNAVAILABLE when the device is not connected or its executor cannot be
+	// reached (at once when its connection is refused), DEADLINE_EXCEEDED
+	// when the device did not acknowledge in time or its executor did not
+	// answer in time (a network that drops packets): within the call's
+	// deadline, or 10 s without one.
+	// QUEUE: stored in etcd first; delivered now
 	// when the device is connected, else when it connects, in order, until
 	// the TTL ends; the answer says DELIVERED or QUEUED. A message is removed
 	// from the queue only after the device acknowledged it.
