@@ -27,6 +27,10 @@ import (
 	"github.com/berthproject/berth/internal/tracing"
 )
 
+// simBufferSize is the read and write buffer size of each simulated
+// device's connection.
+const simBufferSize = 8 << 10
+
 // Config describes the fleet.
 type Config struct {
 	// ControlPlane is host:port of a control plane, or several separated by
@@ -362,9 +366,14 @@ func deviceConfig(cfg Config, i int, cc grpc.ClientConnInterface, f *fleet, log 
 	if cfg.EnrollmentID != "" {
 		dc.SymmetricKey = &device.SymmetricKey{EnrollmentID: cfg.EnrollmentID, DeviceKey: device.DeriveDeviceKey(cfg.EnrollmentKey, dc.DeviceID)}
 	}
+	// Thousands of devices share this process, each with its own
+	// connection: transport buffers of 8 KiB instead of grpc-go's 32 KiB
+	// (a device's frames are small; larger ones take more reads) keep a
+	// simulated device near what a real one costs its executor.
+	dc.DialOptions = []grpc.DialOption{grpc.WithReadBufferSize(simBufferSize), grpc.WithWriteBufferSize(simBufferSize)}
 	if cfg.Tracing != nil {
 		dc.TracerProvider = cfg.Tracing.TracerProvider()
-		dc.DialOptions = cfg.Tracing.DialOptions()
+		dc.DialOptions = append(dc.DialOptions, cfg.Tracing.DialOptions()...)
 	}
 	dc.Logger = log
 	dc.OnStateChange = func(sc device.StateChange) {
