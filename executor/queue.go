@@ -31,6 +31,14 @@ type presenceNotifier interface {
 	PresenceWritten(deviceID, sessionID string) (<-chan struct{}, bool)
 }
 
+// queueCounter tells how many messages were queued for a device when its
+// session's presence was written; *registry.Registration is one. A
+// Registrar that is one spares the queue drain its read of an empty queue
+// (see drainQueue).
+type queueCounter interface {
+	QueuedAtPresence(deviceID, sessionID string) (int64, bool)
+}
+
 // The wait for a session's presence record to become visible, when it is
 // polled: a first look presenceWaitFirst after the admission, then a
 // jittered, growing delay, for at most presenceWaitFor.
@@ -57,9 +65,19 @@ var (
 // messages a few milliseconds; reading first cost every connect a second
 // queue read, and the etcd calls of a connect are most of what an executor
 // allocates per stream (docs/performance.md).
+//
+// A Registrar that counts the device's queue in the transaction that writes
+// the presence (queueCounter) says whether there is anything to read: most
+// devices have nothing queued, and their connect then costs no queue read.
 func (s *Server) drainQueue(ctx context.Context, ss *session, log *slog.Logger) {
 	if !s.awaitPresence(ctx, ss, log) && (ctx.Err() != nil || ss.closed()) {
 		return
+	}
+	if qc, ok := s.reg.(queueCounter); ok {
+		if n, ok := qc.QueuedAtPresence(ss.deviceID, ss.id); ok && n == 0 {
+			s.stats.queueReadsSpared.Add(1)
+			return
+		}
 	}
 	delivered := 0
 	for {

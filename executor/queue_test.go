@@ -311,3 +311,56 @@ func TestQueueWaitsForPresenceWritten(t *testing.T) {
 		t.Errorf("presence record read %d times; want none (the Registrar told)", n)
 	}
 }
+
+// countingRegistrar is a notifyingRegistrar that also tells how many
+// messages were queued when a presence was written (as
+// *registry.Registration does): queued[device], once written is closed.
+type countingRegistrar struct {
+	*notifyingRegistrar
+	queued map[string]int64
+}
+
+func (r *countingRegistrar) QueuedAtPresence(deviceID, sessionID string) (int64, bool) {
+	select {
+	case <-r.written:
+	default:
+		return 0, false
+	}
+	p, ok := r.presenceOf(deviceID)
+	if !ok || p.SessionID != sessionID {
+		return 0, false
+	}
+	return r.queued[deviceID], true
+}
+
+// TestQueueReadOnlyWhenCounted: a Registrar that counted the device's
+// queue when the presence was written spares the read of an empty queue;
+// a device whose queue was counted non-empty has it read and delivered.
+func TestQueueReadOnlyWhenCounted(t *testing.T) {
+	q := newFakeQueue()
+	cr := &countingRegistrar{
+		notifyingRegistrar: &notifyingRegistrar{written: make(chan struct{}), asked: make(chan string, 2)},
+		queued:             map[string]int64{"d1": 1},
+	}
+	close(cr.written)
+	h := startWrapped(t, func(f *fakeRegistrar) executor.Registrar {
+		cr.fakeRegistrar = f
+		return cr
+	}, nil, executor.WithQueue(q))
+	q.add("d1", 1)
+	d1, _ := h.connect(t, "d1")
+	if m := d1.message(t); m.GetMessageId() != "q1" {
+		t.Fatalf("d1 got %s; want q1", m.GetMessageId())
+	}
+	d1.ack(t, "q1")
+	testutil.WaitFor(t, waitTimeout, "d1's queue empty", func() bool {
+		queued, _ := q.state("d1")
+		return len(queued) == 0
+	})
+	reads := q.readCount()
+	h.connect(t, "d2")
+	testutil.WaitFor(t, waitTimeout, "d2's queue read spared", func() bool { return h.srv.Stats().QueueReadsSpared == 1 })
+	if n := q.readCount(); n != reads {
+		t.Errorf("queue read %d times for d2, counted empty; want none", n-reads)
+	}
+}

@@ -359,6 +359,7 @@ func (s *Server) Stats() Stats {
 		AuthRefused:      s.authLog.Counts(),
 		QueueDelivered:   s.stats.queueDelivered.Load(),
 		QueueExpired:     s.stats.queueExpired.Load(),
+		QueueReadsSpared: s.stats.queueReadsSpared.Load(),
 		Draining:         draining,
 		Registered:       s.reg.Registered(),
 	}

@@ -46,6 +46,9 @@ type Stats struct {
 	// acknowledged and removed from the queue; QueueExpired those removed
 	// unsent because their time was over.
 	QueueDelivered, QueueExpired uint64
+	// QueueReadsSpared counts the connects whose queue was not read: the
+	// Registrar counted it empty in the presence's transaction.
+	QueueReadsSpared uint64
 	// AuthRefused counts refused credentials by reason: device streams
 	// refused for their assignment token, and ExecutorInternalService
 	// calls refused for their service token. Each is logged at warn, at
@@ -60,9 +63,9 @@ type Stats struct {
 
 // counters are the Server's statistics.
 type counters struct {
-	accepted, replaced, timeouts, revoked, stuck, frames atomic.Uint64
-	dropped, queueDelivered, queueExpired                atomic.Uint64
-	publishesRefused                                     atomic.Uint64
+	accepted, replaced, timeouts, revoked, stuck, frames    atomic.Uint64
+	dropped, queueDelivered, queueExpired, queueReadsSpared atomic.Uint64
+	publishesRefused                                        atomic.Uint64
 	// waiting counts the registered waiters of every session.
 	waiting atomic.Int64
 

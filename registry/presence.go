@@ -89,6 +89,9 @@ type presenceEntry struct {
 	// wrote, made by the first PresenceWritten that finds the entry not
 	// yet written, is closed when written is set.
 	wrote chan struct{}
+	// queued is how many messages the device's queue held at the revision
+	// of the first put (read in its transaction); set before written.
+	queued int64
 }
 
 // closedChan is the channel PresenceWritten returns for a written record.
@@ -120,6 +123,23 @@ func (g *Registration) PresenceWritten(deviceID, sessionID string) (written <-ch
 		e.wrote = make(chan struct{})
 	}
 	return e.wrote, true
+}
+
+// QueuedAtPresence returns how many messages were queued for deviceID at
+// the revision its presence naming sessionID was first written, read in
+// the same transaction as that put. ok is false until that put is applied,
+// or when this registration holds no such presence. A message stored at a
+// later revision was stored after the presence was visible, so its sender
+// tries to deliver it (and leaves it queued for redelivery when that
+// fails): a count of 0 means the session's queue drain has nothing to read.
+func (g *Registration) QueuedAtPresence(deviceID, sessionID string) (n int64, ok bool) {
+	g.pmu.Lock()
+	defer g.pmu.Unlock()
+	e, live := g.present[deviceID]
+	if !live || e.p.SessionID != sessionID || !e.written {
+		return 0, false
+	}
+	return e.queued, true
 }
 
 // SetPresence records that the device's stream is held here. It is written
@@ -232,12 +252,17 @@ func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
 	g.pmu.Lock()
 	defer g.pmu.Unlock()
 	batch := make([]presenceOp, 0, min(len(g.pdirty), maxTxnOps))
+	ops := 0 // a first put takes two (the put and its queue count)
 	for id := range g.pdirty {
-		if len(batch) == maxTxnOps {
+		if ops+2 > maxTxnOps {
 			break
 		}
 		delete(g.pdirty, id)
+		ops++
 		if e, ok := g.present[id]; ok {
+			if !e.written {
+				ops++
+			}
 			batch = append(batch, presenceOp{id: id, entry: e, rewrite: e.written})
 			// Sent: it may be applied even if the call fails.
 			g.recorded[id] = true
@@ -261,8 +286,13 @@ func encodePresence(p Presence) (string, error) {
 // record it overwrote names a session replaced by this one, and a rewrite
 // that found another session's record means this one was replaced.
 func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID, batch []presenceOp) error {
-	ops := make([]clientv3.Op, 0, len(batch))
-	for _, o := range batch {
+	ops := make([]clientv3.Op, 0, 2*len(batch))
+	// counts are the responses of the queue counts that follow first puts,
+	// after the batch's own responses: counts[i] is batch[i]'s (-1: none).
+	counts := make([]int, len(batch))
+	var countOps []clientv3.Op
+	for i, o := range batch {
+		counts[i] = -1
 		key := g.reg.presenceKey(o.id)
 		if o.entry == nil {
 			ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
@@ -272,8 +302,9 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		val, err := encodePresence(o.entry.p)
 		if err != nil {
 			// A Presence is strings and a time of this year: it always
-			// encodes.
+			// encodes. A read holds the op's place in the responses.
 			g.log.Error("registry: encode presence", "device", o.id, "err", err)
+			ops = append(ops, clientv3.OpGet(key, clientv3.WithCountOnly()))
 			continue
 		}
 		mine := clientv3.Compare(clientv3.Value(key), "=", val)
@@ -285,8 +316,15 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 				[]clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{absent}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)})}))
 		default:
 			ops = append(ops, put)
+			// The device's queue at the put's revision: the session's
+			// queue drain reads the queue only if something was in it
+			// (QueuedAtPresence).
+			counts[i] = len(countOps)
+			countOps = append(countOps, clientv3.OpGet(g.reg.queuePrefix(o.id), clientv3.WithPrefix(), clientv3.WithCountOnly()))
 		}
 	}
+	nops := len(ops)
+	ops = append(ops, countOps...)
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.Refresh)
 	defer cancel()
 	resp, err := g.reg.client().Txn(wctx).Then(ops...).Commit()
@@ -309,6 +347,9 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		}
 		kvs, wrote := presenceOutcome(resp.Responses[i])
 		if wrote && g.present[o.id] == o.entry {
+			if c := counts[i]; c >= 0 {
+				o.entry.queued = resp.Responses[nops+c].GetResponseRange().GetCount()
+			}
 			o.entry.written = true
 			if o.entry.wrote != nil {
 				close(o.entry.wrote)

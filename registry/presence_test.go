@@ -267,3 +267,52 @@ func TestPresenceInternalAddress(t *testing.T) {
 		t.Errorf("an old record's control address = %q, want its device address 127.0.0.1:7001", got)
 	}
 }
+
+// TestQueuedAtPresence: the device's queue is counted in the transaction
+// that first writes a session's presence, and told once that put applied:
+// two messages of d1 (not those of d10, whose keys share the prefix
+// "d1"), none for d2.
+func TestQueuedAtPresence(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := testContext(t)
+	exp := time.Now().Add(time.Hour)
+	for _, dev := range []string{"d1", "d1", "d10"} {
+		m := registry.QueuedMessage{DeviceID: dev, Payload: []byte("x"), EnqueuedAt: time.Now(), ExpiresAt: exp}
+		if _, _, err := e.reg.Enqueue(ctx, m, registry.QueueLimits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := e.reg.NewRegistration(testExecutor(), fastRegistration(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetPresence(presenceOf("ex-1", "s1"))
+	p2 := presenceOf("ex-1", "s2")
+	p2.DeviceID = "d2"
+	a.SetPresence(p2)
+	if _, ok := a.QueuedAtPresence("d1", "s1"); ok {
+		t.Fatal("QueuedAtPresence before the presence was written: ok; want not known")
+	}
+	goRun(t, a.Run)
+	for _, tt := range []struct {
+		dev, session string
+		want         int64
+	}{{"d1", "s1", 2}, {"d2", "s2", 0}} {
+		written, ok := a.PresenceWritten(tt.dev, tt.session)
+		if !ok {
+			t.Fatalf("PresenceWritten(%s, %s): not present", tt.dev, tt.session)
+		}
+		select {
+		case <-written:
+		case <-time.After(testutil.DefaultTimeout):
+			t.Fatalf("%s's presence not written within %v", tt.dev, testutil.DefaultTimeout)
+		}
+		if n, ok := a.QueuedAtPresence(tt.dev, tt.session); !ok || n != tt.want {
+			t.Errorf("QueuedAtPresence(%s, %s) = %d, %v; want %d, true", tt.dev, tt.session, n, ok, tt.want)
+		}
+	}
+	if _, ok := a.QueuedAtPresence("d1", "s0"); ok {
+		t.Error("QueuedAtPresence for another session: ok; want not known")
+	}
+}
