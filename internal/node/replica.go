@@ -283,8 +283,12 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 		return ErrRunTwice
 	}
 	// The outcome counters run before the access guard and the rate
-	// limits, so that their refusals are counted too.
-	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(r.met.UnaryServerInterceptor())}
+	// limits, so that their refusals are counted too (without metrics
+	// there is nothing to count: no interceptor, no cost per call).
+	var opts []grpc.ServerOption
+	if r.met != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(r.met.UnaryServerInterceptor()))
+	}
 	opts = append(opts, r.guard.ServerOptions()...)
 	opts = append(opts, grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
 	rpc := rpcserver.New(r.cfg.RPC, r.log, opts...)
