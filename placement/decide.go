@@ -183,11 +183,15 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 	full := 0
 	for _, label := range pol.Chain(m.Label) {
 		// One array holds the endpoints of every group of the label:
-		// each candidate's are a capped window of it.
-		n := 0
+		// each candidate's are a capped window of it. The groups'
+		// executors are looked up once, into a buffer on the stack for
+		// up to 16 groups.
+		var lists [16][]fleet.Executor
+		execs, n := lists[:0], 0
 		for i := range groups {
 			if groups[i].HasLabel(label) {
-				n += len(snap.GroupExecutors(groups[i].ID))
+				e := snap.GroupExecutors(groups[i].ID)
+				execs, n = append(execs, e), n+len(e)
 			}
 		}
 		eps := make([]Endpoint, 0, n)
@@ -198,7 +202,8 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 				continue
 			}
 			var c Candidate
-			c, eps = evaluate(g, snap.GroupExecutors(g.ID), pending, pol, w, eps)
+			c, eps = evaluate(g, execs[0], pending, pol, w, eps)
+			execs = execs[1:]
 			c.Label = label
 			d.Candidates = append(d.Candidates, c)
 			switch c.Dropped {
