@@ -77,8 +77,14 @@ type ReplicaConfig struct {
 func DefaultReplicaConfig() ReplicaConfig {
 	rb := rebalance.DefaultConfig()
 	rpc := rpcserver.DefaultConfig()
-	// Short, deep unary calls: workers that keep their grown stacks.
-	rpc.StreamWorkers = uint32(4 * runtime.GOMAXPROCS(0))
+	// Short, deep unary calls: workers that keep their grown stacks. At
+	// least 64, as many as the callers a replica commonly has in flight:
+	// a call that finds every worker busy runs on a fresh goroutine whose
+	// stack grows again, copied in placement.Decide under the
+	// reservations lock (with 8 workers, 8% of the CPU of
+	// bench.BenchmarkAssignServer's 64 callers). Idle workers cost their
+	// stacks only.
+	rpc.StreamWorkers = uint32(max(64, 4*runtime.GOMAXPROCS(0)))
 	return ReplicaConfig{
 		ControlPlane: controlplane.DefaultConfig(),
 		Messaging:    messaging.DefaultConfig(),
