@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -109,24 +108,49 @@ func New(cfg Config, deps Deps) (*Guard, error) {
 // ("unauthenticated", "permission denied").
 func (g *Guard) Refusals() map[string]uint64 { return g.refused.Counts() }
 
-// protected selects the calls the guard sees: those of the protected
-// services.
-var protected = selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool { return IsProtected(c.FullMethod()) })
-
-// ServerOptions are the interceptors to add to a server: authentication
-// (go-grpc-middleware's auth) and then authorization and audit, both only
-// for the protected services.
+// ServerOptions are the interceptors to add to a server: for the calls of
+// the protected services only, authentication (go-grpc-middleware's auth
+// contract: a service's AuthFuncOverride, else Authenticate) and then
+// authorization and audit. Other calls pass straight through: one
+// interceptor each way, deciding on the method name as it is, so that the
+// calls the guard does not see (health checks, Assign) pay nothing for it.
 func (g *Guard) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(
-			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(g.Authenticate), protected),
-			selector.UnaryServerInterceptor(g.authorizeUnary, protected),
-		),
-		grpc.ChainStreamInterceptor(
-			selector.StreamServerInterceptor(auth.StreamServerInterceptor(g.Authenticate), protected),
-			selector.StreamServerInterceptor(g.authorizeStream, protected),
-		),
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(g.unary), grpc.ChainStreamInterceptor(g.stream)}
+}
+
+// unary guards the unary calls of the protected services.
+func (g *Guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !IsProtected(info.FullMethod) {
+		return handler(ctx, req)
 	}
+	ctx, err := g.authFor(ctx, info.Server, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return g.authorizeUnary(ctx, req, info, handler)
+}
+
+// stream guards the streams of the protected services.
+func (g *Guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !IsProtected(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	ctx, err := g.authFor(ss.Context(), srv, info.FullMethod)
+	if err != nil {
+		return err
+	}
+	w := middleware.WrapServerStream(ss)
+	w.WrappedContext = ctx
+	return g.authorizeStream(srv, w, info, handler)
+}
+
+// authFor authenticates a call as go-grpc-middleware's auth interceptors
+// do: with the service's own AuthFuncOverride when it has one.
+func (g *Guard) authFor(ctx context.Context, srv any, fullMethod string) (context.Context, error) {
+	if o, ok := srv.(auth.ServiceAuthFuncOverride); ok {
+		return o.AuthFuncOverride(ctx, fullMethod)
+	}
+	return g.Authenticate(ctx)
 }
 
 // missing answers a call without credentials.

@@ -9,9 +9,9 @@ import (
 )
 
 // inputsOf extracts what the device declared in its request.
-func inputsOf(req *controlplanev1.AssignRequest) *registry.DeviceInputs {
+func inputsOf(req *controlplanev1.AssignRequest) registry.DeviceInputs {
 	sp := req.GetSpec()
-	return &registry.DeviceInputs{
+	return registry.DeviceInputs{
 		Model:      sp.GetModel(),
 		Firmware:   sp.GetFirmware(),
 		Attributes: sp.GetAttributes(),

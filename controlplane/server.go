@@ -302,21 +302,27 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 	pol := s.policyFor(snap)
 	prev, hasPrev := s.cache.Assignment(req.GetDeviceId())
 	traffic := s.history(req.GetDeviceId())
-	in := inputsOf(req)
+	// The device's inputs and its label rules' outcome, in one allocation.
+	sc := &struct {
+		in registry.DeviceInputs
+		m  policy.Match
+	}{in: inputsOf(req)}
+	in := &sc.in
 	in.Weight = placement.LoadWeight(traffic)
 	lastGroup, lastLabel := lastOf(prev, hasPrev, req.GetPrevious())
 	preq := placement.Request{Input: placement.PolicyInput(snap, req.GetDeviceId(), in, lastGroup, lastLabel, traffic), Weight: in.Weight}
 	// The rules are the costly part of a decision: run them before taking
 	// the reservations lock, which serializes placements.
-	m, ok := s.labels.get(req.GetDeviceId(), pol.Version(), preq.Input)
+	var ok bool
+	sc.m, ok = s.labels.get(req.GetDeviceId(), pol.Version(), preq.Input)
 	var merr error
 	if !ok {
-		m, merr = pol.Label(preq.Input)
+		sc.m, merr = pol.Label(preq.Input)
 		if merr == nil {
-			s.labels.put(req.GetDeviceId(), pol.Version(), preq.Input, m)
+			s.labels.put(req.GetDeviceId(), pol.Version(), preq.Input, sc.m)
 		}
 	}
-	preq.Match, preq.MatchErr = &m, merr
+	preq.Match, preq.MatchErr = &sc.m, merr
 	w := 1.0
 	if pol.BalanceByLoad() {
 		w = in.Weight
@@ -370,22 +376,44 @@ func (s *Server) assign(ctx context.Context, req *controlplanev1.AssignRequest, 
 		s.withdraw(ticket)
 		return nil, err
 	}
-	eps := make([]*controlplanev1.Endpoint, len(d.Endpoints))
-	for i, e := range d.Endpoints {
-		eps[i] = &controlplanev1.Endpoint{ExecutorId: e.Executor.ID, Address: e.Executor.Address, Utilization: e.Utilization(), TlsServerName: e.Executor.TLSName}
+	return answer(d, tok, exp, ticket.String(), s.hints), nil
+}
+
+// answerEndpoints is how many endpoints an answer holds without another
+// allocation.
+const answerEndpoints = 4
+
+// answerMessages are the messages of one Assign answer, allocated
+// together: an answer is built on every Assign.
+type answerMessages struct {
+	resp controlplanev1.AssignResponse
+	dest controlplanev1.Destination
+	exp  timestamppb.Timestamp
+	eps  [answerEndpoints]controlplanev1.Endpoint
+	ptrs [answerEndpoints]*controlplanev1.Endpoint
+}
+
+// answer builds the answer to an Assign decided d, with its token, the
+// token's expiry, the reservation ticket and the shared reconnect hints.
+func answer(d placement.Decision, tok string, exp time.Time, ticket string, hints *controlplanev1.ReconnectHints) *controlplanev1.AssignResponse {
+	a := &answerMessages{
+		dest: controlplanev1.Destination{GroupId: d.Group.ID, Label: d.Label, Token: tok, Reservation: ticket},
+		exp:  timestamppb.Timestamp{Seconds: exp.Unix(), Nanos: int32(exp.Nanosecond())},
 	}
-	return &controlplanev1.AssignResponse{
-		Destination: &controlplanev1.Destination{
-			GroupId:        d.Group.ID,
-			Label:          d.Label,
-			Endpoints:      eps,
-			Token:          tok,
-			TokenExpiresAt: timestamppb.New(exp),
-			Reservation:    ticket.String(),
-		},
-		Reconnect: s.hints,
-		Reason:    d.Reason,
-	}, nil
+	var vals []controlplanev1.Endpoint
+	if n := len(d.Endpoints); n <= answerEndpoints {
+		vals, a.dest.Endpoints = a.eps[:n], a.ptrs[:n:n]
+	} else {
+		vals, a.dest.Endpoints = make([]controlplanev1.Endpoint, n), make([]*controlplanev1.Endpoint, n)
+	}
+	for i, e := range d.Endpoints {
+		v := &vals[i]
+		v.ExecutorId, v.Address, v.Utilization, v.TlsServerName = e.Executor.ID, e.Executor.Address, e.Utilization(), e.Executor.TLSName
+		a.dest.Endpoints[i] = v
+	}
+	a.dest.TokenExpiresAt = &a.exp
+	a.resp.Destination, a.resp.Reconnect, a.resp.Reason = &a.dest, hints, d.Reason
+	return &a.resp
 }
 
 // withdraw cancels the reservation of an Assign that fails after it was

@@ -64,7 +64,9 @@ type Ticket struct {
 
 // String encodes t as "<replica>/<executor>/<seq>".
 func (t Ticket) String() string {
-	return t.Replica + "/" + t.Executor + "/" + strconv.FormatUint(t.Seq, 10)
+	var buf [96]byte
+	b := append(append(append(append(buf[:0], t.Replica...), '/'), t.Executor...), '/')
+	return string(strconv.AppendUint(b, t.Seq, 10))
 }
 
 // ErrBadTicket means a reservation ticket is malformed.

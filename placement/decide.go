@@ -182,13 +182,28 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 	var cands []Candidate
 	full := 0
 	for _, label := range pol.Chain(m.Label) {
+		// One array holds the endpoints of every group of the label:
+		// each candidate's are a capped window of it. The groups'
+		// executors are looked up once, into a buffer on the stack for
+		// up to 16 groups.
+		var lists [16][]fleet.Executor
+		execs, n := lists[:0], 0
+		for i := range groups {
+			if groups[i].HasLabel(label) {
+				e := snap.GroupExecutors(groups[i].ID)
+				execs, n = append(execs, e), n+len(e)
+			}
+		}
+		eps := make([]Endpoint, 0, n)
 		start, kept := len(d.Candidates), 0
 		for i := range groups {
 			g := &groups[i]
 			if !g.HasLabel(label) {
 				continue
 			}
-			c := evaluate(g, snap.GroupExecutors(g.ID), pending, pol, w)
+			var c Candidate
+			c, eps = evaluate(g, execs[0], pending, pol, w, eps)
+			execs = execs[1:]
 			c.Label = label
 			d.Candidates = append(d.Candidates, c)
 			switch c.Dropped {
@@ -229,6 +244,20 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 	}
 	fair := (used + w) / capacity // mean utilization once this device is placed
 
+	// The reason is written into one buffer: the label's part, then the
+	// method's.
+	var buf [192]byte
+	r := buf[:0]
+	if m.Rule != "" {
+		r = append(append(append(append(r, "rule "...), m.Rule...), ": label "...), m.Label...)
+	} else {
+		r = append(append(r, "default label "...), m.Label...)
+	}
+	if d.FromLabel != m.Label {
+		r = append(append(append(r, " (fallback "...), d.FromLabel...), ')')
+	}
+	r = append(r, "; "...)
+
 	var pick *Candidate
 	if sticky, margin := pol.Sticky(); sticky {
 		last := req.Input.GetHistory().GetLastGroup()
@@ -236,7 +265,9 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 			c := &cands[i]
 			if c.Group.ID == last && (c.Used+w)/float64(c.Capacity) <= fair*(1+margin) {
 				pick, d.Method = c, "sticky"
-				d.Reason = "sticky: back to " + c.Group.ID + " at " + pct(c.Utilization()) + " (fair share " + pct(fair) + " +" + pct(margin) + ")"
+				r = appendPct(append(append(append(r, "sticky: back to "...), c.Group.ID...), " at "...), c.Utilization())
+				r = appendPct(append(appendPct(append(r, " (fair share "...), fair), " +"...), margin)
+				r = append(r, ')')
 				break
 			}
 		}
@@ -250,7 +281,8 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 				c := &cands[i]
 				if c.Used+w <= AffinityCeiling(bound, c.Capacity) {
 					pick, d.Method = c, "affinity"
-					d.Reason = "affinity " + strconv.Quote(key) + ": " + c.Group.ID + " at " + pct(c.Utilization()) + " (bound " + pct(bound) + ")"
+					r = appendPct(append(append(append(strconv.AppendQuote(append(r, "affinity "...), key), ": "...), c.Group.ID...), " at "...), c.Utilization())
+					r = append(appendPct(append(r, " (bound "...), bound), ')')
 					break
 				}
 			}
@@ -264,17 +296,12 @@ func Decide(snap *fleet.Snapshot, pol *policy.Compiled, req Request, pending Pen
 			}
 		}
 		pick, d.Method = &cands[best], "balance"
-		d.Reason = "balance: least utilized of " + strconv.Itoa(len(cands)) + " candidates, " + pick.Group.ID + " at " + pct(pick.Utilization()) + " of " + strconv.Itoa(pick.Capacity)
+		r = append(strconv.AppendInt(append(r, "balance: least utilized of "...), int64(len(cands)), 10), " candidates, "...)
+		r = appendPct(append(append(r, pick.Group.ID...), " at "...), pick.Utilization())
+		r = strconv.AppendInt(append(r, " of "...), int64(pick.Capacity), 10)
 	}
 	d.Group, d.Endpoints = *pick.Group, pick.Endpoints
-	prefix := "default label " + m.Label
-	if m.Rule != "" {
-		prefix = "rule " + m.Rule + ": label " + m.Label
-	}
-	if d.FromLabel != m.Label {
-		prefix += " (fallback " + d.FromLabel + ")"
-	}
-	d.Reason = prefix + "; " + d.Reason
+	d.Reason = string(r)
 	return d, nil
 }
 
@@ -291,9 +318,11 @@ func AffinityCeiling(bound float64, c int) float64 {
 	return math.Ceil(bound*float64(c) - 1e-9)
 }
 
-// pct formats a fraction as a whole percentage, as %.0f%% would: reasons
-// are built on every Assign, so without fmt.
-func pct(f float64) string { return strconv.FormatFloat(100*f, 'f', 0, 64) + "%" }
+// appendPct appends a fraction as a whole percentage, as %.0f%% would:
+// reasons are built on every Assign, so without fmt.
+func appendPct(b []byte, f float64) []byte {
+	return append(strconv.AppendFloat(b, 100*f, 'f', 0, 64), '%')
+}
 
 // better orders candidates by utilization once the device is added, then
 // by free room, then by id.
@@ -309,9 +338,12 @@ func better(a, b Candidate, w float64) bool {
 	return a.Group.ID < b.Group.ID
 }
 
-// evaluate measures one group.
-func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *policy.Compiled, w float64) Candidate {
-	c := Candidate{Group: g, Endpoints: make([]Endpoint, 0, len(execs))}
+// evaluate measures one group. Its endpoints are appended to eps, which is
+// returned: the candidate's are the window appended, capped, so that
+// further appends never reach them.
+func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *policy.Compiled, w float64, eps []Endpoint) (Candidate, []Endpoint) {
+	c := Candidate{Group: g}
+	from := len(eps)
 	switch g.State {
 	case fleet.GroupActive:
 	case fleet.GroupDraining:
@@ -332,7 +364,7 @@ func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *poli
 			continue
 		}
 		ep := Endpoint{Executor: e, Pending: pending.Pending(e)}
-		c.Endpoints = append(c.Endpoints, ep)
+		eps = append(eps, ep)
 		if pol.BalanceByLoad() {
 			c.Used += e.Load
 		} else {
@@ -344,12 +376,13 @@ func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *poli
 			oldest = e.ObservedAt
 		}
 	}
+	c.Endpoints = eps[from:len(eps):len(eps)]
 	if c.Dropped != "" {
-		return c
+		return c, eps
 	}
 	if len(c.Endpoints) == 0 {
 		c.Dropped = DroppedAllDrain
-		return c
+		return c, eps
 	}
 	c.Pending += pending.GroupPending(g.ID, oldest)
 	c.Used += c.Pending
@@ -360,5 +393,5 @@ func evaluate(g *fleet.Group, execs []fleet.Executor, pending Pending, pol *poli
 	if (c.Used+w)/float64(c.Capacity) > pol.MaxUtilization() || c.Endpoints[0].Utilization() >= 1 {
 		c.Dropped = DroppedFull
 	}
-	return c
+	return c, eps
 }

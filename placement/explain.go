@@ -115,7 +115,8 @@ func stillCandidate(snap *fleet.Snapshot, pol *policy.Compiled, label, group str
 			if !g.HasLabel(l) {
 				continue
 			}
-			c := evaluate(&g, snap.GroupExecutors(g.ID), NoPending{}, pol, 0)
+			execs := snap.GroupExecutors(g.ID)
+			c, _ := evaluate(&g, execs, NoPending{}, pol, 0, make([]Endpoint, 0, len(execs)))
 			if c.Dropped == "" || c.Dropped == DroppedFull {
 				usable = true
 				if g.ID == group {

@@ -15,13 +15,6 @@ import (
 // decision; zero when it has none).
 func PolicyInput(snap *fleet.Snapshot, deviceID string, in *fleet.DeviceInputs, lastGroup, lastLabel string, traffic fleet.History) *policyv1.Input {
 	t := snap.Tenants[in.Tenant]
-	hist := &policyv1.HistoryInput{
-		LastGroup:       lastGroup,
-		LastLabel:       lastLabel,
-		ConnectsLastDay: int64(math.Round(traffic.Connects)),
-		MessagesPerDay:  int64(math.Round(traffic.Messages)),
-		BytesPerDay:     int64(math.Round(traffic.Bytes)),
-	}
 	attrs := in.Attributes
 	if attrs == nil {
 		attrs = map[string]string{}
@@ -30,12 +23,31 @@ func PolicyInput(snap *fleet.Snapshot, deviceID string, in *fleet.DeviceInputs, 
 	if tattrs == nil {
 		tattrs = map[string]string{}
 	}
-	return &policyv1.Input{
-		Device:   &policyv1.DeviceInput{Id: deviceID, Model: in.Model, Firmware: in.Firmware, Attributes: attrs},
-		Tenant:   &policyv1.TenantInput{Id: in.Tenant, Attributes: tattrs},
-		Services: &policyv1.ServicesInput{Requested: in.Services, Entitled: t.Services},
-		History:  hist,
+	// The five messages in one allocation: an Input is built on every
+	// Assign.
+	b := &inputMessages{
+		device:   policyv1.DeviceInput{Id: deviceID, Model: in.Model, Firmware: in.Firmware, Attributes: attrs},
+		tenant:   policyv1.TenantInput{Id: in.Tenant, Attributes: tattrs},
+		services: policyv1.ServicesInput{Requested: in.Services, Entitled: t.Services},
+		history: policyv1.HistoryInput{
+			LastGroup:       lastGroup,
+			LastLabel:       lastLabel,
+			ConnectsLastDay: int64(math.Round(traffic.Connects)),
+			MessagesPerDay:  int64(math.Round(traffic.Messages)),
+			BytesPerDay:     int64(math.Round(traffic.Bytes)),
+		},
 	}
+	b.input.Device, b.input.Tenant, b.input.Services, b.input.History = &b.device, &b.tenant, &b.services, &b.history
+	return &b.input
+}
+
+// inputMessages are the messages of one policy Input.
+type inputMessages struct {
+	input    policyv1.Input
+	device   policyv1.DeviceInput
+	tenant   policyv1.TenantInput
+	services policyv1.ServicesInput
+	history  policyv1.HistoryInput
 }
 
 // MessagesPerWeightUnit is how many messages a day add 1 to a device's load

@@ -47,7 +47,8 @@ func PoolFor(snap *fleet.Snapshot, pol *policy.Compiled, label string) (Pool, bo
 			if !g.HasLabel(l) {
 				continue
 			}
-			c := evaluate(&g, snap.GroupExecutors(g.ID), NoPending{}, pol, 0)
+			execs := snap.GroupExecutors(g.ID)
+			c, _ := evaluate(&g, execs, NoPending{}, pol, 0, make([]Endpoint, 0, len(execs)))
 			if c.Dropped == "" || c.Dropped == DroppedFull {
 				p.Groups = append(p.Groups, PoolGroup{ID: g.ID, Capacity: c.Capacity})
 			}

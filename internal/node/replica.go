@@ -77,8 +77,14 @@ type ReplicaConfig struct {
 func DefaultReplicaConfig() ReplicaConfig {
 	rb := rebalance.DefaultConfig()
 	rpc := rpcserver.DefaultConfig()
-	// Short, deep unary calls: workers that keep their grown stacks.
-	rpc.StreamWorkers = uint32(4 * runtime.GOMAXPROCS(0))
+	// Short, deep unary calls: workers that keep their grown stacks. At
+	// least 64, as many as the callers a replica commonly has in flight:
+	// a call that finds every worker busy runs on a fresh goroutine whose
+	// stack grows again, copied in placement.Decide under the
+	// reservations lock (with 8 workers, 8% of the CPU of
+	// bench.BenchmarkAssignServer's 64 callers). Idle workers cost their
+	// stacks only.
+	rpc.StreamWorkers = uint32(max(64, 4*runtime.GOMAXPROCS(0)))
 	return ReplicaConfig{
 		ControlPlane: controlplane.DefaultConfig(),
 		Messaging:    messaging.DefaultConfig(),
@@ -283,8 +289,12 @@ func (r *Replica) Run(ctx context.Context, lis net.Listener) error {
 		return ErrRunTwice
 	}
 	// The outcome counters run before the access guard and the rate
-	// limits, so that their refusals are counted too.
-	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(r.met.UnaryServerInterceptor())}
+	// limits, so that their refusals are counted too (without metrics
+	// there is nothing to count: no interceptor, no cost per call).
+	var opts []grpc.ServerOption
+	if r.met != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(r.met.UnaryServerInterceptor()))
+	}
 	opts = append(opts, r.guard.ServerOptions()...)
 	opts = append(opts, grpc.ChainUnaryInterceptor(r.limit.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(r.limit.StreamServerInterceptor()))
 	rpc := rpcserver.New(r.cfg.RPC, r.log, opts...)
