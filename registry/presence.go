@@ -62,6 +62,11 @@ func (r *Registry) Presence(ctx context.Context, deviceID string) (Presence, err
 // is 128).
 const maxTxnOps = 100
 
+// maxPresenceOps bounds the operations of a presence transaction: etcd's
+// default limit, all of it (a connect's put and its queue count are two;
+// a storm's presence writes are batches of 64 connects).
+const maxPresenceOps = 128
+
 // One live session per device. The session whose presence put has the
 // highest etcd revision is the live one: a session's first put is
 // unconditional and returns the record it overwrote, so exactly one
@@ -254,7 +259,7 @@ func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
 	batch := make([]presenceOp, 0, min(len(g.pdirty), maxTxnOps))
 	ops := 0 // a first put takes two (the put and its queue count)
 	for id := range g.pdirty {
-		if ops+2 > maxTxnOps {
+		if ops+2 > maxPresenceOps {
 			break
 		}
 		delete(g.pdirty, id)
