@@ -31,9 +31,13 @@ import (
 const (
 	CasePushBare  = "bare"
 	CasePushBerth = "berth"
-	// CasePushLean is the lean push baseline: the bare server pushing to
-	// its own streams from inside (no RPC in front), in a plain loop.
+	// CasePushLean is the lean push baseline: Deliver calls to the bare
+	// server in a plain loop (no latency kept, no deadline per call) over
+	// connections of their own, grpc-go's defaults on both sides.
 	CasePushLean = "lean"
+	// CasePushInside is the floor: the bare server pushing to its own
+	// streams from inside (no RPC in front), in a plain loop.
+	CasePushInside = "inside"
 )
 
 // Targets bench push checks (issue 12), each against a baseline of the
@@ -254,7 +258,12 @@ func RunPush(ctx context.Context, cfg PushConfig, log *slog.Logger) (rep *PushRe
 			return nil, fmt.Errorf("bench: %s: %w", sys.name, err)
 		}
 	}
-	systems = append([]*pushSystem{bare.lean(cfg)}, systems...)
+	lean, err := h.leanPush(bare)
+	if err != nil {
+		return nil, err
+	}
+	measured := systems
+	systems = append([]*pushSystem{bare.inside(cfg), lean}, systems...)
 	log.Info("every device got a message; measuring", "rounds", cfg.Rounds)
 
 	if err := rep.closedRounds(ctx, systems); err != nil {
@@ -265,7 +274,7 @@ func RunPush(ctx context.Context, cfg PushConfig, log *slog.Logger) (rep *PushRe
 			return nil, err
 		}
 	}
-	for _, sys := range systems[1:] { // the lean push shares bare's devices
+	for _, sys := range measured { // lean and inside push to bare's devices
 		st, err := sys.devices.stats(ctx)
 		if err != nil {
 			return nil, err
@@ -281,11 +290,15 @@ type pushSystem struct {
 	name    string
 	send    func(ctx context.Context, w int) error
 	devices *pushProc
-	// server is the bare server's process (bare only).
+	// server and addr are the bare server's process and address (bare
+	// only).
 	server *pushProc
+	addr   string
 	// run, when set, measures the system itself instead of a Load of send
-	// (the lean push runs inside its server); it is not paced.
-	run func(ctx context.Context, warmup, measured time.Duration) (Result, error)
+	// (the inside push runs in its server); it is not paced.
+	// lean runs send as a Lean load; it is not paced.
+	lean bool
+	run  func(ctx context.Context, warmup, measured time.Duration) (Result, error)
 	// cpu measures the processor time of the system's processes (servers
 	// and devices) and of this one.
 	cpu *cpuProbe
@@ -312,7 +325,7 @@ func (r *PushReport) closedRounds(ctx context.Context, systems []*pushSystem) er
 			if sys.run != nil {
 				res, err = sys.run(ctx, warmup, measured)
 			} else {
-				res, err = Load{Workers: r.Config.Concurrency, Warmup: warmup, Duration: measured, Op: sys.send, CPU: sys.cpu}.Run(ctx, sys.name)
+				res, err = Load{Workers: r.Config.Concurrency, Warmup: warmup, Duration: measured, Op: sys.send, CPU: sys.cpu, Lean: sys.lean}.Run(ctx, sys.name)
 			}
 			if err != nil {
 				return err
@@ -328,7 +341,7 @@ func (r *PushReport) closedRounds(ctx context.Context, systems []*pushSystem) er
 // appends their totals to r.Paced.
 func (r *PushReport) pacedRounds(ctx context.Context, systems []*pushSystem, rate float64) error {
 	warmup, measured := r.Config.segment()
-	systems = slices.DeleteFunc(slices.Clone(systems), func(s *pushSystem) bool { return s.run != nil })
+	systems = slices.DeleteFunc(slices.Clone(systems), func(s *pushSystem) bool { return s.run != nil || s.lean })
 	totals := make([]PacedResult, len(systems))
 	for i, sys := range systems {
 		totals[i] = PacedResult{Result: Result{Name: sys.name, Latency: NewHistogram(), RecordsWritten: -1}, Rate: rate, Lag: NewHistogram()}
@@ -605,16 +618,41 @@ func (h *pushHarness) startBare(ctx context.Context) (*pushSystem, error) {
 		})
 		return err
 	}
-	return &pushSystem{name: CasePushBare, send: send, devices: devices, server: srv, cpu: &cpuProbe{pids: []int{srv.cmd.Process.Pid, devices.cmd.Process.Pid}}}, nil
+	return &pushSystem{name: CasePushBare, send: send, devices: devices, server: srv, addr: ready.Addr, cpu: &cpuProbe{pids: []int{srv.cmd.Process.Pid, devices.cmd.Process.Pid}}}, nil
 }
 
-// lean is the lean push on bare's server and devices: cfg.Concurrency
+// leanPush is the lean push to bare's server and devices: Deliver in a
+// plain loop over connections of its own (grpc-go's defaults), message ids
+// of their own.
+func (h *pushHarness) leanPush(bare *pushSystem) (*pushSystem, error) {
+	conns, err := h.dial(bare.addr)
+	if err != nil {
+		return nil, err
+	}
+	clients := make([]executorv1.ExecutorInternalServiceClient, len(conns))
+	for i, cc := range conns {
+		clients[i] = executorv1.NewExecutorInternalServiceClient(cc)
+	}
+	targets := newPushTarget(h.cfg.Devices)
+	payload := h.payload
+	var ids atomic.Uint64
+	send := func(ctx context.Context, w int) error {
+		_, err := clients[w%len(clients)].Deliver(ctx, &executorv1.DeliverRequest{
+			DeviceId: targets.pick(),
+			Message:  &executorv1.Message{MessageId: "r" + strconv.FormatUint(ids.Add(1), 36), Payload: payload, ContentType: "application/octet-stream"},
+		})
+		return err
+	}
+	return &pushSystem{name: CasePushLean, send: send, lean: true, devices: bare.devices, cpu: bare.cpu}, nil
+}
+
+// inside is the floor on bare's server and devices: cfg.Concurrency
 // workers inside the server push to the devices back to back.
-func (bare *pushSystem) lean(cfg PushConfig) *pushSystem {
+func (bare *pushSystem) inside(cfg PushConfig) *pushSystem {
 	srv := bare.server
-	return &pushSystem{name: CasePushLean, devices: bare.devices, cpu: bare.cpu, run: func(ctx context.Context, warmup, measured time.Duration) (Result, error) {
+	return &pushSystem{name: CasePushInside, devices: bare.devices, cpu: bare.cpu, run: func(ctx context.Context, warmup, measured time.Duration) (Result, error) {
 		if _, err := io.WriteString(srv.stdin, leanCommand(cfg.Concurrency, warmup, measured, cfg.Devices, cfg.Payload)+"\n"); err != nil {
-			return Result{}, fmt.Errorf("bench: lean push: %w", err)
+			return Result{}, fmt.Errorf("bench: inside push: %w", err)
 		}
 		// The answer comes after warm-up and measured time; the probe
 		// samples meanwhile.
@@ -626,9 +664,9 @@ func (bare *pushSystem) lean(cfg PushConfig) *pushSystem {
 		close(stop)
 		used := cpu()
 		if err != nil {
-			return Result{}, fmt.Errorf("bench: lean push: %w", err)
+			return Result{}, fmt.Errorf("bench: inside push: %w", err)
 		}
-		return Result{Name: CasePushLean, Ops: lr.Ops, Errors: lr.Errors, FirstError: lr.FirstError, Elapsed: time.Duration(lr.ElapsedNS),
+		return Result{Name: CasePushInside, Ops: lr.Ops, Errors: lr.Errors, FirstError: lr.FirstError, Elapsed: time.Duration(lr.ElapsedNS),
 			Latency: NewHistogram(), RecordsWritten: -1, CPU: used}, nil
 	}}
 }

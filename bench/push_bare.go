@@ -159,7 +159,7 @@ func leanCommand(workers int, warmup, measured time.Duration, devices, payload i
 	return fmt.Sprintf("%s %d %d %d %d %d", cmdLean, workers, int64(warmup), int64(measured), devices, payload)
 }
 
-// runLean pushes from inside the server, the lean push baseline: workers
+// runLean pushes from inside the server, the floor (CasePushInside): workers
 // goroutines deliver to the devices in turn back to back (each waiting for
 // the device's Ack, as a Deliver call does), with no RPC in front and no
 // latency kept, for the warm-up and the measured time of line (cmdLean).
@@ -183,7 +183,7 @@ func (b *barePush) runLean(ctx context.Context, line string) (any, error) {
 		})
 		return err
 	}
-	res, err := Load{Workers: workers, Warmup: time.Duration(warmup), Duration: time.Duration(measured), Op: op, Lean: true}.Run(ctx, CasePushLean)
+	res, err := Load{Workers: workers, Warmup: time.Duration(warmup), Duration: time.Duration(measured), Op: op, Lean: true}.Run(ctx, CasePushInside)
 	if err != nil {
 		return nil, err
 	}

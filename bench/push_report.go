@@ -18,7 +18,8 @@ func (r *PushReport) Format(w io.Writer) error {
 	fmt.Fprintln(&b, machineLine(r.Env))
 	fmt.Fprintf(&b, "setup:   %d connected devices, one TCP connection and stream each, in a child process; they ack every message at once;\n", c.Devices)
 	fmt.Fprintf(&b, "         a %d-byte payload per message, to the devices in turn; %d senders back to back over %d client connections\n", c.Payload, c.Concurrency, c.Conns)
-	fmt.Fprintln(&b, "         lean:  the bare server pushes to its own streams from inside (no RPC in front), a plain loop: what the machine allows")
+	fmt.Fprintln(&b, "         inside: the bare server pushes to its own streams from inside (no RPC in front), a plain loop: the floor")
+	fmt.Fprintln(&b, "         lean:  Deliver on the bare server in a plain loop (no latency kept, no deadline per call), grpc-go's defaults both sides")
 	fmt.Fprintln(&b, "         bare:  sender -> plain grpc-go server (child process, no interceptors) -> Message on the device's stream -> Ack -> answer")
 	fmt.Fprintln(&b, "         berth: sender -> MessagingService.Send ONLINE_ONLY on `berth controlplane` (child) -> presence -> Deliver on `berth executor`")
 	fmt.Fprintln(&b, "                (child) -> Message on the stream -> Ack -> executor -> control plane -> answer; etcd in this process;")
@@ -52,13 +53,16 @@ func (r *PushReport) Format(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "%-8s %10.0f %9s %9s %9s %10d %7d %8s %9s %9s\n", x.Name, x.OpsPerSec(), p50, p99, pmax, x.Ops, x.Errors, ratio(x.OpsPerSec(), bare), gen, sys)
 	}
-	fmt.Fprintln(&b, "(msgs/s: pushes acked per second, closed loop; latencies in milliseconds (lean keeps none); gen µs / sys µs: CPU time per push")
+	fmt.Fprintln(&b, "(msgs/s: pushes acked per second, closed loop; latencies in milliseconds (lean and inside keep none); gen µs / sys µs: CPU time per push")
 	fmt.Fprintln(&b, " of this process (the senders and etcd) and of the system's processes (servers and devices), user + system)")
 	fmt.Fprintln(&b)
 	for _, x := range r.Cases {
-		if x.Name == CasePushLean {
+		switch x.Name {
+		case CasePushInside:
 			fmt.Fprintf(&b, "%s: %.0f msgs/s (%s of bare), %d pushers inside the bare server (no RPC in front), %d devices\n", x.Name, x.OpsPerSec(), ratio(x.OpsPerSec(), bare), c.Concurrency, c.Devices)
-		} else {
+		case CasePushLean:
+			fmt.Fprintf(&b, "%s: %.0f msgs/s (%s of bare), %d callers in a plain loop, %d devices\n", x.Name, x.OpsPerSec(), ratio(x.OpsPerSec(), bare), c.Concurrency, c.Devices)
+		default:
 			fmt.Fprintf(&b, "%s: %.0f msgs/s (%s of bare), p50 %s, p99 %s, %d senders, %d devices\n", x.Name, x.OpsPerSec(), ratio(x.OpsPerSec(), bare),
 				fmtDur(x.Latency.Quantile(0.50)), fmtDur(x.Latency.Quantile(0.99)), c.Concurrency, c.Devices)
 		}
@@ -118,7 +122,10 @@ func (r *PushReport) formatTargets(b *bytes.Buffer) {
 	if lean, ok := r.Case(CasePushLean); ok && lean.OpsPerSec() > 0 {
 		if bare, ok := r.Case(CasePushBare); ok {
 			got := bare.OpsPerSec() / lean.OpsPerSec()
-			fmt.Fprintf(b, "%s  harness: bare %.2fx of lean (the same server pushing from inside) >= %.2fx (within 1.5x)\n", passFail(got >= LeanRatio), got, LeanRatio)
+			fmt.Fprintf(b, "%s  harness: bare %.2fx of lean (the same server, Deliver in a plain loop) >= %.2fx (within 1.5x)\n", passFail(got >= LeanRatio), got, LeanRatio)
+		}
+		if in, ok := r.Case(CasePushInside); ok && in.OpsPerSec() > 0 {
+			fmt.Fprintf(b, "info  lean %.2fx of inside (the same server pushing from inside: what the RPC in front costs)\n", lean.OpsPerSec()/in.OpsPerSec())
 		}
 	}
 	if _, ok := r.Case(CasePushBare); ok {

@@ -71,18 +71,21 @@ func TestRunPushSmall(t *testing.T) {
 	if r := rep.Ratio(); r <= 0 {
 		t.Errorf("Ratio = %v; want > 0", r)
 	}
-	// The lean push ran inside the bare server, on its devices, in rounds
-	// like the others, keeping no latency.
-	lean, ok := rep.Case(bench.CasePushLean)
-	if !ok || lean.Ops == 0 || lean.Errors != 0 || lean.Latency.Count() != 0 || lean.Elapsed != cfg.Duration || len(lean.RoundOpsPerSec) != 2 {
-		t.Errorf("lean: %+v (found %v); want pushes, no error, no latency kept, %v in 2 rounds", lean, ok, cfg.Duration)
-	}
-	if _, ok := rep.PacedCase(bench.CasePushLean); ok {
-		t.Error("lean was paced; want it closed loop only")
+	// The lean push (a plain loop of Deliver calls) and the inside push
+	// (in the bare server) ran on bare's devices, in rounds like the
+	// others, keeping no latency, and were not paced.
+	for _, name := range []string{bench.CasePushLean, bench.CasePushInside} {
+		c, ok := rep.Case(name)
+		if !ok || c.Ops == 0 || c.Errors != 0 || c.Latency.Count() != 0 || c.Elapsed != cfg.Duration || len(c.RoundOpsPerSec) != 2 {
+			t.Errorf("%s: %+v (found %v); want pushes, no error, no latency kept, %v in 2 rounds", name, c, ok, cfg.Duration)
+		}
+		if _, ok := rep.PacedCase(name); ok {
+			t.Errorf("%s was paced; want it closed loop only", name)
+		}
 	}
 	// Every case's CPU was read: this process's and the system's
 	// processes' (which did the pushing).
-	for _, name := range []string{bench.CasePushLean, bench.CasePushBare, bench.CasePushBerth} {
+	for _, name := range []string{bench.CasePushInside, bench.CasePushLean, bench.CasePushBare, bench.CasePushBerth} {
 		c, _ := rep.Case(name)
 		if !c.CPU.Known || c.CPU.InProcess || c.CPU.Servers <= 0 {
 			t.Errorf("%s: CPU %+v; want the system's processes' time, positive", name, c.CPU)
@@ -92,7 +95,7 @@ func TestRunPushSmall(t *testing.T) {
 	if err := rep.Format(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"berth bench push", "berth throughput", "berth paced at", "vs bare", "devices (berth)", "harness: bare", "lean: ", "servers and devices"} {
+	for _, want := range []string{"berth bench push", "berth throughput", "berth paced at", "vs bare", "devices (berth)", "harness: bare", "lean: ", "inside: ", "of inside (the same server pushing from inside", "servers and devices"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
