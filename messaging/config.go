@@ -101,7 +101,7 @@ func DefaultConfig() Config {
 		ResubscribeMaxDelay: 10 * time.Second,
 		ResyncInterval:      time.Second,
 		PresenceCacheSize:   1 << 20,
-		PresenceCacheTTL:    10 * time.Second,
+		PresenceCacheTTL:    5 * time.Minute,
 		PresenceReadTimeout: 2 * time.Second,
 		RedeliverMinDelay:   500 * time.Millisecond,
 		RedeliverMaxDelay:   30 * time.Second,
