@@ -62,10 +62,14 @@ func (r *Registry) Presence(ctx context.Context, deviceID string) (Presence, err
 // is 128).
 const maxTxnOps = 100
 
-// maxPresenceOps bounds the operations of a presence transaction: etcd's
-// default limit, all of it (a connect's put and its queue count are two;
-// a storm's presence writes are batches of 64 connects).
-const maxPresenceOps = 128
+// maxPresenceOps bounds the operations of a presence transaction: a
+// connect's put and its queue count are two, so a storm's presence writes
+// are batches of 63 connects. etcd's limit (--max-txn-ops, default 128)
+// applies to a transaction's operations and, inside it, to each nested
+// transaction with what the levels above left: a disconnect's conditional
+// delete nests one level and a rewrite's put two, so the top level may
+// hold 128 - 2.
+const maxPresenceOps = 126
 
 // One live session per device. The session whose presence put has the
 // highest etcd revision is the live one: a session's first put is

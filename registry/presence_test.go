@@ -1,8 +1,12 @@
 package registry_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -315,4 +319,64 @@ func TestQueuedAtPresence(t *testing.T) {
 	if _, ok := a.QueuedAtPresence("d1", "s0"); ok {
 		t.Error("QueuedAtPresence for another session: ok; want not known")
 	}
+}
+
+// TestPresenceBatchWithinEtcdLimits: a burst of connects and disconnects
+// together (first puts with their queue counts, and conditional deletes,
+// which nest a transaction) is written in batches etcd accepts: every
+// change lands.
+func TestPresenceBatchWithinEtcdLimits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// A batch etcd refuses is retried, differently composed, and may pass:
+	// the log must show no refusal at all.
+	var logged lockedBuffer
+	a, err := e.reg.NewRegistration(testExecutor(), fastRegistration(), slog.New(slog.NewTextHandler(&logged, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := func(i int) registry.Presence {
+		p := presenceOf("ex-1", fmt.Sprintf("s%d", i))
+		p.DeviceID = fmt.Sprintf("dev-%03d", i)
+		return p
+	}
+	for i := range 150 {
+		a.SetPresence(dev(i))
+	}
+	goRun(t, a.Run)
+	testutil.WaitFor(t, testutil.DefaultTimeout, "150 presences written", func() bool { return a.PresencePending() == 0 })
+	// 100 leave and 100 others come at once: batches mix deletes and puts.
+	for i := range 100 {
+		a.ClearPresence(dev(i).DeviceID, dev(i).SessionID)
+		a.SetPresence(dev(150 + i))
+	}
+	testutil.WaitFor(t, testutil.DefaultTimeout, "every change written", func() bool { return a.PresencePending() == 0 })
+	if out := logged.String(); strings.Contains(out, "presence write failed") {
+		t.Errorf("a presence batch was refused:\n%s", out)
+	}
+	ctx := testContext(t)
+	for _, i := range []int{0, 99, 100, 149, 150, 249} {
+		_, err := e.reg.Presence(ctx, dev(i).DeviceID)
+		if gone := i < 100; gone != errors.Is(err, registry.ErrNotFound) {
+			t.Errorf("presence of %s: %v; want gone %v", dev(i).DeviceID, err, gone)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writes (a log).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
