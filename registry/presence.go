@@ -62,15 +62,6 @@ func (r *Registry) Presence(ctx context.Context, deviceID string) (Presence, err
 // is 128).
 const maxTxnOps = 100
 
-// maxPresenceOps bounds the operations of a presence transaction: a
-// connect's put and its queue count are two, so a storm's presence writes
-// are batches of 63 connects. etcd's limit (--max-txn-ops, default 128)
-// applies to a transaction's operations and, inside it, to each nested
-// transaction with what the levels above left: a disconnect's conditional
-// delete nests one level and a rewrite's put two, so the top level may
-// hold 128 - 2.
-const maxPresenceOps = 126
-
 // One live session per device. The session whose presence put has the
 // highest etcd revision is the live one: a session's first put is
 // unconditional and returns the record it overwrote, so exactly one
@@ -95,12 +86,17 @@ type presenceEntry struct {
 	// lease) are rewrites, conditional on the record being this one or
 	// absent.
 	written bool
+	// settled is set once the first put was applied and the device's
+	// queue was counted at its revision (or the count failed): what
+	// PresenceWritten waits for.
+	settled bool
 	// wrote, made by the first PresenceWritten that finds the entry not
-	// yet written, is closed when written is set.
+	// yet settled, is closed when settled is set.
 	wrote chan struct{}
 	// queued is how many messages the device's queue held at the revision
-	// of the first put (read in its transaction); set before written.
-	queued int64
+	// of the first put, when counted is set (see QueuedAtPresence).
+	queued  int64
+	counted bool
 }
 
 // closedChan is the channel PresenceWritten returns for a written record.
@@ -125,7 +121,7 @@ func (g *Registration) PresenceWritten(deviceID, sessionID string) (written <-ch
 	if !live || e.p.SessionID != sessionID {
 		return nil, false
 	}
-	if e.written {
+	if e.settled {
 		return closedChan, true
 	}
 	if e.wrote == nil {
@@ -135,9 +131,10 @@ func (g *Registration) PresenceWritten(deviceID, sessionID string) (written <-ch
 }
 
 // QueuedAtPresence returns how many messages were queued for deviceID at
-// the revision its presence naming sessionID was first written, read in
-// the same transaction as that put. ok is false until that put is applied,
-// or when this registration holds no such presence. A message stored at a
+// the revision its presence naming sessionID was first written (read at
+// that revision just after the put, before PresenceWritten's channel
+// closes). ok is false until then, when the count could not be read, or
+// when this registration holds no such presence. A message stored at a
 // later revision was stored after the presence was visible, so its sender
 // tries to deliver it (and leaves it queued for redelivery when that
 // fails): a count of 0 means the session's queue drain has nothing to read.
@@ -145,7 +142,7 @@ func (g *Registration) QueuedAtPresence(deviceID, sessionID string) (n int64, ok
 	g.pmu.Lock()
 	defer g.pmu.Unlock()
 	e, live := g.present[deviceID]
-	if !live || e.p.SessionID != sessionID || !e.written {
+	if !live || e.p.SessionID != sessionID || !e.counted {
 		return 0, false
 	}
 	return e.queued, true
@@ -261,17 +258,12 @@ func (g *Registration) nextPresenceBatch() ([]presenceOp, bool) {
 	g.pmu.Lock()
 	defer g.pmu.Unlock()
 	batch := make([]presenceOp, 0, min(len(g.pdirty), maxTxnOps))
-	ops := 0 // a first put takes two (the put and its queue count)
 	for id := range g.pdirty {
-		if ops+2 > maxPresenceOps {
+		if len(batch) == maxTxnOps {
 			break
 		}
 		delete(g.pdirty, id)
-		ops++
 		if e, ok := g.present[id]; ok {
-			if !e.written {
-				ops++
-			}
 			batch = append(batch, presenceOp{id: id, entry: e, rewrite: e.written})
 			// Sent: it may be applied even if the call fails.
 			g.recorded[id] = true
@@ -295,13 +287,8 @@ func encodePresence(p Presence) (string, error) {
 // record it overwrote names a session replaced by this one, and a rewrite
 // that found another session's record means this one was replaced.
 func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID, batch []presenceOp) error {
-	ops := make([]clientv3.Op, 0, 2*len(batch))
-	// counts are the responses of the queue counts that follow first puts,
-	// after the batch's own responses: counts[i] is batch[i]'s (-1: none).
-	counts := make([]int, len(batch))
-	var countOps []clientv3.Op
-	for i, o := range batch {
-		counts[i] = -1
+	ops := make([]clientv3.Op, 0, len(batch))
+	for _, o := range batch {
 		key := g.reg.presenceKey(o.id)
 		if o.entry == nil {
 			ours := clientv3.Compare(clientv3.LeaseValue(key), "=", lease)
@@ -325,15 +312,8 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 				[]clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{absent}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)})}))
 		default:
 			ops = append(ops, put)
-			// The device's queue at the put's revision: the session's
-			// queue drain reads the queue only if something was in it
-			// (QueuedAtPresence).
-			counts[i] = len(countOps)
-			countOps = append(countOps, clientv3.OpGet(g.reg.queuePrefix(o.id), clientv3.WithPrefix(), clientv3.WithCountOnly()))
 		}
 	}
-	nops := len(ops)
-	ops = append(ops, countOps...)
 	wctx, cancel := context.WithTimeout(ctx, g.cfg.Refresh)
 	defer cancel()
 	resp, err := g.reg.client().Txn(wctx).Then(ops...).Commit()
@@ -345,7 +325,8 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		g.pmu.Unlock()
 		return fmt.Errorf("registry: write presence: %w", err)
 	}
-	var lost []Presence // sessions of this executor found replaced
+	var lost []Presence    // sessions of this executor found replaced
+	var first []presenceOp // the first puts applied, to count queues for
 	g.pmu.Lock()
 	for i, o := range batch {
 		if o.entry == nil {
@@ -356,13 +337,11 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		}
 		kvs, wrote := presenceOutcome(resp.Responses[i])
 		if wrote && g.present[o.id] == o.entry {
-			if c := counts[i]; c >= 0 {
-				o.entry.queued = resp.Responses[nops+c].GetResponseRange().GetCount()
-			}
 			o.entry.written = true
-			if o.entry.wrote != nil {
-				close(o.entry.wrote)
-				o.entry.wrote = nil
+			if !o.rewrite {
+				first = append(first, o)
+			} else {
+				o.entry.settle()
 			}
 		}
 		for _, kv := range kvs {
@@ -386,10 +365,52 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		}
 	}
 	g.pmu.Unlock()
+	g.countQueues(ctx, resp.Header.GetRevision(), first)
 	for _, p := range lost {
 		g.replaced(Replacement{DeviceID: p.DeviceID, SessionID: p.SessionID, ExecutorID: p.ExecutorID})
 	}
 	return nil
+}
+
+// settle marks e settled and wakes PresenceWritten's waiters. The caller
+// holds pmu.
+func (e *presenceEntry) settle() {
+	e.settled = true
+	if e.wrote != nil {
+		close(e.wrote)
+		e.wrote = nil
+	}
+}
+
+// countQueues counts the queues of the devices of first puts applied at
+// rev, in one read at that revision (no write, so no disk sync; the put's
+// transaction holds only puts, up to maxTxnOps of them), and settles
+// their entries: a session's queue drain then reads the queue only if
+// something was in it when its presence became visible
+// (QueuedAtPresence). When the read fails the entries settle uncounted,
+// and their drains read the queue.
+func (g *Registration) countQueues(ctx context.Context, rev int64, first []presenceOp) {
+	if len(first) == 0 {
+		return
+	}
+	ops := make([]clientv3.Op, len(first))
+	for i, o := range first {
+		ops[i] = clientv3.OpGet(g.reg.queuePrefix(o.id), clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(rev))
+	}
+	rctx, cancel := context.WithTimeout(ctx, g.cfg.Refresh)
+	defer cancel()
+	resp, err := g.reg.client().Txn(rctx).Then(ops...).Commit()
+	if err != nil {
+		g.log.Debug("registry: counting queues at a presence write; the drains read them", "devices", len(first), "err", err)
+	}
+	g.pmu.Lock()
+	defer g.pmu.Unlock()
+	for i, o := range first {
+		if err == nil && g.present[o.id] == o.entry {
+			o.entry.queued, o.entry.counted = resp.Responses[i].GetResponseRange().GetCount(), true
+		}
+		o.entry.settle()
+	}
 }
 
 // presenceOutcome reads one put's response, plain or nested in the
