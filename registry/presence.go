@@ -203,6 +203,7 @@ type presenceOp struct {
 
 // presenceLoop writes presence changes under lease until ctx is done.
 func (g *Registration) presenceLoop(ctx context.Context, lease clientv3.LeaseID) {
+	defer g.counting.Wait()
 	// Everything held here is written again under this lease; the records
 	// of ended sessions went with the old one.
 	g.pmu.Lock()
@@ -365,7 +366,12 @@ func (g *Registration) writePresence(ctx context.Context, lease clientv3.LeaseID
 		}
 	}
 	g.pmu.Unlock()
-	g.countQueues(ctx, resp.Header.GetRevision(), first)
+	if len(first) > 0 {
+		// Beside the loop, which writes the next batch meanwhile: one
+		// more round trip per batch would slow a storm's presence writes.
+		rev := resp.Header.GetRevision()
+		g.counting.Go(func() { g.countQueues(ctx, rev, first) })
+	}
 	for _, p := range lost {
 		g.replaced(Replacement{DeviceID: p.DeviceID, SessionID: p.SessionID, ExecutorID: p.ExecutorID})
 	}

@@ -67,6 +67,10 @@ type Registration struct {
 	cur   Executor
 	dirty chan struct{}
 
+	// counting holds the reads counting the queues of the presence
+	// batches written (countQueues); presenceLoop waits for them.
+	counting sync.WaitGroup
+
 	registered atomic.Bool
 	lost       atomic.Int64
 	// marked is set while an operator's drain mark names the executor.
