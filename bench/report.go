@@ -304,14 +304,6 @@ func passFail(ok bool) string {
 	return "FAIL"
 }
 
-// cmpWord says how x compares to the threshold t.
-func cmpWord(x, t float64) string {
-	if x >= t {
-		return "at or above"
-	}
-	return "below"
-}
-
 // quote is the one-line summary of a case.
 func (r *AssignReport) quote(x Result, noop float64) string {
 	var what string
