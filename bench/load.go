@@ -94,18 +94,12 @@ func (l Load) Run(ctx context.Context, name string) (Result, error) {
 				if t0.Before(measureFrom) {
 					continue
 				}
-				if err != nil {
-					if ctx.Err() != nil {
-						break
-					}
-					t.errs++
-					if t.first == nil {
-						t.first = err
-					}
-					continue
+				if !t.count(ctx, err) {
+					break
 				}
-				t.ops++
-				t.hist.Record(time.Since(t0))
+				if err == nil {
+					t.hist.Record(time.Since(t0))
+				}
 			}
 			tallies[w] = t
 		})
@@ -149,19 +143,28 @@ func (l Load) runLean(ctx context.Context, w int, phase *atomic.Int32) loadTally
 		if p == 0 {
 			continue
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			t.errs++
-			if t.first == nil {
-				t.first = err
-			}
-			continue
+		if !t.count(ctx, err) {
+			break
 		}
-		t.ops++
 	}
 	return t
+}
+
+// count counts a measured call that ended with err; it reports false when
+// the call failed because ctx ended (not counted: the run is over).
+func (t *loadTally) count(ctx context.Context, err error) bool {
+	switch {
+	case err == nil:
+		t.ops++
+	case ctx.Err() != nil:
+		return false
+	default:
+		t.errs++
+		if t.first == nil {
+			t.first = err
+		}
+	}
+	return true
 }
 
 // PacedResult is what an open-loop (paced) case measured.

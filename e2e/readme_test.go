@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -199,26 +198,8 @@ func (sh *readmeShell) run(s readmeStep) {
 type readmeProc struct {
 	line int
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
-}
-
-// lockedBuffer is a bytes.Buffer written by a process and read by the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // background starts a command in its own process group; the test's
@@ -229,7 +210,7 @@ func (sh *readmeShell) background(line int, command string) *readmeProc {
 	cmd := exec.Command("bash", "-c", "exec "+command)
 	cmd.Dir, cmd.Env = sh.dir, sh.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &readmeProc{line: line, cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &readmeProc{line: line, cmd: cmd, out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("README.md:%d: %s: %v", line, command, err)

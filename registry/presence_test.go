@@ -1,7 +1,6 @@
 package registry_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -330,7 +329,7 @@ func TestPresenceBatchWithinEtcdLimits(t *testing.T) {
 	e := newEnv(t)
 	// A batch etcd refuses is retried, differently composed, and may pass:
 	// the log must show no refusal at all.
-	var logged lockedBuffer
+	var logged testutil.SyncBuffer
 	a, err := e.reg.NewRegistration(testExecutor(), fastRegistration(), slog.New(slog.NewTextHandler(&logged, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -374,22 +373,4 @@ func TestPresenceBatchWithinEtcdLimits(t *testing.T) {
 	if out := logged.String(); strings.Contains(out, "presence write failed") {
 		t.Errorf("a presence batch was refused:\n%s", out)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writes (a log).
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

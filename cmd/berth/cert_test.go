@@ -128,7 +128,7 @@ func TestServersRefusePlaintext(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), testutil.DefaultTimeout)
 			defer cancel()
-			var out, errb syncBuffer
+			var out, errb testutil.SyncBuffer
 			err := run(ctx, tc.args, &out, &errb)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want one naming %s", err, tc.want)

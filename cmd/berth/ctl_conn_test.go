@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,24 +18,6 @@ import (
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
 )
-
-// syncBuffer is a bytes.Buffer that a command writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 var listeningRE = regexp.MustCompile(`listening on (\S+)`)
 
@@ -80,7 +60,7 @@ func startControlPlaneWith(t *testing.T, cpArgs, ctlArgs []string) testCluster {
 	}
 	t.Setenv(apiKeyEnv, created.Secret)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		args := []string{"controlplane", "--etcd", etcd, "--signing-key", priv, "--listen", "127.0.0.1:0", "--rebalance=false", "--log-level", "warn"}
