@@ -16,6 +16,7 @@ import (
 	messagingv1 "github.com/berthproject/berth/gen/berth/messaging/v1"
 	"github.com/berthproject/berth/internal/rpcserver"
 	"github.com/berthproject/berth/internal/testutil"
+	"github.com/berthproject/berth/messaging"
 )
 
 // gate holds the executor's deliveries to one device until opened, and
@@ -88,12 +89,7 @@ func TestSendInFlightBound(t *testing.T) {
 		{name: "device left", err: status.Error(codes.NotFound, "device d1 is not connected")},
 	} {
 		t.Run(outcome.name, func(t *testing.T) {
-			k := newKeys(t)
-			ex := startExec(t, "e1", k.verifier)
-			cfg := testMessagingConfig()
-			cfg.InFlightPerDevice = 3
-			f := startMessaging(t, k, cfg, ex)
-			f.store.setPresence(ex.presence("d1"))
+			f, ex := startBounded(t, func(c *messaging.Config) { c.InFlightPerDevice = 3 })
 			f.store.setPresence(ex.presence("d2"))
 			g := newGate("d1")
 			g.err = outcome.err
@@ -139,12 +135,7 @@ func TestSendInFlightBound(t *testing.T) {
 // TestSendInFlightReleasedOnDeadline: a delivery that times out releases
 // its place.
 func TestSendInFlightReleasedOnDeadline(t *testing.T) {
-	k := newKeys(t)
-	ex := startExec(t, "e1", k.verifier)
-	cfg := testMessagingConfig()
-	cfg.InFlightPerDevice = 1
-	f := startMessaging(t, k, cfg, ex)
-	f.store.setPresence(ex.presence("d1"))
+	f, ex := startBounded(t, func(c *messaging.Config) { c.InFlightPerDevice = 1 })
 	ex.setDeliver(blockUntilDone)
 	ctx, cancel := context.WithCancel(ctxT(t))
 	errs := make(chan error, 1)
@@ -167,12 +158,7 @@ func TestSendInFlightReleasedOnDeadline(t *testing.T) {
 // TestSendInFlightBytes: the byte bound refuses a message behind others,
 // but one larger than the bound goes when nothing else is in flight.
 func TestSendInFlightBytes(t *testing.T) {
-	k := newKeys(t)
-	ex := startExec(t, "e1", k.verifier)
-	cfg := testMessagingConfig()
-	cfg.InFlightBytesPerDevice = 1000
-	f := startMessaging(t, k, cfg, ex)
-	f.store.setPresence(ex.presence("d1"))
+	f, ex := startBounded(t, func(c *messaging.Config) { c.InFlightBytesPerDevice = 1000 })
 	g := newGate("d1")
 	ex.setDeliver(g.deliver)
 	big := make([]byte, 4000)
@@ -188,12 +174,7 @@ func TestSendInFlightBytes(t *testing.T) {
 // TestSendQueuedInFlightBound: a QUEUE Send to a device at its bound is
 // stored and not attempted now.
 func TestSendQueuedInFlightBound(t *testing.T) {
-	k := newKeys(t)
-	ex := startExec(t, "e1", k.verifier)
-	cfg := testMessagingConfig()
-	cfg.InFlightPerDevice = 1
-	f := startMessaging(t, k, cfg, ex)
-	f.store.setPresence(ex.presence("d1"))
+	f, ex := startBounded(t, func(c *messaging.Config) { c.InFlightPerDevice = 1 })
 	g := newGate("d1")
 	ex.setDeliver(g.deliver)
 	errs := fill(t, f, g, 1, []byte("x"))
@@ -223,4 +204,17 @@ func hasRetryInfo(err error) bool {
 		}
 	}
 	return false
+}
+
+// startBounded starts a messaging server with bound set on its config and
+// one fake executor, e1, holding device d1.
+func startBounded(t *testing.T, bound func(*messaging.Config)) (*msgFixture, *fakeExec) {
+	t.Helper()
+	k := newKeys(t)
+	ex := startExec(t, "e1", k.verifier)
+	cfg := testMessagingConfig()
+	bound(&cfg)
+	f := startMessaging(t, k, cfg, ex)
+	f.store.setPresence(ex.presence("d1"))
+	return f, ex
 }
