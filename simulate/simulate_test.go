@@ -63,24 +63,7 @@ func TestRunConnectsFleet(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := devcluster.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	ready := make(chan devcluster.Info, 1)
-	clusterCtx, stopCluster := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- devcluster.Run(clusterCtx, cfg, nil, func(i devcluster.Info) { ready <- i }) }()
-	defer func() {
-		stopCluster()
-		if err := <-done; err != nil {
-			t.Errorf("cluster: %v", err)
-		}
-	}()
-	var info devcluster.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("cluster stopped: %v", err)
-	}
+	info := startDevCluster(t, ctx)
 
 	sc := simulate.DefaultConfig()
 	sc.ControlPlane = info.ControlPlane
@@ -125,24 +108,7 @@ func TestStatusReports(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := devcluster.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	ready := make(chan devcluster.Info, 1)
-	clusterCtx, stopCluster := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- devcluster.Run(clusterCtx, cfg, nil, func(i devcluster.Info) { ready <- i }) }()
-	defer func() {
-		stopCluster()
-		if err := <-done; err != nil {
-			t.Errorf("cluster: %v", err)
-		}
-	}()
-	var info devcluster.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("cluster stopped: %v", err)
-	}
+	info := startDevCluster(t, ctx)
 
 	cc, err := grpc.NewClient(info.ControlPlane, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(access.APIKeyCredentials(info.AdminAPIKey)))
@@ -188,5 +154,31 @@ func TestStatusReports(t *testing.T) {
 	defer w.mu.Unlock()
 	if strings.Contains(w.all.String(), " published=0 ") {
 		t.Errorf("final summary counts no status report:\n%s", w.all.String())
+	}
+}
+
+// startDevCluster runs a dev cluster on loopback until the test ends (its
+// cleanup stops it and waits) and returns it once it is ready.
+func startDevCluster(t *testing.T, ctx context.Context) devcluster.Info {
+	t.Helper()
+	cfg := devcluster.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	ready := make(chan devcluster.Info, 1)
+	clusterCtx, stopCluster := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- devcluster.Run(clusterCtx, cfg, nil, func(i devcluster.Info) { ready <- i }) }()
+	t.Cleanup(func() {
+		stopCluster()
+		if err := <-done; err != nil {
+			t.Errorf("cluster: %v", err)
+		}
+	})
+	select {
+	case info := <-ready:
+		return info
+	case err := <-done:
+		done <- err // for the cleanup
+		t.Fatalf("cluster stopped: %v", err)
+		return devcluster.Info{}
 	}
 }
