@@ -15,21 +15,8 @@ import (
 )
 
 func TestRunStreamsSmall(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts server processes; skipped in -short mode")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatalf("os.Executable: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg := bench.DefaultStreamsConfig()
+	ctx, cfg := smallStreams(t)
 	cfg.Devices, cfg.Addrs, cfg.InFlight = 50, 2, 16
-	cfg.Command = []string{exe}
-	cfg.Env = []string{childEnv + "=1"}
-	cfg.ChildStderr = testWriter{t}
-	cfg.TempDir = t.TempDir()
 	rep, err := bench.RunStreams(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("RunStreams: %v", err)
@@ -65,21 +52,8 @@ func TestRunStreamsSmall(t *testing.T) {
 }
 
 func TestRunStreamsTraffic(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts server processes; skipped in -short mode")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatalf("os.Executable: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg := bench.DefaultStreamsConfig()
+	ctx, cfg := smallStreams(t)
 	cfg.Devices, cfg.Addrs, cfg.InFlight, cfg.Messages, cfg.PayloadSize = 20, 2, 8, 5, 64
-	cfg.Command = []string{exe}
-	cfg.Env = []string{childEnv + "=1"}
-	cfg.ChildStderr = testWriter{t}
-	cfg.TempDir = t.TempDir()
 	cfg.ProfileDir = t.TempDir()
 	rep, err := bench.RunStreams(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -129,4 +103,26 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Logf("child: %s", p)
 	return len(p), nil
+}
+
+// smallStreams skips in -short mode; otherwise it returns a context
+// bounding the test and a streams config whose server children are this
+// test binary (childEnv), logging to the test.
+func smallStreams(t *testing.T) (context.Context, bench.StreamsConfig) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts server processes; skipped in -short mode")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatalf("os.Executable: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cfg := bench.DefaultStreamsConfig()
+	cfg.Command = []string{exe}
+	cfg.Env = []string{childEnv + "=1"}
+	cfg.ChildStderr = testWriter{t}
+	cfg.TempDir = t.TempDir()
+	return ctx, cfg
 }

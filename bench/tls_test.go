@@ -86,21 +86,8 @@ func runAssignTLSSmall(t *testing.T, child bool) {
 // stream of both kinds is opened over TLS with the device certificate (for
 // berth, its bound token accepted) and stays open until the teardown.
 func TestRunStreamsTLSSmall(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts server processes; skipped in -short mode")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatalf("os.Executable: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg := bench.DefaultStreamsConfig()
+	ctx, cfg := smallStreams(t)
 	cfg.Devices, cfg.Addrs, cfg.InFlight, cfg.TLS = 20, 2, 8, true
-	cfg.Command = []string{exe}
-	cfg.Env = []string{childEnv + "=1"}
-	cfg.ChildStderr = testWriter{t}
-	cfg.TempDir = t.TempDir()
 	rep, err := bench.RunStreams(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("RunStreams --tls: %v", err)
