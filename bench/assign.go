@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/controlplane"
@@ -37,6 +38,12 @@ const (
 	// with its defaults and nothing else, called in a plain loop (no
 	// latencies kept) over connections with grpc-go's defaults.
 	CaseLean = "lean"
+	// CaseLeanAssign is the floor of an Assign's messages: assign-known's
+	// requests sent to the lean server, whose Assign answers each with a
+	// prepared copy of a real answer and does nothing else, in the same
+	// plain loop as lean. Its ratio to lean is the most any Assign with
+	// these messages can keep of a no-op on grpc-go.
+	CaseLeanAssign = "lean-assign"
 	// CaseAssignMTLS is Assign of a known device proving its identity with
 	// its client certificate (an X.509 enrollment), on a TLS server; it
 	// runs, with noop on the same TLS stack, instead of the others when
@@ -175,8 +182,13 @@ type AssignReport struct {
 	// TokenCacheSize is the token cache of the control plane of every case
 	// but assign-known-sign, which runs a second one without a cache.
 	TokenCacheSize int
-	// Cases are noop, assign-known, assign-known-sign and assign-new, in
-	// that order, each calling back to back.
+	// RequestBytes and AnswerBytes are the sizes of a known device's
+	// request and answer in the wire format (lean-assign sends and answers
+	// the same).
+	RequestBytes, AnswerBytes int
+	// Cases are lean, lean-assign, noop, assign-known, assign-known-sign
+	// and assign-new, in that order, each calling back to back (the TLS
+	// cases instead: noop and assign-mtls).
 	Cases []Result
 	// Paced are noop and assign-known again, open loop at
 	// Config.PacedShare of assign-known's peak rate.
@@ -371,8 +383,18 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 
 	// lean: grpc-go's defaults on both sides, the health Check in a plain
 	// loop, on a server of its own: what this machine allows a unary call,
-	// against which the harness's own no-op is judged.
-	lean, err := startLean(ctx, cfg)
+	// against which the harness's own no-op is judged. Its Assign answers
+	// with a real answer of a known device (lean-assign).
+	real, err := cl.assigns[0].Assign(ctx, known[0])
+	if err != nil {
+		return nil, fmt.Errorf("bench: an answer for lean-assign: %w", err)
+	}
+	realAnswer, err := proto.Marshal(real)
+	if err != nil {
+		return nil, fmt.Errorf("bench: an answer for lean-assign: %w", err)
+	}
+	rep.AnswerBytes, rep.RequestBytes = len(realAnswer), proto.Size(known[0])
+	lean, err := startLean(ctx, cfg, realAnswer)
 	if err != nil {
 		return nil, err
 	}
@@ -394,6 +416,11 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		_, err := lcl.healths[w%len(lcl.healths)].Check(ctx, leanReq)
 		return err
 	}
+	var leanNext atomic.Uint64
+	leanAssignOp := func(ctx context.Context, w int) error {
+		_, err := lcl.assigns[w%len(lcl.assigns)].Assign(ctx, known[leanNext.Add(1)%uint64(len(known))])
+		return err
+	}
 	leanCPU := &cpuProbe{}
 	if lean.pid != 0 {
 		leanCPU.pids = []int{lean.pid}
@@ -406,6 +433,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 	if err := rep.runSeparate(ctx, reg, etcd.Endpoint(), 0, cfg, log, func(cl2 *clients, cp2 *controlPlaneUnderTest) error {
 		return rep.rounds(ctx, cfg.Rounds, []closedCase{
 			{name: CaseLean, op: leanOp, cpu: leanCPU, lean: true},
+			{name: CaseLeanAssign, op: leanAssignOp, cpu: leanCPU, lean: true},
 			{name: CaseNoop, op: noop, cpu: cpuOf(cp)},
 			{name: CaseAssignKnown, op: assignKnown(cl), cp: cp, cpu: cpuOf(cp)},
 			{name: CaseAssignKnownSign, op: assignKnown(cl2), cp: cp2, cpu: cpuOf(cp2)},

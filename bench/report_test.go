@@ -3,6 +3,7 @@ package bench_test
 import (
 	"bytes"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -163,12 +164,13 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		Mode: bench.ModeBerth, Listen: "127.0.0.2:0", Etcd: "http://127.0.0.1:2379", Prefix: "/p",
 		PublicKeyFile: "/tmp/k.pem", ExecutorID: "e-1", GroupID: "g-1", Capacity: 12345, LogLevel: "debug",
 		TLSCert: "/tmp/server.pem", TLSKey: "/tmp/server-key.pem", ProfileDir: "/tmp/profiles",
+		LeanAnswer: []byte{0x0a, 0x00, 0xff},
 	}
 	got, err := bench.ParseServeArgs(want.Args())
 	if err != nil {
 		t.Fatalf("ParseServeArgs(%q): %v", want.Args(), err)
 	}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("ParseServeArgs(Args()) = %+v, want %+v", got, want)
 	}
 	for _, bad := range [][]string{
@@ -177,6 +179,7 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		{"--mode=bare", "extra"},
 		{"--mode=bare", "--tls-cert=/tmp/server.pem"}, // no key
 		{"--nope"},
+		{"--mode=lean", "--lean-answer=%%%"}, // not base64
 	} {
 		if _, err := bench.ParseServeArgs(bad); err == nil {
 			t.Errorf("ParseServeArgs(%q) = nil error, want one", bad)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -25,8 +26,10 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/berthproject/berth/executor"
+	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/rpcserver"
@@ -100,6 +103,11 @@ type ServeConfig struct {
 	// as <mode>-<id>-<n>-heap.pb.gz and <mode>-<id>-<n>-goroutine.txt for
 	// the nth stats call (berth and bare modes).
 	ProfileDir string
+	// LeanAnswer, in lean mode, is an AssignResponse in the protobuf wire
+	// format: set, the lean server also serves ControlPlaneService, whose
+	// Assign answers every request with it (bench assign's lean-assign:
+	// what an Assign's messages cost on grpc-go alone).
+	LeanAnswer []byte
 }
 
 // Args returns the command-line flags that ParseServeArgs turns back into c.
@@ -119,6 +127,7 @@ func (c ServeConfig) Args() []string {
 		"--tls-cert=" + c.TLSCert,
 		"--tls-key=" + c.TLSKey,
 		"--profile-dir=" + c.ProfileDir,
+		"--lean-answer=" + base64.StdEncoding.EncodeToString(c.LeanAnswer),
 	}
 }
 
@@ -141,8 +150,17 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate file: serve TLS (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "server key file (with --tls-cert)")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "directory for a heap and goroutine profile at every stats answer")
+	var answer string
+	fs.StringVar(&answer, "lean-answer", "", "base64 of an AssignResponse the lean server's Assign answers with (lean mode)")
 	if err := fs.Parse(args); err != nil {
 		return c, fmt.Errorf("bench serve: %w", err)
+	}
+	if answer != "" {
+		b, err := base64.StdEncoding.DecodeString(answer)
+		if err != nil {
+			return c, fmt.Errorf("bench serve: --lean-answer: %w", err)
+		}
+		c.LeanAnswer = b
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("bench serve: unexpected arguments %q", fs.Args())
@@ -314,7 +332,11 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 			}
 		}
 	case ModeLean:
-		srv := newLeanServer(tc)
+		srv, err := newLeanServer(tc, cfg.LeanAnswer)
+		if err != nil {
+			lis.Close()
+			return err
+		}
 		g.Go(func() error {
 			if err := srv.Serve(lis); err != nil {
 				return fmt.Errorf("bench serve: %w", err)
@@ -380,15 +402,37 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 }
 
 // newLeanServer is ModeLean's server: grpc-go's defaults and the standard
-// health service (every service SERVING), over TLS with tc when set.
-func newLeanServer(tc *tls.Config) *grpc.Server {
+// health service (every service SERVING), over TLS with tc when set; with
+// answer (an AssignResponse in the wire format) also a ControlPlaneService
+// whose Assign answers every request with it.
+func newLeanServer(tc *tls.Config, answer []byte) (*grpc.Server, error) {
 	var opts []grpc.ServerOption
 	if tc != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
 	srv := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	return srv
+	if answer != nil {
+		a := &controlplanev1.AssignResponse{}
+		if err := proto.Unmarshal(answer, a); err != nil {
+			return nil, fmt.Errorf("bench serve: lean answer: %w", err)
+		}
+		controlplanev1.RegisterControlPlaneServiceServer(srv, preparedAssign{answer: a})
+	}
+	return srv, nil
+}
+
+// preparedAssign is the lean server's ControlPlaneService: Assign answers
+// every request with one prepared answer, doing nothing else (the answer is
+// only read: gRPC marshals it for each call).
+type preparedAssign struct {
+	controlplanev1.UnimplementedControlPlaneServiceServer
+	answer *controlplanev1.AssignResponse
+}
+
+// Assign returns the prepared answer.
+func (p preparedAssign) Assign(context.Context, *controlplanev1.AssignRequest) (*controlplanev1.AssignResponse, error) {
+	return p.answer, nil
 }
 
 // answer serves the input's commands until it says quit or ends, then calls

@@ -187,14 +187,18 @@ type leanUnderTest struct {
 }
 
 // startLean starts the lean baseline server, plaintext, like
-// startControlPlaneUnderTest.
-func startLean(ctx context.Context, cfg AssignConfig) (*leanUnderTest, error) {
+// startControlPlaneUnderTest; its Assign answers with answer (an
+// AssignResponse in the wire format; nil serves no Assign).
+func startLean(ctx context.Context, cfg AssignConfig, answer []byte) (*leanUnderTest, error) {
 	if len(cfg.Command) == 0 {
+		srv, err := newLeanServer(nil, answer)
+		if err != nil {
+			return nil, err
+		}
 		lis, err := rpcserver.Listen("127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		srv := newLeanServer(nil)
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(lis) }()
 		return &leanUnderTest{addr: lis.Addr().String(), stop: func() error {
@@ -205,7 +209,7 @@ func startLean(ctx context.Context, cfg AssignConfig) (*leanUnderTest, error) {
 			return nil
 		}}, nil
 	}
-	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{Mode: ModeLean, Listen: "127.0.0.1:0", LogLevel: "warn"})
+	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{Mode: ModeLean, Listen: "127.0.0.1:0", LogLevel: "warn", LeanAnswer: answer})
 	if err != nil {
 		return nil, err
 	}
