@@ -118,6 +118,19 @@ type AssignConfig struct {
 	// not used: the known devices are the Conns certificates' devices).
 	// The cases are noop and assign-mtls, round by round.
 	TLS bool
+	// ProfileDir, when set (with Command), is where each child writes a
+	// CPU profile of itself: controlplane.pprof, controlplane-caches-off.pprof
+	// (assign-known-sign's) and lean.pprof.
+	ProfileDir string
+}
+
+// profile is the CPU profile file of the child named name, "" without
+// ProfileDir.
+func (c AssignConfig) profile(name string) string {
+	if c.ProfileDir == "" {
+		return ""
+	}
+	return filepath.Join(c.ProfileDir, name+".pprof")
 }
 
 // DefaultAssignConfig returns what `berth bench assign` runs.
@@ -300,7 +313,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 		}
 	}
 	cpCfg := controlplane.DefaultConfig()
-	cp, err := startControlPlaneUnderTest(bgCtx, cfg, pk, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, -1, log)
+	cp, err := startControlPlaneUnderTest(bgCtx, cfg, pk, reg, etcd.Endpoint(), cpCfg.TokenCacheSize, -1, "controlplane", log)
 	if err != nil {
 		return nil, err
 	}
@@ -481,7 +494,7 @@ func pacedWorkers(rate float64, atLeast int) int {
 // it holds every known device and decides with the benchmark policy, calls
 // fn with clients of its own, and stops it.
 func (r *AssignReport) runSeparate(ctx context.Context, reg *registry.Registry, etcdAddr string, tokenCache int, cfg AssignConfig, log *slog.Logger, fn func(*clients, *controlPlaneUnderTest) error) (err error) {
-	cp, err := startControlPlaneUnderTest(ctx, cfg, nil, reg, etcdAddr, tokenCache, 0, log.With("control_plane", "caches-off"))
+	cp, err := startControlPlaneUnderTest(ctx, cfg, nil, reg, etcdAddr, tokenCache, 0, "controlplane-caches-off", log.With("control_plane", "caches-off"))
 	if err != nil {
 		return err
 	}

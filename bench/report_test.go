@@ -164,7 +164,7 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		Mode: bench.ModeBerth, Listen: "127.0.0.2:0", Etcd: "http://127.0.0.1:2379", Prefix: "/p",
 		PublicKeyFile: "/tmp/k.pem", ExecutorID: "e-1", GroupID: "g-1", Capacity: 12345, LogLevel: "debug",
 		TLSCert: "/tmp/server.pem", TLSKey: "/tmp/server-key.pem", ProfileDir: "/tmp/profiles",
-		LeanAnswer: []byte{0x0a, 0x00, 0xff},
+		LeanAnswer: []byte{0x0a, 0x00, 0xff}, CPUProfile: "/tmp/cp.pprof",
 	}
 	got, err := bench.ParseServeArgs(want.Args())
 	if err != nil {

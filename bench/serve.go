@@ -103,6 +103,9 @@ type ServeConfig struct {
 	// as <mode>-<id>-<n>-heap.pb.gz and <mode>-<id>-<n>-goroutine.txt for
 	// the nth stats call (berth and bare modes).
 	ProfileDir string
+	// CPUProfile, when set, is a file the child writes a CPU profile of
+	// itself to, from its start until it stops (every mode).
+	CPUProfile string
 	// LeanAnswer, in lean mode, is an AssignResponse in the protobuf wire
 	// format: set, the lean server also serves ControlPlaneService, whose
 	// Assign answers every request with it (bench assign's lean-assign:
@@ -127,6 +130,7 @@ func (c ServeConfig) Args() []string {
 		"--tls-cert=" + c.TLSCert,
 		"--tls-key=" + c.TLSKey,
 		"--profile-dir=" + c.ProfileDir,
+		"--cpuprofile-file=" + c.CPUProfile,
 		"--lean-answer=" + base64.StdEncoding.EncodeToString(c.LeanAnswer),
 	}
 }
@@ -150,6 +154,7 @@ func ParseServeArgs(args []string) (ServeConfig, error) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "server certificate file: serve TLS (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "server key file (with --tls-cert)")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "directory for a heap and goroutine profile at every stats answer")
+	fs.StringVar(&c.CPUProfile, "cpuprofile-file", "", "file for a CPU profile of this child, from its start until it stops")
 	var answer string
 	fs.StringVar(&answer, "lean-answer", "", "base64 of an AssignResponse the lean server's Assign answers with (lean mode)")
 	if err := fs.Parse(args); err != nil {
@@ -285,6 +290,13 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.CPUProfile != "" {
+		stop, err := startCPUProfile(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if cfg.Mode == ModeControlPlane {
 		return serveControlPlane(ctx, cfg, reg, in, out, log)
 	}
@@ -399,6 +411,23 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		err = nil
 	}
 	return err
+}
+
+// startCPUProfile starts a CPU profile of this process into the file at
+// path; stop ends it and closes the file.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("bench serve: CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bench serve: CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // newLeanServer is ModeLean's server: grpc-go's defaults and the standard

@@ -117,7 +117,7 @@ type controlPlaneUnderTest struct {
 // etcdAddr: a `bench serve` child when cfg.Command is set, else in this
 // process. With pk it serves TLS with pk's server certificate, enrollment
 // closed.
-func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, pk *benchTLS, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, log *slog.Logger) (*controlPlaneUnderTest, error) {
+func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, pk *benchTLS, reg *registry.Registry, etcdAddr string, tokenCache, labelMemo int, name string, log *slog.Logger) (*controlPlaneUnderTest, error) {
 	var files ServeConfig
 	if pk != nil {
 		files.TLSCert, files.TLSKey = pk.certFile, pk.keyFile
@@ -149,7 +149,7 @@ func startControlPlaneUnderTest(ctx context.Context, cfg AssignConfig, pk *bench
 	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{
 		Mode: ModeControlPlane, Listen: "127.0.0.1:0", Etcd: etcdAddr, Prefix: registry.DefaultPrefix,
 		TokenCacheSize: tokenCache, LabelMemoSize: labelMemo, LogLevel: "warn",
-		TLSCert: files.TLSCert, TLSKey: files.TLSKey,
+		TLSCert: files.TLSCert, TLSKey: files.TLSKey, CPUProfile: cfg.profile(name),
 	})
 	if err != nil {
 		return nil, err
@@ -209,7 +209,7 @@ func startLean(ctx context.Context, cfg AssignConfig, answer []byte) (*leanUnder
 			return nil
 		}}, nil
 	}
-	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{Mode: ModeLean, Listen: "127.0.0.1:0", LogLevel: "warn", LeanAnswer: answer})
+	c, err := startChild(ctx, cfg.Command, cfg.Env, cfg.ChildStderr, ServeConfig{Mode: ModeLean, Listen: "127.0.0.1:0", LogLevel: "warn", LeanAnswer: answer, CPUProfile: cfg.profile("lean")})
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,17 @@ func TestValidID(t *testing.T) {
 				t.Errorf("ValidID(%q) = %v, want %v", tt.id, got, tt.want)
 			}
 		})
+	}
+	// Every byte, alone and inside an id, against the rule written as a
+	// regular expression.
+	rule := regexp.MustCompile(`^[A-Za-z0-9._:@-]{1,128}$`)
+	for c := range 256 {
+		for _, id := range []string{string([]byte{byte(c)}), "a" + string([]byte{byte(c)}) + "b"} {
+			want := rule.MatchString(id) && id != "." && id != ".."
+			if got := fleet.ValidID(id); got != want {
+				t.Errorf("ValidID(%q) = %v, want %v", id, got, want)
+			}
+		}
 	}
 }
 

@@ -1,9 +1,13 @@
 package registry
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/berthproject/berth/fleet"
+)
 
 // MaxIDLen is the longest id ValidID accepts, in bytes.
-const MaxIDLen = 128
+const MaxIDLen = fleet.MaxIDLen
 
 // CheckID says what is wrong with id as the value of field (a request's
 // field name, such as "device_id"): missing, longer than MaxIDLen, or

@@ -61,6 +61,7 @@ func newBenchAssignCmd(g *globals) *cobra.Command {
 	f.Float64Var(&cfg.PacedShare, "paced", cfg.PacedShare, "fraction of assign-known's peak rate at which noop and assign-known run again open loop (0 skips them)")
 	f.BoolVar(&inProcess, "in-process", false, "run the control planes in this process, with etcd and the load, instead of a process each")
 	f.BoolVar(&cfg.TLS, "tls", false, "run the TLS cases instead: noop and assign-mtls (each connection presents its own device certificate, enrollment closed) on a TLS control plane; --devices is not used")
+	f.StringVar(&cfg.ProfileDir, "child-cpuprofile", "", "directory where each server process writes a CPU profile (controlplane.pprof, controlplane-caches-off.pprof, lean.pprof)")
 	return cmd
 }
 
