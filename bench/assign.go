@@ -24,6 +24,7 @@ import (
 	"github.com/berthproject/berth/admin"
 	"github.com/berthproject/berth/controlplane"
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
+	"github.com/berthproject/berth/internal/codec"
 	"github.com/berthproject/berth/internal/embedetcd"
 	"github.com/berthproject/berth/registry"
 )
@@ -416,7 +417,7 @@ func RunAssign(ctx context.Context, cfg AssignConfig, log *slog.Logger) (rep *As
 			err = serr
 		}
 	}()
-	lcl, err := dial(lean.addr, cfg, nil)
+	lcl, err := dialLean(lean.addr, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -532,15 +533,27 @@ type clients struct {
 
 // dial connects cfg.Conns connections to addr, shared by cfg.Concurrency
 // workers (worker w on connection w%cfg.Conns): in plaintext when creds is
-// nil, else connection i over TLS with creds[i].
+// nil, else connection i over TLS with creds[i]. They use berth's codec, as
+// its devices do (dialLean: grpc-go's).
 func dial(addr string, cfg AssignConfig, creds []*tls.Config) (*clients, error) {
+	return dialWith(addr, cfg, creds, codec.DialOption())
+}
+
+// dialLean is dial with grpc-go's defaults only: the lean baselines'
+// clients.
+func dialLean(addr string, cfg AssignConfig) (*clients, error) {
+	return dialWith(addr, cfg, nil)
+}
+
+// dialWith is dial with opts added to each connection's.
+func dialWith(addr string, cfg AssignConfig, creds []*tls.Config, opts ...grpc.DialOption) (*clients, error) {
 	cl := &clients{conns: make([]*grpc.ClientConn, cfg.Conns)}
 	for i := range cl.conns {
 		tc := insecure.NewCredentials()
 		if creds != nil {
 			tc = credentials.NewTLS(creds[i])
 		}
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tc))
+		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(tc)}, opts...)...)
 		if err != nil {
 			cl.close()
 			return nil, fmt.Errorf("bench: %w", err)

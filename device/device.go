@@ -13,6 +13,7 @@ import (
 
 	controlplanev1 "github.com/berthproject/berth/gen/berth/controlplane/v1"
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/codec"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -105,6 +106,7 @@ func Connect(ctx context.Context, cfg Config) (*Device, error) {
 	// The transport comes first: openStream replaces it per executor.
 	d.dialOpts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
+		codec.DialOption(),
 		grpc.WithKeepaliveParams(keepaliveParams),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           cfg.Backoff,

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	executorv1 "github.com/berthproject/berth/gen/berth/executor/v1"
+	"github.com/berthproject/berth/internal/codec"
 )
 
 // ErrClosed is returned by Acquire after Close.
@@ -52,6 +53,7 @@ func DialOptions(creds credentials.PerRPCCredentials, tlsCfg *tls.Config) []grpc
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(creds),
+		codec.DialOption(),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: ReconnectMaxDelay},

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/berthproject/berth/device"
+	"github.com/berthproject/berth/internal/codec"
 	"github.com/berthproject/berth/internal/tracing"
 )
 
@@ -206,7 +207,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		if cfg.TLS != nil {
 			transport = credentials.NewTLS(cfg.TLS)
 		}
-		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(transport)}, cfg.Tracing.DialOptions()...)...)
+		cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(transport), codec.DialOption()}, cfg.Tracing.DialOptions()...)...)
 		if err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/berthproject/berth/access"
 	adminv1 "github.com/berthproject/berth/gen/berth/admin/v1"
+	"github.com/berthproject/berth/internal/codec"
 )
 
 // connectTimeout bounds the first contact with a control plane: with none
@@ -96,7 +97,7 @@ func (c *ctlFlags) connect(ctx context.Context) (*grpc.ClientConn, error) {
 // dialOptions are the transport and the credentials ctl presents: the API
 // key of --api-key / $BERTH_API_KEY, if any.
 func (c *ctlFlags) dialOptions(transport credentials.TransportCredentials) []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(transport)}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(transport), codec.DialOption()}
 	if key := c.key(); key != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(access.APIKeyCredentials(key)))
 	}
