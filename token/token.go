@@ -8,11 +8,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -90,6 +94,9 @@ type Signer struct {
 	key ed25519.PrivateKey
 	kid string
 	now func() time.Time
+	// header is the base64url of the JWS header and the dot after it:
+	// the same for every token of this key.
+	header []byte
 }
 
 // NewSigner returns a Signer for key. now may be nil (time.Now).
@@ -100,7 +107,14 @@ func NewSigner(key ed25519.PrivateKey, now func() time.Time) (*Signer, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Signer{key: key, kid: KeyID(key.Public().(ed25519.PublicKey)), now: now}, nil
+	kid := KeyID(key.Public().(ed25519.PublicKey))
+	// The header golang-jwt writes: a map, so its keys sorted.
+	h, err := json.Marshal(map[string]string{"alg": jwt.SigningMethodEdDSA.Alg(), "kid": kid, "typ": "JWT"})
+	if err != nil {
+		return nil, fmt.Errorf("token: header: %w", err)
+	}
+	header := append(base64.RawURLEncoding.AppendEncode(nil, h), '.')
+	return &Signer{key: key, kid: kid, now: now, header: header}, nil
 }
 
 // Sign mints a token for device in group, valid for ttl from now, for a
@@ -134,6 +148,13 @@ func (s *Signer) SignBound(deviceID, groupID, label string, weight float64, ttl 
 
 // sign completes c (issuer, times, and a random id when withID) and signs it.
 // It returns the token and its expiry, as the wire carries it (seconds).
+//
+// The token is the JWS compact serialization (RFC 7515) golang-jwt's
+// SignedString writes, byte for byte (TestSignedAsGolangJWT), but written
+// here: the header is the signer's, encoded once, and the claims are
+// appended field by field as encoding/json spells jwtClaims, where
+// SignedString marshals a header map and the claims by reflection on every
+// call. A token is signed for every new device and every refresh.
 func (s *Signer) sign(c jwtClaims, ttl time.Duration, withID bool) (string, time.Time, error) {
 	now := s.now()
 	c.Issuer = issuer
@@ -146,13 +167,110 @@ func (s *Signer) sign(c jwtClaims, ttl time.Duration, withID bool) (string, time
 		}
 		c.ID = hex.EncodeToString(jti[:])
 	}
-	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
-	t.Header["kid"] = s.kid
-	signed, err := t.SignedString(s.key)
+	var claims [320]byte
+	payload, err := appendClaims(claims[:0], &c)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("token: sign: %w", err)
 	}
-	return signed, c.ExpiresAt.Time, nil
+	enc := base64.RawURLEncoding
+	buf := make([]byte, 0, len(s.header)+enc.EncodedLen(len(payload))+1+enc.EncodedLen(ed25519.SignatureSize))
+	buf = enc.AppendEncode(append(buf, s.header...), payload)
+	sig := ed25519.Sign(s.key, buf)
+	buf = enc.AppendEncode(append(buf, '.'), sig)
+	return string(buf), c.ExpiresAt.Time, nil
+}
+
+// appendClaims appends c as encoding/json marshals it (the same fields, in
+// the same order, with the same spelling; TestClaimsAsEncodingJSON).
+func appendClaims(b []byte, c *jwtClaims) ([]byte, error) {
+	if len(c.Audience) > 0 || c.NotBefore != nil {
+		// Never set by this package's signers; encoding/json handles
+		// them.
+		out, err := json.Marshal(c)
+		return append(b, out...), err
+	}
+	b = append(b, '{')
+	sep := func(b []byte) []byte {
+		if b[len(b)-1] != '{' {
+			b = append(b, ',')
+		}
+		return b
+	}
+	str := func(b []byte, key, v string) []byte {
+		return appendJSONString(append(append(append(sep(b), '"'), key...), '"', ':'), v)
+	}
+	date := func(b []byte, key string, d *jwt.NumericDate) []byte {
+		return strconv.AppendInt(append(append(append(sep(b), '"'), key...), '"', ':'), d.Unix(), 10)
+	}
+	if c.Issuer != "" {
+		b = str(b, "iss", c.Issuer)
+	}
+	if c.Subject != "" {
+		b = str(b, "sub", c.Subject)
+	}
+	if c.ExpiresAt != nil {
+		b = date(b, "exp", c.ExpiresAt)
+	}
+	if c.IssuedAt != nil {
+		b = date(b, "iat", c.IssuedAt)
+	}
+	if c.ID != "" {
+		b = str(b, "jti", c.ID)
+	}
+	b = str(b, "grp", c.Group)
+	if c.Label != "" {
+		b = str(b, "lbl", c.Label)
+	}
+	if c.Weight != 0 {
+		if math.IsNaN(c.Weight) || math.IsInf(c.Weight, 0) {
+			return b, fmt.Errorf("weight %v is not a number JSON can carry", c.Weight)
+		}
+		b = appendJSONFloat(append(sep(b), `"wgt":`...), c.Weight)
+	}
+	if c.Role != "" {
+		b = str(b, "role", c.Role)
+	}
+	if c.Cnf != nil {
+		b = append(sep(b), `"cnf":{`...)
+		if c.Cnf.X5tS256 != "" {
+			b = appendJSONString(append(b, `"x5t#S256":`...), c.Cnf.X5tS256)
+		}
+		b = append(b, '}')
+	}
+	if c.Enr != "" {
+		b = str(b, "enr", c.Enr)
+	}
+	return append(b, '}'), nil
+}
+
+// appendJSONString appends v quoted as encoding/json quotes it: as is when
+// every byte is printable ASCII that needs no escape (ids, labels,
+// thumbprints), else by encoding/json itself.
+func appendJSONString(b []byte, v string) []byte {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(v) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	return append(append(append(b, '"'), v...), '"')
+}
+
+// appendJSONFloat appends f as encoding/json writes a float64.
+func appendJSONFloat(b []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// e-09 to e-9, as encoding/json does.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 // ServiceTokenTTL is the default life of a service token: control planes
