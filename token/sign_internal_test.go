@@ -1,6 +1,8 @@
 package token
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"math"
 	"strings"
@@ -144,6 +146,104 @@ func BenchmarkSign(b *testing.B) {
 			tok.Header["kid"] = s.kid
 			if _, err := tok.SignedString(priv); err != nil {
 				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// A token of one of the keys with a header other than the signers' (as
+// another JWS library might write it) is verified by golang-jwt's parser;
+// the signers' own header takes the direct path. Both give the same
+// claims, and a forged signature fails on both.
+func TestVerifyEitherHeader(t *testing.T) {
+	priv, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	s, err := NewSigner(priv, func() time.Time { return at })
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(func() time.Time { return at }, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, _, err := s.SignBound("dev-1", "g1", "default", 2, time.Minute, Binding{Thumbprint: "dGh1bWI", Enrollment: "e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same claims under a header with its fields in another order.
+	i, j := strings.IndexByte(ours, '.'), strings.LastIndexByte(ours, '.')
+	h := base64.RawURLEncoding.EncodeToString([]byte(`{"typ":"JWT","kid":"` + s.kid + `","alg":"EdDSA"}`))
+	input := h + ours[i:j]
+	other := input + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(priv, []byte(input)))
+	if _, ok := v.headers[other[:strings.IndexByte(other, '.')]]; ok {
+		t.Fatal("the reordered header is the signers' own: the test would not reach golang-jwt")
+	}
+	a, err := v.Verify(ours)
+	if err != nil {
+		t.Fatalf("Verify(signer's token): %v", err)
+	}
+	b, err := v.Verify(other)
+	if err != nil {
+		t.Fatalf("Verify(token with another header): %v", err)
+	}
+	if a != b {
+		t.Errorf("claims differ by path: direct %+v, golang-jwt %+v", a, b)
+	}
+	for _, tok := range []string{ours, other} {
+		k := strings.LastIndexByte(tok, '.')
+		sig, err := base64.RawURLEncoding.DecodeString(tok[k+1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig[0] ^= 1
+		forged := tok[:k+1] + base64.RawURLEncoding.EncodeToString(sig)
+		if _, err := v.Verify(forged); err == nil {
+			t.Errorf("a token with a changed signature verified: %s", forged)
+		}
+	}
+}
+
+// BenchmarkVerify: a token of the signers through Verify, and the Ed25519
+// verification alone (what is left besides decoding the claims).
+func BenchmarkVerify(b *testing.B) {
+	priv, err := GenerateKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := NewSigner(priv, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := NewVerifier(nil, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, _, err := s.SignBound("bench-dev-000001", "group-1", "default", 1, 15*time.Minute, Binding{Thumbprint: "x4lPb3c2pH8eAb2rZJ3nZt6kQ_9d0yFZy3cR2x1wPzA", Enrollment: "factory-ca"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("verifier", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := v.Verify(tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	i := strings.LastIndexByte(tok, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(tok[i+1:])
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub := priv.Public().(ed25519.PublicKey)
+	b.Run("ed25519-alone", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if !ed25519.Verify(pub, []byte(tok[:i]), sig) {
+				b.Fatal("the token's signature does not verify")
 			}
 		}
 	})

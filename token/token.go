@@ -17,6 +17,7 @@ import (
 	"math"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -108,13 +109,22 @@ func NewSigner(key ed25519.PrivateKey, now func() time.Time) (*Signer, error) {
 		now = time.Now
 	}
 	kid := KeyID(key.Public().(ed25519.PublicKey))
-	// The header golang-jwt writes: a map, so its keys sorted.
+	h, err := signingHeader(kid)
+	if err != nil {
+		return nil, err
+	}
+	return &Signer{key: key, kid: kid, now: now, header: append(h, '.')}, nil
+}
+
+// signingHeader is the JWS header segment of every token of the key named
+// kid: base64url of the header golang-jwt writes ({"alg":"EdDSA","kid":…,
+// "typ":"JWT"}, a map's keys in order).
+func signingHeader(kid string) ([]byte, error) {
 	h, err := json.Marshal(map[string]string{"alg": jwt.SigningMethodEdDSA.Alg(), "kid": kid, "typ": "JWT"})
 	if err != nil {
 		return nil, fmt.Errorf("token: header: %w", err)
 	}
-	header := append(base64.RawURLEncoding.AppendEncode(nil, h), '.')
-	return &Signer{key: key, kid: kid, now: now, header: header}, nil
+	return base64.RawURLEncoding.AppendEncode(nil, h), nil
 }
 
 // Sign mints a token for device in group, valid for ttl from now, for a
@@ -287,9 +297,13 @@ func (s *Signer) SignService(subject string, ttl time.Duration) (string, time.Ti
 // Verifier checks tokens with one or more public keys (several during a key
 // rotation).
 type Verifier struct {
-	keys   map[string]ed25519.PublicKey
-	now    func() time.Time
-	parser *jwt.Parser
+	keys map[string]ed25519.PublicKey
+	// headers maps the header segment this package's signers write for
+	// each key (base64url of the canonical header, see signingHeader) to
+	// the key: a token with such a header is verified without golang-jwt.
+	headers map[string]ed25519.PublicKey
+	now     func() time.Time
+	parser  *jwt.Parser
 }
 
 // NewVerifier returns a Verifier that accepts tokens signed by any of keys.
@@ -302,13 +316,19 @@ func NewVerifier(now func() time.Time, keys ...ed25519.PublicKey) (*Verifier, er
 		now = time.Now
 	}
 	m := make(map[string]ed25519.PublicKey, len(keys))
+	headers := make(map[string]ed25519.PublicKey, len(keys))
 	for _, k := range keys {
 		if len(k) != ed25519.PublicKeySize {
 			return nil, fmt.Errorf("token: public key has %d bytes, want %d", len(k), ed25519.PublicKeySize)
 		}
 		m[KeyID(k)] = k
+		h, err := signingHeader(KeyID(k))
+		if err != nil {
+			return nil, err
+		}
+		headers[string(h)] = k
 	}
-	v := &Verifier{keys: m, now: now}
+	v := &Verifier{keys: m, headers: headers, now: now}
 	// Expiry is checked by Verify itself, so that an expired but authentic
 	// token can be told apart from a forged one. Strict decoding refuses
 	// base64url with non-zero padding bits: without it, a token whose last
@@ -332,15 +352,7 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 	if !compact(raw) {
 		return Claims{}, fmt.Errorf("%w: not three base64url segments", ErrInvalid)
 	}
-	var c jwtClaims
-	_, err := v.parser.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
-		kid, _ := t.Header["kid"].(string)
-		k, ok := v.keys[kid]
-		if !ok {
-			return nil, fmt.Errorf("unknown key id %q", kid)
-		}
-		return k, nil
-	})
+	c, err := v.parse(raw)
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -370,6 +382,45 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		return out, fmt.Errorf("%w at %s", ErrExpired, out.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return out, nil
+}
+
+// parse checks raw's signature and decodes its claims. A token whose
+// header is the one this package's signers write for one of the keys (all
+// of berth's) is checked here: the signature over the first two segments
+// with that key, both decoded strictly, then the claims decoded, which is
+// what golang-jwt does for such a header without building a header map
+// and a token. Any other header goes through golang-jwt's parser.
+func (v *Verifier) parse(raw string) (jwtClaims, error) {
+	var c jwtClaims
+	dot1 := strings.IndexByte(raw, '.')
+	dot2 := strings.LastIndexByte(raw, '.')
+	if k, ok := v.headers[raw[:dot1]]; ok && dot2 > dot1 {
+		enc := base64.RawURLEncoding.Strict()
+		sig, err := enc.DecodeString(raw[dot2+1:])
+		if err != nil {
+			return c, fmt.Errorf("signature segment: %w", err)
+		}
+		if !ed25519.Verify(k, []byte(raw[:dot2]), sig) {
+			return c, errors.New("signature does not verify")
+		}
+		payload, err := enc.DecodeString(raw[dot1+1 : dot2])
+		if err != nil {
+			return c, fmt.Errorf("claims segment: %w", err)
+		}
+		if err := json.Unmarshal(payload, &c); err != nil {
+			return c, fmt.Errorf("claims: %w", err)
+		}
+		return c, nil
+	}
+	_, err := v.parser.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		k, ok := v.keys[kid]
+		if !ok {
+			return nil, fmt.Errorf("unknown key id %q", kid)
+		}
+		return k, nil
+	})
+	return c, err
 }
 
 // compact reports whether raw is spelled as a token is: three non-empty
