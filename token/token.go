@@ -394,7 +394,10 @@ func (v *Verifier) parse(raw string) (jwtClaims, error) {
 	var c jwtClaims
 	dot1 := strings.IndexByte(raw, '.')
 	dot2 := strings.LastIndexByte(raw, '.')
-	if k, ok := v.headers[raw[:dot1]]; ok && dot2 > dot1 {
+	if dot1 < 0 || dot2 <= dot1 {
+		return c, errors.New("not three segments")
+	}
+	if k, ok := v.headers[raw[:dot1]]; ok {
 		enc := base64.RawURLEncoding.Strict()
 		sig, err := enc.DecodeString(raw[dot2+1:])
 		if err != nil {
