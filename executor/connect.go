@@ -96,12 +96,17 @@ func (s *Server) connect(stream connectStream) (bool, error) {
 		// drain stops when the session ends (it waits on ss.done) and its
 		// registry calls when the handler returns.
 		// Not a child of the stream's context, which would hold it (and
-		// a map of children) for the stream's whole life: the drain
-		// releases it when it ends, the handler when it returns.
+		// a map of children) for the stream's whole life, nor held by
+		// this handler: the session holds its cancel while the drain
+		// runs and calls it when it closes (its registry calls end with
+		// the session); the drain releases it when it ends.
 		qctx, stopQueue := context.WithCancel(context.WithoutCancel(ctx))
-		defer stopQueue()
+		ss.setStopDrain(stopQueue)
 		s.group.Go(func() error {
-			defer stopQueue()
+			defer func() {
+				ss.setStopDrain(nil)
+				stopQueue()
+			}()
 			s.drainQueue(qctx, ss, s.log.With("device", ss.deviceID, "session", ss.id))
 			return nil
 		})

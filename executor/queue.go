@@ -178,8 +178,11 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 // awaitWritten is awaitPresence told by the Registrar: it waits until
 // written is closed (the presence was written), at most presenceWaitFor.
 func (s *Server) awaitWritten(ctx context.Context, ss *session, log *slog.Logger, written <-chan struct{}) bool {
-	t := time.NewTimer(presenceWaitFor)
-	defer t.Stop()
+	select {
+	case <-written:
+		return true
+	default:
+	}
 	select {
 	case <-written:
 		return true
@@ -187,7 +190,7 @@ func (s *Server) awaitWritten(ctx context.Context, ss *session, log *slog.Logger
 		return false
 	case <-ctx.Done():
 		return false
-	case <-t.C:
+	case <-s.timeouts.after(presenceWaitFor):
 		log.Debug("presence not written in time; reading the queue anyway", "waited", presenceWaitFor)
 		return true
 	}

@@ -77,6 +77,8 @@ type Server struct {
 	// weight is the sum of the load weights of the sessions, reported
 	// as the executor's load.
 	weight float64
+	// timeouts are the queue drains' coarse timeouts (see coarseTimers).
+	timeouts *coarseTimers
 }
 
 // New validates cfg and wires the dependencies. It starts nothing and does
@@ -118,6 +120,7 @@ func New(cfg Config, v Verifier, r Registrar, log *slog.Logger, opts ...Option) 
 		subs:       make(map[*subscriber]struct{}),
 		subsClosed: make(chan struct{}),
 		beats:      newHeartbeat(cfg.PingInterval),
+		timeouts:   newCoarseTimers(nil),
 	}
 	if s.trust != nil {
 		s.trust.OnChange(s.trustChanged)

@@ -84,6 +84,32 @@ type session struct {
 	reason closeReason   // set before done is closed
 	grace  time.Duration // the close's grace, set before done is closed
 	cut    *time.Timer   // ends the stream if the sender lingers
+
+	// stopDrain cancels the queue drain's registry calls while it runs
+	// (nil otherwise); the close calls it. Under wmu.
+	stopDrain context.CancelFunc
+}
+
+// setStopDrain sets what the close calls to stop the queue drain (nil
+// once the drain has ended). A session already closed calls stop at once.
+func (ss *session) setStopDrain(stop context.CancelFunc) {
+	ss.wmu.Lock()
+	ss.stopDrain = stop
+	ss.wmu.Unlock()
+	if stop != nil && ss.closed() {
+		stop()
+	}
+}
+
+// stopDraining cancels the queue drain, if one runs.
+func (ss *session) stopDraining() {
+	ss.wmu.Lock()
+	stop := ss.stopDrain
+	ss.stopDrain = nil
+	ss.wmu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // closeReason says why a session ends: the error its handler returns (nil
@@ -210,6 +236,9 @@ func (ss *session) markClosed(r closeReason, grace time.Duration) bool {
 		}
 		close(ss.done)
 	})
+	if first {
+		ss.stopDraining()
+	}
 	return first
 }
 
