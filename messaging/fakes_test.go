@@ -458,6 +458,13 @@ func testMessagingConfig() messaging.Config {
 
 func startMessaging(t *testing.T, k keys, mcfg messaging.Config, execs ...*fakeExec) *msgFixture {
 	t.Helper()
+	return startMessagingAt(t, k, mcfg, nil, execs...)
+}
+
+// startMessagingAt is startMessaging with the server's clock now (nil:
+// time.Now).
+func startMessagingAt(t *testing.T, k keys, mcfg messaging.Config, now func() time.Time, execs ...*fakeExec) *msgFixture {
+	t.Helper()
 	recs := make([]registry.Executor, len(execs))
 	for i, e := range execs {
 		recs[i] = e.record("g1")
@@ -467,7 +474,7 @@ func startMessaging(t *testing.T, k keys, mcfg messaging.Config, execs ...*fakeE
 		records: map[string]registry.Assignment{},
 	}
 	store := newFakeMsgStore()
-	addr := serveMessaging(t, k, mcfg, cache, store, nil)
+	addr := serveMessaging(t, k, mcfg, cache, store, nil, now)
 	f := &msgFixture{addr: addr, cache: cache, store: store, keys: k}
 	f.client = messagingv1.NewMessagingServiceClient(f.dial(t))
 	return f
@@ -476,10 +483,11 @@ func startMessaging(t *testing.T, k keys, mcfg messaging.Config, execs ...*fakeE
 // serveMessaging serves MessagingService over cache and store on
 // loopback, calling executors through a pool of connections minting
 // service tokens for "cp-test" with k, as a control plane replica does; run
-// (when set) is run next to it, as a replica runs its registry cache. It
-// returns the address and stops everything at cleanup, in a replica's
-// order: messaging's work, the gRPC server, messaging, the pool.
-func serveMessaging(t *testing.T, k keys, mcfg messaging.Config, cache messaging.Cache, store messaging.Store, run func(context.Context) error) string {
+// (when set) is run next to it, as a replica runs its registry cache; now
+// is messaging's clock (nil: time.Now). It returns the address and stops
+// everything at cleanup, in a replica's order: messaging's work, the gRPC
+// server, messaging, the pool.
+func serveMessaging(t *testing.T, k keys, mcfg messaging.Config, cache messaging.Cache, store messaging.Store, run func(context.Context) error, now func() time.Time) string {
 	t.Helper()
 	pcfg := execclient.DefaultConfig()
 	pcfg.Subject = "cp-test"
@@ -487,7 +495,7 @@ func serveMessaging(t *testing.T, k keys, mcfg messaging.Config, cache messaging
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := messaging.New(mcfg, messaging.Deps{Store: store, Cache: cache, Executors: pool})
+	srv, err := messaging.New(mcfg, messaging.Deps{Store: store, Cache: cache, Executors: pool, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func TestMessagingOnRegistry(t *testing.T) {
 	t.Cleanup(func() { rcancel(); <-rdone })
 
 	cache := reg.NewCache(nil)
-	addr := serveMessaging(t, k, testMessagingConfig(), cache, reg, cache.Run)
+	addr := serveMessaging(t, k, testMessagingConfig(), cache, reg, cache.Run, nil)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package messaging_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,7 +93,12 @@ func TestRouteKeptFreshByDeliveries(t *testing.T) {
 	ex := startExec(t, "e1", k.verifier)
 	cfg := testMessagingConfig()
 	cfg.PresenceCacheTTL = 200 * time.Millisecond
-	f := startMessaging(t, k, cfg, ex)
+	// The route cache's clock is the test's: time passes when it says.
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	advance := func(d time.Duration) { clock.Add(int64(d)) }
+	f := startMessagingAt(t, k, cfg, now, ex)
 	f.store.setPresence(ex.presence("d1"))
 	send := func() {
 		t.Helper()
@@ -101,18 +107,16 @@ func TestRouteKeptFreshByDeliveries(t *testing.T) {
 		}
 	}
 	send()
-	// Sends every 50ms for four TTLs: each acknowledged delivery keeps
+	// A send every 50ms for four TTLs: each acknowledged delivery keeps
 	// the route fresh.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
 	for range 16 {
-		<-tick.C
+		advance(50 * time.Millisecond)
 		send()
 	}
 	if n := f.store.presenceReads(); n != 1 {
 		t.Errorf("presence read %d times while deliveries kept the route fresh; want 1", n)
 	}
-	time.Sleep(300 * time.Millisecond) // past the TTL, unused
+	advance(300 * time.Millisecond) // past the TTL, unused
 	send()
 	if n := f.store.presenceReads(); n != 2 {
 		t.Errorf("presence read %d times after the route went unused past its TTL; want 2", n)
