@@ -172,15 +172,11 @@ func (r *Rebalancer) lead(ctx context.Context, l *registry.Leadership) error {
 		return context.Cause(ctx)
 	}
 	lim := rate.NewLimiter(rate.Limit(r.cfg.Rate), 1)
-	tick := time.NewTicker(r.cfg.Interval)
-	defer tick.Stop()
+	next := time.NewTimer(0)
+	defer next.Stop()
 	var heldUntil time.Time
 	var heldWhy string
 	for {
-		err := r.round(ctx, l, view, t, lim, &heldUntil, &heldWhy)
-		if errors.Is(err, registry.ErrNotLeader) {
-			return err
-		}
 		select {
 		case <-ctx.Done():
 			select {
@@ -189,14 +185,36 @@ func (r *Rebalancer) lead(ctx context.Context, l *registry.Leadership) error {
 			default:
 				return nil
 			}
-		case <-tick.C:
+		case <-next.C:
 		}
+		began := time.Now()
+		gap, err := r.round(ctx, l, view, t, lim, &heldUntil, &heldWhy)
+		if errors.Is(err, registry.ErrNotLeader) {
+			return err
+		}
+		// The next round gap after this one began (at once if this one
+		// took longer), as a ticker of that period would.
+		next.Reset(max(0, gap-time.Since(began)))
 	}
 }
 
-// round plans once, moves what the rate and the budget of one interval
-// allow, and stores the state.
-func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *registry.PresenceView, t *term, lim *rate.Limiter, heldUntil *time.Time, heldWhy *string) error {
+// planDuty bounds the share of the leader's time spent planning: a plan
+// walks every connected device (about 36 ms of CPU at 10,000 devices on
+// the development machine, linear in the fleet), so when it takes longer
+// than a planDuty-th of Interval the rounds space out to planDuty times
+// the plan's cost, and each round's moves are spread over that longer gap.
+const planDuty = 10
+
+// roundGap is the time from one round's start to the next's: Interval, or
+// planDuty times what the last plan cost when that is longer.
+func roundGap(interval, planCost time.Duration) time.Duration {
+	return max(interval, planDuty*planCost)
+}
+
+// round plans once, moves what the rate and the budget of one round's gap
+// allow, and stores the state. It returns the gap to the next round (see
+// roundGap).
+func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *registry.PresenceView, t *term, lim *rate.Limiter, heldUntil *time.Time, heldWhy *string) (time.Duration, error) {
 	began := time.Now()
 	now := r.now()
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
@@ -208,11 +226,13 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	snap := r.cache.Snapshot()
 	pol := r.policies.For(snap)
 	migrate := snap.Policy != nil && ctl.MigrateVersion != 0 && ctl.MigrateVersion == snap.Policy.Version
+	planStart := time.Now()
 	plan := Make(Input{Snapshot: snap, Policy: pol, Devices: r.devices(view, snap, pol, t, now), Migrate: migrate,
 		Now: now, MinInterval: r.cfg.MinInterval, Thresholds: r.cfg.Thresholds})
 	planned := time.Now()
-	r.log.Debug("rebalance plan", "took", planned.Sub(began), "devices", view.Len(), "moves", len(plan.Moves),
-		"policy", plan.Policy, "drain", plan.Drain, "balance", plan.Balance)
+	gap := roundGap(r.cfg.Interval, planned.Sub(planStart))
+	r.log.Debug("rebalance plan", "took", planned.Sub(planStart), "devices", view.Len(), "moves", len(plan.Moves),
+		"policy", plan.Policy, "drain", plan.Drain, "balance", plan.Balance, "next_round_in", gap)
 
 	_, unplanned := t.rates(now)
 	if why := r.unhealthy(view, cerr, latency, unplanned); why != "" {
@@ -237,9 +257,9 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	t.mu.Unlock()
 
 	if ctl.Pause == nil && *heldWhy == "" && cerr == nil {
-		// A whole interval of moves after the plan, however long it took.
-		if err := r.execute(ctx, l, view, plan, t, lim, planned.Add(r.cfg.Interval)); err != nil {
-			return err
+		// A whole gap of moves after the plan, however long it took.
+		if err := r.execute(ctx, l, view, plan, t, lim, planned.Add(gap)); err != nil {
+			return gap, err
 		}
 	}
 
@@ -264,13 +284,13 @@ func (r *Rebalancer) round(ctx context.Context, l *registry.Leadership, view *re
 	defer wcancel()
 	if err := l.PutRebalanceState(wctx, st); err != nil {
 		if errors.Is(err, registry.ErrNotLeader) {
-			return err
+			return gap, err
 		}
 		if ctx.Err() == nil {
 			r.log.Warn("storing the rebalancer's state", "err", err)
 		}
 	}
-	return nil
+	return gap, nil
 }
 
 // earlierMove reports whether p completes a move another leader made:
