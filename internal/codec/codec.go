@@ -2,8 +2,8 @@
 // berth's own messages marshalled and unmarshalled by the code
 // protoc-gen-go-vtproto generates beside them (gen/…/*_vtproto.pb.go: no
 // reflection, map entries and nested messages decoded directly), and every
-// other message (health, reflection, etcd's) by protobuf-go as grpc-go's
-// default codec does. The bytes on the wire are the same either way: a
+// other message (health, reflection, etcd's) by grpc-go's own protobuf
+// codec. The bytes on the wire are the same either way: a
 // device or service built from the .proto files alone, in any language,
 // talks to berth unchanged.
 //
@@ -17,14 +17,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/protoadapt"
 )
 
-// Name is the codec's name: "proto", the content-subtype of every gRPC
-// call carrying protobuf, so that peers see nothing different.
-const Name = "proto"
+// Name is the codec's name: "proto" (grpc-go's), the content-subtype of
+// every gRPC call carrying protobuf, so that peers see nothing different.
+const Name = grpcproto.Name
 
 // vtMessage is a message with generated fast paths.
 type vtMessage interface {
@@ -37,6 +36,10 @@ type vtMessage interface {
 type Codec struct{}
 
 var _ encoding.CodecV2 = Codec{}
+
+// protobuf is grpc-go's own protobuf codec (registered by its
+// encoding/proto package), for every message without generated fast paths.
+var protobuf = encoding.GetCodecV2(grpcproto.Name)
 
 // ServerOption makes a gRPC server use Codec for every call.
 func ServerOption() grpc.ServerOption { return grpc.ForceServerCodecV2(Codec{}) }
@@ -51,7 +54,7 @@ func DialOption() grpc.DialOption {
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	vt, ok := v.(vtMessage)
 	if !ok {
-		return marshalProto(v)
+		return protobuf.Marshal(v)
 	}
 	size := vt.SizeVT()
 	if mem.IsBelowBufferPoolingThreshold(size) {
@@ -74,13 +77,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	vt, ok := v.(vtMessage)
 	if !ok {
-		m := messageOf(v)
-		if m == nil {
-			return fmt.Errorf("codec: cannot unmarshal into %T: not a protobuf message", v)
-		}
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		return proto.Unmarshal(buf.ReadOnlyData(), m)
+		return protobuf.Unmarshal(data, v)
 	}
 	// UnmarshalVT merges into what v holds; proto.Unmarshal replaces it.
 	if r, ok := v.(interface{ Reset() }); ok {
@@ -98,41 +95,3 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // Name returns "proto".
 func (Codec) Name() string { return Name }
-
-// marshalProto is grpc-go's own encoding of a message without fast paths.
-func marshalProto(v any) (mem.BufferSlice, error) {
-	m := messageOf(v)
-	if m == nil {
-		return nil, fmt.Errorf("codec: cannot marshal %T: not a protobuf message", v)
-	}
-	size := proto.Size(m)
-	// UseCachedSize reuses the Size just computed (the message is not
-	// changed in between).
-	opts := proto.MarshalOptions{UseCachedSize: true}
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		buf, err := opts.Marshal(m)
-		if err != nil {
-			return nil, err
-		}
-		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
-	}
-	pool := mem.DefaultBufferPool()
-	buf := pool.Get(size)
-	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
-		pool.Put(buf)
-		return nil, err
-	}
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
-}
-
-// messageOf is v as a protobuf message (APIv2, or APIv1 adapted), nil if
-// it is neither.
-func messageOf(v any) proto.Message {
-	switch m := v.(type) {
-	case protoadapt.MessageV2:
-		return m
-	case protoadapt.MessageV1:
-		return protoadapt.MessageV2Of(m)
-	}
-	return nil
-}
