@@ -178,6 +178,7 @@ func (s *Server) awaitPresence(ctx context.Context, ss *session, log *slog.Logge
 // awaitWritten is awaitPresence told by the Registrar: it waits until
 // written is closed (the presence was written), at most presenceWaitFor.
 func (s *Server) awaitWritten(ctx context.Context, ss *session, log *slog.Logger, written <-chan struct{}) bool {
+	// Already written: no timeout to ask for.
 	select {
 	case <-written:
 		return true
