@@ -15,17 +15,28 @@ import (
 	"github.com/berthproject/berth/internal/node"
 	"github.com/berthproject/berth/internal/testutil"
 	"github.com/berthproject/berth/registry"
+	"github.com/berthproject/berth/token"
 )
 
 // startReplica runs a replica without a rebalancer on reg and returns its
 // address once it serves.
 func startReplica(ctx context.Context, t *testing.T, reg *registry.Registry, id string) string {
 	t.Helper()
-	k := newKeys(t)
+	addr, _ := runReplica(ctx, t, reg, id, newKeys(t).signer, false)
+	return addr
+}
+
+// runReplica runs a replica without a rebalancer on reg, signing tokens
+// with signer, enrollment open when open; it returns its address once it
+// serves, and the replica. It is stopped (and must stop cleanly) at
+// cleanup.
+func runReplica(ctx context.Context, t *testing.T, reg *registry.Registry, id string, signer *token.Signer, open bool) (string, *node.Replica) {
+	t.Helper()
 	cfg := node.DefaultReplicaConfig()
 	cfg.ControlPlane.ReplicaID = id
+	cfg.OpenEnrollment = open
 	cfg.Rebalance = nil
-	r, err := node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: k.signer})
+	r, err := node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +52,7 @@ func startReplica(ctx context.Context, t *testing.T, reg *registry.Registry, id 
 		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 	})
-	return lis.Addr().String()
+	return lis.Addr().String(), r
 }
 
 // TestReplicaAccess: AdminService and MessagingService need a known key

@@ -41,19 +41,10 @@ func TestReplicaSplitExecutor(t *testing.T) {
 	erun := start(func(ctx context.Context, lis net.Listener) error { return ex.RunSplit(ctx, lis, ilis) }, elis)
 	testutil.WaitFor(t, testutil.DefaultTimeout, "the executor registered", ex.Registration().Registered)
 
-	cfg := node.DefaultReplicaConfig()
-	cfg.ControlPlane.ReplicaID = "cp-test"
-	cfg.OpenEnrollment = true
-	cfg.Rebalance = nil
-	r, err := node.NewReplica(cfg, node.ReplicaDeps{Registry: reg, Signer: k.signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis := listen(t)
-	run := start(r.Run, lis)
+	addr, r := runReplica(ctx, t, reg, "cp-test", k.signer, true)
 	testutil.WaitFor(t, testutil.DefaultTimeout, "the replica seeing the executor", func() bool { return r.ControlPlane().KnownExecutors() == 1 })
 
-	resp, err := controlplanev1.NewControlPlaneServiceClient(dial(t, lis.Addr().String())).Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1"})
+	resp, err := controlplanev1.NewControlPlaneServiceClient(dial(t, addr)).Assign(ctx, &controlplanev1.AssignRequest{DeviceId: "dev-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +54,7 @@ func TestReplicaSplitExecutor(t *testing.T) {
 	}
 	st := connect(ctx, t, dial(t, elis.Addr().String()), "dev-1", d.GetToken())
 
-	admin := dialKey(t, lis.Addr().String(), apiKey(t, reg, "test admin", []string{"admin"}))
+	admin := dialKey(t, addr, apiKey(t, reg, "test admin", []string{"admin"}))
 	list, err := adminv1.NewAdminServiceClient(admin).ListExecutors(ctx, &adminv1.ListExecutorsRequest{})
 	if err != nil || len(list.GetExecutors()) != 1 {
 		t.Fatalf("ListExecutors = %v, %v; want the executor", list, err)
@@ -96,9 +87,7 @@ func TestReplicaSplitExecutor(t *testing.T) {
 		t.Errorf("Deliver on the device port = %v; want UNIMPLEMENTED", err)
 	}
 
-	if err := run.stop(); err != nil {
-		t.Errorf("replica Run = %v; want nil after a clean stop", err)
-	}
+	// The replica stops (cleanly) at cleanup, after the executor here.
 	if err := erun.stop(); err != nil {
 		t.Errorf("executor Run = %v; want nil after a clean stop", err)
 	}
