@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -109,7 +108,7 @@ func TestDevicesEchoCallsAndAckMessages(t *testing.T) {
 	sc.ControlPlane = clis.Addr().String()
 	sc.Devices = 2
 	sc.Every = 10 * time.Millisecond
-	w := &summaries{}
+	w := &testutil.SyncBuffer{}
 	simCtx, stopSim := context.WithCancel(ctx)
 	simDone := make(chan error, 1)
 	go func() { simDone <- simulate.Run(simCtx, sc, w, nil) }()
@@ -150,24 +149,6 @@ func TestDevicesEchoCallsAndAckMessages(t *testing.T) {
 		t.Fatalf("message: %v", err)
 	}
 	testutil.WaitFor(t, 30*time.Second, "a summary counting the call and the message", func() bool {
-		return w.has("messages=1 calls=1 ")
+		return strings.Contains(w.String(), "messages=1 calls=1 ")
 	})
-}
-
-// summaries collects what Run prints.
-type summaries struct {
-	mu  sync.Mutex
-	all strings.Builder
-}
-
-func (w *summaries) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.all.Write(p)
-}
-
-func (w *summaries) has(s string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Contains(w.all.String(), s)
 }
