@@ -77,6 +77,9 @@ func ParsePushChildArgs(args []string) (PushChildConfig, error) {
 	}
 	switch {
 	case c.Role == RoleBare:
+		if err := checkLoopback(c.Listen); err != nil {
+			return c, fmt.Errorf("bench push child: %w", err)
+		}
 	case c.Role != RoleDevices:
 		return c, fmt.Errorf("bench push child: --role %q: want %s or %s", c.Role, RoleBare, RoleDevices)
 	case c.Devices <= 0 || c.InFlight <= 0:

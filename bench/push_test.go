@@ -122,6 +122,7 @@ func TestPushChildArgs(t *testing.T) {
 		{"no devices", []string{"--role=devices", "--targets=a"}, "must be positive"},
 		{"nowhere to go", []string{"--role=devices", "--devices=1"}, "--controlplane or --targets"},
 		{"extra", []string{"--role=bare", "x"}, "unexpected arguments"},
+		{"bare off loopback", []string{"--role=bare", "--listen=0.0.0.0:0"}, "loopback only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -179,7 +179,9 @@ func TestServeArgsRoundTrip(t *testing.T) {
 		{"--mode=bare", "extra"},
 		{"--mode=bare", "--tls-cert=/tmp/server.pem"}, // no key
 		{"--nope"},
-		{"--mode=lean", "--lean-answer=%%%"}, // not base64
+		{"--mode=lean", "--lean-answer=%%%"},  // not base64
+		{"--mode=bare", "--listen=0.0.0.0:0"}, // off loopback: they authenticate no one
+		{"--mode=lean", "--listen=192.0.2.1:0"},
 	} {
 		if _, err := bench.ParseServeArgs(bad); err == nil {
 			t.Errorf("ParseServeArgs(%q) = nil error, want one", bad)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -182,6 +183,9 @@ func (c ServeConfig) NeedsRegistry() bool {
 func (c ServeConfig) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("bench serve: --tls-cert and --tls-key go together")
+	}
+	if err := checkLoopback(c.Listen); err != nil {
+		return fmt.Errorf("bench serve: %w", err)
 	}
 	switch c.Mode {
 	case ModeBare, ModeBarePush, ModeLean:
@@ -411,6 +415,21 @@ func Serve(ctx context.Context, cfg ServeConfig, reg *registry.Registry, in io.R
 		err = nil
 	}
 	return err
+}
+
+// checkLoopback refuses a listen address off loopback: the benchmark's
+// servers authenticate no one (the bare and lean servers answer any
+// caller, the lean Assign hands out a prepared answer), so they serve
+// this machine only, as every benchmark's load targets loopback.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("listen address %q: benchmark servers serve loopback only (they authenticate no one)", addr)
 }
 
 // startCPUProfile starts a CPU profile of this process into the file at
