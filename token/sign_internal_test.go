@@ -97,7 +97,7 @@ func TestSignedAsGolangJWT(t *testing.T) {
 		c.IssuedAt = jwt.NewNumericDate(at)
 		c.ExpiresAt = jwt.NewNumericDate(at.Add(15 * time.Minute))
 		tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
-		tok.Header["kid"] = s.kid
+		tok.Header["kid"] = KeyID(priv.Public().(ed25519.PublicKey))
 		want, err := tok.SignedString(priv)
 		if err != nil {
 			t.Fatal(err)
@@ -153,7 +153,7 @@ func BenchmarkSign(b *testing.B) {
 				Group: "group-1", Label: "default", Cnf: &confirmation{X5tS256: bind.Thumbprint}, Enr: bind.Enrollment,
 			}
 			tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
-			tok.Header["kid"] = s.kid
+			tok.Header["kid"] = KeyID(priv.Public().(ed25519.PublicKey))
 			if _, err := tok.SignedString(priv); err != nil {
 				b.Fatal(err)
 			}
@@ -185,7 +185,7 @@ func TestVerifyEitherHeader(t *testing.T) {
 	}
 	// The same claims under a header with its fields in another order.
 	i, j := strings.IndexByte(ours, '.'), strings.LastIndexByte(ours, '.')
-	h := base64.RawURLEncoding.EncodeToString([]byte(`{"typ":"JWT","kid":"` + s.kid + `","alg":"EdDSA"}`))
+	h := base64.RawURLEncoding.EncodeToString([]byte(`{"typ":"JWT","kid":"` + KeyID(priv.Public().(ed25519.PublicKey)) + `","alg":"EdDSA"}`))
 	input := h + ours[i:j]
 	other := input + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(priv, []byte(input)))
 	if _, ok := v.headers[other[:strings.IndexByte(other, '.')]]; ok {

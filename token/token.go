@@ -93,7 +93,6 @@ type jwtClaims struct {
 // Signer mints tokens with a private key.
 type Signer struct {
 	key ed25519.PrivateKey
-	kid string
 	now func() time.Time
 	// header is the base64url of the JWS header and the dot after it:
 	// the same for every token of this key.
@@ -113,7 +112,7 @@ func NewSigner(key ed25519.PrivateKey, now func() time.Time) (*Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Signer{key: key, kid: kid, now: now, header: append(h, '.')}, nil
+	return &Signer{key: key, now: now, header: append(h, '.')}, nil
 }
 
 // signingHeader is the JWS header segment of every token of the key named
